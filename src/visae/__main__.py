@@ -1,0 +1,3 @@
+from visae.cli import app
+
+app()

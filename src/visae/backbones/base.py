@@ -1,0 +1,55 @@
+"""The Backbone interface every registered model implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from visae.backbones.layout import TokenLayout
+
+
+class Backbone(ABC):
+    """A frozen ViT with a residual-stream tap after any block and a pooled image embedding."""
+
+    name: str
+    """Registry name (e.g. ``dinov2-b14``) or timm name."""
+    weights_id: str
+    """What identifies the weights for cache hashing: a timm pretrained tag or a file's sha256."""
+    layout: TokenLayout
+    """Token layout at the input resolution this backbone runs at."""
+    d_model: int
+    """Residual-stream width D."""
+    n_blocks: int
+    """Number of transformer blocks; valid layers are 0 … n_blocks-1."""
+    embedding_kind: str
+    """What :meth:`embed` returns, in words (e.g. "CLS token after the final LayerNorm")."""
+    device: torch.device
+
+    @property
+    @abstractmethod
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """The backbone's own pretrained preprocessing: an RGB PIL image to a float tensor [3, H, W]."""
+
+    @abstractmethod
+    def block_outputs(self, pixels_bchw: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Residual stream after each requested block (0-based): ``{layer: [B, n_tokens, D]}``."""
+
+    @abstractmethod
+    def embed(self, pixels_bchw: torch.Tensor) -> torch.Tensor:
+        """Pooled image representation ``[B, D_embed]`` (used as the M5 evaluator embedding)."""
+
+    def patch_tokens(self, pixels_bchw: torch.Tensor, layer: int) -> torch.Tensor:
+        """Patch tokens only, row-major over the grid: ``[B, P, D]``."""
+        self.check_layer(layer)
+        tokens_btd = self.block_outputs(pixels_bchw, [layer])[layer]
+        return tokens_btd[:, self.layout.n_prefix :, :]
+
+    def check_layer(self, layer: int) -> None:
+        """Raise a clear error for a layer outside 0 … n_blocks-1."""
+        if not 0 <= layer < self.n_blocks:
+            from visae.errors import ConfigError
+
+            raise ConfigError(f"layer: {self.name} has blocks 0..{self.n_blocks - 1}, got {layer}")

@@ -1,0 +1,76 @@
+"""The ``visae`` command: one Typer app; each stage adds its sub-commands through ``register(app)``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import typer
+
+from visae import __version__
+
+app = typer.Typer(
+    name="visae",
+    help="Train sparse autoencoders on ViT patch activations and evaluate them with ViSAEBench.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Stage modules that contribute commands, in pipeline order.
+STAGE_CLIS = [
+    "visae.cache.cli",       # cache
+    "visae.sae.cli",         # train
+    "visae.metrics.cli",     # eval
+    "visae.analysis.cli",    # analyze
+    "visae.study.cli",       # study run/status, demo
+    "visae.report.cli",      # report
+]
+
+EXTRAS = {
+    "offline": ["onnxruntime", "onnx", "transformers", "skimage", "mlxtend"],
+    "hf": ["datasets"],
+    "ray": ["ray"],
+    "bench": ["overcomplete"],
+}
+
+
+@app.command()
+def info() -> None:
+    """Version, device, installed extras, known backbones and image sources."""
+    import torch
+
+    from visae.device import pick_device
+
+    typer.echo(f"visae {__version__}")
+    typer.echo(f"torch {torch.__version__}; device: {pick_device('auto')}"
+               + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
+    for extra, modules in EXTRAS.items():
+        have = [m for m in modules if importlib.util.find_spec(m) is not None]
+        status = "installed" if len(have) == len(modules) else f"missing {', '.join(sorted(set(modules) - set(have)))}"
+        typer.echo(f"extra [{extra}]: {status}")
+    try:
+        from visae.backbones.registry import known_backbones
+
+        typer.echo("backbones: " + ", ".join(known_backbones()) + " (or any timm ViT name)")
+    except ImportError:
+        pass
+    try:
+        from visae.datasets.registry import known_sources
+
+        typer.echo("image sources: " + ", ".join(known_sources()))
+    except ImportError:
+        pass
+
+
+def _register_stages() -> None:
+    for module in STAGE_CLIS:
+        if importlib.util.find_spec(module) is None:
+            continue
+        importlib.import_module(module).register(app)
+
+
+_register_stages()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,55 @@
+"""The ImageSource interface: images, integer labels, class names and stable ids."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+class ImageSource(ABC):
+    """A finite, ordered, labelled collection of images.
+
+    ``load(i)`` returns an RGB PIL image or raises :class:`visae.errors.DataError` naming the file.
+    """
+
+    spec: str
+    """The spec string that opened it (e.g. ``folder:/data/imagenet/val``, ``offline:digits``)."""
+    split: str
+    """Which split: ``train``, ``val`` or ``test`` (as the source defines them)."""
+    class_names: list[str]
+    """Class names indexed by label."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of images."""
+
+    @abstractmethod
+    def load(self, index: int) -> Image.Image:
+        """The image at ``index`` as RGB."""
+
+    @abstractmethod
+    def label(self, index: int) -> int:
+        """Integer label of the image at ``index``."""
+
+    @abstractmethod
+    def image_id(self, index: int) -> str:
+        """A stable id (relative path or dataset index) of the image at ``index``."""
+
+    @property
+    def labels(self) -> np.ndarray:
+        """All labels as an int64 array."""
+        return np.array([self.label(i) for i in range(len(self))], dtype=np.int64)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What determines the content, for cache hashing (spec, split, count, ids' hash)."""
+        from visae.io import hash_json
+
+        return {
+            "spec": self.spec,
+            "split": self.split,
+            "n": len(self),
+            "ids": hash_json([self.image_id(i) for i in range(len(self))]),
+        }

@@ -1,0 +1,25 @@
+"""Exceptions that name the file or field at fault and say what to do."""
+
+
+class VisaeError(Exception):
+    """Base class for every error visae raises on bad input."""
+
+
+class ConfigError(VisaeError):
+    """A configuration file or override is invalid (unknown key, wrong type, missing path)."""
+
+
+class DataError(VisaeError):
+    """An image or dataset file cannot be read."""
+
+
+class CacheError(VisaeError):
+    """An activation cache is missing, corrupt, or from an incompatible schema."""
+
+
+class CheckpointError(VisaeError):
+    """An SAE checkpoint is unreadable, unsafe, or of the wrong shape or family."""
+
+
+class StudyError(VisaeError):
+    """A study folder is locked, inconsistent, or a job failed."""

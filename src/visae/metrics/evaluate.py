@@ -1,0 +1,113 @@
+"""``visae.evaluate``: run named metrics on one SAE over one evaluation cache, in one encoding pass."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from visae.cache.reader import ActivationCache, open_cache
+from visae.config import build_config
+from visae.device import pick_device
+from visae.errors import ConfigError
+from visae.io import atomic_write_json
+from visae.metrics.base import METRICS, EvalContext, Metric, MetricConfig, MetricResult
+from visae.metrics.encode import PooledCollector, encode_stream
+from visae.sae.base import SAE
+
+# Registry name → module that registers it (imported on first use so a missing optional part fails late).
+METRIC_MODULES: dict[str, str] = {
+    "m1": "visae.metrics.m1_spatial",
+    "raw": "visae.metrics.raw_spatial",
+    "m2": "visae.metrics.m2_reconstruction",
+    "m3": "visae.metrics.m3_preservation",
+    "m4": "visae.metrics.m4_sparse_probing",
+    "m5": "visae.metrics.m5_monosemanticity",
+    "m6": "visae.metrics.m6_cross_domain",
+    "m7": "visae.metrics.m7_absorption",
+}
+
+
+def metric_class(name: str) -> type[Metric]:
+    """The registered class for a metric name, importing its module if needed."""
+    if name not in METRICS:
+        module = METRIC_MODULES.get(name)
+        if module is None:
+            raise ConfigError(f"metrics: unknown metric {name!r}; known: {', '.join(METRIC_MODULES)}")
+        importlib.import_module(module)
+    return METRICS[name]
+
+
+def evaluate(
+    sae: SAE | str | Path,
+    cache: ActivationCache | str | Path,
+    metrics: Sequence[str] = ("m1", "m2"),
+    out_dir: str | Path | None = None,
+    configs: Mapping[str, MetricConfig | Mapping[str, Any]] | None = None,
+    device: str | torch.device | None = "auto",
+    group_size: int = 64,
+    backbone: str | None = None,
+) -> dict[str, MetricResult]:
+    """Compute ``metrics`` for ``sae`` on ``cache``; write ``<out_dir>/<metric>.json`` when ``out_dir`` is given.
+
+    Every metric shares one streaming pass over the cache: codes are computed once per evaluation.
+    """
+    from visae.sae.checkpoint import load_sae, sae_fingerprint
+
+    sae_path = str(sae) if isinstance(sae, (str, Path)) else ""
+    sae_model = load_sae(sae) if isinstance(sae, (str, Path)) else sae
+    cache_obj = cache if isinstance(cache, ActivationCache) else open_cache(cache)
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    out_path = Path(out_dir) if out_dir is not None else None
+    ctx = EvalContext(
+        sae=sae_model, cache=cache_obj, device=dev, out_dir=out_path,
+        sae_id=sae_path or sae_fingerprint(sae_model),
+        backbone=backbone or cache_obj.manifest.backbone,
+    )
+    instances: dict[str, Metric] = {}
+    for name in metrics:
+        cls = metric_class(name)
+        given = (configs or {}).get(name, {})
+        cfg = given if isinstance(given, MetricConfig) else build_config(cls.config_cls, dict(given), source=f"metrics.{name}")
+        instances[name] = cls(cfg, ctx)
+
+    started = time.perf_counter()
+    collector = PooledCollector() if any(m.needs_pooled for m in instances.values()) else None
+    if collector is not None or any(m.needs_stream for m in instances.values()):
+        for batch in encode_stream(sae_model, cache_obj, group_size=group_size, device=dev):
+            for m in instances.values():
+                if m.needs_stream:
+                    m.update(batch)
+            if collector is not None:
+                collector.update(batch)
+    pooled = collector.result() if collector is not None else None
+
+    results: dict[str, MetricResult] = {}
+    for name, m in instances.items():
+        t0 = time.perf_counter()
+        results[name] = m.finalize(pooled)
+        if out_path is not None:
+            write_result(out_path / f"{name}.json", results[name], m.config, ctx,
+                         seconds=time.perf_counter() - t0, stream_seconds=time.perf_counter() - started)
+    return results
+
+
+def write_result(path: Path, result: MetricResult, config: MetricConfig, ctx: EvalContext,
+                 seconds: float, stream_seconds: float) -> None:
+    """One metric's JSON: value, every summary number, config and the inputs' hashes."""
+    from visae import __version__
+
+    atomic_write_json(path, {
+        "metric": result.metric,
+        "value": result.value,
+        "result": result.model_dump(mode="json"),
+        "config": config.to_dict(),
+        "inputs": {"sae": ctx.sae_id, "cache": ctx.cache.manifest.hash, "cache_path": str(ctx.cache.path),
+                   "backbone": ctx.backbone},
+        "seconds": {"finalize": round(seconds, 3), "total": round(stream_seconds, 3)},
+        "visae_version": __version__,
+    })
