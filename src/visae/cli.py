@@ -27,6 +27,11 @@ STAGE_CLIS = [
     "visae.report.cli",      # report
 ]
 
+@app.callback()
+def main() -> None:
+    """visae: sparse autoencoders on ViT patch activations, evaluated with ViSAEBench."""
+
+
 EXTRAS = {
     "offline": ["onnxruntime", "onnx", "transformers", "skimage", "mlxtend"],
     "hf": ["datasets"],
