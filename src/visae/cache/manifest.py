@@ -17,6 +17,8 @@ class ShardInfo(BaseModel):
     file: str = Field(description="file name inside the cache folder, e.g. shard_00000.npy")
     n_images: int = Field(description="images (rows) in this shard")
     sha256: str = Field(description="hex sha256 of the file's bytes")
+    prefix_file: str | None = Field(None, description="prefix-token file of the same images, when kept")
+    prefix_sha256: str | None = Field(None, description="hex sha256 of prefix_file")
 
 
 class CacheManifest(BaseModel):

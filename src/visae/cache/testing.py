@@ -1,0 +1,61 @@
+"""Test helpers: build a valid cache folder straight from arrays (to plant known structure in tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from visae.backbones.layout import TokenLayout
+from visae.cache.manifest import SCHEMA_VERSION
+from visae.cache.stats import StreamingStats
+from visae.cache.store import write_final, write_shard
+from visae.errors import CacheError
+from visae.io import hash_json
+
+
+def write_synthetic_cache(dir: Path | str, acts_npd: np.ndarray, labels: np.ndarray, class_names: list[str],
+                          layout: TokenLayout, backbone: str = "synthetic", layer: int = 0,
+                          shard_images: int = 256, image_ids: list[str] | None = None,
+                          prefix_nkd: np.ndarray | None = None) -> Path:
+    """Write ``acts_npd`` ``[N, P, D]`` as a complete cache in folder ``dir`` (created) and return it.
+
+    The shards hold ``acts_npd`` rounded to float16 and ``stats.json`` is computed from those stored
+    values, exactly as :func:`visae.build_cache` does. ``image_ids`` default to ``"img{i:06d}"``.
+    """
+    dir_path = Path(dir)
+    acts_npd = np.asarray(acts_npd)
+    labels = np.asarray(labels, dtype=np.int64)
+    if acts_npd.ndim != 3:
+        raise CacheError(f"acts_npd must be [images, patches, D], got shape {acts_npd.shape}")
+    n, p, d = acts_npd.shape
+    if p != layout.n_patches:
+        raise CacheError(f"acts_npd has {p} patches per image but the layout's grid has {layout.n_patches}")
+    if labels.shape != (n,):
+        raise CacheError(f"labels must have shape ({n},), got {labels.shape}")
+    if n and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise CacheError(f"labels must lie in 0..{len(class_names) - 1}")
+    if prefix_nkd is not None and np.asarray(prefix_nkd).shape != (n, layout.n_prefix, d):
+        raise CacheError(f"prefix_nkd must have shape {(n, layout.n_prefix, d)}")
+    ids = image_ids if image_ids is not None else [f"img{i:06d}" for i in range(n)]
+    if len(ids) != n:
+        raise CacheError(f"image_ids has {len(ids)} entries for {n} images")
+    dir_path.mkdir(parents=True, exist_ok=True)
+    stats = StreamingStats(d)
+    shards = []
+    for k, s0 in enumerate(range(0, n, max(1, shard_images))):
+        block = acts_npd[s0:s0 + shard_images].astype(np.float16)
+        stats.update(block.reshape(-1, d))
+        pre = None if prefix_nkd is None else np.asarray(prefix_nkd)[s0:s0 + shard_images]
+        shards.append(write_shard(dir_path, k, block, pre))
+    source = {"spec": f"synthetic:{backbone}", "split": "train", "n": n, "ids": hash_json(list(ids))}
+    fields = {
+        "schema_version": SCHEMA_VERSION,
+        "hash": hash_json([s.sha256 for s in shards] + [source, layout.to_dict(), layer]),
+        "backbone": backbone, "weights_id": "synthetic", "layer": layer, "source": source,
+        "layout": layout.to_dict(), "d_model": d, "n_patches": p, "dtype": "float16",
+        "class_names": list(class_names), "preprocessing": {"synthetic": True},
+    }
+    write_final(dir_path, manifest_fields=fields, shards=shards, labels=labels, image_ids=list(ids),
+                stats=stats, skipped=[])
+    return dir_path
