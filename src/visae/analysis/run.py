@@ -1,0 +1,180 @@
+"""Run every analysis on a study's tidy results table and write the tables as CSV and Markdown."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import Field
+
+from visae.analysis.consistency import rank_consistency
+from visae.analysis.hypotheses import (
+    PREREGISTERED,
+    Hypothesis,
+    correlation_matrix,
+    correlation_table,
+    test_hypotheses,
+)
+from visae.analysis.lift import codes_lift, lift_correlation
+from visae.analysis.schema import primary_slice, select, validate_results
+from visae.analysis.sensitivity import layer_ablation, m7_grid, m7_sensitivity
+from visae.analysis.variance import variance_decomposition
+from visae.config import FrozenConfig
+from visae.errors import StudyError
+from visae.io import atomic_write_text
+
+RESULTS_FILE = "results.parquet"
+
+
+class AnalysisConfig(FrozenConfig):
+    """Which slice of the results each analysis reads; None picks it from the table."""
+
+    family: str | None = Field(None, description="main SAE family (None: batchtopk if present, else the most common)")
+    layer: int | None = Field(None, description="main layer (None: the layer with most rows of the main family)")
+    compare_families: list[str] | None = Field(
+        None, description="families whose backbone rankings are compared with the main one (App. Q); None: all others")
+    ablation_layers: list[int] | None = Field(
+        None, description="two layers for the layer ablation (App. D); None: the other layer present and the main one")
+    subset_exclude: list[str] = Field(
+        default_factory=lambda: ["mae"],
+        description="backbones left out of the restricted variance decomposition (§5.7: non-MAE); a backbone "
+                    "is left out when its name equals or starts with an entry (case-insensitive)")
+    hypotheses: list[Hypothesis] = Field(default_factory=lambda: list(PREREGISTERED),
+                                         description="hypotheses to test (default: the paper's H1–H4, §4.5)")
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """Read ``results.parquet`` (a file, or a folder holding one; ``.csv`` also accepted) and validate it."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / RESULTS_FILE
+    if not p.is_file():
+        raise StudyError(f"{p}: results table not found; pass a results.parquet or the study folder holding one")
+    try:
+        df = pd.read_csv(p) if p.suffix == ".csv" else pd.read_parquet(p)
+    except Exception as e:  # pyarrow raises several unrelated types for a bad file
+        raise StudyError(f"{p}: cannot read the results table ({e})") from None
+    return validate_results(df, source=str(p))
+
+
+def _cell(x: Any) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.3f}"
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
+    """A GitHub Markdown table (floats to 3 decimals, missing values as —)."""
+    frame = df.reset_index() if index else df
+    if frame.empty:
+        return "_(no rows)_\n"
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def _exclude(backbones: list[str], patterns: list[str]) -> list[str]:
+    pats = [p.lower() for p in patterns]
+    return [b for b in backbones if not any(b.lower() == p or b.lower().startswith(p) for p in pats)]
+
+
+def analyze(df: pd.DataFrame, config: AnalysisConfig | None = None) -> dict[str, Any]:
+    """Every analysis of the paper on a validated results table: a dict of tables (DataFrames) and notes."""
+    cfg = config or AnalysisConfig()
+    df = validate_results(df)
+    auto_family, auto_layer = primary_slice(df)
+    family = cfg.family if cfg.family is not None else auto_family
+    layer = cfg.layer if cfg.layer is not None else auto_layer
+    main = select(df, family=family, layer=layer)
+    notes: list[str] = [f"main slice: family={family}, layer={layer}, {main['backbone'].nunique()} backbone(s), "
+                        f"{len(main)} row(s)"]
+    out: dict[str, Any] = {}
+    out["variance_decomposition"] = variance_decomposition(main)
+    all_b = sorted(main["backbone"].unique())
+    subset = _exclude(all_b, cfg.subset_exclude)
+    if subset != all_b:
+        out["variance_decomposition_subset"] = variance_decomposition(main, backbones=subset)
+        notes.append(f"restricted variance decomposition on {', '.join(subset)}")
+    out["hypotheses"] = test_hypotheses(main, cfg.hypotheses)
+    corr = correlation_table(main)
+    out["correlations"] = corr
+    out["correlation_matrix"] = correlation_matrix(corr)
+    lift = codes_lift(main)
+    out["codes_lift"] = lift
+    out["codes_lift_correlation"] = lift_correlation(lift)
+
+    families = sorted(set(df["family"]) - {"", "raw"})
+    others = cfg.compare_families if cfg.compare_families is not None else [f for f in families if f != family]
+    if family is not None and others:
+        layer_rows = select(df, layer=layer)
+        out["rank_consistency"] = pd.concat([rank_consistency(layer_rows, family, other) for other in others],
+                                            ignore_index=True)
+    else:
+        notes.append("rank consistency: one SAE family only; nothing to compare")
+
+    grid = m7_grid(main)
+    if len(grid):
+        table, summary = m7_sensitivity(grid)
+        out["m7_sensitivity"] = table
+        notes.append(f"M7 sensitivity: {summary.text}")
+
+    layers = sorted(int(x) for x in select(df, family=family)["layer"].dropna().unique())
+    ablation = cfg.ablation_layers
+    if ablation is None and len(layers) >= 2 and layer is not None:
+        ablation = [min(x for x in layers if x != layer), layer]
+    if ablation is not None:
+        out["layer_ablation"] = layer_ablation(select(df, family=family), layers=tuple(ablation))
+    else:
+        notes.append("layer ablation: one layer only; nothing to compare")
+    out["notes"] = notes
+    return out
+
+
+TITLES = {
+    "variance_decomposition": "Variance decomposition (App. B, Table 3): η² of backbone, configuration, residual",
+    "variance_decomposition_subset": "Variance decomposition on a backbone subset (§5.7)",
+    "hypotheses": "Pre-registered hypotheses H1–H4 (§4.5)",
+    "correlations": "Metric × task Spearman correlations (Fig. 2b, App. J)",
+    "correlation_matrix": "Metric × task ρ grid",
+    "codes_lift": "Codes lift per backbone and task (App. O)",
+    "codes_lift_correlation": "Raw performance vs codes lift (App. O, Table 8)",
+    "rank_consistency": "Cross-family rank consistency (App. Q, Table 9)",
+    "m7_sensitivity": "M7 absorption over the α × β grid (App. N, Table 7)",
+    "layer_ablation": "Layer ablation (App. D)",
+}
+
+
+def write_analysis(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Write each table as ``<name>.csv`` and ``<name>.md`` and all of them in ``analysis.md``."""
+    out = Path(out_dir)
+    written: list[Path] = []
+    sections = ["# Analysis\n", *[f"- {n}" for n in results.get("notes", [])], ""]
+    for name, title in TITLES.items():
+        table = results.get(name)
+        if not isinstance(table, pd.DataFrame):
+            continue
+        index = name == "correlation_matrix"
+        csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
+        atomic_write_text(csv_path, table.to_csv(index=index))
+        md = f"## {title}\n\n{to_markdown(table, index=index)}"
+        atomic_write_text(md_path, md)
+        sections.append(md)
+        written += [csv_path, md_path]
+    summary = out / "analysis.md"
+    atomic_write_text(summary, "\n".join(sections))
+    written.append(summary)
+    return written
+
+
+def analyze_path(results_path: str | Path, out_dir: str | Path | None = None,
+                 config: AnalysisConfig | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """Load a results table, analyse it and write the tables (default: ``analysis/`` beside the results)."""
+    p = Path(results_path)
+    base = p if p.is_dir() else p.parent
+    results = analyze(load_results(p), config)
+    return results, write_analysis(results, Path(out_dir) if out_dir is not None else base / "analysis")

@@ -1,0 +1,101 @@
+"""Two-way variance decomposition of each metric over backbone and hyper-parameter configuration (App. B).
+
+Additive model without interaction, ``value ~ C(backbone) + C(config)`` with ``config`` = expansion × K as
+one factor (12 levels in the paper): with one SAE per cell the interaction is not estimable and is the
+residual. Sums of squares are sequential (Type I, backbone first), which is what ``statsmodels``'
+``anova_lm`` reports by default; on a complete grid they equal Type II and III. η² = SS_factor / SS_total.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from visae.analysis.schema import parse_task_metric, with_config
+
+COLUMNS = ["metric", "n_obs", "n_backbones", "n_configs", "eta2_backbone", "eta2_config", "eta2_resid",
+           "ss_backbone", "ss_config", "ss_resid", "ss_total", "df_backbone", "df_config", "df_resid",
+           "f_backbone", "p_backbone", "f_config", "p_config", "note"]
+
+
+def _dummies(levels: np.ndarray) -> np.ndarray:
+    """Treatment-coded indicator columns (first level dropped)."""
+    uniq = np.unique(levels)
+    return (levels[:, None] == uniq[None, 1:]).astype(float)
+
+
+def _rss(design: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """Residual sum of squares and rank of a least-squares fit."""
+    coef, _, rank, _ = np.linalg.lstsq(design, y, rcond=None)
+    resid = y - design @ coef
+    return float(resid @ resid), int(rank)
+
+
+def anova_two_way(values: Sequence[float], backbone: Sequence[str], config: Sequence[str]) -> dict[str, object]:
+    """η², sums of squares, F and p of the additive two-way model for one metric.
+
+    Returns every key of :data:`COLUMNS` except ``metric``; a quantity that cannot be computed is None and
+    ``note`` says why (a factor with one level, no residual degrees of freedom, zero total variance).
+    """
+    y = np.asarray(values, dtype=float)
+    b = np.asarray(backbone, dtype=object)
+    c = np.asarray(config, dtype=object)
+    ok = np.isfinite(y)
+    y, b, c = y[ok], b[ok], c[ok]
+    n_b, n_c = len(np.unique(b)), len(np.unique(c))
+    out: dict[str, object] = {k: None for k in COLUMNS if k != "metric"}
+    out.update(n_obs=len(y), n_backbones=n_b, n_configs=n_c)
+    notes: list[str] = []
+    if len(y) < 2:
+        out["note"] = f"{len(y)} observation(s); nothing to decompose"
+        return out
+    ones = np.ones((len(y), 1))
+    ss_total = float(((y - y.mean()) ** 2).sum())
+    x_b = np.hstack([ones, _dummies(b)])
+    x_bc = np.hstack([x_b, _dummies(c)])
+    rss_b, rank_b = _rss(x_b, y)
+    rss_bc, rank_bc = _rss(x_bc, y)
+    ss_b, ss_c, ss_r = ss_total - rss_b, rss_b - rss_bc, rss_bc
+    df_b, df_c, df_r = rank_b - 1, rank_bc - rank_b, len(y) - rank_bc
+    out.update(ss_total=ss_total, ss_resid=ss_r, df_resid=df_r)
+    if ss_total <= 0:
+        out["note"] = "zero total variance; η² is undefined"
+        return out
+    out["eta2_resid"] = ss_r / ss_total
+    for name, ss, df, levels in (("backbone", ss_b, df_b, n_b), ("config", ss_c, df_c, n_c)):
+        if levels < 2:
+            notes.append(f"{name} has {levels} level(s); its effect is not estimable")
+            continue
+        out[f"ss_{name}"], out[f"df_{name}"], out[f"eta2_{name}"] = ss, df, ss / ss_total
+        if df_r > 0 and df > 0 and ss_r > 0:
+            f = (ss / df) / (ss_r / df_r)
+            out[f"f_{name}"], out[f"p_{name}"] = f, float(stats.f.sf(f, df, df_r))
+    if df_r <= 0:
+        notes.append("no residual degrees of freedom; F and p are not computable")
+    out["note"] = "; ".join(notes)
+    return out
+
+
+def variance_decomposition(df: pd.DataFrame, metrics: Sequence[str] | None = None,
+                           backbones: Sequence[str] | None = None) -> pd.DataFrame:
+    """Table 3: one row per metric with η²_backbone, η²_config (expansion × K) and η²_residual.
+
+    ``df`` must hold one SAE family and layer (see :func:`visae.analysis.schema.select`); rows without a
+    configuration (backbone-level raw-task numbers) and ``:raw`` task rows are left out, since they carry no
+    SAE hyper-parameters. ``backbones`` restricts the decomposition to a subset (§5.7's non-MAE check).
+    """
+    data = with_config(df)
+    data = data[data["config"] != ""]
+    if backbones is not None:
+        data = data[data["backbone"].isin(list(backbones))]
+    names = list(metrics) if metrics is not None else sorted(
+        m for m in data["metric"].unique() if not ((p := parse_task_metric(m)) and p.features == "raw"))
+    rows = []
+    for metric in names:
+        sub = data[data["metric"] == metric]
+        rows.append({"metric": metric, **anova_two_way(sub["value"].to_numpy(), sub["backbone"].to_numpy(),
+                                                       sub["config"].to_numpy())})
+    return pd.DataFrame(rows, columns=COLUMNS)
