@@ -1,0 +1,287 @@
+"""M1 — spatial coherence: mean per-feature Moran's I of SAE codes on the patch grid (paper §4.1, eq. 2–3, App. F).
+
+A feature's map on one image is its code over the P = H × W patches (row-major). Moran's I uses binary
+queen (8-neighbour) weights and the P / ΣW normalization of eq. 2 (no row standardization). A feature is
+evaluable on an image when it is active (> 0) on at least 5 patches and its map's variance exceeds 1e-8;
+it is evaluable in aggregate with at least 50 such images (paper Table 2). The SAE-level score is the mean
+over evaluable features of their per-feature mean I; the z-statistic of App. F checks it against the
+spatial-random null E[I] = −1/(P − 1).
+
+Only the features active in an image are scored: codes are sparse, so per image the maps of features with
+enough active patches are gathered and scored in one batched call.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from visae.metrics.encode import EncodedBatch, PooledFeatures
+
+FEATURES_TABLE = "m1_features.parquet"
+S = TypeVar("S", bound="SpatialSummary")
+# Maps scored per morans_i call: bounds the gathered copy to ~64 MiB of float32 at P = 256.
+MAPS_PER_CHUNK = 65536
+
+
+# --- Moran's I on a lattice ------------------------------------------------------------------------
+def queen_weight_sum(grid_h: int, grid_w: int) -> int:
+    """ΣW of binary queen weights on an H × W lattice: each neighbouring pair counted twice."""
+    return 2 * (grid_h * (grid_w - 1) + grid_w * (grid_h - 1) + 2 * (grid_h - 1) * (grid_w - 1))
+
+
+def null_expectation(n_patches: int) -> float:
+    """E[I] = −1/(P − 1) under spatial randomness (Moran, 1950)."""
+    return -1.0 / (n_patches - 1)
+
+
+def morans_i(maps: torch.Tensor) -> torch.Tensor:
+    """Moran's I of every map in ``maps [..., H, W]`` with binary queen weights (paper eq. 2).
+
+    ``I = P/ΣW · Σ_pq w_pq z_p z_q / Σ_p z_p²`` with ``z`` the map minus its mean. The neighbour sum is
+    taken with shifted slices (no P × P matrix). Computed in float64 for float64 input, float32
+    otherwise; NaN where a map is constant. Works on any device, batched over the leading dimensions.
+    """
+    if maps.ndim < 2:
+        raise ValueError(f"morans_i: expected maps [..., H, W], got shape {tuple(maps.shape)}")
+    grid_h, grid_w = maps.shape[-2], maps.shape[-1]
+    n_patches = grid_h * grid_w
+    dtype = torch.float64 if maps.dtype == torch.float64 else torch.float32
+    x = maps.to(dtype)
+    lead = x.shape[:-2]
+    flat = x.reshape(*lead, n_patches)
+    if n_patches < 2 or x.numel() == 0:
+        return torch.full(lead, float("nan"), dtype=dtype, device=maps.device)
+    z_hw = x - flat.mean(dim=-1)[..., None, None]
+    z_flat = z_hw.reshape(*lead, n_patches)
+    denom = torch.linalg.vecdot(z_flat, z_flat)
+    # Each neighbouring pair once: horizontal pairs, plus each cell times the 3-cell horizontal box sum of
+    # the row below (vertical and both diagonals).
+    horizontal = (z_hw[..., :, :-1] * z_hw[..., :, 1:]).sum(dim=(-2, -1))
+    box_w = z_hw.clone()
+    box_w[..., :, 1:] += z_hw[..., :, :-1]
+    box_w[..., :, :-1] += z_hw[..., :, 1:]
+    below = torch.linalg.vecdot(z_flat[..., :-grid_w], box_w.reshape(*lead, n_patches)[..., grid_w:])
+    cross = 2.0 * (horizontal + below)
+    scale = n_patches / queen_weight_sum(grid_h, grid_w)
+    out = scale * cross / denom
+    constant = flat.amax(dim=-1) == flat.amin(dim=-1)
+    return out.masked_fill(constant, float("nan"))
+
+
+def z_statistic(feature_means: np.ndarray, n_patches: int, ddof: int = 1) -> tuple[float, float]:
+    """App. F: ``z = (Ī_SAE − E[I]) / (sd({Ī_i}) / √N_eval)``; returns ``(z, sd)`` (sd with ``ddof``).
+
+    NaN when fewer than ``ddof + 1`` features are given or the sd is zero.
+    """
+    values = np.asarray(feature_means, dtype=np.float64)
+    n_eval = values.size
+    if n_eval <= ddof:
+        return float("nan"), float("nan")
+    sd = float(np.std(values, ddof=ddof))
+    if sd == 0.0:
+        return float("nan"), sd
+    return float((values.mean() - null_expectation(n_patches)) / (sd / math.sqrt(n_eval))), sd
+
+
+# --- accumulation shared with the raw-backbone diagnostic --------------------------------------------
+class SpatialSummary(MetricResult):
+    """Summary of per-feature (or per-channel) mean Moran's I; shared by M1 and the raw diagnostic."""
+
+    mean_i: float | None = Field(description="mean over evaluable features of their mean I (eq. 3)")
+    median_i: float | None = Field(description="median of the per-feature means")
+    q25_i: float | None = Field(description="25th percentile of the per-feature means")
+    q75_i: float | None = Field(description="75th percentile of the per-feature means")
+    iqr_i: float | None = Field(description="interquartile range q75 − q25 of the per-feature means")
+    n_eval: int = Field(description="number of evaluable features (enough valid images)")
+    n_dict: int = Field(description="number of features (dictionary size, or channels for raw)")
+    eval_fraction: float = Field(description="N_eval / N_dict")
+    null_expectation: float = Field(description="E[I] = −1/(P − 1) under spatial randomness")
+    z: float | None = Field(description="App. F null-check z = (Ī − E[I]) / (sd / √N_eval)")
+    sd_feature_means: float | None = Field(description="sd of the per-feature means used in z")
+    sd_ddof: int = Field(description="delta degrees of freedom of that sd (1: sample sd)")
+    n_images: int = Field(description="images streamed")
+    n_valid_pairs: int = Field(description="valid (feature, image) maps scored in total")
+    grid_h: int = Field(description="patch-grid rows")
+    grid_w: int = Field(description="patch-grid columns")
+
+
+class MoranAccumulator:
+    """Per-feature float64 sums and counts of Moran's I over valid images, on the computing device."""
+
+    def __init__(self, n_features: int, device: torch.device) -> None:
+        self.n_features = n_features
+        self.sum_f = torch.zeros(n_features, dtype=torch.float64, device=device)
+        self.count_f = torch.zeros(n_features, dtype=torch.int64, device=device)
+        self.n_images = 0
+        self.grid_hw: tuple[int, int] | None = None
+
+    def follow(self, device: torch.device) -> None:
+        """Keep the sums on the device the stream arrives on."""
+        if self.sum_f.device != device:
+            self.sum_f = self.sum_f.to(device)
+            self.count_f = self.count_f.to(device)
+
+    def add(self, maps_khw: torch.Tensor, feature_k: torch.Tensor, variance_eps: float) -> None:
+        """Score maps (already gathered; ``feature_k`` their feature index); keep those with var > eps."""
+        if maps_khw.shape[0] == 0:
+            return
+        x = maps_khw.float()
+        var_k = x.flatten(1).var(dim=1, correction=0)
+        keep = var_k > variance_eps
+        if not bool(keep.any()):
+            return
+        i_k = morans_i(x[keep])
+        finite = torch.isfinite(i_k)
+        feats = feature_k[keep][finite]
+        self.sum_f.index_add_(0, feats, i_k[finite].double())
+        self.count_f.index_add_(0, feats, torch.ones_like(feats))
+
+    def feature_means(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean_I per feature (NaN where no valid image), valid image count per feature)``."""
+        count = self.count_f.cpu().numpy()
+        total = self.sum_f.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        return means, count
+
+    def summarize(self, metric: str, min_valid_images: int, result_cls: type[S], note_empty: str) -> S:
+        """Mean (headline), median, IQR, N_eval/N_dict, null and z over the evaluable features."""
+        if self.grid_hw is None:
+            raise ValueError(f"{metric}: no images were streamed")
+        grid_h, grid_w = self.grid_hw
+        n_patches = grid_h * grid_w
+        means, count = self.feature_means()
+        evaluable = count >= min_valid_images
+        values = means[evaluable]
+        n_eval = int(evaluable.sum())
+        common = {
+            "metric": metric, "higher_is_better": True, "n_eval": n_eval, "n_dict": self.n_features,
+            "eval_fraction": n_eval / self.n_features if self.n_features else 0.0,
+            "null_expectation": null_expectation(n_patches), "sd_ddof": 1, "n_images": self.n_images,
+            "n_valid_pairs": int(count.sum()), "grid_h": grid_h, "grid_w": grid_w,
+        }
+        if n_eval == 0:
+            return result_cls(value=None, mean_i=None, median_i=None, q25_i=None, q75_i=None, iqr_i=None,
+                              z=None, sd_feature_means=None, note=note_empty, **common)
+        q25, median, q75 = (float(v) for v in np.percentile(values, [25, 50, 75]))
+        z, sd = z_statistic(values, n_patches, ddof=1)
+        mean = float(values.mean())
+        return result_cls(value=mean, mean_i=mean, median_i=median, q25_i=q25, q75_i=q75, iqr_i=q75 - q25,
+                          z=None if math.isnan(z) else z, sd_feature_means=None if math.isnan(sd) else sd,
+                          **common)
+
+
+def write_feature_table(path: Path, means: np.ndarray, count: np.ndarray) -> None:
+    """Per-feature scores for the figures: Parquet with ``feature, mean_I, n_valid_images``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from visae.io import atomic_write_with
+
+    table = pa.table({
+        "feature": pa.array(np.arange(means.size, dtype=np.int64)),
+        "mean_I": pa.array(means.astype(np.float64)),
+        "n_valid_images": pa.array(count.astype(np.int64)),
+    })
+    atomic_write_with(path, lambda tmp: pq.write_table(table, tmp))
+
+
+# --- M1 ----------------------------------------------------------------------------------------------
+class M1Config(MetricConfig):
+    """Settings for M1; defaults are the paper's Table 2."""
+
+    min_active_patches: int = Field(5, ge=1, description="a feature is evaluable on an image only if it is "
+                                    "active (> 0) on at least this many patches (paper Table 2: 5)")
+    variance_eps: float = Field(1e-8, ge=0.0, description="and its map's variance (ddof 0) exceeds this "
+                                "(paper Table 2: ε = 1e-8)")
+    min_valid_images: int = Field(50, ge=1, description="a feature is evaluable in aggregate with at least "
+                                  "this many valid images (paper Table 2: 50)")
+    write_features: bool = Field(True, description=f"write per-feature scores to <out>/{FEATURES_TABLE}")
+
+
+class M1Result(SpatialSummary):
+    """M1: ``value`` is the mean Moran's I over evaluable SAE features (higher: more localized)."""
+
+
+class M1Accumulator(MoranAccumulator):
+    """Streams encoded images into per-feature Moran's I sums, scoring only the features active there."""
+
+    def __init__(self, n_features: int, config: M1Config, device: torch.device) -> None:
+        super().__init__(n_features, device)
+        self.config = config
+
+    def update(self, codes_npf: torch.Tensor, grid_hw: tuple[int, int]) -> None:
+        """Add one group of images' codes ``[n, P, F]``."""
+        n, p, _ = codes_npf.shape
+        grid_h, grid_w = grid_hw
+        if p != grid_h * grid_w:
+            raise ValueError(f"m1: codes have {p} patches but the grid is {grid_h}×{grid_w}")
+        self.follow(codes_npf.device)
+        self.grid_hw = grid_hw
+        self.n_images += n
+        active_nf = (codes_npf > 0).sum(dim=1)
+        img_k, feat_k = torch.nonzero(active_nf >= self.config.min_active_patches, as_tuple=True)
+        for start in range(0, img_k.numel(), MAPS_PER_CHUNK):
+            sl = slice(start, start + MAPS_PER_CHUNK)
+            maps_kp = codes_npf[img_k[sl], :, feat_k[sl]]
+            self.add(maps_kp.reshape(-1, grid_h, grid_w), feat_k[sl], self.config.variance_eps)
+
+
+def compute_m1(batches: Iterable[EncodedBatch], n_features: int, config: M1Config | None = None,
+               device: torch.device | None = None) -> tuple[M1Result, np.ndarray, np.ndarray]:
+    """M1 over encoded image groups: the result, per-feature mean I (NaN: no valid image) and counts."""
+    config = config or M1Config()
+    acc: M1Accumulator | None = None
+    for batch in batches:
+        if acc is None:
+            acc = M1Accumulator(n_features, config, device or batch.codes_npf.device)
+        acc.update(batch.codes_npf, batch.grid_hw)
+    if acc is None:
+        raise ValueError("m1: no images were encoded")
+    means, count = acc.feature_means()
+    return _summarize_m1(acc, config), means, count
+
+
+def _summarize_m1(acc: MoranAccumulator, config: M1Config) -> M1Result:
+    return acc.summarize("m1", config.min_valid_images, M1Result,
+                         note_empty=f"no feature has {config.min_valid_images} valid images "
+                                    f"(≥ {config.min_active_patches} active patches, variance > "
+                                    f"{config.variance_eps}); lower m1.min_valid_images or use more images")
+
+
+@register_metric
+class M1Spatial(Metric):
+    """Registered as ``m1``."""
+
+    name: ClassVar[str] = "m1"
+    config_cls: ClassVar[type[MetricConfig]] = M1Config
+
+    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
+        super().__init__(config, ctx)
+        if not isinstance(config, M1Config):
+            raise TypeError(f"m1: expected an M1Config, got {type(config).__name__}")
+        self.cfg = config
+        self.acc = M1Accumulator(ctx.sae.d_sae, config, ctx.device)
+
+    def update(self, batch: EncodedBatch) -> None:
+        """Score the active features of one image group."""
+        self.acc.update(batch.codes_npf, batch.grid_hw)
+
+    def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
+        """Summarize; write the per-feature table when an output folder is set."""
+        result = _summarize_m1(self.acc, self.cfg)
+        if self.ctx.out_dir is not None and self.cfg.write_features:
+            means, count = self.acc.feature_means()
+            write_feature_table(self.ctx.out_dir / FEATURES_TABLE, means, count)
+        return result
