@@ -1,0 +1,365 @@
+"""Linear probes shared by M3, M4, M6 and M7: splits, standardization, ANOVA-F ranking, two fitting engines.
+
+The probe is the paper's (Table 2, App. C): L2-regularized logistic regression, ``C = 1``, no class
+weighting, multinomial for more than two classes. Two engines minimise the *same* objective,
+``C · Σ_i logloss_i + ½‖W‖²`` (intercepts not penalized), selected by ``ProbeConfig.engine``:
+
+- ``"sklearn"``: :class:`sklearn.linear_model.LogisticRegression` with ``solver="lbfgs"`` (the paper's CPU path);
+- ``"torch"``: full-batch L-BFGS (``torch.optim.LBFGS``, strong-Wolfe line search) for multinomial probes and
+  a damped Newton method for binary probes, on any device; suited to many classes and to GPUs.
+
+Standardization (identical for every backbone, metric and engine): when ``ProbeConfig.standardize`` is true
+(the default), each probe input column is centred and scaled by its mean and population standard deviation
+*computed on the probe's training split only* (scikit-learn ``StandardScaler`` semantics; constant columns
+keep scale 1); the same transform is applied to every split and every input the probe is applied to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from pydantic import Field
+
+from visae.config import FrozenConfig
+from visae.errors import DataError
+
+ArrayLike: TypeAlias = Any
+"""A dense ``np.ndarray`` or a scipy sparse matrix (scipy's sparse types are not statically typed)."""
+
+
+class ProbeConfig(FrozenConfig):
+    """How a logistic-regression probe is fitted (paper Table 2 / App. C defaults)."""
+
+    engine: Literal["sklearn", "torch"] = Field(
+        "sklearn", description="'sklearn' (LogisticRegression, lbfgs; the paper's CPU path) or 'torch' "
+        "(full-batch L-BFGS / Newton on the selected device; same objective)")
+    C: float = Field(1.0, gt=0, description="inverse L2 strength: objective C·Σ logloss + ½‖W‖² (paper App. C: 1.0)")
+    max_iter: int = Field(1000, ge=1, description="solver iteration cap (paper Table 2: 1000 for M3, 500 for M4/M6/M7)")
+    tol: float = Field(1e-4, gt=0, description="convergence tolerance on the gradient (sklearn's default 1e-4)")
+    standardize: bool = Field(
+        True, description="StandardScaler fitted on the probe's training split, applied to every input of the probe")
+    device: str = Field("auto", description="torch engine only: 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
+
+
+def probe_config(max_iter: int) -> ProbeConfig:
+    """The paper's probe settings with a metric's own iteration cap."""
+    return ProbeConfig(max_iter=max_iter)
+
+
+# --- splits and ranking ------------------------------------------------------------------------------------
+
+
+def stratified_split(labels_n: np.ndarray, test_size: float = 0.2, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/test indices (paper Table 2: 80/20, seed 42), as ``sklearn.model_selection.train_test_split``.
+
+    Classes with a single image cannot be split: they go to the training side.
+    """
+    from sklearn.model_selection import train_test_split
+
+    labels_n = np.asarray(labels_n)
+    index_n = np.arange(len(labels_n))
+    classes, counts = np.unique(labels_n, return_counts=True)
+    single = np.isin(labels_n, classes[counts < 2])
+    rest = index_n[~single]
+    if len(rest) < 2:
+        raise DataError(f"stratified_split: {len(labels_n)} labelled images with {len(classes)} classes: too few "
+                        "to split; evaluate on more images")
+    n_classes_rest = len(np.unique(labels_n[rest]))
+    n_test = max(math.ceil(test_size * len(rest)), n_classes_rest)
+    if len(rest) - n_test < n_classes_rest:
+        raise DataError(f"stratified_split: {len(rest)} images cannot hold {n_classes_rest} classes in both "
+                        "splits; evaluate on more images per class")
+    train, test = train_test_split(rest, test_size=n_test, random_state=seed, stratify=labels_n[rest])
+    train = np.sort(np.concatenate([train, index_n[single]]))
+    return train, np.sort(test)
+
+
+def f_scores(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
+    """ANOVA F statistic per feature (``sklearn.feature_selection.f_classif``); NaN (constant feature) → −inf."""
+    import warnings
+
+    from sklearn.feature_selection import f_classif
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant features: 0/0, handled below
+        f, _ = f_classif(x_nf, y_n)
+    return np.where(np.isfinite(f), f, -np.inf)
+
+
+def rank_by_f(f_f: np.ndarray) -> np.ndarray:
+    """Feature indices by descending F (stable: ties keep index order; NaN/−inf last)."""
+    f_f = np.where(np.isfinite(f_f), f_f, -np.inf)
+    return np.argsort(-f_f, kind="stable")
+
+
+def rank_features(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
+    """Feature indices ranked by descending ANOVA F against ``y_n`` (constant features last)."""
+    return rank_by_f(f_scores(x_nf, y_n))
+
+
+def f_one_vs_rest(x_nf: ArrayLike, y_n: np.ndarray, classes: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """Binary ANOVA F of every feature for each class against the rest: ``[len(classes), F]``, −inf if constant.
+
+    Equals ``f_classif(x, y == c)`` for each class ``c``, computed from per-class sums in one pass.
+    """
+    y_n = np.asarray(y_n)
+    n = x_nf.shape[0]
+    total_f = np.asarray(x_nf.sum(axis=0), dtype=np.float64).ravel()
+    sq = x_nf.multiply(x_nf) if sp.issparse(x_nf) else np.square(x_nf, dtype=np.float64)
+    total_q = np.asarray(sq.sum(axis=0), dtype=np.float64).ravel()
+    ss_tot = total_q - total_f**2 / n
+    out = np.empty((len(classes), x_nf.shape[1]), dtype=np.float64)
+    x_csr = sp.csr_matrix(x_nf, dtype=np.float64) if sp.issparse(x_nf) else np.asarray(x_nf, dtype=np.float64)
+    for s in range(0, len(classes), chunk):
+        cls = np.asarray(classes[s:s + chunk])
+        member = (y_n[None, :] == cls[:, None]).astype(np.float64)  # [c, n]
+        n_c = member.sum(axis=1, keepdims=True)
+        s_c = np.asarray(member @ x_csr if not sp.issparse(x_csr) else (sp.csr_matrix(member) @ x_csr).toarray())
+        n_r = n - n_c
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ss_between = s_c**2 / n_c + (total_f - s_c) ** 2 / n_r - total_f**2 / n
+            ss_within = ss_tot - ss_between
+            f = ss_between / (ss_within / (n - 2))
+        out[s:s + chunk] = np.where(np.isfinite(f) & (ss_tot > 0), f, -np.inf)
+    return out
+
+
+def take_columns(x_nf: ArrayLike, cols: np.ndarray) -> np.ndarray:
+    """Dense float32 ``x[:, cols]`` (sparse inputs are sliced before densifying)."""
+    sub = x_nf[:, cols]
+    return np.asarray(sub.toarray() if sp.issparse(sub) else sub, dtype=np.float32)
+
+
+# --- standardization ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Standardizer:
+    """Per-column mean and scale fitted on a training split (StandardScaler semantics)."""
+
+    mean_d: np.ndarray
+    scale_d: np.ndarray
+
+    @classmethod
+    def fit(cls, x_nd: np.ndarray, enabled: bool = True) -> Standardizer:
+        """Fit on ``x_nd``; identity when ``enabled`` is false."""
+        d = x_nd.shape[1]
+        if not enabled:
+            return cls(np.zeros(d, np.float64), np.ones(d, np.float64))
+        x64 = np.asarray(x_nd, dtype=np.float64)
+        mean = x64.mean(axis=0)
+        std = x64.std(axis=0)
+        # sklearn's _handle_zeros_in_scale: near-constant columns keep scale 1
+        std = np.where(std < 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(mean)), 1.0, std)
+        return cls(mean, std)
+
+    def apply(self, x_nd: np.ndarray) -> np.ndarray:
+        """Standardized float32 copy."""
+        return ((np.asarray(x_nd, dtype=np.float64) - self.mean_d) / self.scale_d).astype(np.float32)
+
+
+# --- fitted probe ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LinearProbe:
+    """A fitted probe: standardization + linear scores. Binary probes hold one weight row (class 1 vs 0)."""
+
+    classes: np.ndarray
+    """Label values, in score-column order."""
+    coef_kd: np.ndarray
+    """Weights: ``[K, D]`` for K > 2 classes, ``[1, D]`` for a binary probe."""
+    intercept_k: np.ndarray
+    scaler: Standardizer
+    n_iter: int
+    converged: bool
+
+    def decision_function(self, x_nd: np.ndarray) -> np.ndarray:
+        """Linear scores (``[N]`` binary, ``[N, K]`` multinomial), after standardization."""
+        z = self.scaler.apply(x_nd).astype(np.float64) @ self.coef_kd.T + self.intercept_k
+        return z[:, 0] if len(self.classes) == 2 else z
+
+    def predict_proba(self, x_nd: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[N, K]`` in ``classes`` order."""
+        z = self.decision_function(x_nd)
+        if len(self.classes) == 2:
+            p1 = 1.0 / (1.0 + np.exp(-z))
+            return np.stack([1 - p1, p1], axis=1)
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, x_nd: np.ndarray) -> np.ndarray:
+        """Predicted labels."""
+        z = self.decision_function(x_nd)
+        if len(self.classes) == 2:
+            return self.classes[(z > 0).astype(int)]
+        return self.classes[np.argmax(z, axis=1)]
+
+    def accuracy(self, x_nd: np.ndarray, y_n: np.ndarray) -> float:
+        """Fraction of correct predictions."""
+        return float(np.mean(self.predict(x_nd) == np.asarray(y_n)))
+
+
+def fit_probe(x_nd: ArrayLike, y_n: np.ndarray, config: ProbeConfig | None = None) -> LinearProbe:
+    """Fit the paper's logistic probe on ``x_nd`` (dense) with labels ``y_n`` using ``config.engine``."""
+    config = config or ProbeConfig()
+    x_nd = np.asarray(x_nd.toarray() if sp.issparse(x_nd) else x_nd, dtype=np.float32)
+    y_n = np.asarray(y_n)
+    classes = np.unique(y_n)
+    if len(classes) < 2:
+        raise DataError(f"fit_probe: the training labels hold {len(classes)} class; a probe needs at least two")
+    if not np.all(np.isfinite(x_nd)):
+        raise DataError("fit_probe: probe inputs contain NaN or Inf; check the activation cache (visae cache verify)")
+    scaler = Standardizer.fit(x_nd, config.standardize)
+    xs = scaler.apply(x_nd)
+    y_idx = np.searchsorted(classes, y_n)
+    if config.engine == "sklearn":
+        coef, icpt, n_iter, ok = _fit_sklearn(xs, y_idx, config)
+    else:
+        coef, icpt, n_iter, ok = _fit_torch(xs, y_idx, len(classes), config)
+    return LinearProbe(classes, coef, icpt, scaler, n_iter, ok)
+
+
+def _fit_sklearn(xs: np.ndarray, y_idx: np.ndarray, config: ProbeConfig) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(C=config.C, solver="lbfgs", max_iter=config.max_iter, tol=config.tol, class_weight=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(xs, y_idx)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return (clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64), int(np.max(clf.n_iter_)), converged)
+
+
+def _fit_torch(xs: np.ndarray, y_idx: np.ndarray, n_classes: int,
+               config: ProbeConfig) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    from visae.device import pick_device
+
+    device = pick_device(config.device)
+    x = torch.as_tensor(xs, device=device)
+    y = torch.as_tensor(y_idx, device=device)
+    if n_classes == 2:
+        w, b, it, ok = newton_binary(x[None], y[None].float(), config.C, config.max_iter, config.tol)
+        return w[0:1].double().cpu().numpy(), b[0:1].double().cpu().numpy(), it, ok
+    return _lbfgs_multinomial(x, y, n_classes, config)
+
+
+def _lbfgs_multinomial(x: torch.Tensor, y: torch.Tensor, n_classes: int,
+                       config: ProbeConfig) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """Minimise (C·Σ CE + ½‖W‖²)/n — the sklearn objective divided by n, which leaves the minimiser unchanged."""
+    n, d = x.shape
+    w = torch.zeros(n_classes, d, device=x.device, dtype=torch.float32, requires_grad=True)
+    b = torch.zeros(n_classes, device=x.device, dtype=torch.float32, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=config.max_iter, history_size=10,
+                            tolerance_grad=config.tol / max(n, 1) * config.C, tolerance_change=1e-10,
+                            line_search_fn="strong_wolfe")
+    reg = 0.5 / (config.C * n)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w.T + b, y, reduction="mean") + reg * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
+    return (w.detach().double().cpu().numpy(), b.detach().double().cpu().numpy(), n_iter, n_iter < config.max_iter)
+
+
+@torch.no_grad()
+def newton_binary(x_bnd: torch.Tensor, y_bn: torch.Tensor, C: float = 1.0, max_iter: int = 100,
+                  tol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """Batched binary logistic regression by damped Newton: B independent problems ``C·Σ logloss + ½‖w‖²``.
+
+    ``x_bnd`` float32 ``[B, N, D]``, ``y_bn`` in {0, 1}. Returns ``(w [B, D], b [B], iterations, converged)``.
+    """
+    bsz, n, d = x_bnd.shape
+    dev = x_bnd.device
+    xa = torch.cat([x_bnd, torch.ones(bsz, n, 1, device=dev, dtype=x_bnd.dtype)], dim=2)  # bias column
+    theta = torch.zeros(bsz, d + 1, device=dev, dtype=torch.float64)
+    reg = torch.ones(d + 1, device=dev, dtype=torch.float64)
+    reg[-1] = 0.0
+    y = y_bn.to(torch.float64)
+
+    def objective(th: torch.Tensor) -> torch.Tensor:
+        z = torch.einsum("bnd,bd->bn", xa, th.float()).double()
+        loss = torch.nn.functional.softplus(z) - y * z
+        return C * loss.sum(dim=1) + 0.5 * (reg * th * th).sum(dim=1)
+
+    obj = objective(theta)
+    active = torch.ones(bsz, dtype=torch.bool, device=dev)
+    n_iter = 0
+    for step_i in range(1, max_iter + 1):
+        n_iter = step_i
+        z = torch.einsum("bnd,bd->bn", xa, theta.float()).double()
+        p = torch.sigmoid(z)
+        grad = C * torch.einsum("bnd,bn->bd", xa, (p - y).float()).double() + reg * theta
+        gnorm = grad.abs().amax(dim=1) / n  # gradient of the mean-scaled objective, as sklearn's tol
+        active &= gnorm > tol * 1e-2  # Newton converges quadratically: a tighter stop costs one step
+        if not bool(active.any()):
+            break
+        s = (p * (1 - p)).float()
+        hess = C * ((xa * s[:, :, None]).transpose(1, 2) @ xa).double() + torch.diag_embed(reg.expand(bsz, -1))
+        hess = hess + 1e-10 * torch.eye(d + 1, device=dev, dtype=torch.float64)
+        step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
+        step = torch.where(active[:, None], step, torch.zeros_like(step))
+        t = torch.ones(bsz, device=dev, dtype=torch.float64)
+        accepted = torch.zeros(bsz, dtype=torch.bool, device=dev)
+        new_obj = obj.clone()
+        for _ in range(30):  # backtracking: halve the step where the objective did not decrease
+            cand = objective(theta - t[:, None] * step)
+            ok = (cand <= obj + 1e-12 * obj.abs()) & ~accepted
+            new_obj = torch.where(ok, cand, new_obj)
+            theta_new = theta - t[:, None] * step
+            theta = torch.where(ok[:, None], theta_new, theta)
+            accepted |= ok
+            if bool(accepted.all()):
+                break
+            t = torch.where(accepted, t, t * 0.5)
+        obj = new_obj
+        if bool((~accepted & active).all()):
+            break  # no progress possible at machine precision
+    w, b = theta[:, :d], theta[:, d]
+    return w.float(), b.float(), n_iter, not bool(active.any())
+
+
+# --- scores ------------------------------------------------------------------------------------------------
+
+
+def binary_auc(y_n: np.ndarray, score_n: np.ndarray) -> float:
+    """ROC AUC of scores for a 0/1 target (Mann–Whitney with average ranks; = ``roc_auc_score``); NaN if one class."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y_n).astype(bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rankdata(score_n)
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def ovr_auc(y_n: np.ndarray, proba_nk: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """One-vs-rest AUC per class (column k scores ``classes[k]``); NaN where the class is absent or alone.
+
+    Their mean over classes present equals ``roc_auc_score(..., multi_class="ovr", average="macro")``.
+    """
+    return np.array([binary_auc(np.asarray(y_n) == c, proba_nk[:, k]) for k, c in enumerate(classes)])
+
+
+def binary_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """F1 of the positive class (label 1), 0 when there are no predicted or true positives (sklearn's zero_division=0)."""
+    t = np.asarray(y_true).astype(bool)
+    p = np.asarray(y_pred).astype(bool)
+    tp = int(np.sum(t & p))
+    denom = int(t.sum()) + int(p.sum())
+    return 0.0 if denom == 0 else 2.0 * tp / denom
