@@ -251,7 +251,7 @@ def test_pairing_table_and_offline_pair() -> None:
     for trained, evaluator in [("dinov2-b14", "clip-b16"), ("clip-b16", "dinov2-b14"),
                                ("siglip-b16", "dinov2-b14"), ("deit-b16", "clip-b16"), ("mae-b16", "clip-b16")]:
         assert default_evaluator(trained) == evaluator
-    with pytest.raises(ConfigError, match="no default evaluator"):
+    with pytest.raises(ConfigError, match="no M5 evaluator pairing"):
         default_evaluator("some-unknown-vit")
 
 
@@ -266,6 +266,9 @@ def test_same_backbone_refused_unless_forced() -> None:
         warnings.simplefilter("error")
         assert resolve_evaluator(M5Config(), "dinov2-s14-offline") == "random-vit-s14"
         assert resolve_evaluator(M5Config(evaluator="clip-b16"), "dinov2-s14-offline") == "clip-b16"
+    # The timm name a short name stands for is the same backbone.
+    with pytest.raises(ConfigError, match="circular"):
+        resolve_evaluator(M5Config(evaluator="dinov2-b14"), "vit_base_patch14_dinov2.lvd142m")
 
 
 # --- the metric class over a stream ---------------------------------------------------------------------

@@ -107,19 +107,22 @@ class EmbeddingStore:
 
     Files: ``<dir>/<evaluator>-<hash>.npy`` (float32 ``[N, E]``, unfilled rows zero) and
     ``<dir>/<evaluator>-<hash>.json`` (evaluator, weights id, embedding kind, image ids, filled rows).
+    ``hash`` covers the weights id, the embedding kind and the preprocessing (input size, mean/std).
     The JSON is written after the array, so it never lists a row the array lacks. A store whose image ids
     differ from the cache's is stale and started afresh.
     """
 
     def __init__(self, store_dir: Path | str, evaluator: str, weights_id: str, image_ids: Sequence[str],
-                 embedding_kind: str = "", save_every: int = 2048) -> None:
+                 embedding_kind: str = "", save_every: int = 2048,
+                 preprocessing: dict[str, Any] | None = None) -> None:
         self.dir = Path(store_dir)
         self.evaluator = evaluator
         self.weights_id = weights_id
         self.embedding_kind = embedding_kind
         self.image_ids = list(image_ids)
         self.save_every = max(1, int(save_every))
-        key = hash_json({"weights_id": weights_id, "embedding_kind": embedding_kind, "schema": STORE_SCHEMA})
+        key = hash_json({"weights_id": weights_id, "embedding_kind": embedding_kind,
+                         "preprocessing": preprocessing or {}, "schema": STORE_SCHEMA})
         safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in evaluator)
         self.npy_path = self.dir / f"{safe_name}-{key}.npy"
         self.json_path = self.dir / f"{safe_name}-{key}.json"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,16 +28,8 @@ from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, 
 from visae.metrics.embeddings import BackboneEmbedder, EmbeddingStore, ImageEmbedder, open_cache_source
 from visae.metrics.encode import EncodedBatch, PooledFeatures
 
-# Table 5 of the paper (+ the offline pair). Used only while visae.backbones.registry has no evaluator_for.
-EVALUATOR_PAIRING: dict[str, str] = {
-    "dinov2-b14": "clip-b16",
-    "clip-b16": "dinov2-b14",
-    "siglip-b16": "dinov2-b14",
-    "deit-b16": "clip-b16",
-    "mae-b16": "clip-b16",
-    "dinov2-s14-offline": "random-vit-s14",
-    "random-vit-s14": "dinov2-s14-offline",
-}
+if TYPE_CHECKING:
+    from visae.backbones.base import Backbone
 
 FEATURES_FILE = "m5_features.parquet"
 
@@ -54,8 +47,10 @@ class M5Config(MetricConfig):
                            "registered backbone name")
     allow_same_backbone: bool = Field(False, description="permit the SAE's own backbone as evaluator "
                                       "(circular; the paper never does this)")
-    evaluator_weights_path: str | None = Field(None, description="local weights file for the evaluator "
-                                               "backbone (None: its default weights)")
+    evaluator_weights: str | None = Field(None, description="local weights file for the evaluator backbone "
+                                          "(None: its default weights)")
+    evaluator_image_size: int | None = Field(None, ge=1, description="input resolution of the evaluator "
+                                             "(None: its default)")
     embed_batch_size: int = Field(32, ge=1, description="images per evaluator forward pass")
     embeddings_dir: str | None = Field(None, description="where embedding stores live (None: "
                                        "<cache_dir>/embeddings)")
@@ -302,34 +297,40 @@ def write_features_table(table: pd.DataFrame, path: Path) -> None:
 
 
 def default_evaluator(backbone: str) -> str:
-    """The paper's Table 5 evaluator for an SAE trained on ``backbone`` (ConfigError when none is known)."""
-    try:
-        from visae.backbones.registry import evaluator_for
-    except ImportError:
-        evaluator_for = None
-    if evaluator_for is not None:
-        try:
-            name = evaluator_for(backbone)
-        except (KeyError, ValueError, ConfigError):
-            name = None
-        if name:
-            return str(name)
-    if backbone in EVALUATOR_PAIRING:
-        return EVALUATOR_PAIRING[backbone]
-    raise ConfigError(f"metrics.m5.evaluator: no default evaluator (paper Table 5) for backbone "
-                      f"{backbone!r}; set metrics.m5.evaluator to a registered backbone other than it")
+    """The paper's Table 5 evaluator for an SAE trained on ``backbone`` (registry pairing; offline: the other
+    offline backbone). ConfigError when the backbone has no pairing."""
+    from visae.backbones.registry import evaluator_for
+
+    return evaluator_for(backbone)
+
+
+def canonical_backbone(name: str) -> str:
+    """Registry short name of ``name`` (a short name, or the timm name one stands for); else ``name``."""
+    from visae.backbones.registry import backbone_entry
+
+    entry = backbone_entry(name)
+    return entry.name if entry is not None else name
 
 
 def resolve_evaluator(config: M5Config, backbone: str) -> str:
     """The evaluator backbone name; refuses the SAE's own backbone unless ``allow_same_backbone``."""
     name = default_evaluator(backbone) if config.evaluator == "auto" else config.evaluator
-    if name == backbone:
+    if canonical_backbone(name) == canonical_backbone(backbone):
         if not config.allow_same_backbone:
             raise ConfigError(f"metrics.m5.evaluator: {name!r} is the backbone the SAE was trained on, which "
                               "makes M5 circular; choose another backbone or set allow_same_backbone: true")
         warnings.warn(f"M5 evaluator {name!r} is the SAE's own backbone (allow_same_backbone: true); "
                       "the score is circular and not comparable with the paper's", stacklevel=2)
     return name
+
+
+def preprocessing_key(backbone: Backbone) -> dict[str, Any]:
+    """What of the evaluator's preprocessing changes its embeddings (for the embedding store's hash)."""
+    spec = getattr(backbone, "preprocessing_spec", None)
+    if callable(spec):
+        return dict(spec())
+    layout = backbone.layout
+    return {"image_hw": [layout.grid_h * layout.patch_size, layout.grid_w * layout.patch_size]}
 
 
 # --- the metric ----------------------------------------------------------------------------------
@@ -366,7 +367,7 @@ class M5Monosemanticity(Metric):
         from visae.backbones.registry import load_backbone
 
         backbone = load_backbone(self.evaluator, device=str(self.ctx.device),
-                                 weights_path=self.cfg.evaluator_weights_path)
+                                 weights_path=self.cfg.evaluator_weights, image_size=self.cfg.evaluator_image_size)
         cache = self.ctx.cache
         if backbone.weights_id == cache.manifest.weights_id and not self.cfg.allow_same_backbone:
             raise ConfigError(f"metrics.m5.evaluator: {self.evaluator!r} has the same weights as the cache's "
@@ -376,7 +377,8 @@ class M5Monosemanticity(Metric):
         inner = BackboneEmbedder(backbone, source, source_index_n, batch_size=self.cfg.embed_batch_size)
         store_dir = Path(self.cfg.embeddings_dir) if self.cfg.embeddings_dir else Path(cache.path) / "embeddings"
         self.store = EmbeddingStore(store_dir, self.evaluator, backbone.weights_id, cache.image_ids,
-                                    embedding_kind=backbone.embedding_kind)
+                                    embedding_kind=backbone.embedding_kind,
+                                    preprocessing=preprocessing_key(backbone))
         store = self.store
 
         def embed(index_n: np.ndarray) -> np.ndarray:
