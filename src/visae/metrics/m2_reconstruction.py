@@ -1,0 +1,138 @@
+"""M2 — reconstruction: token-level fraction of variance unexplained (paper eq. 4), mean L0, dead features.
+
+``FVU = Σ‖a − â‖² / Σ‖a − ā‖²`` over every patch token of the evaluation set, ā the per-dimension mean
+over that set. Accumulated in one streaming pass with float64 sums (Σ‖a − â‖², Σ(a − s) per dimension,
+Σ‖a − s‖², s a fixed shift taken from the first group against cancellation), so the value is exact
+whatever the cache size. Computed in the SAE's input space: FVU does not change under the cache's
+mean subtraction and scalar std division.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from pydantic import Field
+
+from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from visae.metrics.encode import EncodedBatch, PooledFeatures
+
+
+class M2Config(MetricConfig):
+    """Settings for M2; defaults are the paper's Table 2."""
+
+    dead_threshold: float = Field(0.0, description="a feature is dead if its activation never exceeds this "
+                                  "on the evaluation set (paper: never active, i.e. 0)")
+
+
+class M2Result(MetricResult):
+    """M2: ``value`` is the token-level FVU (lower is better)."""
+
+    fvu: float | None = Field(description="Σ‖a − â‖² / Σ‖a − ā‖² over all evaluation tokens (eq. 4)")
+    explained_variance: float | None = Field(description="1 − FVU")
+    mse: float = Field(description="mean over tokens of ‖a − â‖² (SAE input space)")
+    total_variance: float = Field(description="mean over tokens of ‖a − ā‖² (SAE input space)")
+    mean_l0: float = Field(description="mean number of active (> 0) features per token")
+    dead: int = Field(description="features never above dead_threshold on the evaluation set")
+    dead_fraction: float = Field(description="dead / d_sae")
+    d_sae: int = Field(description="dictionary size")
+    n_tokens: int = Field(description="patch tokens evaluated")
+    n_images: int = Field(description="images evaluated")
+
+
+class M2Accumulator:
+    """Streaming float64 sums for FVU, the L0 count and each feature's maximum."""
+
+    def __init__(self, d_in: int, d_sae: int, config: M2Config, device: torch.device) -> None:
+        self.config = config
+        self.d_sae = d_sae
+        self.shift_d: torch.Tensor | None = None
+        self.sum_d = torch.zeros(d_in, dtype=torch.float64, device=device)
+        self.sum_sq = torch.zeros((), dtype=torch.float64, device=device)
+        self.sum_err = torch.zeros((), dtype=torch.float64, device=device)
+        self.sum_l0 = torch.zeros((), dtype=torch.int64, device=device)
+        self.max_f = torch.full((d_sae,), float("-inf"), dtype=torch.float32, device=device)
+        self.n_tokens = 0
+        self.n_images = 0
+
+    def update(self, acts_npd: torch.Tensor, recon_npd: torch.Tensor, codes_npf: torch.Tensor) -> None:
+        """Add one group of images (activations, reconstructions and codes in the SAE input space)."""
+        d = acts_npd.shape[-1]
+        a_td = acts_npd.reshape(-1, d).float()
+        codes_tf = codes_npf.reshape(a_td.shape[0], -1)
+        device = a_td.device
+        if self.sum_d.device != device:
+            self._to(device)
+        if self.shift_d is None:
+            self.shift_d = a_td.double().mean(dim=0).float()
+        err_td = a_td - recon_npd.reshape(-1, d).float()
+        centred_td = a_td - self.shift_d
+        self.sum_err += torch.sum(err_td * err_td, dtype=torch.float64)
+        self.sum_sq += torch.sum(centred_td * centred_td, dtype=torch.float64)
+        self.sum_d += torch.sum(centred_td, dim=0, dtype=torch.float64)
+        self.sum_l0 += (codes_tf > 0).sum()
+        self.max_f = torch.maximum(self.max_f, codes_tf.amax(dim=0).float())
+        self.n_tokens += a_td.shape[0]
+        self.n_images += acts_npd.shape[0]
+
+    def _to(self, device: torch.device) -> None:
+        for name in ("sum_d", "sum_sq", "sum_err", "sum_l0", "max_f"):
+            setattr(self, name, getattr(self, name).to(device))
+
+    def result(self) -> M2Result:
+        """FVU, MSE, mean L0 and dead features of everything added."""
+        if self.n_tokens == 0:
+            raise ValueError("m2: no tokens were encoded")
+        n = self.n_tokens
+        mean_shifted_d = self.sum_d / n
+        total = float(self.sum_sq - n * torch.dot(mean_shifted_d, mean_shifted_d))
+        err = float(self.sum_err)
+        fvu = err / total if total > 0 else None
+        dead = int((self.max_f <= self.config.dead_threshold).sum())
+        return M2Result(
+            metric="m2", value=fvu, higher_is_better=False,
+            note="" if fvu is not None else "activations have zero variance over the evaluation set",
+            fvu=fvu, explained_variance=None if fvu is None else 1.0 - fvu,
+            mse=err / n, total_variance=total / n, mean_l0=float(self.sum_l0) / n,
+            dead=dead, dead_fraction=dead / self.d_sae, d_sae=self.d_sae, n_tokens=n, n_images=self.n_images,
+        )
+
+
+def compute_m2(batches: Iterable[EncodedBatch], config: M2Config | None = None) -> M2Result:
+    """FVU, mean L0 and dead features in one pass over encoded image groups."""
+    config = config or M2Config()
+    acc: M2Accumulator | None = None
+    for batch in batches:
+        if acc is None:
+            acc = M2Accumulator(batch.acts_npd.shape[-1], batch.codes_npf.shape[-1], config,
+                                batch.acts_npd.device)
+        acc.update(batch.acts_npd, batch.recon_npd, batch.codes_npf)
+    if acc is None:
+        raise ValueError("m2: no images were encoded")
+    return acc.result()
+
+
+@register_metric
+class M2Reconstruction(Metric):
+    """Registered as ``m2``."""
+
+    name: ClassVar[str] = "m2"
+    config_cls: ClassVar[type[MetricConfig]] = M2Config
+
+    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
+        super().__init__(config, ctx)
+        if not isinstance(config, M2Config):
+            raise TypeError(f"m2: expected an M2Config, got {type(config).__name__}")
+        self.acc = M2Accumulator(ctx.sae.d_in, ctx.sae.d_sae, config, ctx.device)
+
+    def update(self, batch: EncodedBatch) -> None:
+        """Add one group of encoded images."""
+        self.acc.update(batch.acts_npd, batch.recon_npd, batch.codes_npf)
+
+    def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
+        """The M2 result."""
+        return self.acc.result()
