@@ -80,7 +80,11 @@ def stratified_split(labels_n: np.ndarray, test_size: float = 0.2, seed: int = 4
 
 
 def f_scores(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
-    """ANOVA F statistic per feature (``sklearn.feature_selection.f_classif``); NaN (constant feature) → −inf."""
+    """ANOVA F statistic per feature (``sklearn.feature_selection.f_classif``).
+
+    NaN (a constant feature) → −inf, so it ranks last; +inf (no within-class variance: a perfect
+    class indicator) is kept and ranks first.
+    """
     import warnings
 
     from sklearn.feature_selection import f_classif
@@ -88,12 +92,12 @@ def f_scores(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant features: 0/0, handled below
         f, _ = f_classif(x_nf, y_n)
-    return np.where(np.isfinite(f), f, -np.inf)
+    return np.where(np.isnan(f), -np.inf, f)
 
 
 def rank_by_f(f_f: np.ndarray) -> np.ndarray:
-    """Feature indices by descending F (stable: ties keep index order; NaN/−inf last)."""
-    f_f = np.where(np.isfinite(f_f), f_f, -np.inf)
+    """Feature indices by descending F (stable: ties keep index order; +inf first, NaN/−inf last)."""
+    f_f = np.where(np.isnan(f_f), -np.inf, f_f)
     return np.argsort(-f_f, kind="stable")
 
 
@@ -103,7 +107,9 @@ def rank_features(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
 
 
 def f_one_vs_rest(x_nf: ArrayLike, y_n: np.ndarray, classes: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """Binary ANOVA F of every feature for each class against the rest: ``[len(classes), F]``, −inf if constant.
+    """Binary ANOVA F of every feature for each class against the rest: ``[len(classes), F]``.
+
+    −inf for a constant feature, +inf for one without within-group variance (as :func:`f_scores`).
 
     Equals ``f_classif(x, y == c)`` for each class ``c``, computed from per-class sums in one pass.
     """
@@ -123,9 +129,10 @@ def f_one_vs_rest(x_nf: ArrayLike, y_n: np.ndarray, classes: np.ndarray, chunk: 
         n_r = n - n_c
         with np.errstate(divide="ignore", invalid="ignore"):
             ss_between = s_c**2 / n_c + (total_f - s_c) ** 2 / n_r - total_f**2 / n
-            ss_within = ss_tot - ss_between
+            ss_within = np.maximum(ss_tot - ss_between, 0.0)
             f = ss_between / (ss_within / (n - 2))
-        out[s:s + chunk] = np.where(np.isfinite(f) & (ss_tot > 0), f, -np.inf)
+        const = ss_tot <= 1e-12 * np.maximum(total_q, 1e-300)
+        out[s:s + chunk] = np.where(np.isnan(f) | const, -np.inf, f)
     return out
 
 

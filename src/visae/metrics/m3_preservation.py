@@ -1,0 +1,76 @@
+"""M3 — downstream preservation (paper §4.2, Table 2): acc(φ(â)) / acc(φ(a)) for one probe φ trained on raw features.
+
+Image features are max-pooled over patches (in the SAE's normalized input space). The evaluation cache is
+split 80/20, stratified, seed 42; one multinomial logistic probe (lbfgs, C = 1, max_iter = 1000, no class
+weights; inputs standardized with the raw training split's statistics, :mod:`visae.metrics.probes`) is
+trained on the raw features of the training split and applied, unchanged, to the raw and to the
+reconstructed features of the held-out split.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
+from visae.metrics.encode import PooledFeatures
+from visae.metrics.probes import ProbeConfig, fit_probe, stratified_split
+
+
+class M3Config(MetricConfig):
+    """Settings for M3; defaults are the paper's Table 2."""
+
+    test_size: float = Field(0.2, gt=0, lt=1, description="held-out fraction, stratified (paper Table 2: 0.2)")
+    seed: int = Field(42, description="split seed (paper Table 2: 42)")
+    probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=1000),
+                               description="the probe (paper Table 2: lbfgs, C = 1, max_iter = 1000)")
+
+
+class M3Result(MetricResult):
+    """M3: ``value`` = acc(recon) / acc(raw) on the held-out split (higher: more preserved)."""
+
+    acc_raw: float = Field(description="probe accuracy on raw held-out features")
+    acc_recon: float = Field(description="the same probe's accuracy on reconstructed held-out features")
+    n_train: int = Field(description="images the probe was trained on")
+    n_test: int = Field(description="held-out images")
+    n_classes: int = Field(description="classes in the training split")
+    probe_converged: bool = Field(description="whether the probe's solver met its tolerance within max_iter")
+
+
+def compute_m3(acts_nd: np.ndarray, recon_nd: np.ndarray, labels_n: np.ndarray,
+               config: M3Config | None = None) -> M3Result:
+    """M3 on image-level raw features ``acts_nd`` and reconstructions ``recon_nd`` (same rows, same labels)."""
+    config = config or M3Config()
+    train, test = stratified_split(labels_n, config.test_size, config.seed)
+    probe = fit_probe(acts_nd[train], labels_n[train], config.probe)
+    acc_raw = probe.accuracy(acts_nd[test], labels_n[test])
+    acc_recon = probe.accuracy(recon_nd[test], labels_n[test])
+    value = acc_recon / acc_raw if acc_raw > 0 else None
+    return M3Result(metric="m3", value=value, higher_is_better=True,
+                    note="" if value is not None else "the raw probe has accuracy 0: the ratio is undefined",
+                    acc_raw=acc_raw, acc_recon=acc_recon, n_train=len(train), n_test=len(test),
+                    n_classes=len(probe.classes), probe_converged=probe.converged)
+
+
+@register_metric
+class M3Preservation(Metric):
+    """Registered as ``m3``."""
+
+    name: ClassVar[str] = "m3"
+    config_cls: ClassVar[type[MetricConfig]] = M3Config
+    needs_pooled: ClassVar[bool] = True
+    needs_stream: ClassVar[bool] = False
+
+    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
+        super().__init__(config, ctx)
+        if not isinstance(config, M3Config):
+            raise TypeError(f"m3: expected an M3Config, got {type(config).__name__}")
+        self.cfg = config
+
+    def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
+        """Fit the raw probe and score raw and reconstructed held-out features."""
+        if pooled is None:
+            raise ValueError("m3: needs the pooled features of the evaluation pass")
+        return compute_m3(pooled.acts_nd, pooled.recon_nd, pooled.labels_n, self.cfg)

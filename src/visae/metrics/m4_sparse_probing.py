@@ -1,0 +1,168 @@
+"""M4 — sparse probing (paper §4.3, Table 2): mean one-vs-rest AUC of logistic probes on the top-k SAE features.
+
+Codes are max-pooled over patches. The evaluation cache is split 80/20, stratified, seed 42. With the
+default ``ranking="global"`` the features are ranked once by descending multi-class ANOVA F
+(``f_classif``) on the training split; for every budget k a multinomial logistic probe (lbfgs, C = 1,
+max_iter = 500, no class weights, standardized inputs — :mod:`visae.metrics.probes`) is trained on the top-k
+features and scored by the mean over classes of the one-vs-rest ROC AUC of its predicted probabilities on
+the held-out split (= ``roc_auc_score(multi_class="ovr", average="macro")``; classes absent from the
+held-out split are left out of the mean). With ``ranking="per_class"`` each class gets its own ranking
+(binary F, class vs rest) and a binary probe on its own top-k, scored by its AUC; the mean is reported.
+Budgets larger than the dictionary are skipped; k = 128 is the headline.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import Field
+
+from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
+from visae.metrics.encode import PooledFeatures
+from visae.metrics.probes import (
+    ArrayLike,
+    ProbeConfig,
+    binary_auc,
+    f_one_vs_rest,
+    fit_probe,
+    newton_binary,
+    ovr_auc,
+    rank_by_f,
+    rank_features,
+    stratified_split,
+    take_columns,
+)
+
+CURVE_TABLE = "m4_curve.csv"
+PAPER_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class M4Config(MetricConfig):
+    """Settings for M4; defaults are the paper's Table 2."""
+
+    ks: list[int] = Field(list(PAPER_KS), description="feature budgets (paper Table 2: 1, 2, 4, …, 1024); "
+                          "budgets above the dictionary size are skipped")
+    headline_k: int = Field(128, ge=1, description="the budget reported as M4 (paper §4.3: 128)")
+    ranking: Literal["global", "per_class"] = Field(
+        "global", description="'global': one multi-class f_classif ranking and multinomial probes (paper Table 2); "
+        "'per_class': binary class-vs-rest ranking and probe per class")
+    test_size: float = Field(0.2, gt=0, lt=1, description="held-out fraction, stratified (paper Table 2: 0.2)")
+    seed: int = Field(42, description="split seed (paper Table 2: 42)")
+    probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=500),
+                               description="the probe (paper Table 2: lbfgs, C = 1, max_iter = 500)")
+    write_curve: bool = Field(True, description=f"write the k → AUC curve to <out>/{CURVE_TABLE}")
+
+
+class M4Result(MetricResult):
+    """M4: ``value`` = mean one-vs-rest AUC at ``headline_k`` (higher: concepts readable from few features)."""
+
+    headline_k: int = Field(description="the budget of ``value`` (min of the configured k and the dictionary size)")
+    curve: dict[str, float | None] = Field(description="k → mean AUC, every budget evaluated")
+    ranking: str = Field(description="'global' or 'per_class'")
+    n_train: int = Field(description="images the probes were trained on")
+    n_test: int = Field(description="held-out images")
+    n_classes: int = Field(description="classes in the training split")
+    n_features: int = Field(description="dictionary size")
+
+
+def sparse_probe_curve(codes_tr: ArrayLike, y_tr: np.ndarray, codes_te: ArrayLike, y_te: np.ndarray,
+                       ks: list[int], probe: ProbeConfig, ranking: str = "global") -> dict[int, float]:
+    """Mean one-vs-rest AUC on the held-out rows for every budget k (≤ the number of features)."""
+    n_features = codes_tr.shape[1]
+    budgets = sorted({k for k in ks if 1 <= k <= n_features})
+    classes = np.unique(y_tr)
+    out: dict[int, float] = {}
+    if ranking == "global":
+        order = rank_features(codes_tr, y_tr)
+        for k in budgets:
+            cols = order[:k]
+            p = fit_probe(take_columns(codes_tr, cols), y_tr, probe)
+            x_te = take_columns(codes_te, cols)
+            if len(p.classes) == 2:
+                out[k] = binary_auc(y_te == p.classes[1], p.decision_function(x_te))
+            else:
+                out[k] = float(np.nanmean(ovr_auc(y_te, p.predict_proba(x_te), p.classes)))
+        return out
+    f_cf = f_one_vs_rest(codes_tr, y_tr, classes)
+    orders = [rank_by_f(f) for f in f_cf]
+    for k in budgets:
+        aucs = [_class_auc(codes_tr, y_tr == c, codes_te, y_te == c, orders[i][:k], probe)
+                for i, c in enumerate(classes)]
+        out[k] = float(np.nanmean(aucs))
+    return out
+
+
+def _class_auc(codes_tr: ArrayLike, pos_tr: np.ndarray, codes_te: ArrayLike, pos_te: np.ndarray,
+               cols: np.ndarray, probe: ProbeConfig) -> float:
+    """AUC of a binary class-vs-rest probe on the given columns."""
+    if probe.engine == "torch":
+        import torch
+
+        from visae.device import pick_device
+        from visae.metrics.probes import Standardizer
+
+        dev = pick_device(probe.device)
+        x_tr = take_columns(codes_tr, cols)
+        scaler = Standardizer.fit(x_tr, probe.standardize)
+        w, b, _, _ = newton_binary(torch.as_tensor(scaler.apply(x_tr), device=dev)[None],
+                                   torch.as_tensor(pos_tr, device=dev, dtype=torch.float32)[None],
+                                   probe.C, probe.max_iter, probe.tol)
+        score = scaler.apply(take_columns(codes_te, cols)) @ w[0].cpu().numpy() + float(b[0])
+        return binary_auc(pos_te, score)
+    p = fit_probe(take_columns(codes_tr, cols), pos_tr.astype(np.int64), probe)
+    return binary_auc(pos_te, p.decision_function(take_columns(codes_te, cols)))
+
+
+def compute_m4(codes_nf: ArrayLike, labels_n: np.ndarray, config: M4Config | None = None) -> M4Result:
+    """M4 on image-level codes ``codes_nf`` (dense or scipy sparse) with labels ``labels_n``."""
+    config = config or M4Config()
+    codes = sp.csr_matrix(codes_nf) if sp.issparse(codes_nf) else np.asarray(codes_nf)
+    train, test = stratified_split(labels_n, config.test_size, config.seed)
+    n_features = codes.shape[1]
+    head = min(config.headline_k, n_features)
+    ks = sorted(set(config.ks) | {head})
+    curve = sparse_probe_curve(codes[train], labels_n[train], codes[test], labels_n[test], ks,
+                               config.probe, config.ranking)
+    value = curve.get(head)
+    value = None if value is None or math.isnan(value) else value
+    note = "" if head == config.headline_k else f"the dictionary has only {n_features} features: headline at k={head}"
+    return M4Result(metric="m4", value=value, higher_is_better=True, note=note, headline_k=head,
+                    curve={str(k): (None if math.isnan(v) else v) for k, v in curve.items()},
+                    ranking=config.ranking, n_train=len(train), n_test=len(test),
+                    n_classes=len(np.unique(labels_n[train])), n_features=n_features)
+
+
+def write_curve(path: str | object, result: M4Result) -> None:
+    """The k → AUC curve as a two-column CSV (``k,auc``)."""
+    from visae.io import atomic_write_text
+
+    lines = ["k,auc"] + [f"{k},{'' if v is None else repr(v)}" for k, v in result.curve.items()]
+    atomic_write_text(str(path), "\n".join(lines) + "\n")
+
+
+@register_metric
+class M4SparseProbing(Metric):
+    """Registered as ``m4``."""
+
+    name: ClassVar[str] = "m4"
+    config_cls: ClassVar[type[MetricConfig]] = M4Config
+    needs_pooled: ClassVar[bool] = True
+    needs_stream: ClassVar[bool] = False
+
+    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
+        super().__init__(config, ctx)
+        if not isinstance(config, M4Config):
+            raise TypeError(f"m4: expected an M4Config, got {type(config).__name__}")
+        self.cfg = config
+
+    def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
+        """Rank, probe every budget, write the curve table."""
+        if pooled is None:
+            raise ValueError("m4: needs the pooled features of the evaluation pass")
+        result = compute_m4(pooled.codes_nf, pooled.labels_n, self.cfg)
+        if self.ctx.out_dir is not None and self.cfg.write_curve:
+            write_curve(self.ctx.out_dir / CURVE_TABLE, result)
+        return result
