@@ -1,0 +1,173 @@
+"""M6 — cross-domain generalization (paper §4.3, Table 2, App. L/M).
+
+For every out-of-domain dataset (iNaturalist, CUB-200, DTD in the paper; any labelled cache here), the SAE
+encodes that dataset's activation caches itself (:func:`visae.metrics.encode.encode_stream`; inputs
+normalized with the statistics stored in the SAE = the ImageNet training statistics, Table 2), and raw
+activations, reconstructions and codes are max-pooled to image features. Three probes are trained from
+scratch on the dataset's own training split — one per representation, same hyperparameters (lbfgs, C = 1,
+max_iter = 500, no class weights, standardized inputs) — and scored on its test split.
+Preservation = acc(recon) / acc(raw); sparse code probing = mean one-vs-rest AUC of the M4 probe at k = 128.
+
+Each dataset is given as a training cache and a test cache built by ``visae cache`` on the same backbone and
+layer (official splits). A dataset given as one cache is split 80/20, stratified, seed 42 (said in the note).
+``value`` is the preservation on the headline dataset (the first listed unless ``headline`` names one).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from visae.config import FrozenConfig
+from visae.errors import ConfigError
+from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
+from visae.metrics.encode import PooledCollector, PooledFeatures, encode_stream
+from visae.metrics.m4_sparse_probing import sparse_probe_curve
+from visae.metrics.probes import ProbeConfig, fit_probe, stratified_split
+
+
+class OODDataset(FrozenConfig):
+    """One out-of-domain dataset as activation caches."""
+
+    name: str = Field(description="dataset name in the result (inat, cub, dtd …)")
+    train_cache: str = Field(description="cache folder of the dataset's training split")
+    test_cache: str | None = Field(None, description="cache folder of its test split; None: split train_cache "
+                                   "80/20, stratified, seed 42")
+
+
+class M6Config(MetricConfig):
+    """Settings for M6; defaults are the paper's Table 2 / App. L."""
+
+    datasets: list[OODDataset] = Field(
+        default_factory=list, description="out-of-domain caches: a list of {name, train_cache, test_cache}, or a "
+        "mapping name → cache path / {train_cache, test_cache}")
+    headline: str | None = Field(None, description="dataset whose preservation is M6's value (default: the first; "
+                                 "the paper reports iNaturalist)")
+    sparse_k: int = Field(128, ge=1, description="budget of the sparse code probe (paper §4.3: 128)")
+    code_probe: bool = Field(True, description="also train a probe on all (dense) code features (App. L)")
+    test_size: float = Field(0.2, gt=0, lt=1, description="held-out fraction when a dataset has one cache")
+    seed: int = Field(42, description="split seed when a dataset has one cache")
+    group_size: int = Field(64, ge=1, description="images per encoding group")
+    probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=500),
+                               description="the probes (paper App. L: lbfgs, C = 1, max_iter = 500)")
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _mapping_form(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            out = []
+            for name, item in v.items():
+                if isinstance(item, (str, Path)):
+                    out.append({"name": name, "train_cache": str(item)})
+                elif isinstance(item, dict):
+                    out.append({"name": name, **item})
+                else:
+                    raise ValueError(f"datasets.{name}: expected a cache path or {{train_cache, test_cache}}")
+            return out
+        return v
+
+
+class M6DatasetResult(BaseModel):
+    """Probe accuracies on one out-of-domain dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    acc_raw: float = Field(description="test accuracy of the probe on raw features")
+    acc_recon: float = Field(description="test accuracy of the probe on reconstructed features")
+    acc_codes: float | None = Field(description="test accuracy of the probe on all code features")
+    preservation: float | None = Field(description="acc_recon / acc_raw")
+    sparse_auc: float | None = Field(description="mean one-vs-rest AUC of the code probe on the top-k features")
+    sparse_k: int = Field(description="k of sparse_auc (min of the configured k and the dictionary size)")
+    n_train: int = Field(description="training images")
+    n_test: int = Field(description="test images")
+    n_classes: int = Field(description="classes in the training split")
+    split: str = Field(description="'caches' (official train/test caches) or 'internal 80/20'")
+
+
+class M6Result(MetricResult):
+    """M6: ``value`` = preservation acc(recon)/acc(raw) on the headline dataset."""
+
+    headline: str | None = Field(description="dataset of ``value``")
+    datasets: dict[str, M6DatasetResult] = Field(description="per-dataset accuracies")
+
+
+def compute_m6_dataset(train: PooledFeatures, test: PooledFeatures, config: M6Config,
+                       split: str = "caches") -> M6DatasetResult:
+    """Probe raw, reconstructed and code features of one dataset (pooled train and test features)."""
+    y_tr, y_te = train.labels_n, test.labels_n
+    p_raw = fit_probe(train.acts_nd, y_tr, config.probe)
+    acc_raw = p_raw.accuracy(test.acts_nd, y_te)
+    acc_recon = fit_probe(train.recon_nd, y_tr, config.probe).accuracy(test.recon_nd, y_te)
+    acc_codes = None
+    if config.code_probe:
+        acc_codes = fit_probe(train.codes_nf, y_tr, config.probe).accuracy(test.codes_nf.toarray(), y_te)
+    k = min(config.sparse_k, train.codes_nf.shape[1])
+    auc = sparse_probe_curve(train.codes_nf, y_tr, test.codes_nf, y_te, [k], config.probe).get(k)
+    return M6DatasetResult(acc_raw=acc_raw, acc_recon=acc_recon, acc_codes=acc_codes,
+                           preservation=acc_recon / acc_raw if acc_raw > 0 else None,
+                           sparse_auc=None if auc is None or np.isnan(auc) else auc, sparse_k=k,
+                           n_train=len(y_tr), n_test=len(y_te), n_classes=len(np.unique(y_tr)), split=split)
+
+
+def _rows(p: PooledFeatures, idx: np.ndarray) -> PooledFeatures:
+    return PooledFeatures(labels_n=p.labels_n[idx], acts_nd=p.acts_nd[idx], recon_nd=p.recon_nd[idx],
+                          codes_nf=p.codes_nf[idx])
+
+
+def pool_cache(ctx: EvalContext, path: str, group_size: int) -> PooledFeatures:
+    """Encode one cache with the context's SAE and max-pool raw, reconstructed and code features."""
+    from visae.cache.reader import open_cache
+
+    cache = open_cache(path)
+    collector = PooledCollector()
+    for batch in encode_stream(ctx.sae, cache, group_size=group_size, device=ctx.device):
+        collector.update(batch)
+    return collector.result()
+
+
+def compute_m6(ctx: EvalContext, config: M6Config) -> M6Result:
+    """M6 over every configured dataset."""
+    if not config.datasets:
+        return M6Result(metric="m6", value=None, higher_is_better=True, headline=None, datasets={},
+                        note="no out-of-domain dataset configured (m6.datasets)")
+    names = [d.name for d in config.datasets]
+    if config.headline is not None and config.headline not in names:
+        raise ConfigError(f"m6.headline={config.headline!r}: not among m6.datasets ({', '.join(names)})")
+    out: dict[str, M6DatasetResult] = {}
+    for ds in config.datasets:
+        train = pool_cache(ctx, ds.train_cache, config.group_size)
+        if ds.test_cache is not None:
+            test = pool_cache(ctx, ds.test_cache, config.group_size)
+            split = "caches"
+        else:
+            tr, te = stratified_split(train.labels_n, config.test_size, config.seed)
+            train, test, split = _rows(train, tr), _rows(train, te), "internal 80/20"
+        out[ds.name] = compute_m6_dataset(train, test, config, split)
+    head = config.headline or names[0]
+    internal = [n for n, r in out.items() if r.split != "caches"]
+    note = f"no test cache for {', '.join(internal)}: split 80/20 stratified, seed {config.seed}" if internal else ""
+    return M6Result(metric="m6", value=out[head].preservation, higher_is_better=True, note=note, headline=head,
+                    datasets=out)
+
+
+@register_metric
+class M6CrossDomain(Metric):
+    """Registered as ``m6``; encodes its own out-of-domain caches (the evaluation cache is not used)."""
+
+    name: ClassVar[str] = "m6"
+    config_cls: ClassVar[type[MetricConfig]] = M6Config
+    needs_pooled: ClassVar[bool] = False
+    needs_stream: ClassVar[bool] = False
+
+    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
+        super().__init__(config, ctx)
+        if not isinstance(config, M6Config):
+            raise TypeError(f"m6: expected an M6Config, got {type(config).__name__}")
+        self.cfg = config
+
+    def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
+        """Encode every out-of-domain cache and probe it."""
+        return compute_m6(self.ctx, self.cfg)
