@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from visae.backbones.base import Backbone
 from visae.backbones.layout import TokenLayout
 from visae.cache.manifest import SCHEMA_VERSION
 from visae.cache.stats import StreamingStats
 from visae.cache.store import write_final, write_shard
 from visae.errors import CacheError
 from visae.io import hash_json
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 
 def write_synthetic_cache(dir: Path | str, acts_npd: np.ndarray, labels: np.ndarray, class_names: list[str],
@@ -59,3 +66,65 @@ def write_synthetic_cache(dir: Path | str, acts_npd: np.ndarray, labels: np.ndar
     write_final(dir_path, manifest_fields=fields, shards=shards, labels=labels, image_ids=list(ids),
                 stats=stats, skipped=[])
     return dir_path
+
+
+class TinyViTBackbone(Backbone):
+    """A tiny random timm ViT (seeded) implementing :class:`Backbone`, for fast tests of the pipeline.
+
+    32×32 input, patch 8 (a 4×4 grid), width 32, 2 blocks, a CLS token.
+    """
+
+    def __init__(self, seed: int = 0, device: str = "cpu", img_size: int = 32, patch_size: int = 8,
+                 embed_dim: int = 32, depth: int = 2) -> None:
+        import timm
+        import torch
+        from torchvision import transforms
+
+        from visae.device import pick_device
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=img_size,
+                                           patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=2,
+                                           num_classes=0)
+        self.device = pick_device(device)
+        self.model.eval().to(self.device)
+        self.name = "tiny-vit-test"
+        self.weights_id = f"random-seed{seed}"
+        grid = img_size // patch_size
+        self.layout = TokenLayout(("cls",), grid, grid, patch_size)
+        self.d_model = embed_dim
+        self.n_blocks = depth
+        self.embedding_kind = "CLS token after the final LayerNorm"
+        self._transform = transforms.Compose([
+            transforms.Resize((img_size, img_size)), transforms.ToTensor(),
+            transforms.Normalize([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])])
+
+    @property
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """Resize to the input size, scale to [-1, 1]."""
+        return self._transform
+
+    def block_outputs(self, pixels_bchw: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+        """Residual stream after each requested block."""
+        import torch
+
+        m: Any = self.model
+        with torch.inference_mode():
+            x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixels_bchw.to(self.device)))))
+            out: dict[int, torch.Tensor] = {}
+            for i, blk in enumerate(m.blocks):
+                x = blk(x)
+                if i in layers:
+                    out[i] = x
+                if len(out) == len(set(layers)):
+                    break
+        return out
+
+    def embed(self, pixels_bchw: torch.Tensor) -> torch.Tensor:
+        """CLS token after the final norm."""
+        import torch
+
+        with torch.inference_mode():
+            m: Any = self.model
+            return m.forward_features(pixels_bchw.to(self.device))[:, 0]

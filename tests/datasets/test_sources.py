@@ -1,0 +1,192 @@
+"""Image sources: ImageFolder trees with awkward files, offline sets, Fashion-MNIST, HF, subsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visae.datasets.fashion_mnist import find_idx_dir
+from visae.datasets.images import load_image_file, to_rgb
+from visae.datasets.registry import known_sources, open_source
+from visae.datasets.subset import stratified_split, subset_indices
+from visae.errors import DataError
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "imgs"
+    (root / "n01440764").mkdir(parents=True)
+    (root / "n01443537").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / "n01440764" / f"a{i}.png")
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / "n01443537" / f"b{i}.JPEG")
+    Image.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8), mode="L").save(root / "n01443537" / "gray.png")
+    Image.new("CMYK", (8, 8), (0, 255, 0, 0)).save(root / "n01443537" / "cmyk.jpg")
+    arr16 = np.full((6, 6), 65535, dtype=np.uint16)
+    arr16[0, 0] = 257 * 10
+    Image.fromarray(arr16).save(root / "n01440764" / "deep16.png")
+    (root / "n01440764" / "notes.txt").write_text("not an image")
+    (root / "n01440764" / "zero.png").write_bytes(b"")
+    good = (root / "n01440764" / "a0.png").read_bytes()
+    (root / "n01443537" / "trunc.png").write_bytes(good[: len(good) // 2])
+    (root / "n01443537" / "junk.jpg").write_bytes(b"\xff\xd8\xff garbage" * 10)
+    return root
+
+
+def test_folder_layout_ids_and_errors(tree):
+    src = open_source(f"folder:{tree}")
+    assert src.class_names == ["n01440764", "n01443537"]
+    ids = [src.image_id(i) for i in range(len(src))]
+    assert "n01440764/notes.txt" not in ids
+    assert ids[:5] == ["n01440764/a0.png", "n01440764/a1.png", "n01440764/a2.png", "n01440764/deep16.png",
+                       "n01440764/zero.png"]
+    assert list(src.labels) == [0] * 5 + [1] * 7
+    bad = {}
+    for i in range(len(src)):
+        try:
+            img = src.load(i)
+            assert img.mode == "RGB"
+        except DataError as e:
+            bad[ids[i]] = str(e)
+    assert set(bad) == {"n01440764/zero.png", "n01443537/trunc.png", "n01443537/junk.jpg"}
+    for name, msg in bad.items():
+        assert name.split("/")[1] in msg
+    assert "0 bytes" in bad["n01440764/zero.png"]
+    # 16-bit: scaled, not clipped (65535 → 255, 2570 → 10)
+    deep = np.asarray(src.load(ids.index("n01440764/deep16.png")))
+    assert deep[1, 1].tolist() == [255, 255, 255] and deep[0, 0].tolist() == [10, 10, 10]
+    cmyk = np.asarray(src.load(ids.index("n01443537/cmyk.jpg")))
+    assert cmyk[4, 4, 0] > 200 and cmyk[4, 4, 1] < 60  # magenta-free red-ish? no: C=0,M=255 → (255,0,255)
+    gray = src.load(ids.index("n01443537/gray.png"))
+    assert gray.size == (9, 9)
+
+
+def test_imagenet_split_subfolders(tmp_path):
+    for split in ("train", "val"):
+        d = tmp_path / split / "n0000001"
+        d.mkdir(parents=True)
+        Image.new("RGB", (4, 4), (1, 2, 3)).save(d / f"{split}.png")
+    assert open_source(f"folder:{tmp_path}", split="val").image_id(0) == "n0000001/val.png"
+    assert open_source(f"folder:{tmp_path}", split="test").image_id(0) == "n0000001/val.png"
+    assert open_source(str(tmp_path), split="train").image_id(0) == "n0000001/train.png"
+
+
+@pytest.mark.parametrize(("mode", "value", "want"), [
+    ("L", 7, [7, 7, 7]),
+    ("LA", (9, 0), [9, 9, 9]),
+    ("RGBA", (1, 2, 3, 0), [1, 2, 3]),
+    ("I;16", 32768, [128, 128, 128]),
+    ("I", 65535, [255, 255, 255]),
+    ("F", 0.5, [128, 128, 128]),
+    ("1", 1, [255, 255, 255]),
+    ("CMYK", (0, 0, 0, 0), [255, 255, 255]),
+])
+def test_to_rgb_modes(mode, value, want):
+    out = to_rgb(Image.new(mode, (3, 2), value))
+    assert out.mode == "RGB" and np.asarray(out)[0, 0].tolist() == want
+
+
+def test_palette_to_rgb():
+    p = Image.new("P", (2, 2), 1)
+    p.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    assert np.asarray(to_rgb(p))[0, 0].tolist() == [10, 20, 30]
+
+
+def test_decompression_bomb_is_data_error(tmp_path, monkeypatch):
+    p = tmp_path / "big.png"
+    Image.new("RGB", (100, 100)).save(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(DataError, match=r"big\.png: image too large"):
+        load_image_file(p)
+
+
+def test_stratified_split_and_subset():
+    labels = np.repeat(np.arange(4), [10, 20, 5, 1])
+    tr, te = stratified_split(labels)
+    assert len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == len(labels)
+    assert np.bincount(labels[te], minlength=4).tolist() == [2, 4, 1, 0]
+    assert np.array_equal(stratified_split(labels)[1], te)
+    sub = subset_indices(labels, 12, seed=3)
+    assert len(sub) == 12 and np.all(np.diff(sub) > 0)
+    assert np.bincount(labels[sub], minlength=4).tolist() == [3, 7, 2, 0]
+    assert np.array_equal(sub, subset_indices(labels, 12, seed=3))
+    assert not np.array_equal(sub, subset_indices(labels, 12, seed=4))
+
+
+@pytest.mark.parametrize(("spec", "n_all", "n_classes"), [
+    ("offline:digits", 1797, 10), ("offline:faces", 200, 2), ("offline:textures", 300, 3), ("offline:mnist", 5000, 10),
+])
+def test_offline_sets(spec, n_all, n_classes):
+    tr = open_source(spec, "train")
+    te = open_source(spec, "test")
+    assert len(tr) + len(te) == n_all
+    assert open_source(spec, "val").image_id(0) == te.image_id(0)
+    assert len(tr.class_names) == n_classes and set(np.unique(tr.labels)) == set(range(n_classes))
+    assert not set(tr.image_id(i) for i in range(len(tr))) & set(te.image_id(i) for i in range(len(te)))
+    img = tr.load(0)
+    assert img.mode == "RGB"
+    sub = open_source(spec, "train", max_images=20, seed=1)
+    assert len(sub) == 20 and sub.spec.endswith("#stratified-20-seed1")
+    assert sub.fingerprint() == open_source(spec, "train", max_images=20, seed=1).fingerprint()
+    assert sub.fingerprint() != open_source(spec, "train", max_images=20, seed=2).fingerprint()
+
+
+def test_offline_content():
+    faces = open_source("offline:faces", "all")
+    assert faces.labels[:100].sum() == 0 and faces.labels[100:].sum() == 100
+    from skimage import data
+    lfw = data.lfw_subset()
+    assert np.array_equal(np.asarray(faces.load(5))[:, :, 0], np.rint(lfw[5] * 255).astype(np.uint8))
+    digits = open_source("offline:digits", "all")
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    assert np.array_equal(np.asarray(digits.load(7))[:, :, 1], np.rint(d.images[7] * 255 / 16).astype(np.uint8))
+    tex = open_source("offline:textures", "all")
+    assert tex.load(0).size == (48, 48) and tex.class_names == ["brick", "grass", "gravel"]
+    assert np.array_equal(np.asarray(tex.load(1))[:, :, 2], data.brick()[:48, 48:96])
+
+
+@pytest.mark.skipif(find_idx_dir() is None, reason="Debian dataset-fashion-mnist not installed")
+def test_fashion_mnist_idx():
+    tr = open_source("fashion-mnist", "train")
+    te = open_source("fashion-mnist", "test")
+    assert (len(tr), len(te)) == (60000, 10000)
+    assert np.bincount(te.labels).tolist() == [1000] * 10
+    assert tr.class_names[9] == "Ankle boot" and te.image_id(3) == "test/00003"
+    assert tr.load(0).size == (28, 28) and tr.load(0).mode == "RGB"
+    assert open_source("fashion-mnist", "val").fingerprint()["ids"] == te.fingerprint()["ids"]
+
+
+def _have_hf() -> bool:
+    try:
+        import datasets
+    except ImportError:
+        return False
+    return hasattr(datasets, "load_dataset")
+
+
+@pytest.mark.skipif(not _have_hf(), reason="extra [hf] not installed")
+def test_hf_saved_dataset(tmp_path):
+    import datasets
+
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    imgs = [Image.new("L", (5, 5), i * 40) for i in range(4)]
+    ds = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"image": imgs, "label": [0, 1, 0, 1]},
+                                                                   features=feats),
+                               "validation": datasets.Dataset.from_dict({"image": imgs[:2], "label": [1, 0]},
+                                                                        features=feats)})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    src = open_source(f"hf:{tmp_path / 'ds'}", "val")
+    assert len(src) == 2 and src.class_names == ["cat", "dog"] and src.image_id(1) == "validation/000001"
+    assert list(src.labels) == [1, 0] and src.load(1).mode == "RGB" and src.load(1).getpixel((0, 0)) == (40, 40, 40)
+    assert len(open_source(f"hf:{tmp_path / 'ds'}:train")) == 4
+
+
+def test_unknown_spec():
+    with pytest.raises(DataError, match="unknown spec"):
+        open_source("nope:thing")
+    with pytest.raises(DataError, match="unknown offline set"):
+        open_source("offline:cifar")
+    assert "offline:digits" in known_sources()
