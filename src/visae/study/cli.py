@@ -1,0 +1,82 @@
+"""``visae study run|status STUDY.yaml`` and ``visae demo``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from visae.cli_common import SetOpt, run_guarded
+
+DEMO_STUDY = "demo.yaml"
+
+
+def _demo_yaml() -> Path:
+    """studies/demo.yaml of the source tree, or the copy shipped inside the package."""
+    here = Path(__file__).resolve()
+    for base in (Path.cwd(), *here.parents):
+        candidate = base / "studies" / DEMO_STUDY
+        if candidate.is_file():
+            return candidate
+    return here.parent.parent / "data" / "studies" / DEMO_STUDY
+
+
+def _run(study: Path, overrides: list[str] | None, executor: str, address: str | None, dry_run: bool,
+         max_retries: int | None) -> None:
+    from visae.study.config import load_study_config
+    from visae.study.run import describe_plan, run_study
+
+    cfg = load_study_config(study, overrides)
+    plan, summary = run_study(cfg, executor=executor, address=address, dry_run=dry_run, max_retries=max_retries,
+                              on_event=lambda s: typer.echo(s, err=True))
+    if summary is None:
+        typer.echo(describe_plan(plan, Path(cfg.out_dir)))
+        return
+    typer.echo(summary.describe(plan))
+    report = Path(cfg.out_dir) / "report" / "index.html"
+    if report.exists():
+        typer.echo(f"report: {report}")
+    if not summary.ok:
+        raise typer.Exit(code=1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``study run``, ``study status`` and ``demo``."""
+    study_app = typer.Typer(help="Run a whole study (cache → train → evaluate → analyse → report), resumable.",
+                            no_args_is_help=True)
+
+    @study_app.command("run")
+    def run_cmd(
+        study: Annotated[Path, typer.Argument(help="study YAML (see studies/paper.yaml, studies/demo.yaml)")],
+        overrides: SetOpt = None,
+        executor: Annotated[str, typer.Option(help="'local' (in process) or 'ray'")] = "local",
+        address: Annotated[str | None, typer.Option(help="Ray address; 'local' starts a local instance")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan and what exists; run nothing")] = False,
+        max_retries: Annotated[int | None, typer.Option(help="retries of a failing job (local 0, ray 2)")] = None,
+    ) -> None:
+        """Plan the study and run every job that is not done yet."""
+        run_guarded(_run, study, overrides, executor, address, dry_run, max_retries)
+
+    @study_app.command("status")
+    def status_cmd(study: Annotated[Path, typer.Argument(help="study YAML")], overrides: SetOpt = None) -> None:
+        """Show which jobs are done and which remain."""
+        from visae.study.config import load_study_config
+        from visae.study.run import study_status
+
+        typer.echo(run_guarded(lambda: study_status(load_study_config(study, overrides))))
+
+    app.add_typer(study_app, name="study")
+
+    @app.command("demo")
+    def demo_cmd(
+        out: Annotated[Path, typer.Option(help="study folder")] = Path(".visae-demo"),
+        overrides: SetOpt = None,
+    ) -> None:
+        """Run the offline demo study (studies/demo.yaml) end to end and print where the report is."""
+        yaml_path = _demo_yaml()
+        typer.echo(f"demo study: {yaml_path} → {out.resolve()}", err=True)
+        sets = [f"out_dir={out.resolve()}", *(overrides or [])]
+        os.environ.setdefault("VISAE_DEMO", "1")
+        run_guarded(_run, yaml_path, sets, "local", None, False, None)

@@ -1,0 +1,271 @@
+"""The study configuration: a grid of backbones × layers × SAE families × widths × K, read from YAML.
+
+Paths in the YAML are resolved relative to the YAML file; ``${NAME}`` placeholders are filled from the
+environment (a missing variable is a ConfigError that names the key and the variable).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from visae.analysis.hypotheses import Hypothesis
+from visae.config import FrozenConfig, build_config, read_yaml
+from visae.errors import ConfigError
+
+# Paper Table 5: the M5 evaluator backbone for each SAE training backbone.
+PAPER_EVALUATORS: dict[str, str] = {
+    "dinov2-b14": "clip-b16",
+    "clip-b16": "dinov2-b14",
+    "siglip-b16": "dinov2-b14",
+    "deit-b16": "clip-b16",
+    "mae-b16": "clip-b16",
+}
+
+
+class SourceSpec(FrozenConfig):
+    """One image source, as understood by ``visae.open_source``."""
+
+    spec: str = Field(description="source spec, e.g. 'offline:fashion-mnist' or 'imagefolder:/data/imagenet/val'")
+    split: str = Field("train", description="split of the source to read")
+    max_images: int | None = Field(None, ge=1, description="use at most this many images (None: all)")
+    seed: int = Field(42, description="seed of the subset draw when max_images is set")
+
+
+class BackboneSpec(FrozenConfig):
+    """One backbone of the grid."""
+
+    name: str = Field(description="registry or timm name, e.g. 'dinov2-b14' or 'dinov2-s14-offline'")
+    weights_path: str | None = Field(None, description="local weights file (None: the registry default)")
+    image_size: int | None = Field(None, ge=14, description="input resolution (None: the backbone's native size)")
+    evaluator: str | None = Field(
+        None, description="M5 evaluator backbone (None: the study's 'evaluators' map, paper Table 5)")
+    label: str | None = Field(None, description="display name in the report (None: the name)")
+
+    @property
+    def display(self) -> str:
+        """Name shown in figures and tables."""
+        return self.label or self.name
+
+
+class SAEGrid(FrozenConfig):
+    """One block of SAEs: a family × expansion factors × K, on some backbones and layers."""
+
+    name: str = Field("main", description="tag of this block in the results ('main', 'jumprelu', 'layer-ablation')")
+    family: str = Field("batchtopk", description="SAE family (visae.sae.registry): batchtopk, topk, jumprelu, relu")
+    expansions: list[int] = Field(description="dictionary sizes as multiples of d_model (paper: 8, 16, 32)")
+    ks: list[int] = Field(description="sparsity K (target L0 for jumprelu/relu); paper: 64, 128, 192, 256")
+    backbones: list[str] | None = Field(None, description="restrict to these backbone names (None: all)")
+    layers: list[int] | None = Field(None, description="layers to train on (None: the study's main layers)")
+    train: dict[str, Any] = Field(default_factory=dict, description="training settings that override the study's 'train'")
+
+    @field_validator("expansions", "ks")
+    @classmethod
+    def _non_empty(cls, v: list[int]) -> list[int]:
+        if not v or any(x < 1 for x in v):
+            raise ValueError("must be a non-empty list of positive integers")
+        return v
+
+
+class DataConfig(FrozenConfig):
+    """The image sets of a study."""
+
+    train: SourceSpec = Field(description="images whose activations train the SAEs (paper: ImageNet-1K train)")
+    eval: SourceSpec = Field(description="held-out images for M1–M5, M7 (paper: ImageNet-1K val)")
+    ood: dict[str, SourceSpec] = Field(
+        default_factory=dict, description="M6 cross-domain sets by name (paper: inat, cub, dtd)")
+    task_sources: dict[str, SourceSpec] = Field(
+        default_factory=dict, description="extra image sets that downstream tasks refer to by name (e.g. ade20k)")
+
+
+class TaskSpec(FrozenConfig):
+    """One downstream task (visae.tasks) run on raw features and on SAE codes."""
+
+    name: str = Field(description="task name in the results, e.g. 'retrieval', 'cub', 'dtd', 'segmentation'")
+    kind: str = Field(description="task kind in visae.tasks: retrieval, classification, segmentation")
+    source: str = Field("eval", description="image set: 'eval', 'train', an ood name or a task_sources name")
+    val_source: str | None = Field(
+        None, description="separate validation image set (e.g. ADE20K val); None: the task splits 'source'")
+    config: dict[str, Any] = Field(default_factory=dict, description="settings of the task")
+    on_codes: bool = Field(True, description="also run the task on each SAE's codes (codes-lift, App. O)")
+
+
+class StudyConfig(FrozenConfig):
+    """A whole study: what to cache, train, evaluate, analyse and report."""
+
+    name: str = Field("study", description="name shown in the report")
+    out_dir: Path = Field(Path("study-out"), description="study folder (relative to the YAML file)")
+    device: str = Field("auto", description="torch device for every job ('auto': CUDA, MPS, else CPU)")
+    backbones: list[BackboneSpec] = Field(description="backbones of the grid (paper: five ViT-B)")
+    layers: list[int] = Field([11], description="main layers (0-based block index; paper: 11)")
+    saes: list[SAEGrid] = Field(description="SAE blocks of the grid")
+    data: DataConfig = Field(description="image sets")
+    cache: dict[str, Any] = Field(default_factory=dict, description="settings passed to build_cache (batch size, dtype …)")
+    train: dict[str, Any] = Field(default_factory=dict, description="training settings shared by every SAE (paper Table 1)")
+    metrics: list[str] = Field(
+        ["m1", "m2", "m3", "m4", "m5", "m6", "m7"], description="metrics computed for every SAE (one pass)")
+    metric_configs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-metric settings by name (paper Table 2 defaults otherwise)")
+    raw_diagnostic: bool = Field(True, description="compute the raw-backbone Moran's I (App. G) per backbone/layer")
+    evaluators: dict[str, str] = Field(
+        default_factory=dict, description="M5 evaluator backbone per backbone (empty: the registry's paper Table 5 pairing)")
+    tasks: list[TaskSpec] = Field(default_factory=list, description="downstream tasks (hypotheses, correlations)")
+    hypotheses: list[Hypothesis] = Field(
+        default_factory=list, description="pre-registered hypotheses (empty: the paper's H1–H4, §4.5)")
+    eval_group_size: int = Field(64, ge=1, description="images per encoding group in evaluation (paper Table 2)")
+    browser_features: int = Field(64, ge=0, description="features per sort key in the feature browser")
+    seed: int = Field(42, description="seed of every random choice (paper Table 1)")
+
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _names_to_specs(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": x} if isinstance(x, str) else x for x in v]
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> StudyConfig:
+        names = [b.name for b in self.backbones]
+        if len(set(names)) != len(names):
+            raise ValueError(f"backbones: duplicate names in {names}")
+        for grid in self.saes:
+            for b in grid.backbones or []:
+                if b not in names:
+                    raise ValueError(f"saes[{grid.name}].backbones: {b!r} is not one of the study's backbones {names}")
+        return self
+
+    def evaluator_for(self, backbone: BackboneSpec) -> str | None:
+        """The M5 evaluator of ``backbone``: its own setting, the 'evaluators' map, the registry's pairing."""
+        name = backbone.evaluator or self.evaluators.get(backbone.name)
+        if name is None:
+            try:
+                from visae.backbones.registry import evaluator_for
+
+                name = evaluator_for(backbone.name)
+            except Exception:  # unknown pairing: M5 decides ('auto') or reports it
+                name = PAPER_EVALUATORS.get(backbone.name)
+        return name
+
+    def source(self, role: str) -> SourceSpec:
+        """The image set named ``role``: 'train', 'eval', an OOD name or a task source name."""
+        if role == "train":
+            return self.data.train
+        if role == "eval":
+            return self.data.eval
+        if role in self.data.ood:
+            return self.data.ood[role]
+        if role in self.data.task_sources:
+            return self.data.task_sources[role]
+        raise ConfigError(f"study: no image set named {role!r}; known: train, eval, "
+                          + ", ".join([*self.data.ood, *self.data.task_sources]))
+
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_placeholders(data: Any, where: str = "") -> Any:
+    """Replace ``${NAME}`` in every string by the environment variable NAME (ConfigError when unset)."""
+    if isinstance(data, dict):
+        return {k: expand_placeholders(v, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_placeholders(v, f"{where}[{i}]") for i, v in enumerate(data)]
+    if isinstance(data, str):
+        def sub(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1))
+            if value is None:
+                raise ConfigError(f"{where}: environment variable {m.group(1)} is not set; export it "
+                                  f"(e.g. {m.group(1)}=/path/to/data) or override with --set {where}=...")
+            return value
+        return _PLACEHOLDER.sub(sub, data)
+    return data
+
+
+# Spec prefixes whose remainder is a file-system path (resolved relative to the YAML, checked before a run).
+PATH_PREFIXES = ("folder:", "ade20k:", "imagefolder:")
+
+
+def _resolve_spec(spec: str, base: Path) -> str:
+    for prefix in PATH_PREFIXES:
+        if spec.startswith(prefix):
+            rest = spec[len(prefix):]
+            if rest and not Path(rest).is_absolute():
+                return prefix + str((base / rest).resolve())
+            return spec
+    if spec.startswith((".", "/", "~")):
+        return str((base / Path(spec).expanduser()).resolve())
+    return spec
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(data)
+    if "out_dir" in out and out["out_dir"] is not None:
+        p = Path(str(out["out_dir"])).expanduser()
+        out["out_dir"] = str(p if p.is_absolute() else (base / p).resolve())
+    data_section = out.get("data")
+    if isinstance(data_section, dict):
+        new = dict(data_section)
+        for role in ("train", "eval"):
+            if isinstance(new.get(role), dict) and isinstance(new[role].get("spec"), str):
+                new[role] = {**new[role], "spec": _resolve_spec(new[role]["spec"], base)}
+        for group in ("ood", "task_sources"):
+            if isinstance(new.get(group), dict):
+                new[group] = {k: ({**v, "spec": _resolve_spec(v["spec"], base)}
+                                  if isinstance(v, dict) and isinstance(v.get("spec"), str) else v)
+                              for k, v in new[group].items()}
+        out["data"] = new
+    if isinstance(out.get("backbones"), list):
+        out["backbones"] = [
+            {**b, "weights_path": str((base / Path(b["weights_path"]).expanduser()).resolve())}
+            if isinstance(b, dict) and b.get("weights_path") else b
+            for b in out["backbones"]]
+    return out
+
+
+def load_study_config(path: Path | str, overrides: list[str] | None = None) -> StudyConfig:
+    """Read a study YAML, apply ``--set`` overrides, expand ``${ENV}`` and resolve paths against the file."""
+    from visae.config import apply_overrides
+
+    path = Path(path)
+    data = apply_overrides(read_yaml(path), overrides)
+    data = expand_placeholders(data)
+    data = _resolve_paths(data, path.resolve().parent)
+    return build_config(StudyConfig, data, None, source=str(path))
+
+
+def check_inputs_exist(cfg: StudyConfig) -> None:
+    """Before a run: every path-valued image spec and weights file must exist (ConfigError names the key)."""
+    problems: list[str] = []
+    roles: dict[str, SourceSpec] = {"data.train": cfg.data.train, "data.eval": cfg.data.eval}
+    roles.update({f"data.ood.{k}": v for k, v in cfg.data.ood.items()})
+    roles.update({f"data.task_sources.{k}": v for k, v in cfg.data.task_sources.items()})
+    for key, src in roles.items():
+        path = spec_path(src.spec)
+        if path is not None and not path.exists():
+            problems.append(f"{key}.spec: {path} does not exist")
+    for i, b in enumerate(cfg.backbones):
+        if b.weights_path and not Path(b.weights_path).exists():
+            problems.append(f"backbones[{i}].weights_path: {b.weights_path} does not exist")
+    if problems:
+        raise ConfigError("study inputs missing:\n  " + "\n  ".join(problems)
+                          + "\nset the paths in the YAML, the ${...} environment variables, or --set key=path")
+
+
+def spec_path(spec: str) -> Path | None:
+    """The file-system path inside a spec, or None when the spec names a built-in source."""
+    for prefix in PATH_PREFIXES:
+        if spec.startswith(prefix):
+            return Path(spec[len(prefix):])
+    if spec.startswith("/"):
+        return Path(spec)
+    return None
+
+
+def dump_study_yaml(cfg: StudyConfig) -> str:
+    """The resolved configuration as YAML (written into the study folder for the record)."""
+    import yaml
+
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

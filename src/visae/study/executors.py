@@ -1,0 +1,169 @@
+"""Executors: run a plan's missing jobs in process (local) or as Ray tasks, and report every failure.
+
+A job runs through :func:`visae.study.jobs.execute_job`, which is idempotent (a job already done returns at
+once), so a retried or resumed job never duplicates work. Whatever the executor, the outcome of each job
+is read back from the study folder: done, failed (its inputs were done but it is not) or blocked (an input
+failed).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from visae.errors import StudyError
+from visae.study.jobs import execute_job, job_done
+from visae.study.plan import Job, Plan
+
+EventFn = Callable[[str], None]
+
+
+@dataclass
+class RunSummary:
+    """What a run did: jobs run, skipped (already done), failed (with the error) and blocked."""
+
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    blocked: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no job failed or was blocked."""
+        return not self.failed and not self.blocked
+
+    def describe(self, plan: Plan) -> str:
+        """Human-readable summary, naming each failed job and its error."""
+        jobs = plan.by_id()
+        lines = [f"{len(self.ran)} job(s) run, {len(self.skipped)} already done, {len(self.failed)} failed, "
+                 f"{len(self.blocked)} blocked, in {self.seconds:.1f} s"]
+        for jid, err in self.failed.items():
+            last = err.strip().splitlines()[-1] if err.strip() else "(no message)"
+            lines.append(f"  FAILED {jobs[jid].label} [{jid}]: {last}")
+        for jid in self.blocked:
+            lines.append(f"  blocked {jobs[jid].label} [{jid}] (an input failed)")
+        return "\n".join(lines)
+
+
+def _log_failure(root: Path, job: Job, text: str) -> None:
+    from visae.io import atomic_write_text
+
+    atomic_write_text(root / "logs" / f"{job.kind}-{job.id}.log", f"{job.label}\n{text}")
+
+
+def run_local(plan: Plan, root: Path, device: str = "auto", max_retries: int = 0,
+              on_event: EventFn | None = None) -> RunSummary:
+    """Run missing jobs one at a time in this process, in plan order; a failure blocks its dependants only."""
+    say = on_event or (lambda s: None)
+    summary = RunSummary()
+    started = time.perf_counter()
+    bad: set[str] = set()
+    for job in plan.jobs:
+        if job_done(job, root):
+            summary.skipped.append(job.id)
+            continue
+        if any(d in bad for d in job.deps):
+            bad.add(job.id)
+            summary.blocked.append(job.id)
+            say(f"blocked  {job.label}")
+            continue
+        for attempt in range(max_retries + 1):
+            t0 = time.perf_counter()
+            say(f"run      {job.label}" + (f" (retry {attempt})" if attempt else ""))
+            try:
+                execute_job(job, str(root), device)
+            except Exception:
+                err = traceback.format_exc()
+                if attempt < max_retries:
+                    say(f"retry    {job.label}: {err.strip().splitlines()[-1]}")
+                    continue
+                _log_failure(root, job, err)
+                summary.failed[job.id] = err
+                bad.add(job.id)
+                say(f"FAILED   {job.label}: {err.strip().splitlines()[-1]}")
+            else:
+                summary.ran.append(job.id)
+                say(f"done     {job.label} ({time.perf_counter() - t0:.1f} s)")
+            break
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _ray_execute(job: Job, root: str, device: str, *upstream: Any) -> str:
+    """Ray task body: the upstream results are passed only so that Ray orders the tasks."""
+    del upstream
+    execute_job(job, root, device)
+    return job.id
+
+
+def run_ray(plan: Plan, root: Path, address: str | None = "local", device: str = "auto", max_retries: int = 2,
+            on_event: EventFn | None = None, init_kwargs: dict[str, Any] | None = None) -> RunSummary:
+    """Submit every missing job as a Ray task (upstream ObjectRefs as arguments), wait, and read back outcomes.
+
+    ``address``: 'local' starts a local Ray instance; otherwise the address of a running cluster
+    ('auto', 'ray://host:10001', …). The study folder must be on a path every node sees.
+    """
+    try:
+        import ray
+    except ImportError as e:
+        raise StudyError("the Ray executor needs ray: pip install 'visae[ray]'") from e
+    say = on_event or (lambda s: None)
+    started_here = False
+    if not ray.is_initialized():
+        kwargs = dict(init_kwargs or {})
+        kwargs.setdefault("include_dashboard", False)
+        kwargs.setdefault("log_to_driver", False)
+        if address not in (None, "local"):
+            kwargs["address"] = address
+        ray.init(**kwargs)
+        started_here = True
+    summary = RunSummary()
+    started = time.perf_counter()
+    try:
+        has_gpu = float(ray.cluster_resources().get("GPU", 0)) > 0
+        remote = ray.remote(_ray_execute)
+        refs: dict[str, Any] = {}
+        for job in plan.jobs:
+            if job_done(job, root):
+                summary.skipped.append(job.id)
+                continue
+            upstream = [refs[d] for d in job.deps if d in refs]
+            opts: dict[str, Any] = {"num_cpus": 1, "max_retries": max_retries, "retry_exceptions": True,
+                                    "name": f"visae-{job.kind}-{job.id[:8]}"}
+            if job.wants_gpu and has_gpu:
+                opts["num_gpus"] = 1
+            refs[job.id] = remote.options(**opts).remote(job, str(root), device, *upstream)
+            say(f"submit   {job.label}")
+        jobs = plan.by_id()
+        pending = list(refs.values())
+        ref_to_id = {r: jid for jid, r in refs.items()}
+        errors: dict[str, str] = {}
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for r in ready:
+                jid = ref_to_id[r]
+                try:
+                    ray.get(r)
+                    say(f"done     {jobs[jid].label}")
+                except Exception as e:
+                    errors[jid] = "".join(traceback.format_exception_only(type(e), e))
+        for jid in refs:
+            job = jobs[jid]
+            if job_done(job, root):
+                summary.ran.append(jid)
+            elif all(job_done(jobs[d], root) for d in job.deps):
+                summary.failed[jid] = errors.get(jid, "job did not finish")
+                _log_failure(root, job, summary.failed[jid])
+                say(f"FAILED   {job.label}")
+            else:
+                summary.blocked.append(jid)
+    finally:
+        if started_here:
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,64 @@
+"""Running a study: plan, lock the folder, execute the missing jobs, and describe progress."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from visae.errors import StudyError
+from visae.io import atomic_write_text
+from visae.study.config import StudyConfig, check_inputs_exist, dump_study_yaml
+from visae.study.executors import EventFn, RunSummary, run_local, run_ray
+from visae.study.jobs import job_done
+from visae.study.plan import Plan, plan_study
+from visae.study.store import study_lock
+
+
+def describe_plan(plan: Plan, root: Path) -> str:
+    """One line per job: done or to do, its kind, label and id; then totals per kind."""
+    lines = []
+    todo: Counter[str] = Counter()
+    done: Counter[str] = Counter()
+    for job in plan.jobs:
+        is_done = job_done(job, root)
+        (done if is_done else todo)[job.kind] += 1
+        lines.append(f"{'done' if is_done else 'todo':4}  {job.kind:8} {job.id}  {job.label}")
+    kinds = list(dict.fromkeys(j.kind for j in plan.jobs))
+    lines.append("")
+    lines.append("  ".join(f"{k}: {done[k]}/{done[k] + todo[k]}" for k in kinds))
+    lines.append(f"total: {sum(done.values())}/{len(plan.jobs)} done; study folder {root}")
+    return "\n".join(lines)
+
+
+def study_status(cfg: StudyConfig) -> str:
+    """Progress of a study: jobs done per kind, and whether a run holds the lock."""
+    root = Path(cfg.out_dir)
+    plan = plan_study(cfg)
+    text = describe_plan(plan, root)
+    lock = root / "study.lock"
+    if lock.exists():
+        text += f"\nlocked: {lock.read_text(encoding='utf-8').strip()}"
+    return text
+
+
+def run_study(cfg: StudyConfig, executor: str = "local", address: str | None = None, dry_run: bool = False,
+              max_retries: int | None = None, on_event: EventFn | None = None,
+              check_inputs: bool = True) -> tuple[Plan, RunSummary | None]:
+    """Plan ``cfg`` and run what is missing (nothing when ``dry_run``); the summary lists failures."""
+    root = Path(cfg.out_dir)
+    plan = plan_study(cfg)
+    if dry_run:
+        return plan, None
+    if check_inputs:
+        check_inputs_exist(cfg)
+    if executor not in ("local", "ray"):
+        raise StudyError(f"--executor {executor!r}: expected 'local' or 'ray'")
+    with study_lock(root):
+        atomic_write_text(root / "study.yaml", dump_study_yaml(cfg))
+        if executor == "local":
+            summary = run_local(plan, root, device=cfg.device, max_retries=0 if max_retries is None else max_retries,
+                                on_event=on_event)
+        else:
+            summary = run_ray(plan, root, address=address or "local", device=cfg.device,
+                              max_retries=2 if max_retries is None else max_retries, on_event=on_event)
+    return plan, summary

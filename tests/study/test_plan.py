@@ -1,0 +1,123 @@
+"""Study config and planning: grid expansion, content ids, grouping, placeholders, path resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from visae.errors import ConfigError
+from visae.study.config import check_inputs_exist, load_study_config
+from visae.study.plan import plan_study
+
+BASE = {
+    "name": "t",
+    "out_dir": "out",
+    "backbones": ["bb-a", {"name": "bb-b", "image_size": 112}],
+    "layers": [11],
+    "saes": [
+        {"name": "main", "family": "batchtopk", "expansions": [2, 4], "ks": [8, 16]},
+        {"name": "jumprelu", "family": "jumprelu", "expansions": [4], "ks": [8], "backbones": ["bb-a"]},
+        {"name": "layer-ablation", "family": "batchtopk", "expansions": [2], "ks": [8], "layers": [3],
+         "backbones": ["bb-b"]},
+    ],
+    "data": {"train": {"spec": "offline:digits", "split": "train"},
+             "eval": {"spec": "offline:digits", "split": "test"},
+             "ood": {"faces": {"spec": "offline:faces"}}},
+    "metrics": ["m1", "m2", "m6"],
+}
+
+
+def write_yaml(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_plan_counts_and_grouping(tmp_path: Path) -> None:
+    cfg = load_study_config(write_yaml(tmp_path, BASE))
+    plan = plan_study(cfg)
+    kinds = [j.kind for j in plan.jobs]
+    # bb-a L11, bb-b L11, bb-b L3 → 3 pairs × (train, eval, faces) caches
+    assert kinds.count("cache") == 9
+    # bb-a: batchtopk group + jumprelu group; bb-b L11: batchtopk; bb-b L3: batchtopk
+    assert kinds.count("train") == 4
+    assert kinds.count("eval") == 4 + 1 + 4 + 1
+    assert kinds.count("raw") == 3
+    train_a = [j for j in plan.of_kind("train") if j.meta["backbone"] == "bb-a" and j.params["family"] == "batchtopk"]
+    assert len(train_a[0].outputs) == 4  # every SAE of the group trains in one pass
+    # dependency order: every dep appears before the job
+    seen: set[str] = set()
+    for job in plan.jobs:
+        assert set(job.deps) <= seen
+        seen.add(job.id)
+    assert plan.jobs[-1].kind == "report"
+
+
+def test_ids_are_stable_and_content_addressed(tmp_path: Path) -> None:
+    a = plan_study(load_study_config(write_yaml(tmp_path, BASE)))
+    b = plan_study(load_study_config(write_yaml(tmp_path, BASE)))
+    assert [j.id for j in a.jobs] == [j.id for j in b.jobs]
+    # Growing the grid keeps the old SAEs' ids (so they are not retrained) and changes the group job.
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["saes"][0]["ks"] = [8, 16, 32]
+    grown = plan_study(load_study_config(write_yaml(tmp_path, data)))
+    old_saes = {o for j in a.of_kind("train") for o in j.outputs}
+    new_saes = {o for j in grown.of_kind("train") for o in j.outputs}
+    assert old_saes < new_saes
+    assert len(new_saes - old_saes) == 4  # K=32 × 2 widths × 2 backbones at layer 11
+    # a changed training setting changes every SAE id
+    data2 = yaml.safe_load(yaml.safe_dump(BASE))
+    data2["train"] = {"lr": 0.01}
+    other = plan_study(load_study_config(write_yaml(tmp_path, data2)))
+    assert not ({o for j in other.of_kind("train") for o in j.outputs} & old_saes)
+
+
+def test_paths_resolve_against_yaml_and_placeholders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["data"]["train"] = {"spec": "folder:${VISAE_T_DATA}/train"}
+    data["data"]["eval"] = {"spec": "folder:rel/val"}
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    path = sub / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="VISAE_T_DATA"):
+        load_study_config(path)
+    monkeypatch.setenv("VISAE_T_DATA", str(tmp_path / "imnet"))
+    cfg = load_study_config(path)
+    assert cfg.out_dir == (sub / "out").resolve()
+    assert cfg.data.eval.spec == f"folder:{(sub / 'rel' / 'val').resolve()}"
+    with pytest.raises(ConfigError, match=r"data.train.spec: .*imnet/train does not exist"):
+        check_inputs_exist(cfg)
+    (tmp_path / "imnet" / "train").mkdir(parents=True)
+    (sub / "rel" / "val").mkdir(parents=True)
+    check_inputs_exist(cfg)
+
+
+def test_overrides_and_errors(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, BASE)
+    cfg = load_study_config(path, ["layers=[5]", "device=cpu"])
+    assert cfg.layers == [5] and cfg.device == "cpu"
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_study_config(path, ["bogus=1"])
+    bad = yaml.safe_load(yaml.safe_dump(BASE))
+    bad["saes"][1]["backbones"] = ["nope"]
+    with pytest.raises(ConfigError, match="nope"):
+        load_study_config(write_yaml(tmp_path, bad))
+
+
+@pytest.mark.parametrize("name", ["paper.yaml", "demo.yaml"])
+def test_presets_parse(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("IMAGENET", "INAT", "CUB", "DTD", "ADE20K"):
+        monkeypatch.setenv(var, f"/nonexistent/{var.lower()}")
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_study_config(root / "studies" / name)
+    plan = plan_study(cfg)
+    assert plan.of_kind("report")
+    if name == "paper.yaml":
+        main = [s for j in plan.of_kind("train") if j.meta["layer"] == 11 for s in j.params["saes"]
+                if s["family"] == "batchtopk"]
+        assert len(main) == 60
+        with pytest.raises(ConfigError, match="does not exist"):
+            check_inputs_exist(cfg)
