@@ -99,3 +99,9 @@ def safe_join(root: Path | str, relative: str) -> Path:
 
         raise VisaeError(f"path {relative!r} points outside the output folder {root_path}")
     return candidate
+
+
+def visae_home() -> Path:
+    """visae's own cache folder (converted offline weights, …): ``$VISAE_HOME``, else ``~/.cache/visae``."""
+    env = os.environ.get("VISAE_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "visae"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -40,6 +41,13 @@ class Backbone(ABC):
     @abstractmethod
     def embed(self, pixels_bchw: torch.Tensor) -> torch.Tensor:
         """Pooled image representation ``[B, D_embed]`` (used as the M5 evaluator embedding)."""
+
+    def preprocessing_spec(self) -> dict[str, Any]:
+        """JSON-compatible description of :attr:`transform` (part of an activation cache's hash).
+
+        Subclasses return their exact settings (size, crop, interpolation, mean, std).
+        """
+        return {"transform": repr(self.transform)}
 
     def patch_tokens(self, pixels_bchw: torch.Tensor, layer: int) -> torch.Tensor:
         """Patch tokens only, row-major over the grid: ``[B, P, D]``."""
