@@ -1,0 +1,57 @@
+"""What every trainable family adds to :class:`visae.sae.base.SAE`: a training step and its bookkeeping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from visae.sae.base import SAE
+from visae.sae.sparse import StepResult
+
+
+class TrainableSAE(SAE):
+    """An SAE family: ``encode`` (inference, batch independent) plus :meth:`training_step`.
+
+    :meth:`training_step` computes the family's loss on one normalized batch and leaves the gradients in
+    ``.grad``; :meth:`after_step` restores the constraints (unit-norm decoder rows) after the optimizer
+    step. :meth:`config_extra` lists the family-specific values written to ``config.yaml``.
+    """
+
+    def training_step(self, x_bd: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
+                      keep_residual: bool = False) -> StepResult:
+        """Loss and gradients for one batch (gradients accumulate into ``.grad``)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Project decoder rows back to unit norm."""
+        self.normalize_decoder()
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Drop the part of ``W_dec.grad`` parallel to each row (it is undone by the renormalisation)."""
+        if self.W_dec.grad is not None:
+            dot_f = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
+            self.W_dec.grad.sub_(dot_f * self.W_dec)
+
+    def config_extra(self) -> dict[str, Any]:
+        """Family-specific entries of ``config.yaml`` (thresholds …)."""
+        return {}
+
+    def inference_l0(self, x_bd: torch.Tensor) -> float:
+        """Mean number of active features per token under :meth:`encode`."""
+        with torch.no_grad():
+            return float((self.encode(x_bd) > 0).sum(1).float().mean())
+
+
+def dense_stats(x_bd: torch.Tensor, recon_bd: torch.Tensor, codes_bf: torch.Tensor, loss: torch.Tensor,
+                cut: float = 0.0) -> StepResult:
+    """A :class:`StepResult` from dense tensors (families trained through autograd)."""
+    with torch.no_grad():
+        sse = float((recon_bd - x_bd).pow(2).sum())
+        total_var = float((x_bd - x_bd.mean(0)).pow(2).sum())
+        active = codes_bf > 0
+        return StepResult(loss=float(loss), mse=sse / x_bd.numel(), fvu=sse / max(total_var, 1e-12),
+                          l0=float(active.sum()) / x_bd.shape[0], fired_f=active.any(0), cut=cut,
+                          residual_bd=(x_bd - recon_bd).float())
