@@ -31,6 +31,8 @@ class SAE(nn.Module):
     """
 
     family: ClassVar[str] = "base"
+    act_mean: torch.Tensor
+    act_std: torch.Tensor
 
     def __init__(self, d_in: int, d_sae: int, k: int | None = None, **hparams: Any) -> None:
         super().__init__()

@@ -24,6 +24,7 @@ class BatchTopKSAE(TrainableSAE):
     """BatchTopK in training; ``pre · 1[pre > threshold]`` at inference."""
 
     family = "batchtopk"
+    threshold: torch.Tensor
 
     def __init__(self, d_in: int, d_sae: int, k: int | None = None, threshold_momentum: float = 0.99,
                  **hparams: Any) -> None:
@@ -98,10 +99,8 @@ def calibrate_threshold(sae: BatchTopKSAE, batches_bd: Iterable[torch.Tensor]) -
         raise ValueError("calibrate_threshold needs at least one held-out batch")
     keep = n_tokens * k
     top = torch.topk(buf, min(keep + 1, buf.numel())).values
-    if top.numel() > keep:
-        threshold = 0.5 * float(top[keep - 1] + top[keep])
-    else:
-        threshold = 0.0  # fewer positive pre-activations than N·K: keep every positive one
+    # With fewer positive pre-activations than N·K, every positive one is kept (threshold 0).
+    threshold = 0.5 * float(top[keep - 1] + top[keep]) if top.numel() > keep else 0.0
     sae.threshold.fill_(threshold)
     return {"threshold": threshold, "n_tokens": float(n_tokens),
-            "inference_l0": float(min(keep, top.numel()) if top.numel() <= keep else keep) / n_tokens}
+            "inference_l0": float(min(keep, top.numel())) / n_tokens}

@@ -86,6 +86,7 @@ class JumpReLUSAE(TrainableSAE):
     """JumpReLU codes with learned per-feature thresholds (``threshold`` parameter, ``[d_sae]``)."""
 
     family = "jumprelu"
+    sparsity_coeff: torch.Tensor
 
     def __init__(self, d_in: int, d_sae: int, k: int | None = None, bandwidth: float = 1e-3,
                  kernel: Kernel = "silverman", init_threshold: float = 1e-3, sparsity_coeff: float = 1e-3,

@@ -42,8 +42,8 @@ def make_sae(family: str, d_in: int, expansion: float | None = None, d_sae: int 
     if d_sae is None:
         if expansion is None:
             raise ConfigError(f"{name}: give d_sae or expansion")
-        d_sae = int(round(expansion * d_in))
-    elif expansion is not None and int(round(expansion * d_in)) != d_sae:
+        d_sae = round(expansion * d_in)
+    elif expansion is not None and round(expansion * d_in) != d_sae:
         raise ConfigError(f"{name}: d_sae={d_sae} disagrees with expansion={expansion} × d_in={d_in}")
     if d_in < 1 or d_sae < 1:
         raise ConfigError(f"{name}: d_in and d_sae must be ≥ 1 (got {d_in}, {d_sae})")
