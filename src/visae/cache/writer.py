@@ -1,0 +1,326 @@
+"""Building an activation cache: batched forward passes, fp16 shards, streaming stats, resume after a kill.
+
+Protocol (docs/cache-protocol.md): shard ``k`` holds the readable images among source indices
+``k·S … (k+1)·S − 1`` (``S`` = ``shard_images``). A shard is committed when ``progress.json`` (rewritten
+atomically after the shard file is in place) lists it, together with its labels, ids, skipped images
+and the running statistics. A rerun starts at the first shard not listed, so every image is stored
+exactly once; batches never cross a shard boundary, so a resumed build is bitwise equal to an
+uninterrupted one. ``manifest.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from visae.backbones.base import Backbone
+from visae.cache.config import CacheConfig
+from visae.cache.manifest import SCHEMA_VERSION, ShardInfo
+from visae.cache.stats import StreamingStats
+from visae.cache.store import write_final, write_shard
+from visae.config import build_config
+from visae.datasets.base import ImageSource
+from visae.errors import CacheError, ConfigError, DataError
+from visae.io import atomic_write_json, hash_json
+
+after_shard_hook: Callable[[int], None] | None = None
+"""Called with the shard index after each shard is committed (tests use it to simulate a kill)."""
+
+
+def _slug(text: str, max_len: int = 40) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return s[-max_len:].strip("-.") or "x"
+
+
+def describe_preprocessing(backbone: Backbone) -> dict[str, Any]:
+    """What the backbone's transform does, for the cache hash (its ``preprocessing`` dict if it has one)."""
+    described = getattr(backbone, "preprocessing", None)
+    if isinstance(described, dict):
+        return {"image_size": list(backbone.layout.image_size), **described}
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(backbone.transform))
+    return {"image_size": list(backbone.layout.image_size), "transform": text}
+
+
+def cache_key(backbone: Backbone, source: ImageSource, layer: int, keep_prefix: bool) -> dict[str, Any]:
+    """Everything that determines a cache's content; its hash names the folder."""
+    return {"backbone": backbone.name, "weights_id": backbone.weights_id, "layer": layer,
+            "source": source.fingerprint(), "preprocessing": describe_preprocessing(backbone),
+            "dtype": "float16", "keep_prefix": keep_prefix, "schema_version": SCHEMA_VERSION}
+
+
+def cache_dir_for(out_dir: Path, backbone: Backbone, source: ImageSource, layer: int,
+                  keep_prefix: bool = False) -> Path:
+    """``<out_dir>/<backbone>-L<layer>-<source-slug>-<hash16>``."""
+    h = hash_json(cache_key(backbone, source, layer, keep_prefix))
+    return Path(out_dir) / f"{_slug(backbone.name)}-L{layer}-{_slug(source.spec)}-{h}"
+
+
+class _Decode(Dataset[tuple[int, Any, str | None]]):
+    """Source index → (index, transformed tensor or None, error or None); decoding errors are data."""
+
+    def __init__(self, source: ImageSource, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.source = source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
+        try:
+            return index, self.transform(self.source.load(index)), None
+        except DataError as e:
+            return index, None, str(e)
+        except Exception as e:  # a transform failing on a strange image is a bad image too
+            return index, None, f"{self.source.image_id(index)}: cannot preprocess image ({type(e).__name__}: {e})"
+
+
+def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    good = [(i, t) for i, t, err in items if err is None]
+    bad = [(i, err) for i, _t, err in items if err is not None]
+    pixels = torch.stack([t for _, t in good]) if good else None
+    return [i for i, _ in good], pixels, bad
+
+
+@contextlib.contextmanager
+def _lock(folder: Path) -> Iterator[None]:
+    """One writer per cache folder; a lock left by a dead process on this host is taken over."""
+    path = folder / ".lock"
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                other = json.loads(path.read_text())
+            except (OSError, ValueError):
+                other = {}
+            alive = True
+            if other.get("host") == me["host"]:
+                try:
+                    os.kill(int(other.get("pid", -1)), 0)
+                except (ProcessLookupError, ValueError, OverflowError):
+                    alive = False
+                except PermissionError:
+                    alive = True
+            if alive and other:
+                raise CacheError(f"{folder}: another 'visae cache' (pid {other.get('pid')} on {other.get('host')}) "
+                                 f"is writing this cache; wait for it, or delete {path} if it is gone") from None
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _resolve(backbone: Backbone | str, source: ImageSource | str, cfg: CacheConfig) -> tuple[Backbone, ImageSource]:
+    if isinstance(backbone, str):
+        from visae.backbones.registry import load_backbone
+
+        bb = load_backbone(backbone, device=cfg.device, weights_path=cfg.weights_path, image_size=cfg.image_size)
+    else:
+        bb = backbone
+    if isinstance(source, str):
+        from visae.datasets.registry import open_source
+
+        src = open_source(source, split=cfg.split, max_images=cfg.max_images, seed=cfg.subset_seed,
+                          stratified=cfg.stratified)
+    else:
+        src = source
+        if cfg.max_images is not None and cfg.max_images < len(src):
+            from visae.datasets.subset import SubsetSource, subset_indices
+
+            idx = subset_indices(src.labels, cfg.max_images, seed=cfg.subset_seed, stratified=cfg.stratified)
+            tag = f"{'stratified' if cfg.stratified else 'random'}-{cfg.max_images}-seed{cfg.subset_seed}"
+            src = SubsetSource(src, idx, spec=f"{src.spec}#{tag}")
+    return bb, src
+
+
+def build_cache(backbone: Backbone | str, source: ImageSource | str, layer: int, out_dir: Path | str,
+                config: CacheConfig | None = None, **kwargs: Any) -> Path:
+    """Cache the patch tokens of ``layer`` of ``backbone`` over ``source`` under ``out_dir``; return the folder.
+
+    ``backbone`` is a registry/timm name or a :class:`Backbone`; ``source`` a spec or an
+    :class:`ImageSource`. Other settings come from ``config`` or keyword arguments (fields of
+    :class:`CacheConfig`). An existing complete cache is returned at once; a partial one is resumed.
+    """
+    if config is not None and kwargs:
+        raise ConfigError("build_cache: pass either config=… or keyword settings, not both")
+    base = dict(config.to_dict() if config is not None else kwargs)
+    base.update(backbone=backbone if isinstance(backbone, str) else backbone.name,
+                source=source if isinstance(source, str) else source.spec, layer=layer, out=str(out_dir))
+    cfg = build_config(CacheConfig, base, source="build_cache")
+    bb, src = _resolve(backbone, source, cfg)
+    bb.check_layer(layer)
+    folder = cache_dir_for(Path(out_dir), bb, src, layer, cfg.keep_prefix)
+    if (folder / "manifest.json").is_file():
+        if cfg.progress:
+            print(f"cache exists: {folder}")
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with _lock(folder):
+        _CacheBuild(bb, src, layer, folder, cfg).run()
+    return folder
+
+
+class _CacheBuild:
+    """One (possibly resumed) build of one cache folder."""
+
+    def __init__(self, backbone: Backbone, source: ImageSource, layer: int, folder: Path, cfg: CacheConfig) -> None:
+        self.bb, self.src, self.layer, self.folder, self.cfg = backbone, source, layer, folder, cfg
+        self.key = cache_key(backbone, source, layer, cfg.keep_prefix)
+        self.hash = hash_json(self.key)
+        self.layout = backbone.layout
+        self.d = backbone.d_model
+        self.progress_path = folder / "progress.json"
+        state = self._read_progress()
+        self.shard_images: int = state.get("shard_images", cfg.shard_images)
+        self.entries: list[dict[str, Any]] = state.get("shards", [])
+        self.stats = (StreamingStats.from_state(state["stats"], self.d) if "stats" in state
+                      else StreamingStats(self.d))
+
+    def _read_progress(self) -> dict[str, Any]:
+        if not self.progress_path.is_file():
+            return {}
+        try:
+            state = json.loads(self.progress_path.read_text())
+        except (OSError, ValueError):
+            return {}  # unreadable progress: start over (shards are rewritten)
+        if state.get("hash") != self.hash:
+            return {}
+        return state
+
+    def _write_progress(self) -> None:
+        atomic_write_json(self.progress_path, {
+            "hash": self.hash, "shard_images": self.shard_images, "shards": self.entries,
+            "stats": self.stats.state()})
+
+    def _batches(self, first_shard: int) -> list[list[int]]:
+        n, s, b = len(self.src), self.shard_images, self.cfg.batch_size
+        out: list[list[int]] = []
+        for k in range(first_shard, math.ceil(n / s)):
+            lo, hi = k * s, min(n, (k + 1) * s)
+            out.extend(list(range(i, min(hi, i + b))) for i in range(lo, hi, b))
+        return out
+
+    def run(self) -> None:
+        n = len(self.src)
+        n_shards = math.ceil(n / self.shard_images)
+        first = len(self.entries)
+        device = self.bb.device
+        workers = self.cfg.num_workers
+        if workers is None:
+            workers = min(8, max(0, (os.cpu_count() or 1) - 1))
+        loader = DataLoader(_Decode(self.src, self.bb.transform), batch_sampler=self._batches(first),
+                            num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+                            prefetch_factor=4 if workers else None)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, initial=min(n, first * self.shard_images), unit="img", unit_scale=False,
+                   desc=f"cache {self.bb.name} L{self.layer}", disable=not self.cfg.progress, dynamic_ncols=True)
+        pending: Future[None] | None = None
+        shard_k = first
+        parts: list[np.ndarray] = []
+        prefix_parts: list[np.ndarray] = []
+        rows: list[int] = []
+        skipped: list[dict[str, Any]] = []
+        shard_stats = StreamingStats(self.d)
+        n_prefix = self.layout.n_prefix
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            try:
+                for good_idx, pixels, bad in loader:
+                    for i, err in bad:
+                        if self.cfg.on_bad_image == "fail":
+                            raise DataError(f"{err} (image {i}, id {self.src.image_id(i)}); "
+                                            "set on_bad_image=skip to skip unreadable images")
+                        skipped.append({"index": i, "image_id": self.src.image_id(i), "error": err})
+                    if pixels is not None:
+                        with torch.inference_mode():
+                            tokens_btd = self.bb.block_outputs(pixels.to(device, non_blocking=True),
+                                                               [self.layer])[self.layer]
+                            half_btd = tokens_btd.to(torch.float16)
+                            finite_b = torch.isfinite(half_btd).flatten(1).all(dim=1)
+                            if not bool(finite_b.all()):
+                                bad_ids = [self.src.image_id(good_idx[j])
+                                           for j in torch.nonzero(~finite_b).flatten().tolist()]
+                                raise CacheError(
+                                    f"{self.bb.name} layer {self.layer}: NaN/Inf activations (or beyond the float16 "
+                                    f"range) for image(s) {', '.join(bad_ids[:10])}; nothing was written for shard "
+                                    f"{shard_k}. Check the images and the backbone's weights")
+                            patches = half_btd[:, n_prefix:]
+                            shard_stats.update(patches.reshape(-1, self.d))
+                            parts.append(patches.cpu().numpy())
+                            if self.cfg.keep_prefix:
+                                prefix_parts.append(half_btd[:, :n_prefix].cpu().numpy())
+                        rows.extend(good_idx)
+                    bar.update(len(good_idx) + len(bad))
+                    last = (good_idx + [i for i, _ in bad])
+                    if last and max(last) + 1 >= min(n, (shard_k + 1) * self.shard_images):
+                        if pending is not None:
+                            pending.result()
+                        pending = pool.submit(self._commit, shard_k, parts, prefix_parts, rows, skipped, shard_stats)
+                        shard_k += 1
+                        parts, prefix_parts, rows, skipped = [], [], [], []
+                        shard_stats = StreamingStats(self.d)
+                if pending is not None:
+                    pending.result()
+            finally:
+                bar.close()
+        if len(self.entries) != n_shards:
+            raise CacheError(f"{self.folder}: internal error: {len(self.entries)} of {n_shards} shards committed")
+        self._finish()
+
+    def _commit(self, k: int, parts: list[np.ndarray], prefix_parts: list[np.ndarray], rows: list[int],
+                skipped: list[dict[str, Any]], shard_stats: StreamingStats) -> None:
+        p, d = self.layout.n_patches, self.d
+        acts = np.concatenate(parts) if parts else np.empty((0, p, d), dtype=np.float16)
+        prefix = None
+        if self.cfg.keep_prefix:
+            prefix = (np.concatenate(prefix_parts) if prefix_parts
+                      else np.empty((0, self.layout.n_prefix, d), dtype=np.float16))
+        info = write_shard(self.folder, k, acts, prefix)
+        if shard_stats.n_tokens:
+            self.stats.merge(shard_stats.n_tokens, shard_stats.mean_d, shard_stats.m2_d)
+        labels = self.src.labels
+        self.entries.append({**info.model_dump(mode="json"), "labels": [int(labels[i]) for i in rows],
+                             "ids": [self.src.image_id(i) for i in rows], "skipped": skipped})
+        self._write_progress()
+        if after_shard_hook is not None:
+            after_shard_hook(k)
+
+    def _finish(self) -> None:
+        shards = [ShardInfo(**{k: e[k] for k in ("file", "n_images", "sha256", "prefix_file", "prefix_sha256")
+                               if k in e}) for e in self.entries]
+        labels = np.asarray([lab for e in self.entries for lab in e["labels"]], dtype=np.int64)
+        ids = [i for e in self.entries for i in e["ids"]]
+        skipped = [s for e in self.entries for s in e["skipped"]]
+        if not ids:
+            raise DataError(f"{self.src.spec}: none of the {len(self.src)} images could be read "
+                            f"(first error: {skipped[0]['error'] if skipped else 'no images'})")
+        fields = {
+            "schema_version": SCHEMA_VERSION, "hash": self.hash, "backbone": self.bb.name,
+            "weights_id": self.bb.weights_id, "layer": self.layer, "source": self.key["source"],
+            "layout": self.layout.to_dict(), "d_model": self.d, "n_patches": self.layout.n_patches,
+            "dtype": "float16", "class_names": list(self.src.class_names),
+            "preprocessing": self.key["preprocessing"],
+        }
+        write_final(self.folder, manifest_fields=fields, shards=shards, labels=labels, image_ids=ids,
+                    stats=self.stats, skipped=skipped)
+        self.progress_path.unlink(missing_ok=True)
+        if skipped and self.cfg.progress:
+            print(f"skipped {len(skipped)} unreadable image(s); see {self.folder / 'skipped.json'}")
