@@ -119,6 +119,8 @@ class StudyConfig(FrozenConfig):
     eval_group_size: int = Field(64, ge=1, description="images per encoding group in evaluation (paper Table 2)")
     browser_features: int = Field(64, ge=0, description="features per sort key in the feature browser")
     seed: int = Field(42, description="seed of every random choice (paper Table 1)")
+    plugins: list[str] = Field(
+        default_factory=list, description="modules imported before every job (they may register backbones, sources)")
 
     @field_validator("backbones", mode="before")
     @classmethod

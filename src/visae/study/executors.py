@@ -57,7 +57,7 @@ def _log_failure(root: Path, job: Job, text: str) -> None:
 
 
 def run_local(plan: Plan, root: Path, device: str = "auto", max_retries: int = 0,
-              on_event: EventFn | None = None) -> RunSummary:
+              on_event: EventFn | None = None, plugins: tuple[str, ...] = ()) -> RunSummary:
     """Run missing jobs one at a time in this process, in plan order; a failure blocks its dependants only."""
     say = on_event or (lambda s: None)
     summary = RunSummary()
@@ -76,7 +76,7 @@ def run_local(plan: Plan, root: Path, device: str = "auto", max_retries: int = 0
             t0 = time.perf_counter()
             say(f"run      {job.label}" + (f" (retry {attempt})" if attempt else ""))
             try:
-                execute_job(job, str(root), device)
+                execute_job(job, str(root), device, plugins)
             except Exception:
                 err = traceback.format_exc()
                 if attempt < max_retries:
@@ -94,15 +94,16 @@ def run_local(plan: Plan, root: Path, device: str = "auto", max_retries: int = 0
     return summary
 
 
-def _ray_execute(job: Job, root: str, device: str, *upstream: Any) -> str:
+def _ray_execute(job: Job, root: str, device: str, plugins: tuple[str, ...], *upstream: Any) -> str:
     """Ray task body: the upstream results are passed only so that Ray orders the tasks."""
     del upstream
-    execute_job(job, root, device)
+    execute_job(job, root, device, plugins)
     return job.id
 
 
 def run_ray(plan: Plan, root: Path, address: str | None = "local", device: str = "auto", max_retries: int = 2,
-            on_event: EventFn | None = None, init_kwargs: dict[str, Any] | None = None) -> RunSummary:
+            on_event: EventFn | None = None, init_kwargs: dict[str, Any] | None = None,
+            plugins: tuple[str, ...] = ()) -> RunSummary:
     """Submit every missing job as a Ray task (upstream ObjectRefs as arguments), wait, and read back outcomes.
 
     ``address``: 'local' starts a local Ray instance; otherwise the address of a running cluster
@@ -137,7 +138,7 @@ def run_ray(plan: Plan, root: Path, address: str | None = "local", device: str =
                                     "name": f"visae-{job.kind}-{job.id[:8]}"}
             if job.wants_gpu and has_gpu:
                 opts["num_gpus"] = 1
-            refs[job.id] = remote.options(**opts).remote(job, str(root), device, *upstream)
+            refs[job.id] = remote.options(**opts).remote(job, str(root), device, plugins, *upstream)
             say(f"submit   {job.label}")
         jobs = plan.by_id()
         pending = list(refs.values())

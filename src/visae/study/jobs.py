@@ -54,9 +54,21 @@ def _inject(job: Job, root: Path) -> None:
     raise InjectedFailure(f"injected failure in {job.label} ({FAIL_ENV}={spec})")
 
 
-def execute_job(job: Job, root: str | Path, device: str = "auto") -> dict[str, Any]:
+def import_plugins(plugins: list[str] | tuple[str, ...] = ()) -> None:
+    """Import modules that register backbones, image sources or metrics (in whatever process runs a job)."""
+    import importlib
+
+    for name in plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise StudyError(f"plugins: cannot import {name!r} ({e}); install it or fix the study's 'plugins'") from e
+
+
+def execute_job(job: Job, root: str | Path, device: str = "auto", plugins: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run ``job`` unless done; write each output's done.json after its files. Returns the runner's info."""
     root = Path(root)
+    import_plugins(plugins)
     if job_done(job, root):
         return read_done(root / job.outputs[0]) or {}
     _inject(job, root)
@@ -109,7 +121,8 @@ def run_cache(job: Job, root: Path, device: str) -> dict[str, Any]:
     s = p["source"]
     source = open_source(s["spec"], split=s["split"], max_images=s.get("max_images"), seed=s.get("seed", 42))
     out_dir = root / job.outputs[0]
-    cache_dir = Path(build_cache(backbone, source, layer=p["layer"], out_root=out_dir, **p.get("settings", {})))
+    settings = {"progress": False, **p.get("settings", {})}
+    cache_dir = Path(build_cache(backbone, source, p["layer"], out_dir, device=device, **settings))
     return {"cache": str(cache_dir.relative_to(out_dir)) if cache_dir != out_dir else "",
             "n_images": len(source)}
 
@@ -192,17 +205,20 @@ def run_raw(job: Job, root: Path, device: str) -> dict[str, Any]:
 
 
 def run_task(job: Job, root: Path, device: str) -> dict[str, Any]:
-    """A downstream task on raw features and on each SAE's codes; ``<out>/task.json``."""
+    """A downstream task on raw features once and on each SAE's codes; rows in ``<out>/task.json``."""
     from visae.io import atomic_write_json
     from visae.sae.checkpoint import load_sae
-    from visae.tasks import run_task as run_downstream
+    from visae.tasks import task_rows
 
     p = job.params
-    cache = open_job_cache(root, p["cache"])
     task = p["task"]
+    cache = open_job_cache(root, p["cache"])
+    caches: Any = {"train": cache, "val": open_job_cache(root, p["val_cache"])} if p.get("val_cache") else cache
     saes = {s["sae_id"]: load_sae(root / s["out"]) for s in p["saes"]}
-    rows = run_downstream(task["kind"], cache, saes=saes, config=task.get("config", {}), device=device,
-                          seed=p["seed"])
+    config = dict(task.get("config", {}))
+    if not task.get("on_codes", True):
+        config["features"] = ["raw"]
+    rows = task_rows(task["kind"], caches, saes=saes, config=config, device=device, seed=p["seed"])
     atomic_write_json(root / job.outputs[0] / "task.json", {"task": task, "rows": rows})
     return {"rows": len(rows)}
 

@@ -57,8 +57,9 @@ def run_study(cfg: StudyConfig, executor: str = "local", address: str | None = N
         atomic_write_text(root / "study.yaml", dump_study_yaml(cfg))
         if executor == "local":
             summary = run_local(plan, root, device=cfg.device, max_retries=0 if max_retries is None else max_retries,
-                                on_event=on_event)
+                                on_event=on_event, plugins=tuple(cfg.plugins))
         else:
             summary = run_ray(plan, root, address=address or "local", device=cfg.device,
-                              max_retries=2 if max_retries is None else max_retries, on_event=on_event)
+                              max_retries=2 if max_retries is None else max_retries, on_event=on_event,
+                              plugins=tuple(cfg.plugins))
     return plan, summary
