@@ -1,0 +1,113 @@
+"""Fine-grained / texture classification accuracy and sparse-probing AUC (H2, H4; CUB-200, DTD, iNaturalist).
+
+Protocol (the M6 probes, paper Table 2): image features are max-pooled over patches; a multinomial logistic
+probe (:func:`visae.metrics.probes.fit_probe`: lbfgs, C = 1, no class weights, standardized on the training
+split, ``max_iter`` 500) is trained on the dataset's training images and scored on its test images, for each
+feature kind: accuracy → ``task:<name>_acc:<features>``. Sparse probing (codes only): features ranked once by
+ANOVA F (``f_classif``) on the training split, a probe on the top ``sparse_k``, mean one-vs-rest AUC over the
+test classes → ``task:<name>_sparse_auc<k>:codes``.
+
+Train and test: two caches (``{"train": …, "test": …}``), or one cache split 80/20, stratified, seed 42.
+Code columns never active on the training images are dropped before the probe (their weights would be 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from pydantic import Field
+
+from visae.cache.reader import ActivationCache
+from visae.errors import ConfigError
+from visae.metrics.probes import (
+    ProbeConfig,
+    fit_probe,
+    ovr_auc,
+    rank_features,
+    stratified_split,
+    take_columns,
+)
+from visae.sae.base import SAE
+from visae.tasks.base import TaskConfig, TaskResult, check_features, headline, pooled_features
+
+
+class ClassificationConfig(TaskConfig):
+    """Settings of the classification task."""
+
+    name: str = Field("classification", description="dataset name used in metric names, e.g. cub → task:cub_acc:raw")
+    sparse_k: int | None = Field(128, ge=1, description="sparse-probing budget on codes (paper H4: 128); None skips it")
+    test_size: float = Field(0.2, gt=0, lt=1, description="single-cache mode: stratified test fraction (paper Table 2: 0.2)")
+    probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=500),
+                               description="logistic probe settings (paper Table 2: lbfgs, C = 1, max_iter 500 for M6)")
+
+
+def live_columns(x_train: sp.csr_matrix) -> np.ndarray:
+    """Columns with at least one non-zero on the training rows."""
+    return np.flatnonzero(np.diff(sp.csc_matrix(x_train).indptr) > 0)
+
+
+def probe_accuracy(x_train: np.ndarray | sp.csr_matrix, y_train: np.ndarray, x_test: np.ndarray | sp.csr_matrix,
+                   y_test: np.ndarray, probe: ProbeConfig) -> float:
+    """Test accuracy of the paper's probe trained on ``x_train`` (sparse inputs: live columns only)."""
+    if sp.issparse(x_train):
+        cols = live_columns(sp.csr_matrix(x_train))
+        if len(cols) == 0:
+            return float(np.mean(y_test == np.bincount(y_train).argmax()))
+        x_train, x_test = take_columns(x_train, cols), take_columns(x_test, cols)
+    return fit_probe(np.asarray(x_train), y_train, probe).accuracy(np.asarray(x_test), y_test)
+
+
+def sparse_probe_auc(x_train: np.ndarray | sp.csr_matrix, y_train: np.ndarray, x_test: np.ndarray | sp.csr_matrix,
+                     y_test: np.ndarray, k: int, probe: ProbeConfig) -> tuple[float | None, int]:
+    """Mean one-vs-rest test AUC of a probe on the top-``k`` features by ANOVA F, and the k actually used."""
+    ranked = rank_features(x_train, y_train)
+    if sp.issparse(x_train):
+        live = set(live_columns(sp.csr_matrix(x_train)).tolist())
+        ranked = np.array([c for c in ranked if c in live], dtype=np.int64)
+    cols = ranked[:k]
+    if len(cols) == 0:
+        return None, 0
+    model = fit_probe(take_columns(x_train, cols), y_train, probe)
+    aucs = ovr_auc(y_test, model.predict_proba(take_columns(x_test, cols)), model.classes)
+    finite = aucs[np.isfinite(aucs)]
+    return (float(finite.mean()) if len(finite) else None), len(cols)
+
+
+def run_classification(sae: SAE | None, caches: ActivationCache | Mapping[str, ActivationCache],
+                       config: ClassificationConfig, device: torch.device) -> TaskResult:
+    """Probe accuracy on raw / codes / recon pooled features, and sparse-probing AUC on codes."""
+    kinds = check_features(config.features, sae)
+    if isinstance(caches, ActivationCache):
+        feats = pooled_features(caches, sae, kinds, device, config.group_size)
+        labels = caches.labels
+        tr, te = stratified_split(labels, config.test_size, config.seed)
+        train = {k: v[tr] for k, v in feats.items()}
+        test = {k: v[te] for k, v in feats.items()}
+        y_train, y_test = labels[tr], labels[te]
+        split = f"one cache, stratified {1 - config.test_size:.0%}/{config.test_size:.0%} split (seed {config.seed})"
+    else:
+        missing = [k for k in ("train", "test") if k not in caches]
+        if missing:
+            raise ConfigError(f"classification caches: need keys 'train' and 'test', missing {missing}")
+        train = pooled_features(caches["train"], sae, kinds, device, config.group_size)
+        test = pooled_features(caches["test"], sae, kinds, device, config.group_size)
+        y_train, y_test = caches["train"].labels, caches["test"].labels
+        split = "train and test caches"
+    scores: dict[str, float | None] = {}
+    notes = []
+    for kind in kinds:
+        scores[f"task:{config.name}_acc:{kind}"] = probe_accuracy(train[kind], y_train, test[kind], y_test,
+                                                                  config.probe)
+    if config.sparse_k is not None and "codes" in kinds:
+        auc, used = sparse_probe_auc(train["codes"], y_train, test["codes"], y_test, config.sparse_k, config.probe)
+        scores[f"task:{config.name}_sparse_auc{config.sparse_k}:codes"] = auc
+        if used < config.sparse_k:
+            notes.append(f"sparse probing used {used} live features (< k = {config.sparse_k})")
+    protocol = (f"{split}: {len(y_train)} train / {len(y_test)} test images; logistic probe on max-pooled features"
+                + (f"; sparse probe on the top {config.sparse_k} codes by ANOVA F" if config.sparse_k else ""))
+    return TaskResult(metric=f"task:{config.name}", task=config.name, value=headline(scores, f"{config.name}_acc"),
+                      higher_is_better=True, scores=scores, protocol=protocol, n_train=len(y_train),
+                      n_eval=len(y_test), note="; ".join(notes))
