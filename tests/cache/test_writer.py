@@ -153,3 +153,15 @@ def test_cli(bb, tmp_path, monkeypatch):
     assert "cache exists" in r2.output
     bad = CliRunner().invoke(app, [*args, "--set", "shard_imags=3"])
     assert bad.exit_code == 2 and "shard_imags" in bad.output
+
+
+def test_deleted_shard_is_rebuilt_on_rerun(bb, tmp_path):
+    src = open_source("offline:faces", "test", max_images=12)
+    kw = dict(batch_size=4, shard_images=4, num_workers=0, progress=False)
+    path = writer.build_cache(bb, src, 1, tmp_path, **kw)
+    original = (path / "shard_00001.npy").read_bytes()
+    (path / "shard_00001.npy").unlink()
+    assert writer.build_cache(bb, src, 1, tmp_path, **kw) == path
+    assert (path / "shard_00001.npy").read_bytes() == original
+    c = open_cache(path, verify=True)
+    assert c.n_images == 12 and not (path / "progress.json").exists()

@@ -40,6 +40,8 @@ class CacheManifest(BaseModel):
     class_names: list[str] = Field(description="class names indexed by label")
     shards: list[ShardInfo] = Field(description="shards in image order")
     n_skipped: int = Field(0, description="images that could not be read and have no row")
+    shard_images: int | None = Field(None, description="source images per shard (shard k covers source "
+                                                         "indices k·S … (k+1)·S − 1); lets a rerun rebuild a lost shard")
     has_prefix: bool = Field(False, description="prefix_*.npy files hold the prefix tokens")
     preprocessing: dict[str, Any] = Field(default_factory=dict, description="image size, mean/std, interpolation")
     visae_version: str = Field("", description="library version that wrote the cache")

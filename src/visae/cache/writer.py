@@ -45,12 +45,14 @@ def _slug(text: str, max_len: int = 40) -> str:
 
 
 def describe_preprocessing(backbone: Backbone) -> dict[str, Any]:
-    """What the backbone's transform does, for the cache hash (its ``preprocessing`` dict if it has one)."""
-    described = getattr(backbone, "preprocessing", None)
-    if isinstance(described, dict):
-        return {"image_size": list(backbone.layout.image_size), **described}
-    text = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(backbone.transform))
-    return {"image_size": list(backbone.layout.image_size), "transform": text}
+    """What the backbone's transform does, for the cache hash (``Backbone.preprocessing_spec()``).
+
+    Object addresses in repr() text (``<function f at 0x7f…>``) are removed so the hash is stable.
+    """
+    spec_fn = getattr(backbone, "preprocessing_spec", None)
+    spec = spec_fn() if callable(spec_fn) else {"transform": repr(backbone.transform)}
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", json.dumps(spec, sort_keys=True, default=str))
+    return {"image_size": list(backbone.layout.image_size), **json.loads(text)}
 
 
 def cache_key(backbone: Backbone, source: ImageSource, layer: int, keep_prefix: bool) -> dict[str, Any]:
@@ -169,13 +171,61 @@ def build_cache(backbone: Backbone | str, source: ImageSource | str, layer: int,
     bb.check_layer(layer)
     folder = cache_dir_for(Path(out_dir), bb, src, layer, cfg.keep_prefix)
     if (folder / "manifest.json").is_file():
+        missing = _missing_shards(folder)
+        if not missing:
+            if cfg.progress:
+                print(f"cache exists: {folder}")
+            return folder
         if cfg.progress:
-            print(f"cache exists: {folder}")
-        return folder
+            print(f"cache {folder}: rebuilding from missing {missing[0]}")
+        _reopen_for_repair(folder, missing[0])
     folder.mkdir(parents=True, exist_ok=True)
     with _lock(folder):
         _CacheBuild(bb, src, layer, folder, cfg).run()
     return folder
+
+
+def _missing_shards(folder: Path) -> list[str]:
+    """Shard files the manifest lists that are not on disk (deleted after a checksum failure)."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        files = [f for s in manifest["shards"] for f in (s["file"], s.get("prefix_file")) if f]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [f for f in files if not (folder / f).is_file()]
+
+
+def _reopen_for_repair(folder: Path, first_missing: str) -> None:
+    """Turn a complete cache with a lost shard back into a partial one that resumes at that shard.
+
+    The shards before it are kept (their statistics are recomputed from the stored values); the lost
+    shard and the ones after it are rebuilt by the normal resume path.
+    """
+    from visae.cache.manifest import CacheManifest
+
+    m = CacheManifest.model_validate_json((folder / "manifest.json").read_text())
+    if m.shard_images is None:
+        raise CacheError(f"{folder}: {first_missing} is missing and the manifest predates repair support; "
+                         "delete the folder and rerun 'visae cache'")
+    labels = np.load(folder / "labels.npy")
+    ids = json.loads((folder / "image_ids.json").read_text())
+    skipped = json.loads((folder / "skipped.json").read_text()) if (folder / "skipped.json").is_file() else []
+    keep = next(k for k, s in enumerate(m.shards) if first_missing in (s.file, s.prefix_file))
+    stats = StreamingStats(m.d_model)
+    entries = []
+    row = 0
+    for k, info in enumerate(m.shards[:keep]):
+        arr = np.load(folder / info.file, mmap_mode="r")
+        for s0 in range(0, len(arr), 16):
+            stats.update(np.array(arr[s0:s0 + 16]).reshape(-1, m.d_model))
+        entries.append({**info.model_dump(mode="json"),
+                        "labels": [int(v) for v in labels[row:row + info.n_images]],
+                        "ids": ids[row:row + info.n_images],
+                        "skipped": [s for s in skipped if s["index"] // m.shard_images == k]})
+        row += info.n_images
+    atomic_write_json(folder / "progress.json", {"hash": m.hash, "shard_images": m.shard_images,
+                                                 "shards": entries, "stats": stats.state()})
+    (folder / "manifest.json").unlink()
 
 
 class _CacheBuild:
@@ -317,7 +367,7 @@ class _CacheBuild:
             "weights_id": self.bb.weights_id, "layer": self.layer, "source": self.key["source"],
             "layout": self.layout.to_dict(), "d_model": self.d, "n_patches": self.layout.n_patches,
             "dtype": "float16", "class_names": list(self.src.class_names),
-            "preprocessing": self.key["preprocessing"],
+            "preprocessing": self.key["preprocessing"], "shard_images": self.shard_images,
         }
         write_final(self.folder, manifest_fields=fields, shards=shards, labels=labels, image_ids=ids,
                     stats=self.stats, skipped=skipped)
