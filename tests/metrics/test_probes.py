@@ -1,0 +1,127 @@
+"""Probe engine: splits, ANOVA-F ranking, AUC/F1 against scikit-learn, and agreement of the two engines."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.feature_selection import f_classif
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score, roc_auc_score
+
+from visae.errors import DataError
+from visae.metrics.probes import (
+    ProbeConfig,
+    binary_auc,
+    binary_f1,
+    f_one_vs_rest,
+    f_scores,
+    fit_probe,
+    ovr_auc,
+    rank_features,
+    stratified_split,
+)
+
+
+def blobs(n: int = 900, d: int = 24, k: int = 6, sep: float = 0.35, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    x = (rng.normal(size=(k, d))[y] * sep + rng.normal(size=(n, d))) * rng.uniform(0.5, 5, d) + 3
+    return x.astype(np.float32), y
+
+
+def test_stratified_split_is_sklearns_and_keeps_singletons_in_train() -> None:
+    from sklearn.model_selection import train_test_split
+
+    y = np.repeat(np.arange(5), 20)
+    tr, te = stratified_split(y)
+    ref_tr, ref_te = train_test_split(np.arange(100), test_size=20, random_state=42, stratify=y)
+    assert set(tr) == set(ref_tr) and set(te) == set(ref_te)
+    assert np.all(np.bincount(y[te]) == 4)
+    y2 = np.concatenate([y, [7]])
+    tr2, te2 = stratified_split(y2)
+    assert 100 in tr2 and 100 not in te2
+    with pytest.raises(DataError):
+        stratified_split(np.array([0, 1]))
+
+
+def test_f_scores_match_f_classif_and_rank_constant_last_indicator_first() -> None:
+    x, y = blobs(300, 10)
+    x[:, 3] = 1.0  # constant: F is NaN → last
+    x[:, 7] = (y == 2).astype(np.float32)  # binary target below: perfect indicator, F = +inf → first
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = f_classif(x.astype(np.float64), y)[0]
+    got = f_scores(x, y)
+    ok = np.isfinite(ref)
+    np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-6)
+    assert rank_features(x, y)[-1] == 3
+    assert rank_features(x, (y == 2).astype(int))[0] == 7
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_f_one_vs_rest_equals_binary_f_classif(sparse: bool) -> None:
+    x, y = blobs(400, 12)
+    x = np.maximum(x - 4, 0)
+    x[:, 0] = 0.0
+    xs = sp.csr_matrix(x) if sparse else x
+    got = f_one_vs_rest(xs, y, np.arange(6))
+    for c in range(6):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = f_classif(xs.astype(np.float64), y == c)[0]
+        ok = np.isfinite(ref)
+        np.testing.assert_allclose(got[c][ok], ref[ok], rtol=1e-6)
+        assert got[c][0] == -np.inf
+
+
+def test_auc_and_f1_match_sklearn() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 200)
+    proba = rng.dirichlet(np.ones(4), 200)
+    proba[:, 1] = np.round(proba[:, 1], 1)  # ties
+    proba /= proba.sum(axis=1, keepdims=True)
+    assert np.mean(ovr_auc(y, proba, np.arange(4))) == pytest.approx(
+        roc_auc_score(y, proba, multi_class="ovr", average="macro"), abs=1e-12)
+    yb = y == 1
+    assert binary_auc(yb, proba[:, 1]) == pytest.approx(roc_auc_score(yb, proba[:, 1]), abs=1e-12)
+    pred = proba[:, 1] > 0.25
+    assert binary_f1(yb, pred) == pytest.approx(f1_score(yb, pred))
+    assert binary_f1(np.zeros(5, bool), np.zeros(5, bool)) == 0.0
+
+
+def test_sklearn_engine_is_standardized_logistic_regression() -> None:
+    x, y = blobs()
+    p = fit_probe(x, y, ProbeConfig(max_iter=1000))
+    xs = (x - x.mean(0)) / x.std(0)
+    ref = LogisticRegression(C=1.0, max_iter=1000).fit(xs, y)
+    assert np.mean(p.predict(x) == ref.predict(xs)) > 0.99
+
+
+@pytest.mark.parametrize("n_classes", [2, 6])
+def test_torch_and_sklearn_engines_agree(n_classes: int) -> None:
+    x, y = blobs(900, 24, n_classes)
+    tr, te = stratified_split(y)
+    res = {}
+    for engine in ("sklearn", "torch"):
+        p = fit_probe(x[tr], y[tr], ProbeConfig(engine=engine, max_iter=500, device="cpu"))
+        proba = p.predict_proba(x[te])
+        auc = roc_auc_score(y[te], proba[:, 1]) if n_classes == 2 else roc_auc_score(y[te], proba, multi_class="ovr")
+        res[engine] = (p.accuracy(x[te], y[te]), auc, p.coef_kd)
+        assert p.converged
+    assert abs(res["sklearn"][0] - res["torch"][0]) <= 0.01
+    assert abs(res["sklearn"][1] - res["torch"][1]) <= 0.01
+    # the same objective: the weights agree closely, not only the scores
+    scale = np.abs(res["sklearn"][2]).max()
+    assert np.abs(res["sklearn"][2] - res["torch"][2]).max() < 0.02 * scale
+
+
+def test_fit_probe_rejects_bad_input() -> None:
+    x, y = blobs(50, 3)
+    with pytest.raises(DataError):
+        fit_probe(x, np.zeros(50, int))
+    x[0, 0] = np.nan
+    with pytest.raises(DataError):
+        fit_probe(x, y)
