@@ -89,12 +89,12 @@ def run_classification(sae: SAE | None, caches: ActivationCache | Mapping[str, A
         y_train, y_test = labels[tr], labels[te]
         split = f"one cache, stratified {1 - config.test_size:.0%}/{config.test_size:.0%} split (seed {config.seed})"
     else:
-        missing = [k for k in ("train", "test") if k not in caches]
-        if missing:
-            raise ConfigError(f"classification caches: need keys 'train' and 'test', missing {missing}")
+        test_key = "test" if "test" in caches else "val"
+        if "train" not in caches or test_key not in caches:
+            raise ConfigError(f"classification caches: need keys 'train' and 'test' (or 'val'), got {sorted(caches)}")
         train = pooled_features(caches["train"], sae, kinds, device, config.group_size)
-        test = pooled_features(caches["test"], sae, kinds, device, config.group_size)
-        y_train, y_test = caches["train"].labels, caches["test"].labels
+        test = pooled_features(caches[test_key], sae, kinds, device, config.group_size)
+        y_train, y_test = caches["train"].labels, caches[test_key].labels
         split = "train and test caches"
     scores: dict[str, float | None] = {}
     notes = []

@@ -288,10 +288,10 @@ def run_segmentation(sae: SAE | None, caches: ActivationCache | Mapping[str, Act
         val_images, train_images = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         split_note = f"one cache split by image (seed {config.seed}): {len(train_images)} train, {len(val_images)} val"
     else:
-        missing = [k for k in ("train", "val") if k not in caches]
-        if missing:
-            raise ConfigError(f"segmentation caches: need keys 'train' and 'val', missing {missing}")
-        train_cache, val_cache = caches["train"], caches["val"]
+        val_key = "val" if "val" in caches else "test"
+        if "train" not in caches or val_key not in caches:
+            raise ConfigError(f"segmentation caches: need keys 'train' and 'val' (or 'test'), got {sorted(caches)}")
+        train_cache, val_cache = caches["train"], caches[val_key]
         train_images, val_images = np.arange(train_cache.n_images), np.arange(val_cache.n_images)
         split_note = f"train cache {train_cache.n_images} images, val cache {val_cache.n_images} images"
     spec = config.source or str(train_cache.manifest.source.get("spec", ""))
