@@ -7,6 +7,7 @@
 | ``fashion-mnist`` | Fashion-MNIST, Debian IDX files or torchvision download |
 | ``offline:digits`` / ``offline:faces`` / ``offline:textures`` / ``offline:mnist`` | sets inside Python packages (:mod:`visae.datasets.offline`) |
 | ``inat:/root`` / ``cub:/root`` / ``dtd:/root[?fold=N]`` | out-of-domain sets for M6, official splits (:mod:`visae.datasets.ood`) |
+| ``ade20k:/root`` | ADE20K (ADEChallengeData2016) images with segmentation masks (:mod:`visae.datasets.ade20k`) |
 
 A bare existing folder path is read as ``folder:PATH``.
 """
@@ -27,7 +28,7 @@ def known_sources() -> list[str]:
     from visae.datasets.offline import OFFLINE_SETS
 
     return ["folder:PATH", "hf:NAME_OR_PATH[:SPLIT]", "fashion-mnist", *(f"offline:{n}" for n in OFFLINE_SETS),
-            "inat:PATH", "cub:PATH", "dtd:PATH[?fold=N]"]
+            "inat:PATH", "cub:PATH", "dtd:PATH[?fold=N]", "ade20k:PATH"]
 
 
 def _open_full(spec: str, split: str) -> ImageSource:
@@ -52,6 +53,10 @@ def _open_full(spec: str, split: str) -> ImageSource:
         from visae.datasets.ood import open_ood
 
         return open_ood(kind, body, split)
+    if kind == "ade20k" and body:
+        from visae.datasets.ade20k import open_ade20k
+
+        return open_ade20k(body, split)
     if Path(spec).expanduser().is_dir():
         from visae.datasets.folder import FolderSource
 

@@ -110,6 +110,7 @@ def mask_to_patch_labels(mask_hw: np.ndarray, grid_hw: tuple[int, int], box: tup
 
 def open_mask_source(spec: str) -> MaskSource:
     """A mask source from a spec (``ade20k:<path>``, or any registered source with ``load_mask_by_id``)."""
+    spec = spec.split("#", 1)[0]  # a subset's spec ("ade20k:/root#stratified-500-seed42") names the same masks
     if spec.startswith("ade20k:"):
         from visae.datasets.ade20k import open_ade20k
 
