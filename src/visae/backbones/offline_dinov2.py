@@ -182,7 +182,8 @@ class Dinov2Backbone(Backbone):
 
     def __init__(self, model: Dinov2Model, *, name: str, weights_id: str, device: torch.device,
                  image_size: int = 224, description: str = "") -> None:
-        patch_size = int(model.config.patch_size)
+        patch = model.config.patch_size
+        patch_size = int(patch if isinstance(patch, int) else patch[0])
         _check_image_size(name, image_size, patch_size)
         self.model = model.eval().requires_grad_(False).to(device)
         self.name = name
