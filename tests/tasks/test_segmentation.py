@@ -112,3 +112,28 @@ def test_single_cache_split_and_shuffled_features(tmp_path: Path) -> None:
                           "ADE_train")
     bad = run_task("segmentation", None, noise, cfg, device="cpu")
     assert bad.scores["task:segmentation_miou:raw"] < 0.5
+
+
+def test_end_to_end_from_an_ade20k_cache(tmp_path: Path) -> None:
+    """visae cache on ade20k:ROOT (tiny random ViT) → segmentation on the cached patch features."""
+    from visae.cache.testing import TinyViTBackbone
+    from visae.cache.writer import build_cache
+
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 255, (N_SEG + 1, 3))
+    root = tmp_path / "ADEChallengeData2016"
+    for sub, prefix, n in (("training", "ADE_train", 24), ("validation", "ADE_val", 8)):
+        (root / "images" / sub).mkdir(parents=True)
+        (root / "annotations" / sub).mkdir(parents=True)
+        for i in range(1, n + 1):
+            grid = rng.integers(1, N_SEG + 1, (2, 2))  # quadrants of a 64 × 48 image
+            mask = np.kron(grid, np.ones((24, 32), dtype=np.int64)).astype(np.uint8)
+            Image.fromarray(mask, mode="L").save(root / "annotations" / sub / f"{prefix}_{i:08d}.png")
+            Image.fromarray(colours[mask].astype(np.uint8)).save(root / "images" / sub / f"{prefix}_{i:08d}.png")
+    backbone = TinyViTBackbone(seed=0, device="cpu")
+    caches = {split: open_cache(build_cache(backbone, f"ade20k:{root}", layer=0, out_dir=tmp_path / "caches",
+                                            split=split, num_workers=0, progress=False, device="cpu"))
+              for split in ("train", "val")}
+    res = run_task("segmentation", None, caches, {"epochs": 40, "lr": 0.1, "batch_size": 4096}, device="cpu")
+    assert res.n_eval == 8 * 16
+    assert res.scores["task:segmentation_miou:raw"] > 0.8, res.scores

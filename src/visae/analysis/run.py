@@ -45,11 +45,19 @@ class AnalysisConfig(FrozenConfig):
                                          description="hypotheses to test (default: the paper's H1–H4, §4.5)")
 
 
-def load_results(path: str | Path) -> pd.DataFrame:
-    """Read ``results.parquet`` (a file, or a folder holding one; ``.csv`` also accepted) and validate it."""
+def results_file(path: str | Path) -> Path:
+    """The results table a path names: the file itself, ``<dir>/results.parquet`` or a study's
+    ``<dir>/results/results.parquet``."""
     p = Path(path)
     if p.is_dir():
-        p = p / RESULTS_FILE
+        p = p / RESULTS_FILE if (p / RESULTS_FILE).is_file() or not (p / "results" / RESULTS_FILE).is_file() \
+            else p / "results" / RESULTS_FILE
+    return p
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """Read ``results.parquet`` (a file, or a folder holding one; ``.csv`` also accepted) and validate it."""
+    p = results_file(path)
     if not p.is_file():
         raise StudyError(f"{p}: results table not found; pass a results.parquet or the study folder holding one")
     try:
@@ -175,6 +183,6 @@ def analyze_path(results_path: str | Path, out_dir: str | Path | None = None,
                  config: AnalysisConfig | None = None) -> tuple[dict[str, Any], list[Path]]:
     """Load a results table, analyse it and write the tables (default: ``analysis/`` beside the results)."""
     p = Path(results_path)
-    base = p if p.is_dir() else p.parent
+    base = p if p.is_dir() else p.parent  # a study folder gets <study>/analysis
     results = analyze(load_results(p), config)
     return results, write_analysis(results, Path(out_dir) if out_dir is not None else base / "analysis")
