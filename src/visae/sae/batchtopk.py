@@ -82,14 +82,13 @@ def calibrate_threshold(sae: BatchTopKSAE, batches_bd: Iterable[torch.Tensor]) -
     """
     k = int(sae.k or 1)
     device = sae.W_enc.device
+    batches = list(batches_bd)
+    n_tokens = sum(int(x.shape[0]) for x in batches)
+    keep = n_tokens * k + 1
     buf = torch.empty(0, device=device)
     floor = 0.0
-    n_tokens = 0
-    for x_bd in batches_bd:
-        x_bd = x_bd.to(device=device, dtype=sae.W_enc.dtype)
-        n_tokens += x_bd.shape[0]
-        keep = n_tokens * k + 1
-        pre = sae.pre_acts(x_bd)
+    for x_bd in batches:
+        pre = sae.pre_acts(x_bd.to(device=device, dtype=sae.W_enc.dtype))
         buf = torch.cat([buf, pre[pre > floor].float()])
         if buf.numel() > keep:
             kth = torch.kthvalue(buf, buf.numel() - keep + 1).values

@@ -1,0 +1,302 @@
+"""Train a grid of SAEs on one pass over an activation cache (paper §3, Table 1 defaults).
+
+Every batch is read once and feeds every SAE of the grid. Each step: the family's training step (sparse
+kernels for TopK/BatchTopK), optional AuxK loss on dead features (Gao et al. 2024), Adam, unit-norm
+decoder rows. Checkpoints every ``checkpoint_every`` steps hold all SAEs, optimizer states, the sampler
+step and the RNG state; a killed run resumes from the last one. After training, BatchTopK thresholds are
+calibrated on held-out tokens (paper App. E) and each SAE is saved with :func:`save_sae`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from visae.config import FrozenConfig
+from visae.device import pick_device
+from visae.errors import ConfigError
+from visae.io import atomic_write_json, atomic_write_with
+from visae.sae.batchtopk import BatchTopKSAE, calibrate_threshold
+from visae.sae.checkpoint import save_sae
+from visae.sae.family import TrainableSAE
+from visae.sae.registry import canonical_family, make_sae
+
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.jsonl"
+
+
+class SAESpec(FrozenConfig):
+    """One SAE configuration of a grid."""
+
+    family: str = Field("batchtopk", description="SAE family: batchtopk (paper default), topk, jumprelu, relu")
+    expansion: float | None = Field(None, description="d_sae as a multiple of d_in (paper: 8, 16, 32)")
+    d_sae: int | None = Field(None, description="dictionary size; overrides expansion when given")
+    k: int | None = Field(None, description="active features per token (TopK/BatchTopK; JumpReLU's target L0)")
+    hparams: dict[str, Any] = Field(default_factory=dict,
+                                    description="family hyper-parameters (l1_coeff, bandwidth, kernel …)")
+    name: str | None = Field(None, description="output sub-folder; default '<family>_<expansion>x_k<k>'")
+
+    @model_validator(mode="after")
+    def _check(self) -> SAESpec:
+        canonical_family(self.family)
+        if self.expansion is None and self.d_sae is None:
+            raise ValueError("give expansion or d_sae")
+        return self
+
+    def folder_name(self, d_in: int) -> str:
+        """The SAE's output folder name."""
+        if self.name:
+            return self.name
+        width = f"{self.expansion:g}x" if self.expansion is not None else f"{self.d_sae}"
+        return f"{canonical_family(self.family)}_{width}" + (f"_k{self.k}" if self.k is not None else "")
+
+
+class TrainConfig(FrozenConfig):
+    """How SAEs are trained; defaults are the paper's Table 1 where it gives one."""
+
+    lr: float = Field(1e-3, description="Adam learning rate (paper Table 1)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
+    batch_size: int = Field(8192, ge=1, description="patch tokens per step (paper Table 1)")
+    epochs: int = Field(1, ge=1, description="passes over the cache (paper Table 1: 1)")
+    steps: int | None = Field(None, ge=1, description="stop after this many steps (default: the whole epochs)")
+    seed: int = Field(42, description="seed of initialisation and the token sampler (paper Table 1)")
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="encoder matmul precision (bf16 = autocast)")
+    device: str = Field("auto", description="torch device; auto = CUDA, then MPS, then CPU")
+    checkpoint_every: int = Field(500, ge=1, description="steps between resumable checkpoints")
+    log_every: int = Field(10, ge=1, description="steps between lines of train_log.jsonl")
+    remove_parallel_grads: bool = Field(True, description="drop W_dec gradient parallel to its rows")
+    dead_after_tokens: int = Field(10_000_000, ge=1,
+                                   description="a feature is dead after this many tokens without firing")
+    aux_k: int | None = Field(None, ge=1, description="AuxK: dead features used by the auxiliary loss "
+                                                      "(Gao et al. 2024; e.g. 512); None disables it")
+    aux_coeff: float = Field(1 / 32, ge=0, description="weight of the AuxK loss (Gao et al.: 1/32)")
+    heldout: Literal["tail", "validation"] = Field(
+        "tail", description="held-out tokens for the BatchTopK inference threshold (paper App. E): "
+                            "'tail' = the last heldout_batches batches of the training stream, never trained "
+                            "on; 'validation' = the first heldout_batches of validation_cache")
+    heldout_batches: int = Field(8, ge=1, description="batches of held-out tokens for the threshold")
+    validation_cache: str | None = Field(None, description="cache folder used when heldout='validation'")
+    progress: bool = Field(True, description="show a tqdm progress bar")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.heldout == "validation" and not self.validation_cache:
+            raise ValueError("heldout='validation' needs validation_cache")
+        return self
+
+
+def grid(family: str = "batchtopk", expansions: Iterable[float] = (8, 16, 32),
+         ks: Iterable[int] = (64, 128, 192, 256), **hparams: Any) -> list[SAESpec]:
+    """The paper's sweep (§3): every expansion × every K."""
+    return [SAESpec(family=family, expansion=e, k=k, hparams=dict(hparams)) for e in expansions for k in ks]
+
+
+class _Trainee:
+    """One SAE with its optimizer and running statistics."""
+
+    def __init__(self, spec: SAESpec, sae: TrainableSAE, cfg: TrainConfig, name: str) -> None:
+        self.spec, self.sae, self.name = spec, sae, name
+        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.since_fired_f = torch.zeros(sae.d_sae, dtype=torch.int64, device=sae.W_enc.device)
+        self.sum_l0 = 0.0
+        self.n_steps = 0
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.sae.state_dict(), "opt": self.opt.state_dict(), "since_fired": self.since_fired_f,
+                "sum_l0": self.sum_l0, "n_steps": self.n_steps}
+
+    def load(self, st: dict[str, Any]) -> None:
+        self.sae.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.since_fired_f.copy_(st["since_fired"])
+        self.sum_l0, self.n_steps = float(st["sum_l0"]), int(st["n_steps"])
+
+
+def _aux_k_loss(t: _Trainee, x_bd: torch.Tensor, residual_bd: torch.Tensor, dead_f: torch.Tensor,
+                aux_k: int, coeff: float) -> float:
+    """AuxK (Gao et al. 2024): reconstruct the residual from the top ``aux_k`` dead features."""
+    dead_idx = dead_f.nonzero().squeeze(1)
+    if dead_idx.numel() == 0 or coeff == 0:
+        return 0.0
+    sae = t.sae
+    pre = (x_bd - sae.b_dec) @ sae.W_enc[:, dead_idx] + sae.b_enc[dead_idx]
+    vals, idx = torch.topk(pre, min(aux_k, dead_idx.numel()), dim=1)
+    vals = torch.relu(vals)
+    recon = torch.einsum("bk,bkd->bd", vals, sae.W_dec[dead_idx][idx])
+    loss = coeff * (recon - residual_bd).pow(2).sum(1).mean()
+    loss.backward()
+    return float(loss)
+
+
+def train_on_batches(saes: list[tuple[str, TrainableSAE]], batches: Iterator[torch.Tensor], cfg: TrainConfig,
+                     out_dir: Path | None = None, start_step: int = 0, total_steps: int | None = None,
+                     trainees: list[_Trainee] | None = None, extra_state: dict[str, Any] | None = None,
+                     ) -> list[_Trainee]:
+    """The core loop: every batch of ``batches`` (``[B, D]``, normalized) feeds every SAE.
+
+    Writes ``train_log.jsonl`` and resumable checkpoints into ``out_dir`` when given.
+    """
+    device = (trainees[0].sae if trainees else saes[0][1]).W_enc.device
+    compute_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    if trainees is None:
+        trainees = [_Trainee(SAESpec(family=s.family, d_sae=s.d_sae, k=s.k), s, cfg, n) for n, s in saes]
+    bar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    step = start_step
+    t0 = time.perf_counter()
+    for x_bd in batches:
+        x_bd = x_bd.to(device, non_blocking=True).float()
+        row: dict[str, Any] = {"step": step + 1, "tokens": (step + 1) * x_bd.shape[0]}
+        for t in trainees:
+            t.sae.train()
+            dead_f = t.since_fired_f >= cfg.dead_after_tokens
+            want_aux = cfg.aux_k is not None and bool(dead_f.any())
+            res = t.sae.training_step(x_bd, compute_dtype, keep_residual=want_aux)
+            aux = 0.0
+            if want_aux and res.residual_bd is not None and cfg.aux_k is not None:
+                aux = _aux_k_loss(t, x_bd, res.residual_bd, dead_f, cfg.aux_k, cfg.aux_coeff)
+            if cfg.remove_parallel_grads:
+                t.sae.remove_parallel_grad()
+            t.opt.step()
+            t.opt.zero_grad(set_to_none=True)
+            t.sae.after_step()
+            t.since_fired_f.add_(x_bd.shape[0])
+            t.since_fired_f[res.fired_f] = 0
+            t.sum_l0 += res.l0
+            t.n_steps += 1
+            row[t.name] = {"loss": res.loss, "fvu": res.fvu, "l0": res.l0, "aux": aux,
+                           "dead": int((t.since_fired_f >= cfg.dead_after_tokens).sum())}
+        step += 1
+        if bar is not None:
+            first = row[trainees[0].name]
+            bar.set_postfix(loss=f"{first['loss']:.3g}", fvu=f"{first['fvu']:.3f}", l0=f"{first['l0']:.1f}")
+            bar.update(1)
+        if out_dir is not None and (step % cfg.log_every == 0 or step == 1):
+            row["elapsed_s"] = time.perf_counter() - t0
+            _append_jsonl(out_dir / LOG_FILE, row)
+        if out_dir is not None and step % cfg.checkpoint_every == 0:
+            _save_state(out_dir, step, trainees, extra_state or {})
+        if total_steps is not None and step >= total_steps:
+            break
+    if bar is not None:
+        bar.close()
+    return trainees
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save_state(out_dir: Path, step: int, trainees: list[_Trainee], extra: dict[str, Any]) -> None:
+    state = {"step": step, "trainees": {t.name: t.state() for t in trainees},
+             "rng": torch.get_rng_state(), **extra}
+    atomic_write_with(out_dir / STATE_FILE, lambda p: torch.save(state, p))
+
+
+def _load_state(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
+
+
+def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str,
+               train_config: TrainConfig | None = None) -> list[Path]:
+    """Train every SAE of ``configs`` on one pass over ``cache``; return their checkpoint folders.
+
+    ``cache`` is an :class:`~visae.cache.reader.ActivationCache` or a path to one. Resumes from
+    ``<out_dir>/train_state.pt`` when present.
+    """
+    from visae.cache.reader import ActivationCache, open_cache
+
+    cfg = train_config or TrainConfig()
+    cache_obj: ActivationCache = cache if isinstance(cache, ActivationCache) else open_cache(cache)
+    specs = [configs] if isinstance(configs, SAESpec) else list(configs)
+    if not specs:
+        raise ConfigError("train_saes: no SAE configurations given")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    d_in = cache_obj.d_model
+    names = [s.folder_name(d_in) for s in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"train_saes: two SAE configurations share an output name: {names}")
+    mean_d = torch.as_tensor(cache_obj.mean_d, dtype=torch.float32)
+    trainees = []
+    for i, (spec, name) in enumerate(zip(specs, names, strict=True)):
+        torch.manual_seed(cfg.seed + i)
+        sae = make_sae(spec.family, d_in, expansion=spec.expansion if spec.d_sae is None else None,
+                       d_sae=spec.d_sae, k=spec.k, **spec.hparams).to(device)
+        sae.set_normalization(mean_d, cache_obj.std)
+        trainees.append(_Trainee(spec, sae, cfg, name))
+    n_per_epoch = cache_obj.n_batches(cfg.batch_size, 1)
+    heldout_tail = cfg.heldout_batches if cfg.heldout == "tail" else 0
+    if cfg.epochs == 1 and heldout_tail >= n_per_epoch:
+        raise ConfigError(f"the cache has only {n_per_epoch} batches of {cfg.batch_size} tokens; keep fewer "
+                          f"heldout_batches ({cfg.heldout_batches}) or use heldout='validation'")
+    trainable = n_per_epoch * cfg.epochs - heldout_tail
+    total = min(cfg.steps, trainable) if cfg.steps else trainable
+    start = 0
+    state = _load_state(out)
+    if state is not None:
+        saved = state["trainees"]
+        if set(saved) != set(names):
+            raise ConfigError(f"{out / STATE_FILE}: the saved run trained {sorted(saved)}, not {sorted(names)}; "
+                              f"use another --out folder")
+        for t in trainees:
+            t.load(saved[t.name])
+        torch.set_rng_state(state["rng"])
+        start = int(state["step"])
+    provenance = {"cache": str(cache_obj.path), "cache_hash": cache_obj.manifest.hash, "seed": cfg.seed,
+                  "train_config": cfg.to_dict()}
+    if start < total:
+        batches = cache_obj.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=True, epochs=cfg.epochs,
+                                          start_step=start)
+        train_on_batches([], batches, cfg, out_dir=out, start_step=start, total_steps=total,
+                         trainees=trainees)
+        _save_state(out, total, trainees, {})
+    heldout_desc, held = _heldout(cache_obj, cfg, trainable)
+    paths = []
+    for t in trainees:
+        t.sae.eval()
+        info: dict[str, Any] = {"train_l0": t.sum_l0 / max(t.n_steps, 1), "steps": t.n_steps,
+                                "tokens": t.n_steps * cfg.batch_size, "heldout": heldout_desc}
+        x_held = [h.to(device) for h in held]
+        if isinstance(t.sae, BatchTopKSAE):
+            info["calibration"] = calibrate_threshold(t.sae, x_held)
+        info["inference_l0"] = (sum(t.sae.inference_l0(h) * h.shape[0] for h in x_held)
+                                / max(sum(h.shape[0] for h in x_held), 1))
+        paths.append(save_sae(t.sae, out / t.name, provenance={**provenance, **info}))
+        _append_jsonl(out / LOG_FILE, {"final": t.name, **info})
+    atomic_write_json(out / "trained.json", {"saes": [str(p) for p in paths]})
+    return paths
+
+
+def _heldout(cache: Any, cfg: TrainConfig, trainable: int) -> tuple[str, list[torch.Tensor]]:
+    """The held-out batches for threshold calibration and inference L0 (normalized with ``cache``'s stats)."""
+    if cfg.heldout == "validation":
+        from visae.cache.reader import open_cache
+
+        val = open_cache(str(cfg.validation_cache))
+        it = val.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=False, drop_last=False)
+        held = [cache.normalize(b) for b in itertools.islice(it, cfg.heldout_batches)]
+        return f"validation cache {cfg.validation_cache} ({sum(len(h) for h in held)} tokens)", held
+    it = cache.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=True, epochs=cfg.epochs,
+                             start_step=trainable)
+    held = list(itertools.islice(it, cfg.heldout_batches))
+    return (f"tail: the last {len(held)} batches of the training stream (steps {trainable}+), "
+            f"never trained on"), held
