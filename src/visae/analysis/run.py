@@ -71,7 +71,7 @@ def _cell(x: Any) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
     if isinstance(x, float):
-        return f"{x:.3f}"
+        return f"{x:.3g}" if abs(x) >= 1e4 or 0 < abs(x) < 1e-3 else f"{x:.3f}"
     return str(x).replace("|", "\\|").replace("\n", " ")
 
 
