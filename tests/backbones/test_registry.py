@@ -72,8 +72,16 @@ def test_short_names_build_the_paper_architecture(name: str, prefix: tuple[str, 
     assert isinstance(bb, TimmViT)
     assert bb.name == name
     assert bb.layout == TokenLayout(prefix, grid, grid, patch)
-    assert bb.weights_id == "random-seed0"
+    entry = backbone_entry(name)
+    assert entry is not None and entry.timm_name is not None
+    assert bb.weights_id.startswith(f"timm:{entry.timm_name.split('.')[0]}:random-seed0:kwargs-")
     assert bb.device == torch.device("cpu")
+
+
+def test_random_weights_ids_differ_by_architecture() -> None:
+    ids = {load_backbone(n, device="cpu", pretrained=False, model_kwargs=kw).weights_id
+           for n, kw in [("clip-b16", TINY), ("mae-b16", TINY), ("clip-b16", {**TINY, "depth": 1})]}
+    assert len(ids) == 3
 
 
 def test_image_size_override() -> None:

@@ -130,7 +130,7 @@ def test_embed_is_pre_logits_head(family: str, backbone: TimmViT) -> None:
 def test_frozen_and_in_eval_mode(backbone: TimmViT) -> None:
     assert not backbone.model.training
     assert not any(p.requires_grad for p in backbone.model.parameters())
-    assert backbone.weights_id == "random-seed0"
+    assert backbone.weights_id.startswith("timm:") and ":random-seed0:kwargs-" in backbone.weights_id
 
 
 def test_transform_gives_model_input(backbone: TimmViT) -> None:
@@ -172,7 +172,7 @@ def test_weights_path_loads_state_dict(tmp_path: Path, suffix: str) -> None:
     else:
         save_file(state, str(path))
     bb = TimmViT.create(timm_name, device="cpu", weights_path=path, model_kwargs=kwargs)
-    assert bb.weights_id == sha256_file(path)
+    assert bb.weights_id.startswith(sha256_file(path) + ":kwargs-")  # the file's sha256 (+ architecture kwargs)
     for name, value in source.state_dict().items():
         torch.testing.assert_close(bb.model.state_dict()[name], value, rtol=0, atol=0)
 

@@ -27,7 +27,7 @@ from visae.backbones.common import (
 )
 from visae.backbones.layout import TokenLayout
 from visae.errors import CheckpointError, ConfigError
-from visae.io import sha256_file
+from visae.io import hash_json, sha256_file
 
 RANDOM_INIT_SEED = 0
 """Seed of the random initialisation used when neither hub weights nor a weights file are asked for."""
@@ -138,6 +138,9 @@ class TimmViT(Backbone):
     ) -> TimmViT:
         """Build ``timm_name`` with hub weights (``pretrained``), a local ``weights_path``, or seeded random weights.
 
+        ``weights_id``: ``timm:<arch>.<tag>`` (hub), the file's sha256, or ``timm:<arch>:random-seed0``;
+        with ``model_kwargs`` a hash of them is appended.
+
         ``image_size`` is passed to timm as ``img_size`` (pretrained position tables are resampled to it);
         ``model_kwargs`` go to ``timm.create_model`` as well (e.g. tiny test architectures).
         """
@@ -168,7 +171,9 @@ class TimmViT(Backbone):
             arch, tag = cfg.get("architecture", timm_name.split(".")[0]), cfg.get("tag")
             weights_id = f"timm:{arch}.{tag}" if tag else f"timm:{arch}"
         else:
-            weights_id = f"random-seed{RANDOM_INIT_SEED}"
+            weights_id = f"timm:{timm_name.split('.')[0]}:random-seed{RANDOM_INIT_SEED}"
+        if model_kwargs:  # a changed architecture is different weights, even under one name
+            weights_id += f":kwargs-{hash_json(dict(model_kwargs))}"
         return cls(model, name=name or timm_name, weights_id=weights_id, device=resolve_device(device))
 
     @property
