@@ -147,3 +147,18 @@ def test_backbone_embedder_uses_source_positions_and_batches() -> None:
     expected = np.array([[i * 5 % 256 / 255, 10 / 255, 200 / 255] for i in (11, 7, 3, 0)], dtype=np.float32)
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert got.dtype == np.float32
+
+
+def test_open_cache_source_reopens_a_subset_by_id() -> None:
+    from types import SimpleNamespace
+
+    from visae.datasets.registry import open_source
+    from visae.metrics.embeddings import open_cache_source
+
+    subset = open_source("offline:digits", split="train", max_images=12, seed=3)
+    ids = [subset.image_id(i) for i in range(len(subset))]
+    cache = SimpleNamespace(manifest=SimpleNamespace(source={"spec": subset.spec, "split": "train"}),
+                            image_ids=ids, path="cache")
+    source, index = open_cache_source(cache)  # type: ignore[arg-type]
+    assert [source.image_id(int(i)) for i in index] == ids
+    np.testing.assert_array_equal(np.asarray(source.load(int(index[4]))), np.asarray(subset.load(4)))

@@ -72,7 +72,9 @@ def open_cache_source(cache: ActivationCache) -> tuple[ImageSource, np.ndarray]:
     if "spec" not in src:
         raise CacheError(f"{cache.path}/manifest.json: source has no 'spec'; cannot re-read the images "
                          "for M5 embeddings; rebuild the cache with a current visae")
-    source = open_source(src["spec"], split=src.get("split", "val"))
+    # A max_images subset records itself as "<spec>#<tag>"; reopen the full source and match images by id.
+    spec = str(src["spec"]).split("#", 1)[0]
+    source = open_source(spec, split=src.get("split", "val"))
     return source, source_indices_for_cache(cache.image_ids, source)
 
 
