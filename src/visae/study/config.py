@@ -61,6 +61,7 @@ class SAEGrid(FrozenConfig):
     ks: list[int] = Field(description="sparsity K (target L0 for jumprelu/relu); paper: 64, 128, 192, 256")
     backbones: list[str] | None = Field(None, description="restrict to these backbone names (None: all)")
     layers: list[int] | None = Field(None, description="layers to train on (None: the study's main layers)")
+    hparams: dict[str, Any] = Field(default_factory=dict, description="family hyper-parameters (JumpReLU bandwidth …)")
     train: dict[str, Any] = Field(default_factory=dict, description="training settings that override the study's 'train'")
 
     @field_validator("expansions", "ks")
@@ -105,7 +106,8 @@ class StudyConfig(FrozenConfig):
     saes: list[SAEGrid] = Field(description="SAE blocks of the grid")
     data: DataConfig = Field(description="image sets")
     cache: dict[str, Any] = Field(default_factory=dict, description="settings passed to build_cache (batch size, dtype …)")
-    train: dict[str, Any] = Field(default_factory=dict, description="training settings shared by every SAE (paper Table 1)")
+    train: dict[str, Any] = Field(
+        default_factory=dict, description="visae.sae.train.TrainConfig fields shared by every SAE (paper Table 1)")
     metrics: list[str] = Field(
         ["m1", "m2", "m3", "m4", "m5", "m6", "m7"], description="metrics computed for every SAE (one pass)")
     metric_configs: dict[str, dict[str, Any]] = Field(

@@ -128,23 +128,42 @@ def run_cache(job: Job, root: Path, device: str) -> dict[str, Any]:
 
 
 def run_train(job: Job, root: Path, device: str) -> dict[str, Any]:
-    """Train every SAE of a group that is not done yet, in one pass over the training cache."""
-    from visae.sae.checkpoint import save_sae
-    from visae.sae.train import train_saes
+    """Train every SAE of a group that is not done yet, in one pass over the training cache.
+
+    Checkpoints go to ``train/<job id>/<sae id>`` (with the trainer's resumable state), then each moves to
+    ``saes/<sae id>`` and gets its done.json.
+    """
+    import shutil
+
+    from visae.config import build_config
+    from visae.errors import ConfigError
+    from visae.sae.train import SAESpec, TrainConfig, train_saes
 
     p = job.params
     todo = [m for m in p["saes"] if read_done(root / m["out"]) is None]
     if not todo:
         return {"trained": 0}
     cache = open_job_cache(root, p["cache"])
-    specs = [{"family": m["family"], "expansion": m["expansion"], "k": m["k"]} for m in todo]
-    saes = train_saes(cache, specs, settings=p["train"], device=device, seed=p["seed"],
-                      checkpoint_dir=root / job.outputs[0] / ".." / f".train-{job.id}")
-    for m, sae in zip(todo, saes, strict=True):
+    specs = [SAESpec(family=m["family"], expansion=m["expansion"], k=m["k"], hparams=dict(m.get("hparams", {})),
+                     name=m["sae_id"]) for m in todo]
+    settings = {"seed": p["seed"], "progress": False, **p["train"], "device": device}
+    cfg = build_config(TrainConfig, settings, source=f"study train settings ({job.label})")
+    work = root / "train" / job.id
+    try:
+        paths = train_saes(cache, specs, work, cfg)
+    except ConfigError as e:
+        if "the saved run trained" not in str(e):
+            raise
+        shutil.rmtree(work)  # a resumable state of another member set: start this set afresh
+        paths = train_saes(cache, specs, work, cfg)
+    for m, path in zip(todo, paths, strict=True):
         out = root / m["out"]
-        save_sae(sae, out, provenance={"study_sae_id": m["sae_id"], "cache": str(cache.path),
-                                       "backbone": p["backbone"], "layer": p["layer"], "grid": m["grid"]})
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, out)
         write_done(out, {"job_id": job.id, "kind": "sae", "sae_id": m["sae_id"], "params": m})
+    shutil.rmtree(work, ignore_errors=True)
     return {"trained": len(todo)}
 
 

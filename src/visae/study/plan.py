@@ -75,7 +75,11 @@ def _grid_backbones(grid: SAEGrid, cfg: StudyConfig) -> list[BackboneSpec]:
 
 
 def plan_study(cfg: StudyConfig) -> Plan:
-    """All jobs of ``cfg`` in dependency order."""
+    """All jobs of ``cfg`` in dependency order (the study's plugins are imported first: they may register
+    backbones whose evaluator pairing enters the plan)."""
+    from visae.study.jobs import import_plugins
+
+    import_plugins(cfg.plugins)
     jobs: list[Job] = []
     caches: dict[tuple[str, int, str], Job] = {}
 
@@ -116,10 +120,11 @@ def plan_study(cfg: StudyConfig) -> Plan:
             if b not in _grid_backbones(grid, cfg) or layer not in _grid_layers(grid, cfg):
                 continue
             train_settings = {**cfg.train, **grid.train}
-            gkey = hash_json({"family": grid.family, "train": train_settings})
+            gkey = hash_json({"family": grid.family, "train": train_settings, "hparams": grid.hparams})
             for expansion in grid.expansions:
                 for k in grid.ks:
-                    sae_params = {"family": grid.family, "expansion": expansion, "k": k, "train": train_settings}
+                    sae_params = {"family": grid.family, "expansion": expansion, "k": k, "train": train_settings,
+                                  **({"hparams": dict(grid.hparams)} if grid.hparams else {})}
                     sid = sae_id_for(sae_params, train_cache)
                     rec = {"sae_id": sid, "out": f"saes/{sid}", "grid": grid.name, "backbone": b.name,
                            "layer": layer, **sae_params}

@@ -1,0 +1,131 @@
+"""A real tiny study (tiny random ViTs, offline digits): run twice (second does nothing), crash + resume
+equals an uninterrupted run, SIGKILL + resume, and the Ray executor on a local instance."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from visae.study import jobs
+from visae.study.config import load_study_config
+from visae.study.plan import Job
+from visae.study.results import read_results
+from visae.study.run import run_study
+
+TINY = {
+    "name": "tiny", "out_dir": "out", "device": "cpu", "plugins": ["visae.study.testing"],
+    "backbones": [{"name": "tiny-vit-a"}, {"name": "tiny-vit-b"}],
+    "layers": [1],
+    "saes": [{"name": "main", "family": "batchtopk", "expansions": [2], "ks": [4, 8]},
+             {"name": "layer-ablation", "family": "batchtopk", "expansions": [2], "ks": [4], "layers": [0],
+              "backbones": ["tiny-vit-a"]}],
+    "data": {"train": {"spec": "offline:digits", "split": "train", "max_images": 80},
+             "eval": {"spec": "offline:digits", "split": "test", "max_images": 60},
+             "ood": {"faces": {"spec": "offline:faces", "split": "all", "max_images": 40}}},
+    "cache": {"batch_size": 32, "num_workers": 0},
+    "train": {"batch_size": 64, "heldout_batches": 2, "log_every": 5},
+    "metrics": ["m1", "m2", "m3", "m4", "m5", "m6"],
+    "metric_configs": {"m1": {"min_valid_images": 5}, "m5": {"n_baseline_groups": 50}},
+    "tasks": [{"name": "retrieval", "kind": "retrieval"}],
+    "browser_features": 4,
+}
+
+
+def tiny_yaml(folder: Path, **changes: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **changes}))
+    return path
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["backbone", "layer", "sae_id", "metric"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cfg = load_study_config(tiny_yaml(tmp_path_factory.mktemp("clean")))
+    plan, summary = run_study(cfg)
+    assert summary is not None and summary.ok, summary.describe(plan)
+    return Path(cfg.out_dir)
+
+
+@pytest.mark.slow
+def test_rerun_does_nothing_and_results_complete(clean_run: Path) -> None:
+    cfg = load_study_config(clean_run.parent / "tiny.yaml")
+    plan, summary = run_study(cfg)
+    assert summary is not None and summary.ran == [] and len(summary.skipped) == len(plan.jobs)
+    df = read_results(clean_run)
+    assert df[df["metric"] == "m2"]["sae_id"].nunique() == 5
+    for metric in ("m1", "m2", "m3", "m4", "m5", "m6", "raw", "task:retrieval_r1:raw", "task:retrieval_r1:codes"):
+        assert metric in set(df["metric"]), metric
+    assert (clean_run / "report" / "features.html").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_crash_and_resume_equals_clean_run(clean_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_study_config(tiny_yaml(tmp_path))
+    seen = {"n": 0}
+
+    def crash_second_eval(job: Job) -> None:
+        if job.kind == "eval":
+            seen["n"] += 1
+            if seen["n"] == 2:
+                raise RuntimeError("injected crash")
+
+    monkeypatch.setattr(jobs, "FAILURE_HOOK", crash_second_eval)
+    _, summary = run_study(cfg)
+    assert summary is not None and len(summary.failed) == 1
+    monkeypatch.setattr(jobs, "FAILURE_HOOK", None)
+    _, summary = run_study(cfg)
+    assert summary is not None and summary.ok
+    pd.testing.assert_frame_equal(_sorted(read_results(clean_run)), _sorted(read_results(cfg.out_dir)),
+                                  check_exact=False, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume(clean_run: Path, tmp_path: Path) -> None:
+    path = tiny_yaml(tmp_path)
+    cmd = [sys.executable, "-m", "visae", "study", "run", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    # Kill the run once it has started training (some caches done, SAEs not all done).
+    out = tmp_path / "out"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list((out / "train").glob("*")):
+        time.sleep(0.2)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "study.lock").exists() or proc.returncode == 0  # a killed run leaves its (stale) lock
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    pd.testing.assert_frame_equal(_sorted(read_results(clean_run)), _sorted(read_results(out)),
+                                  check_exact=False, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.slow
+def test_ray_executor_local_instance(clean_run: Path, tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    cfg = load_study_config(tiny_yaml(tmp_path, saes=[TINY["saes"][0]], tasks=[]))  # type: ignore[index]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {jobs.FAIL_ENV: "raw:1"}})
+    try:
+        os.environ[jobs.FAIL_ENV] = "raw:1"  # the first raw job fails once: Ray's retry must recover it
+        plan, summary = run_study(cfg, executor="ray", max_retries=2)
+    finally:
+        os.environ.pop(jobs.FAIL_ENV, None)
+        ray.shutdown()
+    assert summary is not None and summary.ok, summary.describe(plan)
+    ours = read_results(cfg.out_dir)
+    ref = read_results(clean_run)
+    ref = ref[ref["sae_id"].isin(set(ours["sae_id"])) | (ref["family"] == "raw")]
+    ref = ref[~ref["metric"].str.startswith("task:") & (ref["layer"] == 1)]
+    pd.testing.assert_frame_equal(_sorted(ref), _sorted(ours), check_exact=False, rtol=1e-6, atol=1e-9)
