@@ -1,0 +1,160 @@
+"""Checkpoints: our format round trip, and readers for the authors' (overcomplete), SAELens and saev files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from visae.errors import CheckpointError
+from visae.sae.checkpoint import load_sae, sae_fingerprint, save_sae
+from visae.sae.registry import make_sae
+
+
+@pytest.mark.parametrize("family", ["batchtopk", "topk", "jumprelu", "relu"])
+def test_roundtrip_and_fingerprint(family: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    sae = make_sae(family, 8, expansion=4, k=3)
+    sae.set_normalization(torch.arange(8.0), 2.5)
+    if family == "batchtopk":
+        sae.threshold.fill_(0.25)
+    save_sae(sae, tmp_path / "s", provenance={"cache_hash": "abc", "steps": 3})
+    back = load_sae(tmp_path / "s")
+    assert type(back) is type(sae) and sae_fingerprint(back) == sae_fingerprint(sae)
+    cfg = yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())
+    assert cfg["family"] == family and cfg["provenance"]["cache_hash"] == "abc"
+    assert cfg["normalization"]["std"] == 2.5
+    if family == "batchtopk":
+        assert cfg["threshold"] == 0.25
+    x = torch.randn(5, 8)
+    sae.eval()
+    torch.testing.assert_close(back.encode(x), sae.encode(x))
+    with torch.no_grad():
+        sae.W_dec.add_(1e-3)
+    assert sae_fingerprint(sae) != sae_fingerprint(back)
+
+
+def test_wrong_shape_and_family_are_clear(tmp_path: Path) -> None:
+    sae = make_sae("topk", 8, expansion=4, k=3)
+    save_sae(sae, tmp_path / "s")
+    cfg_path = tmp_path / "s" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["d_sae"] = 16
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor .W_dec. has shape \(32, 8\), expected \(16, 8\)"):
+        load_sae(tmp_path / "s")
+    cfg["d_sae"], cfg["family"] = 32, "gated"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CheckpointError, match=r"config\.yaml.*family"):
+        load_sae(tmp_path / "s")
+    with pytest.raises(CheckpointError, match="no SAE checkpoint"):
+        load_sae(tmp_path)
+
+
+def _overcomplete():
+    import matplotlib
+    import matplotlib.cm
+
+    if not hasattr(matplotlib.cm, "get_cmap"):
+        matplotlib.cm.get_cmap = matplotlib.colormaps.get_cmap  # overcomplete 0.3.0 imports it
+    return pytest.importorskip("overcomplete.sae")
+
+
+def test_authors_release_overcomplete_batchtopk(tmp_path: Path) -> None:
+    oc = _overcomplete()
+    torch.manual_seed(0)
+    d, f, k, batch = 8, 32, 3, 16
+    model = oc.BatchTopKSAE(d, f, top_k=k * batch)
+    with torch.no_grad():
+        model.dictionary.multiplier.fill_(0.3)
+        model.dictionary._weights.mul_(2.0)
+    x = torch.randn(batch, d)
+    model.train()
+    model(x)  # sets running_threshold from a training batch
+    state = dict(model.state_dict())
+    state["_running_threshold"] = model.running_threshold.clone()
+    folder = tmp_path / "batchtopk_4x_k3"
+    folder.mkdir()
+    torch.save(state, folder / "sae.pt")
+    (folder / "config.yaml").write_text(yaml.safe_dump({"threshold": float(model.running_threshold)}))
+    sae = load_sae(tmp_path, subfolder="batchtopk_4x_k3")
+    assert sae.family == "batchtopk" and sae.k == k and sae.d_sae == f
+    model.eval()
+    xt = torch.randn(20, d)
+    _, codes_ref, recon_ref = model(xt)
+    out = sae(xt)
+    torch.testing.assert_close(out.codes_nf, codes_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.recon_nd, recon_ref, atol=1e-5, rtol=1e-5)
+    # k from top_k / batch_size in config.yaml wins over the folder name
+    (folder / "config.yaml").write_text(yaml.safe_dump({"threshold": 0.1, "top_k": 5 * 64, "batch_size": 64}))
+    assert load_sae(folder).k == 5
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    folder = tmp_path / "batchtopk_8x_k4"
+    folder.mkdir()
+    torch.save({"x": Evil()}, folder / "sae.pt")
+    with pytest.raises(CheckpointError, match="refused to unpickle"):
+        load_sae(folder)
+
+
+@pytest.mark.parametrize("arch", ["standard", "jumprelu"])
+def test_saelens_layout(arch: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    d, f = 6, 20
+    W_enc, b_enc, W_dec, b_dec = torch.randn(d, f), torch.randn(f), torch.randn(f, d), torch.randn(d)
+    tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+    if arch == "jumprelu":
+        tensors["threshold"] = torch.rand(f)
+    save_file(tensors, str(tmp_path / "sae_weights.safetensors"))
+    (tmp_path / "cfg.json").write_text(json.dumps({"architecture": arch, "d_in": d, "d_sae": f,
+                                                   "apply_b_dec_to_input": False,
+                                                   "normalize_activations": "none"}))
+    sae = load_sae(tmp_path)
+    x = torch.randn(7, d)
+    pre = x @ W_enc + b_enc  # SAELens with apply_b_dec_to_input=False
+    codes = torch.relu(pre) if arch == "standard" else pre * (pre > tensors["threshold"])
+    torch.testing.assert_close(sae.encode(x), codes, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae.decode(codes), codes @ W_dec + b_dec)
+    (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "gated", "d_in": d}))
+    with pytest.raises(CheckpointError, match=r"cfg\.json.*architecture"):
+        load_sae(tmp_path)
+
+
+def test_saev_layout(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    d, f = 6, 24
+    state = {"W_enc": torch.randn(d, f), "b_enc": torch.randn(f), "W_dec": torch.randn(f, d),
+             "b_dec": torch.randn(d)}
+    header = {"schema": 2, "cfg": {"d_vit": d, "exp_factor": 4,
+                                   "activation": {"cls": "TopK", "params": {"top_k": 3}}}, "lib": "x"}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    (tmp_path / "sae.pt").write_bytes((json.dumps(header) + "\n").encode() + buf.getvalue())
+    sae = load_sae(tmp_path / "sae.pt")
+    assert sae.family == "topk" and sae.k == 3
+    x = torch.randn(5, d)
+    pre = x @ state["W_enc"] + state["b_enc"]  # saev encodes x directly
+    top = torch.topk(pre, 3, dim=1)
+    ref = torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
+    torch.testing.assert_close(sae.encode(x), ref, atol=1e-5, rtol=1e-5)
+    header["cfg"]["d_vit"] = 7
+    (tmp_path / "sae.pt").write_bytes((json.dumps(header) + "\n").encode() + buf.getvalue())
+    with pytest.raises(CheckpointError, match="d_vit=7"):
+        load_sae(tmp_path / "sae.pt")
+
+
+def test_hub_id_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="Hugging Face Hub"):
+        load_sae("visaebench/no-such-repo-xyz", subfolder="batchtopk_8x_k64")
