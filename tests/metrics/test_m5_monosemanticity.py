@@ -311,3 +311,74 @@ def test_metric_refuses_same_backbone_before_stream() -> None:
                       backbone="random-vit-s14")
     with pytest.raises(ConfigError):
         M5Monosemanticity(M5Config(evaluator="random-vit-s14"), ctx)
+
+
+# --- end to end on the offline assets ----------------------------------------------------------------
+
+
+def data_initialized_sae(cache, n_features: int = 256, seed: int = 0):  # type: ignore[no-untyped-def]
+    """An untrained ReLU SAE whose decoder rows are normalized patch tokens of the cache, with a threshold
+    that keeps codes sparse: features then pick out images that resemble one real patch."""
+    from visae.sae.base import SAE
+
+    class ThresholdReLU(SAE):
+        family = "test-relu"
+
+        def encode(self, x_nd: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.pre_acts(x_nd))
+
+    acts = np.concatenate([a.numpy() for _, a in cache.iter_images(group_size=64)])  # [N, P, D]
+    sae = ThresholdReLU(cache.d_model, n_features)
+    sae.set_normalization(torch.from_numpy(cache.mean_d), cache.std)
+    rng = np.random.default_rng(seed)
+    tokens = acts.reshape(-1, acts.shape[-1])[rng.choice(acts.shape[0] * acts.shape[1], n_features, replace=False)]
+    x = sae.normalize(torch.from_numpy(tokens).float())
+    w = x / x.norm(dim=1, keepdim=True)
+    with torch.no_grad():
+        sae.W_dec.copy_(w)
+        sae.W_enc.copy_(w.T)
+        sae.b_enc.fill_(-0.5 * float(x.norm(dim=1).median()))
+    return sae
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("backbone", "evaluator"), [("dinov2-s14-offline", "random-vit-s14"),
+                                                     ("random-vit-s14", "dinov2-s14-offline")])
+def test_offline_pair_end_to_end(tmp_path: Path, backbone: str, evaluator: str) -> None:
+    import time
+
+    import visae
+    from visae.metrics.evaluate import evaluate
+
+    t0 = time.perf_counter()
+    # 112 px (8×8 patches) and a stratified 48-image subset keep this CPU test short; the subset also
+    # exercises re-reading images by id from a "<spec>#<subset>" source.
+    cache_dir = visae.build_cache(backbone, "offline:faces", layer=5, out_dir=tmp_path / "caches", split="all",
+                                  max_images=48, image_size=112, device="cpu", progress=False, num_workers=0)
+    cache = visae.open_cache(cache_dir)
+    t_cache = time.perf_counter() - t0
+    sae = data_initialized_sae(cache)
+    t1 = time.perf_counter()
+    results = evaluate(sae, cache, metrics=["m5"], out_dir=tmp_path / "eval", device="cpu",
+                       configs={"m5": {"evaluator_image_size": 112}})
+    t_eval = time.perf_counter() - t1
+    r = results["m5"]
+    assert isinstance(r, M5Result)
+    assert r.evaluator == evaluator and r.embedding_kind
+    assert r.n_live > 0 and r.n_scored == r.n_live and r.top_n == 16
+    assert r.raw is not None and r.baseline is not None and r.value is not None
+    assert -1.0 <= r.value <= 1.0 and 16 <= r.n_embedded_images <= 48
+    table = pd.read_parquet(tmp_path / "eval" / FEATURES_FILE)
+    assert len(table) == r.n_scored
+    store_files = list((Path(cache_dir) / "embeddings").glob(f"{evaluator}-*.npy"))
+    assert len(store_files) == 1
+    # A second evaluation on the same cache reuses the stored embeddings: nothing is recomputed or rewritten.
+    stamp = store_files[0].stat().st_mtime_ns
+    t2 = time.perf_counter()
+    again = evaluate(sae, cache, metrics=["m5"], device="cpu", configs={"m5": {"evaluator_image_size": 112}})["m5"]
+    t_again = time.perf_counter() - t2
+    assert store_files[0].stat().st_mtime_ns == stamp
+    assert again.value == pytest.approx(r.value, abs=1e-12)
+    print(f"\n{backbone} scored by {evaluator}: M5_norm={r.value:.4f} raw={r.raw:.4f} baseline={r.baseline:.4f} "
+          f"live={r.n_live} pool={r.n_embedded_images}; cache {t_cache:.1f}s, eval {t_eval:.1f}s, "
+          f"eval with stored embeddings {t_again:.1f}s")
