@@ -53,10 +53,10 @@ def test_user_file_and_errors(tmp_path) -> None:
     assert load_hierarchy(str(path)).name == "mine"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"groups": {"g": "abc"}}))
-    with pytest.raises(ConfigError, match="bad.json"):
+    with pytest.raises(ConfigError, match=r"bad\.json"):
         read_hierarchy_file(bad)
     bad.write_text("{")
-    with pytest.raises(ConfigError, match="not valid JSON"):
+    with pytest.raises(ConfigError, match=r"not valid JSON"):
         read_hierarchy_file(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_hierarchy(str(tmp_path / "missing.json"))

@@ -94,7 +94,7 @@ def test_auc_and_f1_match_sklearn() -> None:
 
 def test_sklearn_engine_is_standardized_logistic_regression() -> None:
     x, y = blobs()
-    p = fit_probe(x, y, ProbeConfig(max_iter=1000))
+    p = fit_probe(x, y, ProbeConfig(max_iter=1000, standardize=True))
     xs = (x - x.mean(0)) / x.std(0)
     ref = LogisticRegression(C=1.0, max_iter=1000).fit(xs, y)
     assert np.mean(p.predict(x) == ref.predict(xs)) > 0.99
@@ -106,7 +106,7 @@ def test_torch_and_sklearn_engines_agree(n_classes: int) -> None:
     tr, te = stratified_split(y)
     res = {}
     for engine in ("sklearn", "torch"):
-        p = fit_probe(x[tr], y[tr], ProbeConfig(engine=engine, max_iter=500, device="cpu"))
+        p = fit_probe(x[tr], y[tr], ProbeConfig(engine=engine, max_iter=500, device="cpu", standardize=True))
         proba = p.predict_proba(x[te])
         auc = roc_auc_score(y[te], proba[:, 1]) if n_classes == 2 else roc_auc_score(y[te], proba, multi_class="ovr")
         res[engine] = (p.accuracy(x[te], y[te]), auc, p.coef_kd)
@@ -116,6 +116,13 @@ def test_torch_and_sklearn_engines_agree(n_classes: int) -> None:
     # the same objective: the weights agree closely, not only the scores
     scale = np.abs(res["sklearn"][2]).max()
     assert np.abs(res["sklearn"][2] - res["torch"][2]).max() < 0.02 * scale
+
+
+def test_default_probe_is_plain_logistic_regression() -> None:
+    x, y = blobs(300, 8)
+    p = fit_probe(x, y, ProbeConfig(max_iter=1000))
+    ref = LogisticRegression(C=1.0, max_iter=1000).fit(x, y)
+    np.testing.assert_allclose(p.coef_kd, ref.coef_, rtol=1e-6)
 
 
 def test_fit_probe_rejects_bad_input() -> None:

@@ -8,10 +8,14 @@ weighting, multinomial for more than two classes. Two engines minimise the *same
 - ``"torch"``: full-batch L-BFGS (``torch.optim.LBFGS``, strong-Wolfe line search) for multinomial probes and
   a damped Newton method for binary probes, on any device; suited to many classes and to GPUs.
 
-Standardization (identical for every backbone, metric and engine): when ``ProbeConfig.standardize`` is true
-(the default), each probe input column is centred and scaled by its mean and population standard deviation
-*computed on the probe's training split only* (scikit-learn ``StandardScaler`` semantics; constant columns
-keep scale 1); the same transform is applied to every split and every input the probe is applied to.
+Standardization (identical for every backbone, metric and engine): by default the probe inputs are the
+pooled features as the evaluation pass produces them — activations and reconstructions in the SAE's
+normalized input space (cache per-dimension mean subtracted, divided by the scalar std: paper App. C), codes
+as they are — with no further per-column scaling, as in the paper and the authors' package. With
+``ProbeConfig.standardize = true`` each probe input column is also centred and scaled by its mean and
+population standard deviation *computed on the probe's training split only* (scikit-learn ``StandardScaler``
+semantics; constant columns keep scale 1); that transform is then applied to every split and every input the
+probe is applied to (so M3's reconstructions go through the raw training split's scaler).
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ class ProbeConfig(FrozenConfig):
     max_iter: int = Field(1000, ge=1, description="solver iteration cap (paper Table 2: 1000 for M3, 500 for M4/M6/M7)")
     tol: float = Field(1e-4, gt=0, description="convergence tolerance on the gradient (sklearn's default 1e-4)")
     standardize: bool = Field(
-        True, description="StandardScaler fitted on the probe's training split, applied to every input of the probe")
+        False, description="also apply a StandardScaler fitted on the probe's training split to every input of the "
+        "probe (default off: inputs are already in the cache-normalized space of paper App. C, as in the paper)")
     device: str = Field("auto", description="torch engine only: 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
 
 
