@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -73,6 +74,36 @@ def atomic_write_with(path: Path | str, write: Callable[[Path], None]) -> None:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def remove_leftover_tmp(folder: Path | str, recursive: bool = False) -> list[Path]:
+    """Delete temporary files (``<name>.tmp-<pid>…``) left in ``folder`` by writers that were killed.
+
+    A file whose pid is alive on this machine (this process included) is kept: it may be being written. Readers never
+    open these names; this only reclaims their space. Returns the files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.rglob("*.tmp-*") if recursive else folder.glob("*.tmp-*"):
+        m = re.search(r"\.tmp-(\d+)", p.name)
+        if m is None or not p.is_file() or _pid_alive(int(m.group(1))):  # ours or a live writer's: keep
+            continue
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
 
 
 def sha256_file(path: Path | str, chunk_bytes: int = 1 << 22) -> str:

@@ -33,7 +33,7 @@ from visae.cache.store import write_final, write_shard
 from visae.config import build_config
 from visae.datasets.base import ImageSource
 from visae.errors import CacheError, ConfigError, DataError
-from visae.io import atomic_write_json, hash_json
+from visae.io import atomic_write_json, hash_json, remove_leftover_tmp
 
 after_shard_hook: Callable[[int], None] | None = None
 """Called with the shard index after each shard is committed (tests use it to simulate a kill)."""
@@ -181,6 +181,7 @@ def build_cache(backbone: Backbone | str, source: ImageSource | str, layer: int,
         _reopen_for_repair(folder, missing[0])
     folder.mkdir(parents=True, exist_ok=True)
     with _lock(folder):
+        remove_leftover_tmp(folder)  # partial files of a killed run: never read, only reclaimed
         _CacheBuild(bb, src, layer, folder, cfg).run()
     return folder
 

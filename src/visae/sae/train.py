@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 from visae.config import FrozenConfig
 from visae.device import pick_device
 from visae.errors import ConfigError
-from visae.io import atomic_write_json, atomic_write_with
+from visae.io import atomic_write_json, atomic_write_text, atomic_write_with, remove_leftover_tmp
 from visae.sae.batchtopk import BatchTopKSAE, calibrate_threshold
 from visae.sae.checkpoint import save_sae
 from visae.sae.family import TrainableSAE
@@ -201,6 +201,22 @@ def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def _truncate_log(path: Path, last_step: int) -> None:
+    """Keep the log rows up to the checkpoint a run resumes from, so no step is logged twice after a kill
+    (rows written after the last checkpoint, a torn last line, and 'final' rows are dropped)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
+            keep.append(line)
+    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+
+
 def _save_state(out_dir: Path, step: int, trainees: list[_Trainee], extra: dict[str, Any]) -> None:
     state = {"step": step, "trainees": {t.name: t.state() for t in trainees},
              "rng": torch.get_rng_state(), **extra}
@@ -251,7 +267,9 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
     trainable = n_per_epoch * cfg.epochs - heldout_tail
     total = min(cfg.steps, trainable) if cfg.steps else trainable
     start = 0
+    remove_leftover_tmp(out, recursive=True)  # partial files of a killed run: never read, only reclaimed
     state = _load_state(out)
+    _truncate_log(out / LOG_FILE, int(state["step"]) if state is not None else 0)
     if state is not None:
         saved = state["trainees"]
         if set(saved) != set(names):
