@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import ForkServer  # noqa: E402
+from harness import ForkServer
 
 
 @pytest.fixture(scope="session")

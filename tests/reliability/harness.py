@@ -7,6 +7,7 @@ uninterrupted run. The helpers below compare a resumed output folder with an uni
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -87,7 +88,7 @@ def kill_points(duration_s: float, n: int, seed: int) -> list[float]:
     """``n`` seeded kill times spread over ``0 … duration_s``: one uniform draw in each of n equal slices."""
     rng = np.random.default_rng(seed)
     edges = np.linspace(0.0, duration_s, n + 1)
-    return [float(rng.uniform(lo, hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    return [float(rng.uniform(lo, hi)) for lo, hi in itertools.pairwise(edges)]
 
 
 def leftover_tmp_files(folder: Path) -> list[Path]:

@@ -7,6 +7,7 @@ Fast variant: 3 kill points per stage. ``slow``: ≥ 20 per stage.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,8 +75,7 @@ def _check_partial_cache(root: Path) -> None:
 
 def _cache_outcome(root: Path) -> dict[str, Any]:
     folder = _cache_dir(root)
-    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".npy")) + [
-        "image_ids.json", "stats.json", "skipped.json"]
+    names = [*sorted(p.name for p in folder.iterdir() if p.name.endswith(".npy")), "image_ids.json", "stats.json", "skipped.json"]
     return {"files": {n: (folder / n).read_bytes() for n in names},
             "manifest": json_without(folder / "manifest.json", ("created",)), "name": folder.name}
 
@@ -344,5 +344,5 @@ def test_kill_loop_long(stage: str, server: ForkServer, request: pytest.FixtureR
 
 def test_kill_points_spread() -> None:
     pts = kill_points(10.0, 20, seed=0)
-    assert len(pts) == 20 and all(0 <= a < b <= 10 for a, b in zip(pts, pts[1:], strict=False))
+    assert len(pts) == 20 and all(0 <= a < b <= 10 for a, b in itertools.pairwise(pts))
     assert np.isclose(kill_points(1.0, 3, 5)[0], kill_points(1.0, 3, 5)[0])
