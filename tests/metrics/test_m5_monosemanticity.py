@@ -66,6 +66,20 @@ def test_streaming_topn_equals_bruteforce_with_ties() -> None:
     assert tracker.n_images == n
 
 
+def test_streaming_topn_signed_values_and_large_indices() -> None:
+    rng = np.random.default_rng(1)
+    pooled = rng.normal(size=(90, 11)).astype(np.float32)  # negative values must order correctly too
+    pooled[5:9, 3] = pooled[60:64, 3] = 7.5  # ties among positives
+    offset = 2**31 - 200
+    tracker = StreamingTopN(16)
+    for s in range(0, 90, 25):
+        tracker.update(torch.from_numpy(pooled[s:s + 25]), offset + np.arange(s, min(90, s + 25)))
+    values, index, _, _ = tracker.result()
+    order = np.argsort(-pooled, axis=0, kind="stable")[:16]
+    np.testing.assert_array_equal(index - offset, order)
+    np.testing.assert_array_equal(values, np.take_along_axis(pooled, order, axis=0))
+
+
 def test_streaming_topn_fewer_images_than_n() -> None:
     pooled = np.array([[1.0, 0.0], [3.0, 2.0], [2.0, 0.5]], dtype=np.float32)
     values, index, _, _ = stream_topn(pooled, 16, [2, 1]).result()

@@ -83,17 +83,34 @@ class M5Result(MetricResult):
 # --- streaming top-N -------------------------------------------------------------------------------
 
 
+_LOW_31 = 0x7FFFFFFF
+
+
+def _pack_keys(values_fn: torch.Tensor, index_n: torch.Tensor) -> torch.Tensor:
+    """int64 keys that order like (value descending, image index ascending): one ``topk`` then gives a
+    deterministic top-N in which ties go to the earlier image."""
+    bits = values_fn.float().contiguous().view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ _LOW_31, bits).to(torch.int64)  # float order as signed ints
+    return (ordered << 32) | (_LOW_31 - index_n.to(torch.int64))
+
+
+def _unpack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values float32, image indices int64) of keys made by :func:`_pack_keys`."""
+    ordered = (keys >> 32).to(torch.int32)
+    bits = torch.where(ordered < 0, ordered ^ _LOW_31, ordered)
+    return bits.view(torch.float32), _LOW_31 - (keys & 0xFFFFFFFF)
+
+
 class StreamingTopN:
     """Running top-N images per feature of image-level (max-pooled) codes, plus per-feature min and max.
 
-    Memory is O(N × F) whatever the number of images. Ties go to the earlier image (stable sort), so the
-    result equals a stable sort of all images' activations.
+    Memory is O(N × F) whatever the number of images. Ties go to the earlier image, so the result equals a
+    stable descending sort of all images' activations.
     """
 
     def __init__(self, top_n: int) -> None:
         self.top_n = top_n
-        self.values_kf: torch.Tensor | None = None
-        self.index_kf: torch.Tensor | None = None
+        self.keys_fk: torch.Tensor | None = None
         self.min_f: torch.Tensor | None = None
         self.max_f: torch.Tensor | None = None
         self.n_images = 0
@@ -101,30 +118,42 @@ class StreamingTopN:
     def update(self, pooled_nf: torch.Tensor, image_index_n: np.ndarray) -> None:
         """Merge one group of images' pooled codes ``[n, F]`` (rows = cache positions ``image_index_n``)."""
         pooled_nf = pooled_nf.float()
-        n, n_feat = pooled_nf.shape
+        n = pooled_nf.shape[0]
         if n == 0:
             return
-        index_nf = torch.as_tensor(np.asarray(image_index_n, dtype=np.int64), device=pooled_nf.device)
-        index_nf = index_nf[:, None].expand(n, n_feat)
-        if self.values_kf is None or self.index_kf is None or self.min_f is None or self.max_f is None:
-            values, index = pooled_nf, index_nf
-            self.min_f = pooled_nf.amin(dim=0)
-            self.max_f = pooled_nf.amax(dim=0)
-        else:
-            values = torch.cat([self.values_kf, pooled_nf])
-            index = torch.cat([self.index_kf, index_nf])
-            self.min_f = torch.minimum(self.min_f, pooled_nf.amin(dim=0))
-            self.max_f = torch.maximum(self.max_f, pooled_nf.amax(dim=0))
-        order = torch.sort(values, dim=0, descending=True, stable=True).indices[: self.top_n]
-        self.values_kf = values.gather(0, order).contiguous()
-        self.index_kf = index.gather(0, order).contiguous()
+        index_n = torch.as_tensor(np.asarray(image_index_n, dtype=np.int64), device=pooled_nf.device)
+        if int(index_n.min()) < 0 or int(index_n.max()) > _LOW_31:
+            raise ValueError("image indices must lie in 0 … 2^31 − 1")
+        batch_max_f = pooled_nf.amax(dim=0)
         self.n_images += n
+        if self.keys_fk is None or self.min_f is None or self.max_f is None:
+            self.min_f = pooled_nf.amin(dim=0)
+            self.max_f = batch_max_f
+            keys_fn = _pack_keys(pooled_nf.T, index_n[None, :])
+            self.keys_fk = torch.topk(keys_fn, min(self.top_n, n), dim=1, sorted=True).values
+            return
+        self.min_f = torch.minimum(self.min_f, pooled_nf.amin(dim=0))
+        self.max_f = torch.maximum(self.max_f, batch_max_f)
+        if self.keys_fk.shape[1] < self.top_n:
+            keys_fn = torch.cat([self.keys_fk, _pack_keys(pooled_nf.T, index_n[None, :])], dim=1)
+            self.keys_fk = torch.topk(keys_fn, min(self.top_n, keys_fn.shape[1]), dim=1, sorted=True).values
+            return
+        # Only features whose batch maximum beats their current N-th value can change (a tie never does:
+        # the earlier image wins), and with sparse codes these are few.
+        kth_f = _unpack_keys(self.keys_fk[:, -1])[0]
+        changed = torch.nonzero(batch_max_f > kth_f).squeeze(1)
+        if changed.numel() == 0:
+            return
+        keys_cn = torch.cat([self.keys_fk[changed], _pack_keys(pooled_nf[:, changed].T, index_n[None, :])], dim=1)
+        self.keys_fk[changed] = torch.topk(keys_cn, self.top_n, dim=1, sorted=True).values
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(values ``[k, F]`` float32, image indices ``[k, F]`` int64, min ``[F]``, max ``[F]``), k = min(N, images)."""
-        if self.values_kf is None or self.index_kf is None or self.min_f is None or self.max_f is None:
+        """(values ``[k, F]`` float32, image indices ``[k, F]`` int64, min ``[F]``, max ``[F]``);
+        k = min(N, images seen); rows in descending order."""
+        if self.keys_fk is None or self.min_f is None or self.max_f is None:
             raise ValueError("no images were seen")
-        return (self.values_kf.cpu().numpy(), self.index_kf.cpu().numpy(),
+        values_fk, index_fk = _unpack_keys(self.keys_fk)
+        return (values_fk.T.cpu().numpy(), index_fk.T.cpu().numpy(),
                 self.min_f.cpu().numpy(), self.max_f.cpu().numpy())
 
 
