@@ -114,7 +114,10 @@ def main() -> None:
     ap.add_argument("--grid-batch", type=int, default=2048)
     ap.add_argument("--grid-steps", type=int, default=10)
     ap.add_argument("--skip-grid", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     d, f, k, b = a.d, a.d * a.expansion, a.k, a.batch
     print(f"conditions: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other jobs share this machine)")
