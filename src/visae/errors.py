@@ -23,3 +23,7 @@ class CheckpointError(VisaeError):
 
 class StudyError(VisaeError):
     """A study folder is locked, inconsistent, or a job failed."""
+
+
+class DiskFullError(VisaeError, OSError):
+    """The disk filled up while writing a file; the partial file was discarded, complete files are kept."""

@@ -7,6 +7,7 @@ fsync the folder. A reader therefore sees either the old file, or the complete n
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -39,9 +40,26 @@ def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno in _DISK_FULL:
+            raise _disk_full(path, e) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _disk_full(path: Path, err: OSError) -> Exception:
+    from visae.errors import DiskFullError
+
+    exc = DiskFullError(f"{path}: the disk is full ({os.strerror(err.errno or errno.ENOSPC)}) while writing this "
+                        "file; it was not written, files already complete are intact. Free some space and rerun "
+                        "the same command to continue")
+    exc.errno = err.errno
+    return exc
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
@@ -71,6 +89,10 @@ def atomic_write_with(path: Path | str, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno in _DISK_FULL:
+            raise _disk_full(path, e) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

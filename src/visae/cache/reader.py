@@ -86,6 +86,11 @@ class ActivationCache:
         self._mean_t = torch.from_numpy(self._mean_d)
         self._shards: list[np.ndarray | None] = [None] * len(m.shards)
         for info in m.shards:
+            for name in (info.file, info.prefix_file):
+                # A manifest is data: its file names must be plain names inside this folder.
+                if name is not None and (name != Path(name).name or name in ("", ".", "..")):
+                    raise CacheError(f"{manifest_path}: shard file {name!r} is not a plain file name inside the "
+                                     "cache folder; refusing to read it (the manifest is corrupt or hostile)")
             if not (self.path / info.file).is_file():
                 raise CacheError(f"{self.path / info.file}: shard missing; rerun 'visae cache' to rebuild it")
         if verify:
@@ -177,6 +182,10 @@ class ActivationCache:
 
     def _to_torch(self, arr: np.ndarray, normalize: bool) -> torch.Tensor:
         t = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+        if not bool(torch.isfinite(t).all()):
+            raise CacheError(f"{self.path}: the cache holds NaN/Inf activations (visae's writer never stores "
+                             "them: the files were altered or written by another tool); run open_cache(path, "
+                             "verify=True), delete bad shards and rerun 'visae cache'")
         return self.normalize(t) if normalize else t
 
     def read_images(self, start: int, stop: int) -> np.ndarray:

@@ -22,8 +22,8 @@ from pydantic import Field, model_validator
 
 from visae.config import FrozenConfig
 from visae.device import pick_device
-from visae.errors import ConfigError
-from visae.io import atomic_write_json, atomic_write_text, atomic_write_with, remove_leftover_tmp
+from visae.errors import CheckpointError, ConfigError
+from visae.io import atomic_write_json, atomic_write_text, atomic_write_with, remove_leftover_tmp, safe_join
 from visae.sae.batchtopk import BatchTopKSAE, calibrate_threshold
 from visae.sae.checkpoint import save_sae
 from visae.sae.family import TrainableSAE
@@ -47,6 +47,9 @@ class SAESpec(FrozenConfig):
     @model_validator(mode="after")
     def _check(self) -> SAESpec:
         canonical_family(self.family)
+        if self.name is not None and (self.name != Path(self.name).name or self.name in ("", ".", "..")):
+            raise ValueError(f"name {self.name!r} must be a plain folder name (no '/', '..'): it is created "
+                             "inside the output folder")
         if self.expansion is None and self.d_sae is None:
             raise ValueError("give expansion or d_sae")
         return self
@@ -227,7 +230,11 @@ def _load_state(out_dir: Path) -> dict[str, Any] | None:
     path = out_dir / STATE_FILE
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
+    except Exception as e:  # unpickling refused, truncated or not a torch file
+        raise CheckpointError(f"{path}: unreadable training state ({type(e).__name__}: {str(e)[:200]}); delete it "
+                              "to restart training from step 0") from None
 
 
 def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str,
@@ -298,7 +305,7 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
             info["calibration"] = calibrate_threshold(t.sae, x_held)
         info["inference_l0"] = (sum(t.sae.inference_l0(h) * h.shape[0] for h in x_held)
                                 / max(sum(h.shape[0] for h in x_held), 1))
-        paths.append(save_sae(t.sae, out / t.name, provenance={**provenance, **info}))
+        paths.append(save_sae(t.sae, safe_join(out, t.name), provenance={**provenance, **info}))
         _append_jsonl(out / LOG_FILE, {"final": t.name, **info})
     atomic_write_json(out / "trained.json", {"saes": [str(p) for p in paths]})
     return paths

@@ -133,8 +133,9 @@ def write_task_result(out_dir: Path | str, result: TaskResult, config: FrozenCon
                       started: float) -> Path:
     """``<out_dir>/task_<task>.json`` in the metrics' JSON shape (value, result, config, inputs, seconds)."""
     from visae import __version__
+    from visae.io import safe_join
 
-    path = Path(out_dir) / f"task_{result.task}.json"
+    path = safe_join(out_dir, f"task_{result.task}.json")  # the task name comes from a config file
     atomic_write_json(path, {
         "metric": result.metric, "value": result.value, "result": result.model_dump(mode="json"),
         "config": config.to_dict(), "inputs": inputs,
