@@ -62,6 +62,7 @@ class SAEGrid(FrozenConfig):
     backbones: list[str] | None = Field(None, description="restrict to these backbone names (None: all)")
     layers: list[int] | None = Field(None, description="layers to train on (None: the study's main layers)")
     hparams: dict[str, Any] = Field(default_factory=dict, description="family hyper-parameters (JumpReLU bandwidth …)")
+    metrics: list[str] | None = Field(None, description="metrics of these SAEs (None: the study's 'metrics')")
     train: dict[str, Any] = Field(default_factory=dict, description="training settings that override the study's 'train'")
 
     @field_validator("expansions", "ks")
@@ -115,7 +116,8 @@ class StudyConfig(FrozenConfig):
     raw_diagnostic: bool = Field(True, description="compute the raw-backbone Moran's I (App. G) per backbone/layer")
     evaluators: dict[str, str] = Field(
         default_factory=dict, description="M5 evaluator backbone per backbone (empty: the registry's paper Table 5 pairing)")
-    tasks: list[TaskSpec] = Field(default_factory=list, description="downstream tasks (hypotheses, correlations)")
+    tasks: list[TaskSpec] = Field(
+        default_factory=list, description="downstream tasks (hypotheses, correlations), run at the main layers")
     hypotheses: list[Hypothesis] = Field(
         default_factory=list, description="pre-registered hypotheses (empty: the paper's H1–H4, §4.5)")
     eval_group_size: int = Field(64, ge=1, description="images per encoding group in evaluation (paper Table 2)")

@@ -113,7 +113,9 @@ def plan_study(cfg: StudyConfig) -> Plan:
     for b, layer in pairs:
         train_cache = cache_job(b, layer, "train")
         eval_cache = cache_job(b, layer, "eval")
-        ood_caches = {name: cache_job(b, layer, name) for name in cfg.data.ood} if "m6" in cfg.metrics else {}
+        pair_grids = [g for g in cfg.saes if b in _grid_backbones(g, cfg) and layer in _grid_layers(g, cfg)]
+        wants_m6 = any("m6" in (g.metrics if g.metrics is not None else cfg.metrics) for g in pair_grids)
+        ood_caches = {name: cache_job(b, layer, name) for name in cfg.data.ood} if wants_m6 else {}
         # Training groups: same family and same effective training settings share one pass.
         groups: dict[str, list[dict[str, Any]]] = {}
         for grid in cfg.saes:
@@ -127,7 +129,8 @@ def plan_study(cfg: StudyConfig) -> Plan:
                                   **({"hparams": dict(grid.hparams)} if grid.hparams else {})}
                     sid = sae_id_for(sae_params, train_cache)
                     rec = {"sae_id": sid, "out": f"saes/{sid}", "grid": grid.name, "backbone": b.name,
-                           "layer": layer, **sae_params}
+                           "layer": layer, "metrics": list(grid.metrics if grid.metrics is not None else cfg.metrics),
+                           **sae_params}
                     group = groups.setdefault(gkey, [])
                     if all(r["sae_id"] != sid for r in group):
                         group.append(rec)
@@ -140,12 +143,13 @@ def plan_study(cfg: StudyConfig) -> Plan:
                         wants_gpu=True, outputs=tuple(m["out"] for m in members), backbone=b.name, layer=layer)
             jobs.append(tjob)
             for m in members:
-                deps = [tjob, eval_cache, *ood_caches.values()]
+                sae_ood = ood_caches if "m6" in m["metrics"] else {}
+                deps = [tjob, eval_cache, *sae_ood.values()]
                 eparams = {
                     "sae": m["out"], "sae_id": m["sae_id"], "cache": eval_cache.outputs[0],
-                    "ood": {k: v.outputs[0] for k, v in ood_caches.items()},
+                    "ood": {k: v.outputs[0] for k, v in sae_ood.items()},
                     "backbone": b.name, "evaluator": _evaluator_spec(cfg, b),
-                    "metrics": list(cfg.metrics), "metric_configs": cfg.metric_configs,
+                    "metrics": m["metrics"], "metric_configs": cfg.metric_configs,
                     "group_size": cfg.eval_group_size, "seed": cfg.seed,
                 }
                 ejob = _job("eval", f"eval {b.name} L{layer} {family} {m['expansion']}x k{m['k']}", eparams, deps,
@@ -162,7 +166,7 @@ def plan_study(cfg: StudyConfig) -> Plan:
                         backbone=b.name, layer=layer)
             jobs.append(rjob)
             raw_jobs.append(rjob)
-        for task in cfg.tasks:
+        for task in cfg.tasks if layer in cfg.layers else []:
             tcache = cache_job(b, layer, task.source)
             vcache = cache_job(b, layer, task.val_source) if task.val_source else None
             train_jobs = [j for j in jobs if j.kind == "train" and j.meta.get("backbone") == b.name
