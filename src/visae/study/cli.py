@@ -14,13 +14,16 @@ DEMO_STUDY = "demo.yaml"
 
 
 def _demo_yaml() -> Path:
-    """studies/demo.yaml of the source tree, or the copy shipped inside the package."""
+    """studies/demo.yaml of the current folder or of the source tree visae runs from."""
+    from visae.errors import ConfigError
+
     here = Path(__file__).resolve()
     for base in (Path.cwd(), *here.parents):
         candidate = base / "studies" / DEMO_STUDY
         if candidate.is_file():
             return candidate
-    return here.parent.parent / "data" / "studies" / DEMO_STUDY
+    raise ConfigError(f"studies/{DEMO_STUDY} not found (looked in {Path.cwd()} and above {here.parent}); run "
+                      "'visae demo' from the visae source folder, or 'visae study run path/to/demo.yaml'")
 
 
 def _run(study: Path, overrides: list[str] | None, executor: str, address: str | None, dry_run: bool,
@@ -75,7 +78,7 @@ def register(app: typer.Typer) -> None:
         overrides: SetOpt = None,
     ) -> None:
         """Run the offline demo study (studies/demo.yaml) end to end and print where the report is."""
-        yaml_path = _demo_yaml()
+        yaml_path: Path = run_guarded(_demo_yaml)
         typer.echo(f"demo study: {yaml_path} → {out.resolve()}", err=True)
         sets = [f"out_dir={out.resolve()}", *(overrides or [])]
         os.environ.setdefault("VISAE_DEMO", "1")
