@@ -71,7 +71,7 @@ class TrainConfig(FrozenConfig):
     epochs: int = Field(1, ge=1, description="passes over the cache (paper Table 1: 1)")
     steps: int | None = Field(None, ge=1, description="stop after this many steps (default: the whole epochs)")
     seed: int = Field(42, description="seed of initialisation and the token sampler (paper Table 1)")
-    dtype: Literal["fp32", "bf16"] = Field("fp32", description="encoder matmul precision (bf16 = autocast)")
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="encoder matmul precision: fp32, or bf16 (mixed precision; fast on GPUs, very slow on CPUs without bf16 matrix units)")
     device: str = Field("auto", description="torch device; auto = CUDA, then MPS, then CPU")
     checkpoint_every: int = Field(500, ge=1, description="steps between resumable checkpoints")
     log_every: int = Field(10, ge=1, description="steps between lines of train_log.jsonl")
