@@ -1,4 +1,5 @@
 """The HTML report on a (fake-stage) study: figures, notes for missing inputs, and a headless Chromium check."""
+# ruff: noqa: E402
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "study"))
+# Helper modules beside the tests (importlib import mode puts no test folder on sys.path).
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "study")]
 
 from cdp_browser import Browser, find_chromium
 from fake_stages import fake_study_yaml, use_fakes
@@ -32,6 +34,7 @@ def study_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(cfg.out_dir)
 
 
+@pytest.mark.slow
 def test_report_has_figures_and_tables(study_dir: Path) -> None:
     page = (study_dir / "report" / "index.html").read_text()
     assert "http://" not in page and "https://" not in page  # nothing fetched from the network
@@ -50,6 +53,7 @@ def test_report_notes_instead_of_failing_on_empty_study(tmp_path: Path) -> None:
     assert paths["features"].exists()
 
 
+@pytest.mark.slow
 def test_report_cli(study_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -90,5 +94,6 @@ def check_in_chromium(report_dir: Path, expect_features: bool) -> None:
         b.close()
 
 
+@pytest.mark.slow
 def test_report_opens_in_chromium(study_dir: Path) -> None:
     check_in_chromium(study_dir / "report", expect_features=False)

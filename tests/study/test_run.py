@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from fake_stages import fake_study_yaml, use_fakes
 from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_stages beside this file (importlib mode)
+
+from fake_stages import fake_study_yaml, use_fakes
 
 from visae.errors import StudyError
 from visae.study import jobs
@@ -37,6 +41,7 @@ def test_run_twice_second_does_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     assert again is not None and again.ran == [] and len(again.skipped) == len(plan.jobs)
 
 
+@pytest.mark.slow
 def test_injected_failure_then_resume_equals_clean_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     use_fakes(monkeypatch)
     clean = load_study_config(fake_study_yaml(tmp_path / "a"))
@@ -85,6 +90,7 @@ def test_lock(tmp_path: Path) -> None:
     assert not (root / "study.lock").exists()
 
 
+@pytest.mark.slow
 def test_cli_dry_run_status_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from visae.cli import app
 

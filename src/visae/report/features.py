@@ -65,16 +65,29 @@ def scan_features(sae: SAE, cache: ActivationCache, device: torch.device, n_top:
 
 
 @torch.no_grad()
-def patch_maps(sae: SAE, cache: ActivationCache, device: torch.device, image_index: int,
-               features: list[int]) -> np.ndarray:
-    """Activation maps ``[len(features), H, W]`` of some features on one cache image."""
+def patch_maps(sae: SAE, cache: ActivationCache, device: torch.device,
+               wanted: dict[int, list[int]], group_size: int = 32) -> dict[tuple[int, int], np.ndarray]:
+    """Activation maps ``[H, W]`` keyed by (feature, image) for ``wanted`` = {image index: [features]},
+    in one ordered pass over the images up to the last one wanted."""
     sae = sae.to(device).eval()
-    _, acts_npd = next(iter(cache.iter_images(group_size=1, normalize=False, start=image_index,
-                                              stop=image_index + 1)))
-    acts = acts_npd.to(device=device, dtype=torch.float32)[0]
-    codes_pf = sae.encode(sae.normalize(acts))
     h, w = cache.layout.grid_h, cache.layout.grid_w
-    return codes_pf[:, features].T.reshape(len(features), h, w).cpu().numpy()
+    out: dict[tuple[int, int], np.ndarray] = {}
+    if not wanted:
+        return out
+    stop = max(wanted) + 1
+    for index_n, acts_npd in cache.iter_images(group_size=group_size, normalize=False, stop=stop):
+        rows = [(j, int(i)) for j, i in enumerate(np.asarray(index_n)) if int(i) in wanted]
+        if not rows:
+            continue
+        acts = acts_npd[[j for j, _ in rows]].to(device=device, dtype=torch.float32)
+        b, p, d = acts.shape
+        codes_bpf = sae.encode(sae.normalize(acts.reshape(b * p, d))).reshape(b, p, -1)
+        for (_, img), codes_pf in zip(rows, codes_bpf, strict=True):
+            feats = wanted[img]
+            maps = codes_pf[:, feats].T.reshape(len(feats), h, w).cpu().numpy()
+            for f, m in zip(feats, maps, strict=True):
+                out[(f, img)] = m
+    return out
 
 
 class ImageLookup:
@@ -133,7 +146,7 @@ def strip(tiles: list[Image.Image], size: int = 64, gap: int = 2) -> Image.Image
 def png_b64(img: Image.Image) -> str:
     """A PIL image as a base64 PNG string (for ``data:image/png;base64,…``)."""
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+    img.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -145,11 +158,7 @@ def feature_strips(sae: SAE, cache: ActivationCache, scan: FeatureScan, features
         for img_idx in scan.top_images_ft[feat]:
             if img_idx >= 0:
                 need.setdefault(int(img_idx), []).append(feat)
-    maps: dict[tuple[int, int], np.ndarray] = {}
-    for img_idx, feats in need.items():
-        fmaps = patch_maps(sae, cache, device, img_idx, feats)
-        for feat, m in zip(feats, fmaps, strict=True):
-            maps[(feat, img_idx)] = m
+    maps = patch_maps(sae, cache, device, need)
     pictures: dict[int, Image.Image | None] = {i: images.get(i) for i in need}
     out: dict[int, str] = {}
     for feat in features:

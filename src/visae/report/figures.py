@@ -298,6 +298,9 @@ def fig_task_panels(d: ReportData) -> Figure:
     if not isinstance(corr, pd.DataFrame) or corr.empty:
         raise NotEnoughData("no downstream task results to correlate with")
     corr = _headline_only(corr)
+    corr = corr[np.isfinite(corr["rho"].astype(float))]
+    if corr.empty:
+        raise NotEnoughData("every metric × task correlation needs ≥ 3 backbones with both numbers")
     tasks = sorted(corr["task"].unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(2.8 * len(tasks), 3), squeeze=False, sharey=True)
     for ax, t in zip(axes[0], tasks, strict=True):

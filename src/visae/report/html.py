@@ -162,28 +162,39 @@ def table_raw(d: ReportData) -> pd.DataFrame:
 
 
 def table_m6(d: ReportData) -> pd.DataFrame:
-    """Table 6: M6 numbers per backbone (mean ± std over configurations) for every dataset field present."""
+    """Table 6: per backbone and OOD dataset, probe accuracies and preservation (mean ± std over configs)."""
     det = d.details
-    main = det[det["metric"].str.startswith("m6.")]
+    sub = det[det["metric"].str.startswith("m6.datasets.")]
     if d.family is not None:
-        main = main[(main["family"] == d.family) & (main["layer"] == d.layer)]
-    keep = [m for m in main["metric"].unique()
-            if any(w in m.lower() for w in ("acc", "preserv", "raw", "recon", "codes"))]
-    main = main[main["metric"].isin(keep)]
-    if main.empty:
+        sub = sub[(sub["family"] == d.family) & (sub["layer"] == d.layer)]
+    if sub.empty:
         raise NotEnoughData("no M6 per-dataset numbers (add OOD sets under data.ood and m6 to metrics)")
-    g = main.groupby(["backbone", "metric"])["value"]
-    stats = pd.concat({"mean": g.mean(), "std": g.std(ddof=1)}, axis=1).reset_index()
-    stats["cell"] = [f"{m:.3f}" + (f" ± {s:.3f}" if np.isfinite(s) else "") for m, s in zip(stats["mean"], stats["std"], strict=True)]
-    wide = stats.pivot(index="backbone", columns="metric", values="cell").reset_index()
-    wide["backbone"] = [d.label(b) for b in wide["backbone"]]
-    wide.columns = [str(c).removeprefix("m6.") for c in wide.columns]
-    return wide
+    parts = sub["metric"].str.slice(len("m6.datasets.")).str.rsplit(".", n=1, expand=True)
+    sub = sub.assign(dataset=parts[0], field=parts[1])
+    fields = [f for f in ("acc_raw", "acc_recon", "preservation", "acc_codes", "sparse_auc")
+              if f in set(sub["field"])] or sorted(set(sub["field"]))
+    rows = []
+    for (b, ds), g in sub.groupby(["backbone", "dataset"], sort=False):
+        row: dict[str, Any] = {"backbone": d.label(str(b)), "dataset": ds}
+        for f in fields:
+            v = g.loc[g["field"] == f, "value"].astype(float)
+            v = v[np.isfinite(v)]
+            if f == "acc_raw":
+                row["raw"] = f"{v.mean():.3f}" if len(v) else "—"
+            else:
+                row[f.replace("acc_", "")] = (f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
+                                              if len(v) else "—")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def table_m7(d: ReportData) -> pd.DataFrame:
-    """Table 7."""
-    return _analysis_table(d, "m7_sensitivity", "no M7 α × β grid rows (m7:alpha=…:beta=…)")
+    """Table 7 (backbones by display name)."""
+    t = _analysis_table(d, "m7_sensitivity", "no M7 α × β grid rows (m7:alpha=…:beta=…)")
+    t = t.rename(columns={c: d.label(c) for c in t.columns if c in d.labels})
+    if "lowest" in t:
+        t["lowest"] = [", ".join(d.label(x.strip()) for x in str(v).split(",") if x.strip()) for v in t["lowest"]]
+    return t
 
 
 def table_lift(d: ReportData) -> pd.DataFrame:
@@ -241,6 +252,19 @@ def _pick_sae(d: ReportData, backbone: str, target: tuple[float, float] = (16, 1
     return min(cands, key=lambda s: (abs(math.log(s["expansion"] / target[0])) + abs(math.log(s["k"] / target[1]))))
 
 
+_SCANS: dict[tuple[str, str, int], Any] = {}
+
+
+def _scan(d: ReportData, rec: dict[str, Any], sae: Any, cache: Any, device: Any, n_top: int) -> Any:
+    """scan_features once per (study, SAE, n_top) within a report run."""
+    from visae.report.features import scan_features
+
+    key = (str(d.root), rec["sae_id"], n_top)
+    if key not in _SCANS:
+        _SCANS[key] = scan_features(sae, cache, device, n_top=n_top)
+    return _SCANS[key]
+
+
 def _open_sae_and_cache(d: ReportData, rec: dict[str, Any]) -> tuple[Any, Any]:
     from visae.sae.checkpoint import load_sae
     from visae.study.jobs import open_job_cache
@@ -252,7 +276,7 @@ def _open_sae_and_cache(d: ReportData, rec: dict[str, Any]) -> tuple[Any, Any]:
 
 def activation_grid(d: ReportData, device: Any, n_top: int = 5) -> str:
     """Fig. 5 as HTML: per backbone, the mean-representative and a top-5 % Moran feature with top images."""
-    from visae.report.features import ImageLookup, feature_strips, scan_features
+    from visae.report.features import ImageLookup, feature_strips
 
     backbones = d.backbones(d.main)
     cells: dict[str, list[tuple[str, str]]] = {}
@@ -272,7 +296,7 @@ def activation_grid(d: ReportData, device: Any, n_top: int = 5) -> str:
         top = t[t["mean_I"] >= q95]
         high = int(top.loc[(top["mean_I"] - float(top["mean_I"].median())).abs().idxmin(), "feature"])
         sae, cache = _open_sae_and_cache(d, rec)
-        scan = scan_features(sae, cache, device, n_top=n_top)
+        scan = _scan(d, rec, sae, cache, device, n_top)
         strips = feature_strips(sae, cache, scan, [rep, high], device, ImageLookup(cache))
         scores = dict(zip(t["feature"].astype(int), t["mean_I"].astype(float), strict=True))
         cells[b] = [(strips.get(f, ""), f"feature {f}: I = {scores[f]:.3f}") for f in (rep, high)]
@@ -289,9 +313,9 @@ def activation_grid(d: ReportData, device: Any, n_top: int = 5) -> str:
     return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
 
-def feature_browser(d: ReportData, device: Any, per_key: int = 64, n_top: int = 4, size: int = 56) -> str:
+def feature_browser(d: ReportData, device: Any, per_key: int = 64, n_top: int = 5, size: int = 56) -> str:
     """The feature browser page: every SAE, features sortable by Moran's I, M5 and frequency."""
-    from visae.report.features import ImageLookup, feature_strips, scan_features
+    from visae.report.features import ImageLookup, feature_strips
 
     entries = []
     for rec in d.saes:
@@ -302,7 +326,7 @@ def feature_browser(d: ReportData, device: Any, per_key: int = 64, n_top: int = 
             sae, cache = _open_sae_and_cache(d, rec)
         except Exception:
             continue
-        scan = scan_features(sae, cache, device, n_top=n_top)
+        scan = _scan(d, rec, sae, cache, device, n_top)
         moran = np.full(sae.d_sae, np.nan)
         if (eval_dir / "m1_features.parquet").exists():
             t = pd.read_parquet(eval_dir / "m1_features.parquet")
