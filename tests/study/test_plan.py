@@ -121,3 +121,21 @@ def test_presets_parse(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         assert len(main) == 60
         with pytest.raises(ConfigError, match="does not exist"):
             check_inputs_exist(cfg)
+
+
+def test_ood_test_split_gets_its_own_cache_and_reaches_m6(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    data["data"]["ood"]["faces"] = {"spec": "offline:faces", "split": "train", "test_split": "test"}
+    cfg = load_study_config(write_yaml(tmp_path, data))
+    plan = plan_study(cfg)
+    roles = [j.meta["role"] for j in plan.of_kind("cache")]
+    assert roles.count("faces@test") == 3 and roles.count("faces") == 3
+    test_cache = next(j for j in plan.of_kind("cache") if j.meta["role"] == "faces@test")
+    assert test_cache.params["source"]["split"] == "test"
+    ev = plan.of_kind("eval")[0]
+    assert set(ev.params["ood_test"]) == {"faces"}
+    from visae.study import jobs
+
+    monkeypatch.setattr(jobs, "_cache_path", lambda root, out: root / out)
+    m6 = jobs.study_metric_extras(ev.params, tmp_path)["m6"]["datasets"][0]
+    assert m6["name"] == "faces" and m6["test_cache"].endswith(ev.params["ood_test"]["faces"])

@@ -27,6 +27,10 @@ PAPER_EVALUATORS: dict[str, str] = {
 }
 
 
+TEST_ROLE = "@test"
+"""Suffix of the role of an OOD set's official test split (its own cache)."""
+
+
 class SourceSpec(FrozenConfig):
     """One image source, as understood by ``visae.open_source``."""
 
@@ -34,6 +38,9 @@ class SourceSpec(FrozenConfig):
     split: str = Field("train", description="split of the source to read")
     max_images: int | None = Field(None, ge=1, description="use at most this many images (None: all)")
     seed: int = Field(42, description="seed of the subset draw when max_images is set")
+    test_split: str | None = Field(
+        None, description="OOD sets only: the official test split, cached separately; M6 trains its probes on "
+                          "'split' and tests on this one (None: M6 makes a stratified 80/20 split of 'split')")
 
 
 class BackboneSpec(FrozenConfig):
@@ -164,6 +171,11 @@ class StudyConfig(FrozenConfig):
             return self.data.eval
         if role in self.data.ood:
             return self.data.ood[role]
+        if role.endswith(TEST_ROLE) and role[: -len(TEST_ROLE)] in self.data.ood:
+            spec = self.data.ood[role[: -len(TEST_ROLE)]]
+            if spec.test_split is None:
+                raise ConfigError(f"study: data.ood.{role[: -len(TEST_ROLE)]} has no test_split")
+            return spec.model_copy(update={"split": spec.test_split, "test_split": None})
         if role in self.data.task_sources:
             return self.data.task_sources[role]
         raise ConfigError(f"study: no image set named {role!r}; known: train, eval, "

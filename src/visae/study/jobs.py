@@ -189,7 +189,11 @@ def study_metric_extras(p: dict[str, Any], root: Path) -> dict[str, dict[str, An
     """Settings the study supplies to metrics: M6's OOD caches, M5's evaluator backbone."""
     extras: dict[str, dict[str, Any]] = {}
     if "m6" in p["metrics"] and p.get("ood"):
-        extras["m6"] = {"datasets": {name: str(_cache_path(root, out)) for name, out in p["ood"].items()}}
+        tests = p.get("ood_test", {})
+        extras["m6"] = {"datasets": [
+            {"name": name, "train_cache": str(_cache_path(root, out)),
+             **({"test_cache": str(_cache_path(root, tests[name]))} if name in tests else {})}
+            for name, out in p["ood"].items()]}
     if "m5" in p["metrics"] and p.get("evaluator"):
         ev = p["evaluator"]
         extras["m5"] = {"evaluator": ev["name"]}

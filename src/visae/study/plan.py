@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visae.io import hash_json
-from visae.study.config import BackboneSpec, SAEGrid, StudyConfig
+from visae.study.config import TEST_ROLE, BackboneSpec, SAEGrid, StudyConfig
 
 PLAN_VERSION = 1
 
@@ -115,7 +115,13 @@ def plan_study(cfg: StudyConfig) -> Plan:
         eval_cache = cache_job(b, layer, "eval")
         pair_grids = [g for g in cfg.saes if b in _grid_backbones(g, cfg) and layer in _grid_layers(g, cfg)]
         wants_m6 = any("m6" in (g.metrics if g.metrics is not None else cfg.metrics) for g in pair_grids)
-        ood_caches = {name: cache_job(b, layer, name) for name in cfg.data.ood} if wants_m6 else {}
+        ood_caches: dict[str, Job] = {}
+        ood_tests: dict[str, Job] = {}
+        if wants_m6:
+            for name, spec in cfg.data.ood.items():
+                ood_caches[name] = cache_job(b, layer, name)
+                if spec.test_split is not None:
+                    ood_tests[name] = cache_job(b, layer, name + TEST_ROLE)
         # Training groups: same family and same effective training settings share one pass.
         groups: dict[str, list[dict[str, Any]]] = {}
         for grid in cfg.saes:
@@ -144,10 +150,12 @@ def plan_study(cfg: StudyConfig) -> Plan:
             jobs.append(tjob)
             for m in members:
                 sae_ood = ood_caches if "m6" in m["metrics"] else {}
-                deps = [tjob, eval_cache, *sae_ood.values()]
+                sae_ood_tests = ood_tests if "m6" in m["metrics"] else {}
+                deps = [tjob, eval_cache, *sae_ood.values(), *sae_ood_tests.values()]
                 eparams = {
                     "sae": m["out"], "sae_id": m["sae_id"], "cache": eval_cache.outputs[0],
                     "ood": {k: v.outputs[0] for k, v in sae_ood.items()},
+                    **({"ood_test": {k: v.outputs[0] for k, v in sae_ood_tests.items()}} if sae_ood_tests else {}),
                     "backbone": b.name, "evaluator": _evaluator_spec(cfg, b),
                     "metrics": m["metrics"], "metric_configs": cfg.metric_configs,
                     "group_size": cfg.eval_group_size, "seed": cfg.seed,
