@@ -28,16 +28,10 @@ def fsync_dir(dir_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+def _replacing(path: Path, tmp_path: Path) -> Iterator[None]:
+    """Run the body (which writes and fsyncs ``tmp_path``), then rename it onto ``path``; always clean up."""
     try:
-        with open(tmp_path, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
     except OSError as e:
@@ -47,6 +41,18 @@ def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path | str, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with _replacing(path, tmp_path), open(tmp_path, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -83,19 +89,10 @@ def atomic_write_with(path: Path | str, write: Callable[[Path], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(f"{path.name}.tmp-{os.getpid()}{path.suffix}")
-    try:
+    with _replacing(path, tmp_path):
         write(tmp_path)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-        fsync_dir(path.parent)
-    except OSError as e:
-        if e.errno in _DISK_FULL:
-            raise _disk_full(path, e) from e
-        raise
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
 
 
 def _pid_alive(pid: int) -> bool:

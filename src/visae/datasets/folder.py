@@ -12,11 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from visae.datasets.base import ImageSource
-from visae.datasets.images import IMAGE_EXTENSIONS, load_image_file
+from visae.datasets.base import ListedSource
+from visae.datasets.images import IMAGE_EXTENSIONS
 from visae.errors import DataError
 
 SPLIT_DIRS = {"train": ["train"], "val": ["val", "validation"], "test": ["test", "val", "validation"]}
@@ -32,7 +29,7 @@ def resolve_split_dir(root: Path, split: str) -> Path:
     return root
 
 
-class FolderSource(ImageSource):
+class FolderSource(ListedSource):
     """An ImageFolder tree ``<root>/<class>/…/<image>``."""
 
     def __init__(self, root: Path | str, split: str = "train", spec: str | None = None) -> None:
@@ -58,21 +55,5 @@ class FolderSource(ImageSource):
             labels.extend([label] * len(found))
         if not files:
             raise DataError(f"{self.dir}: the class folders hold no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        self.files = files
-        self._labels = np.asarray(labels, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def load(self, index: int) -> Image.Image:
-        return load_image_file(self.dir / self.files[index])
-
-    def label(self, index: int) -> int:
-        return int(self._labels[index])
-
-    def image_id(self, index: int) -> str:
-        return self.files[index]
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self._labels.copy()
+        super().__init__(self.spec, split, self.dir, files, labels, classes)
+        self.root = Path(root).expanduser()

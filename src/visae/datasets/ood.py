@@ -16,47 +16,9 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from visae.datasets.base import ImageSource
-from visae.datasets.images import IMAGE_EXTENSIONS, load_image_file
+from visae.datasets.base import ListedSource
+from visae.datasets.images import IMAGE_EXTENSIONS
 from visae.errors import DataError
-
-
-class ListedSource(ImageSource):
-    """Images listed by relative path under a root, with integer labels and class names."""
-
-    def __init__(self, spec: str, split: str, root: Path, files: list[str], labels: list[int],
-                 class_names: list[str]) -> None:
-        if not files:
-            raise DataError(f"{root}: split {split!r} lists no images")
-        self.spec = spec
-        self.split = split
-        self.root = root
-        self.files = files
-        self._labels = np.asarray(labels, dtype=np.int64)
-        self.class_names = class_names
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def load(self, index: int) -> Image.Image:
-        """The image at ``index`` as RGB."""
-        return load_image_file(self.root / self.files[index])
-
-    def label(self, index: int) -> int:
-        """Integer label of the image at ``index``."""
-        return int(self._labels[index])
-
-    def image_id(self, index: int) -> str:
-        """Relative path of the image."""
-        return self.files[index]
-
-    @property
-    def labels(self) -> np.ndarray:
-        """All labels as an int64 array."""
-        return self._labels.copy()
 
 
 def _need(path: Path, what: str) -> Path:
