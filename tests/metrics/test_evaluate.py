@@ -21,6 +21,7 @@ from visae.metrics.m1_spatial import M1Config, compute_m1
 from visae.metrics.m2_reconstruction import compute_m2
 from visae.metrics.raw_spatial import RawConfig, compute_raw
 from visae.sae.base import SAE
+from visae.sae.testing import make_identity
 
 LAYOUT = TokenLayout(("cls",), 6, 7, 14)  # P = 42, non-square
 D = 4
@@ -37,15 +38,6 @@ class CountingReluSAE(SAE):
         return torch.relu(self.pre_acts(x_nd))
 
 
-def make_identity(sae: SAE) -> SAE:
-    """Set weights so that codes = relu([x, −x]) and the decoder [I; −I] reconstructs x exactly."""
-    eye = torch.eye(sae.d_in)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
 
 
 def smooth_acts(n: int, seed: int = 0) -> np.ndarray:

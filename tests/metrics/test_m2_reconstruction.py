@@ -11,28 +11,11 @@ from visae.cache.reader import open_cache
 from visae.cache.testing import write_synthetic_cache
 from visae.metrics.encode import encode_stream
 from visae.metrics.m2_reconstruction import M2Config, compute_m2
-from visae.sae.base import SAE
+from visae.sae.testing import ReluSAE, identity_sae
 
 LAYOUT = TokenLayout(("cls",), 3, 4, 8)  # P = 12
 
 
-class ReluSAE(SAE):
-    """codes = relu(pre-activations): a plain ReLU SAE."""
-
-    family = "test-relu"
-
-    def encode(self, x_nd: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.pre_acts(x_nd))
-
-
-def identity_sae(d_in: int) -> ReluSAE:
-    """d_sae = 2·d_in, codes = relu([x, −x]), decoder [I; −I]: reconstructs every input exactly."""
-    sae = ReluSAE(d_in, 2 * d_in)
-    eye = torch.eye(d_in)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-    return sae
 
 
 @pytest.fixture

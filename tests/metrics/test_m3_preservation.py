@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from visae.backbones.layout import TokenLayout
 from visae.cache.testing import write_synthetic_cache
 from visae.metrics.m3_preservation import M3Config, compute_m3
 from visae.metrics.probes import ProbeConfig, fit_probe, stratified_split
-from visae.sae.base import SAE
-
-
-class ReluSAE(SAE):
-    family = "test-relu"
-
-    def encode(self, x_nd: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.pre_acts(x_nd))
-
-
-def identity_sae(d: int) -> SAE:
-    """codes = relu([x, −x]), decoder [I; −I]: reconstructs x exactly."""
-    sae = ReluSAE(d, 2 * d)
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-    return sae
+from visae.sae.testing import identity_sae
 
 
 def labelled(n: int = 300, d: int = 16, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -12,24 +12,11 @@ from visae.errors import ConfigError
 from visae.metrics.base import EvalContext
 from visae.metrics.m6_cross_domain import M6Config, compute_m6
 from visae.sae.base import SAE
+from visae.sae.testing import identity_sae
 
 LAYOUT = TokenLayout(("cls",), 2, 2, 14)
 
 
-class ReluSAE(SAE):
-    family = "test-relu"
-
-    def encode(self, x_nd: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.pre_acts(x_nd))
-
-
-def identity_sae(d: int) -> SAE:
-    sae = ReluSAE(d, 2 * d)
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-    return sae
 
 
 def ood_cache(path, n: int, seed: int):

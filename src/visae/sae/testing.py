@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from visae.sae.base import SAE
+
 
 def planted_dictionary(n_tokens: int, d: int, n_atoms: int, k: int, seed: int = 0,
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -22,3 +24,29 @@ def best_cosine(atoms_ad: torch.Tensor, W_dec: torch.Tensor) -> float:
     w = W_dec / W_dec.norm(dim=1, keepdim=True)
     a = atoms_ad / atoms_ad.norm(dim=1, keepdim=True)
     return float((a @ w.T).max(1).values.mean())
+
+
+class ReluSAE(SAE):
+    """codes = relu(pre-activations): the plainest SAE, for tests that set its weights by hand."""
+
+    family = "test-relu"
+
+    def encode(self, x_nd: torch.Tensor) -> torch.Tensor:
+        """Inference codes: relu of the pre-activations."""
+        return torch.relu(self.pre_acts(x_nd))
+
+
+def make_identity(sae: SAE) -> SAE:
+    """Set ``sae`` (d_sae = 2·d_in) to codes = relu([x, −x]) and decoder [I; −I]: it reconstructs x exactly."""
+    eye = torch.eye(sae.d_in)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def identity_sae(d_in: int) -> SAE:
+    """A lossless :class:`ReluSAE` (see :func:`make_identity`) with identity normalization."""
+    return make_identity(ReluSAE(d_in, 2 * d_in))
