@@ -190,3 +190,16 @@ def test_unknown_spec():
     with pytest.raises(DataError, match="unknown offline set"):
         open_source("offline:cifar")
     assert "offline:digits" in known_sources()
+
+
+def test_subset_spec_is_the_same_from_a_spec_or_a_source_object():
+    """The cache writer subsets an already-open source; its spec (part of the cache hash) must match."""
+    from visae.cache.config import CacheConfig
+    from visae.cache.writer import _resolve
+
+    cfg = CacheConfig(max_images=30, subset_seed=3, stratified=False)
+    bb = object()
+    _, from_spec = _resolve(bb, "offline:digits", cfg)  # type: ignore[arg-type]
+    _, from_object = _resolve(bb, open_source("offline:digits", "train"), cfg)  # type: ignore[arg-type]
+    assert from_spec.spec == from_object.spec == "offline:digits#random-30-seed3"
+    assert from_spec.fingerprint() == from_object.fingerprint()

@@ -143,13 +143,9 @@ def _resolve(backbone: Backbone | str, source: ImageSource | str, cfg: CacheConf
         src = open_source(source, split=cfg.split, max_images=cfg.max_images, seed=cfg.subset_seed,
                           stratified=cfg.stratified)
     else:
-        src = source
-        if cfg.max_images is not None and cfg.max_images < len(src):
-            from visae.datasets.subset import SubsetSource, subset_indices
+        from visae.datasets.subset import take_subset
 
-            idx = subset_indices(src.labels, cfg.max_images, seed=cfg.subset_seed, stratified=cfg.stratified)
-            tag = f"{'stratified' if cfg.stratified else 'random'}-{cfg.max_images}-seed{cfg.subset_seed}"
-            src = SubsetSource(src, idx, spec=f"{src.spec}#{tag}")
+        src = take_subset(source, cfg.max_images, seed=cfg.subset_seed, stratified=cfg.stratified)
     return bb, src
 
 

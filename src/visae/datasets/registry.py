@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from visae.datasets.base import ImageSource
-from visae.datasets.subset import SubsetSource, subset_indices
+from visae.datasets.subset import take_subset
 from visae.errors import DataError
 
 SPLITS = ("train", "val", "test", "all")
@@ -72,12 +72,6 @@ def open_source(spec: str, split: str = "train", max_images: int | None = None, 
     """
     if split not in SPLITS:
         raise DataError(f"split {split!r}: use one of {', '.join(SPLITS)}")
-    source = _open_full(spec, split)
-    if max_images is not None:
-        if max_images < 1:
-            raise DataError(f"max_images must be ≥ 1, got {max_images}")
-        if max_images < len(source):
-            idx = subset_indices(source.labels, max_images, seed=seed, stratified=stratified)
-            tag = f"{'stratified' if stratified else 'random'}-{max_images}-seed{seed}"
-            return SubsetSource(source, idx, spec=f"{source.spec}#{tag}")
-    return source
+    if max_images is not None and max_images < 1:
+        raise DataError(f"max_images must be ≥ 1, got {max_images}")
+    return take_subset(_open_full(spec, split), max_images, seed=seed, stratified=stratified)

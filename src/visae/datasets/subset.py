@@ -58,6 +58,21 @@ def subset_indices(labels: np.ndarray, max_images: int, seed: int = 42, stratifi
     return np.sort(np.concatenate(picked))
 
 
+def subset_tag(max_images: int, seed: int, stratified: bool) -> str:
+    """The suffix a subset adds to its source's spec (``#stratified-N-seedS``); it enters the cache hash."""
+    return f"{'stratified' if stratified else 'random'}-{max_images}-seed{seed}"
+
+
+def take_subset(source: ImageSource, max_images: int | None, seed: int = 42, stratified: bool = True) -> ImageSource:
+    """``source`` itself, or a seeded subset of ``max_images`` items whose spec records the subset."""
+    if max_images is None or max_images >= len(source):
+        return source
+    if max_images < 1:
+        raise DataError(f"max_images must be ≥ 1, got {max_images}")
+    idx = subset_indices(source.labels, max_images, seed=seed, stratified=stratified)
+    return SubsetSource(source, idx, spec=f"{source.spec}#{subset_tag(max_images, seed, stratified)}")
+
+
 class SubsetSource(ImageSource):
     """Rows ``indices`` of another source, in the given order."""
 
