@@ -11,7 +11,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 STAMP := $(VENV)/.visae-installed
 
-.PHONY: install test test-fast lint typecheck demo bench clean
+.PHONY: install data test test-fast lint typecheck demo bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The demo's Fashion-MNIST, without root: the Debian package's files from apt's mirror (or torchvision's
+# download) into $$VISAE_HOME; an installed dataset-fashion-mnist is used as it is.
+data: $(STAMP)
+	$(BIN)/visae data fetch fashion-mnist
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
@@ -31,12 +36,13 @@ typecheck: $(STAMP)
 	$(BIN)/mypy src
 
 test: $(STAMP) lint typecheck
+	-$(BIN)/visae data fetch fashion-mnist  # the tests that need it skip cleanly when this fails
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -x
 
-demo: $(STAMP)
+demo: data
 	$(BIN)/visae demo
 
 bench: $(STAMP)

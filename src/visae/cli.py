@@ -25,6 +25,7 @@ STAGE_CLIS = [
     "visae.analysis.cli",    # analyze
     "visae.study.cli",       # study run/status, demo
     "visae.report.cli",      # report
+    "visae.datasets.cli",    # data fetch
 ]
 
 @app.callback()

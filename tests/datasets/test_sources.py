@@ -148,7 +148,7 @@ def test_offline_content():
     assert np.array_equal(np.asarray(tex.load(1))[:, :, 2], data.brick()[:48, 48:96])
 
 
-@pytest.mark.skipif(find_idx_dir() is None, reason="Debian dataset-fashion-mnist not installed")
+@pytest.mark.skipif(find_idx_dir() is None, reason="Fashion-MNIST not on this machine (make test fetches it: visae data fetch fashion-mnist)")
 def test_fashion_mnist_idx():
     tr = open_source("fashion-mnist", "train")
     te = open_source("fashion-mnist", "test")

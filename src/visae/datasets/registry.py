@@ -4,7 +4,7 @@
 |---|---|
 | ``folder:/path/to/dir`` | ImageFolder / ImageNet layout (:mod:`visae.datasets.folder`) |
 | ``hf:name_or_path[:split]`` | Hugging Face ``datasets`` (:mod:`visae.datasets.hf`, extra ``hf``) |
-| ``fashion-mnist`` | Fashion-MNIST, Debian IDX files or torchvision download |
+| ``fashion-mnist`` | Fashion-MNIST IDX files: installed Debian package, else fetched (apt mirror, torchvision) |
 | ``offline:digits`` / ``offline:faces`` / ``offline:textures`` / ``offline:mnist`` | sets inside Python packages (:mod:`visae.datasets.offline`) |
 | ``inat:/root`` / ``cub:/root`` / ``dtd:/root[?fold=N]`` | out-of-domain sets for M6, official splits (:mod:`visae.datasets.ood`) |
 | ``ade20k:/root`` | ADE20K (ADEChallengeData2016) images with segmentation masks (:mod:`visae.datasets.ade20k`) |
