@@ -1,6 +1,7 @@
 """visae.backbones: frozen ViTs with residual-stream taps (the paper's five, any timm ViT, the offline pair).
 
-``load_backbone``, ``known_backbones``, ``register_backbone``, ``evaluator_for`` and ``family_of`` are
+``load_backbone``, ``known_backbones``, ``register_backbone``, ``evaluator_for``, ``family_of``,
+``control_of`` and ``register_backbone_wrapper`` are
 re-exported lazily from :mod:`visae.backbones.registry`.
 """
 
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_REGISTRY_EXPORTS = ("load_backbone", "known_backbones", "register_backbone", "evaluator_for", "family_of")
+_REGISTRY_EXPORTS = ("load_backbone", "known_backbones", "register_backbone", "evaluator_for", "family_of",
+                     "control_of", "register_backbone_wrapper")
 __all__ = list(_REGISTRY_EXPORTS)
 
 

@@ -28,6 +28,8 @@ class Backbone(ABC):
     embedding_kind: str
     """What :meth:`embed` returns, in words (e.g. "CLS token after the final LayerNorm")."""
     device: torch.device
+    control: str | None = None
+    """What a control backbone controls for, in words (e.g. the spatial null); None for a real backbone."""
 
     @property
     @abstractmethod

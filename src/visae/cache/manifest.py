@@ -30,6 +30,8 @@ class CacheManifest(BaseModel):
     hash: str = Field(description="content hash: backbone, weights, layer, source, preprocessing, dtype")
     backbone: str = Field(description="registry or timm name of the backbone")
     weights_id: str = Field(description="identifies the weights (pretrained tag or file sha256)")
+    control: str | None = Field(None, description="what a control backbone controls for (shuffled: the spatial "
+                                                  "null; random weights); None for a real backbone")
     layer: int = Field(description="0-based block whose output (residual stream) was tapped")
     source: dict[str, Any] = Field(description="the image source's fingerprint (spec, split, n, ids hash)")
     layout: dict[str, Any] = Field(description="TokenLayout.to_dict()")

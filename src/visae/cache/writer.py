@@ -361,7 +361,8 @@ class _CacheBuild:
                             f"(first error: {skipped[0]['error'] if skipped else 'no images'})")
         fields = {
             "schema_version": SCHEMA_VERSION, "hash": self.hash, "backbone": self.bb.name,
-            "weights_id": self.bb.weights_id, "layer": self.layer, "source": self.key["source"],
+            "weights_id": self.bb.weights_id, "control": getattr(self.bb, "control", None),
+            "layer": self.layer, "source": self.key["source"],
             "layout": self.layout.to_dict(), "d_model": self.d, "n_patches": self.layout.n_patches,
             "dtype": "float16", "class_names": list(self.src.class_names),
             "preprocessing": self.key["preprocessing"], "shard_images": self.shard_images,
