@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
         shard_images: Annotated[int | None, typer.Option("--shard-images", help="Images per shard.")] = None,
         on_bad_image: Annotated[str | None, typer.Option("--on-bad-image", help="skip or fail.")] = None,
         num_workers: Annotated[int | None, typer.Option("--num-workers", help="Decoding worker processes.")] = None,
+        tokens_per_image: Annotated[int | None, typer.Option(
+            "--tokens-per-image", help="Training caches: keep this many seeded patch positions per image.")] = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
@@ -38,7 +40,8 @@ def register(app: typer.Typer) -> None:
             cfg = resolve_config(CacheConfig, config, set_, base={
                 "backbone": backbone, "source": source, "layer": layer, "out": out, "split": split,
                 "max_images": max_images, "batch_size": batch_size, "device": device,
-                "shard_images": shard_images, "on_bad_image": on_bad_image, "num_workers": num_workers})
+                "shard_images": shard_images, "on_bad_image": on_bad_image, "num_workers": num_workers,
+                "tokens_per_image": tokens_per_image})
             rest = cfg.model_copy(update={}).to_dict()
             for k in ("backbone", "source", "layer", "out"):
                 rest.pop(k)

@@ -32,4 +32,8 @@ class CacheConfig(FrozenConfig):
     keep_prefix: bool = Field(False, description="also store the prefix tokens (CLS, registers) in prefix_*.npy")
     weights_path: str | None = Field(None, description="local weights file for the backbone (else its default)")
     image_size: int | None = Field(None, ge=1, description="input resolution (None: the backbone's default)")
+    tokens_per_image: int | None = Field(
+        None, ge=1, description="training caches: keep this many seeded patch positions per image (the positions "
+                                "are stored; M1–M7 and the tasks refuse such a cache); None keeps every patch")
+    position_seed: int = Field(42, description="seed of the tokens_per_image draw (image i uses rng([seed, i]))")
     progress: bool = Field(True, description="show a tqdm progress bar with images/s")

@@ -19,6 +19,9 @@ class ShardInfo(BaseModel):
     sha256: str = Field(description="hex sha256 of the file's bytes")
     prefix_file: str | None = Field(None, description="prefix-token file of the same images, when kept")
     prefix_sha256: str | None = Field(None, description="hex sha256 of prefix_file")
+    positions_file: str | None = Field(None, description="patch positions (int16 [n, T]) of a training cache "
+                                                          "with tokens_per_image")
+    positions_sha256: str | None = Field(None, description="hex sha256 of positions_file")
 
 
 class CacheManifest(BaseModel):
@@ -37,7 +40,10 @@ class CacheManifest(BaseModel):
     layout: dict[str, Any] = Field(description="TokenLayout.to_dict()")
     d_model: int = Field(description="activation width D")
     n_images: int = Field(description="images stored (skipped ones excluded)")
-    n_patches: int = Field(description="patch tokens per image P")
+    n_patches: int = Field(description="patch positions of the backbone's grid P")
+    tokens_per_image: int | None = Field(None, description="training caches: patch positions kept per image "
+                                                           "(a seeded draw, stored in positions_*.npy); None: all P")
+    position_seed: int | None = Field(None, description="seed of the tokens_per_image draw")
     dtype: str = Field("float16", description="storage dtype of the shards")
     class_names: list[str] = Field(description="class names indexed by label")
     shards: list[ShardInfo] = Field(description="shards in image order")

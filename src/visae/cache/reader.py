@@ -1,4 +1,5 @@
-"""Reading an activation cache: manifest, statistics, a per-image iterator and a shuffled token sampler.
+"""Reading an activation cache: manifest, statistics, a per-image iterator and a shuffled token sampler
+(:mod:`visae.cache.sampler`).
 
 The on-disk format is described in docs/cache-protocol.md. Shards are memory-mapped; nothing reads a
 whole cache into memory.
@@ -7,7 +8,7 @@ whole cache into memory.
 from __future__ import annotations
 
 import json
-import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,10 @@ import torch
 from pydantic import ValidationError
 
 from visae.backbones.layout import TokenLayout
-from visae.cache.manifest import SCHEMA_VERSION, CacheManifest
+from visae.cache.manifest import CacheManifest
+from visae.cache.positions import SUBSAMPLED_SCHEMA_VERSION
 from visae.errors import CacheError
 from visae.io import sha256_file
-
-DEFAULT_BUFFER_TOKENS = 1 << 17
-"""Tokens held (fp16) by the training sampler's shuffle buffer: 192 MiB at D=768."""
-
-CHUNK_TOKENS = 4096
-"""The sampler reads images in contiguous chunks of about this many tokens (a few MiB)."""
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -55,9 +51,9 @@ class ActivationCache:
         if not isinstance(raw, dict):
             raise CacheError(f"{manifest_path}: expected a JSON object")
         version = raw.get("schema_version")
-        if isinstance(version, int) and version > SCHEMA_VERSION:
+        if isinstance(version, int) and version > SUBSAMPLED_SCHEMA_VERSION:
             raise CacheError(f"{manifest_path}: cache schema version {version} is newer than this visae supports "
-                             f"({SCHEMA_VERSION}); upgrade visae (pip install -U visae)")
+                             f"({SUBSAMPLED_SCHEMA_VERSION}); upgrade visae (pip install -U visae)")
         try:
             self.manifest = CacheManifest.model_validate(raw)
         except ValidationError as e:
@@ -86,7 +82,10 @@ class ActivationCache:
         self._mean_t = torch.from_numpy(self._mean_d)
         self._shards: list[np.ndarray | None] = [None] * len(m.shards)
         for info in m.shards:
-            for name in (info.file, info.prefix_file):
+            if (m.tokens_per_image is None) != (info.positions_file is None):
+                raise CacheError(f"{manifest_path}: shard {info.file} and tokens_per_image={m.tokens_per_image} "
+                                 "disagree on stored positions; the manifest is corrupt: rerun 'visae cache'")
+            for name in (info.file, info.prefix_file, info.positions_file):
                 # A manifest is data: its file names must be plain names inside this folder.
                 if name is not None and (name != Path(name).name or name in ("", ".", "..")):
                     raise CacheError(f"{manifest_path}: shard file {name!r} is not a plain file name inside the "
@@ -109,7 +108,7 @@ class ActivationCache:
         return labels.astype(np.int64, copy=False)
 
     def shard(self, k: int) -> np.ndarray:
-        """Memory-mapped shard ``k``: float16 ``[n_images_k, P, D]``."""
+        """Memory-mapped shard ``k``: float16 ``[n_images_k, T, D]`` (T = :attr:`tokens_per_image`)."""
         arr = self._shards[k]
         if arr is None:
             info = self.manifest.shards[k]
@@ -118,7 +117,7 @@ class ActivationCache:
                 arr = np.load(p, mmap_mode="r", allow_pickle=False)
             except ValueError as e:
                 raise CacheError(f"{p}: unreadable shard ({e}); delete it and rerun 'visae cache' to rebuild it") from None
-            want = (info.n_images, self.manifest.n_patches, self.manifest.d_model)
+            want = (info.n_images, self.tokens_per_image, self.manifest.d_model)
             if arr.shape != want or arr.dtype != np.float16:
                 raise CacheError(f"{p}: shape {arr.shape} {arr.dtype}, manifest says {want} float16; "
                                  "delete the shard and rerun 'visae cache' to rebuild it")
@@ -137,8 +136,41 @@ class ActivationCache:
 
     @property
     def n_patches(self) -> int:
-        """Patch tokens per image P."""
+        """Patch positions of the backbone's grid P."""
         return self.manifest.n_patches
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Patch tokens stored per image: P for a full cache, fewer for a training cache."""
+        return self.manifest.tokens_per_image or self.manifest.n_patches
+
+    @property
+    def is_subsampled(self) -> bool:
+        """True for a training cache that keeps only ``tokens_per_image`` seeded positions per image."""
+        return self.manifest.tokens_per_image is not None
+
+    def require_full_grid(self, what: str) -> None:
+        """CacheError unless every patch of every image is stored (M1–M7, tasks and reports need grids)."""
+        if self.is_subsampled:
+            m = self.manifest
+            raise CacheError(
+                f"{self.path}: a training cache keeping {m.tokens_per_image} of {m.n_patches} patch positions per "
+                f"image (tokens_per_image={m.tokens_per_image}, position seed {m.position_seed}); {what} needs "
+                "every patch of each image: point it at a cache built without tokens_per_image")
+
+    def positions(self, start: int, stop: int) -> np.ndarray:
+        """Stored patch positions (int64 ``[n, T]``) of images ``start … stop-1`` (all of 0 … P-1 when full)."""
+        stop = min(stop, self.n_images)
+        if not self.is_subsampled:
+            return np.broadcast_to(np.arange(self.n_patches), (max(0, stop - start), self.n_patches)).copy()
+        parts = []
+        for k, info in enumerate(self.manifest.shards):
+            lo, hi = int(self._offsets[k]), int(self._offsets[k + 1])
+            if hi <= start or lo >= stop or info.positions_file is None:
+                continue
+            pos = np.load(self.path / info.positions_file, mmap_mode="r", allow_pickle=False)
+            parts.append(np.asarray(pos[max(start, lo) - lo:min(stop, hi) - lo], dtype=np.int64))
+        return np.concatenate(parts) if parts else np.empty((0, self.tokens_per_image), dtype=np.int64)
 
     @property
     def d_model(self) -> int:
@@ -147,8 +179,8 @@ class ActivationCache:
 
     @property
     def n_tokens(self) -> int:
-        """n_images × n_patches."""
-        return self.manifest.n_images * self.manifest.n_patches
+        """Stored tokens: n_images × tokens_per_image."""
+        return self.manifest.n_images * self.tokens_per_image
 
     @property
     def labels(self) -> np.ndarray:
@@ -189,7 +221,8 @@ class ActivationCache:
         return self.normalize(t) if normalize else t
 
     def read_images(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start … stop-1`` as float16 ``[n, P, D]`` (a copy)."""
+        """Rows ``start … stop-1`` as float16 ``[n, P, D]`` (a copy); CacheError for a training cache."""
+        self.require_full_grid("reading whole images (M1–M7, the tasks, reports)")
         parts = []
         k = int(np.searchsorted(self._offsets, start, side="right")) - 1
         pos = start
@@ -215,84 +248,40 @@ class ActivationCache:
 
     def n_batches(self, batch_size: int, epochs: int = 1, drop_last: bool = True) -> int:
         """Number of batches :meth:`token_sampler` yields."""
-        per_epoch = self.n_tokens // batch_size if drop_last else math.ceil(self.n_tokens / batch_size)
-        return per_epoch * epochs
+        from visae.cache.sampler import TokenStream
 
-    def _chunks(self) -> list[tuple[int, int, int]]:
-        """Contiguous image ranges ``(shard, row_start, row_stop)`` the sampler shuffles and reads."""
-        per_chunk = max(1, CHUNK_TOKENS // max(1, self.n_patches))
-        out = []
-        for k, info in enumerate(self.manifest.shards):
-            for r in range(0, info.n_images, per_chunk):
-                out.append((k, r, min(info.n_images, r + per_chunk)))
-        return out
+        return TokenStream([self]).n_batches(batch_size, epochs, drop_last)
 
     def token_sampler(self, batch_size: int, seed: int = 42, normalize: bool = True, epochs: int = 1,
-                      start_step: int = 0, drop_last: bool = True,
-                      buffer_tokens: int | None = None) -> Iterator[torch.Tensor]:
-        """Shuffled patch-token batches ``[batch_size, D]`` float32 over all shards, bounded memory.
+                      start_step: int = 0, drop_last: bool = True, buffer_tokens: int | None = None,
+                      prefetch: bool = True) -> Iterator[torch.Tensor]:
+        """Shuffled patch-token batches ``[batch_size, D]`` float32; see :meth:`TokenStream.token_sampler`."""
+        from visae.cache.sampler import TokenStream
 
-        Each epoch visits every token exactly once: contiguous chunks of images (a few MiB each) are
-        taken in a seeded random order from all shards, gathered into a buffer of about
-        ``buffer_tokens`` tokens, and permuted inside it; the tokens left over after the last full batch
-        of a buffer are carried into the next one. With ``drop_last`` the final partial batch of each
-        epoch is dropped. Deterministic for a seed; ``start_step`` skips that many batches (resume after
-        a kill) without reading the skipped data.
-        """
-        if batch_size < 1:
-            raise CacheError(f"batch_size must be ≥ 1, got {batch_size}")
-        buffer_tokens = max(buffer_tokens or DEFAULT_BUFFER_TOKENS, 2 * batch_size)
-        chunks = self._chunks()
-        P, D = self.n_patches, self.d_model
-        step = 0
-        for epoch in range(epochs):
-            if step + self.n_batches(batch_size, 1, drop_last) <= start_step:
-                step += self.n_batches(batch_size, 1, drop_last)
-                continue
-            rng = np.random.default_rng([seed, epoch])
-            order = rng.permutation(len(chunks))
-            carry = np.empty((0, D), dtype=np.float16)
-            pos = 0
-            while pos < len(order):
-                window: list[tuple[int, int, int]] = []
-                n_win = 0
-                while pos < len(order) and (not window or n_win < buffer_tokens):
-                    c = chunks[order[pos]]
-                    window.append(c)
-                    n_win += (c[2] - c[1]) * P
-                    pos += 1
-                n_avail = len(carry) + n_win
-                perm = rng.permutation(n_avail)
-                n_full = n_avail // batch_size
-                if step + n_full <= start_step:
-                    carry = self._gather(carry, window, perm[n_full * batch_size:])
-                    step += n_full
-                    continue
-                buf = np.concatenate([carry, *(self.shard(k)[r0:r1].reshape(-1, D) for k, r0, r1 in window)])
-                for b in range(n_full):
-                    if step >= start_step:
-                        yield self._to_torch(buf[perm[b * batch_size:(b + 1) * batch_size]], normalize)
-                    step += 1
-                carry = buf[perm[n_full * batch_size:]]
-                del buf
-            if not drop_last and len(carry):
-                if step >= start_step:
-                    yield self._to_torch(carry, normalize)
-                step += 1
+        return TokenStream([self]).token_sampler(batch_size, seed, normalize, epochs, start_step, drop_last,
+                                                 buffer_tokens, prefetch)
 
-    def _gather(self, carry: np.ndarray, window: list[tuple[int, int, int]], idx: np.ndarray) -> np.ndarray:
-        """Tokens ``idx`` of the virtual buffer ``carry ++ window`` without reading the whole window."""
-        P, D = self.n_patches, self.d_model
-        out = np.empty((len(idx), D), dtype=np.float16)
-        in_carry = idx < len(carry)
-        out[in_carry] = carry[idx[in_carry]]
-        starts = np.cumsum([0] + [(r1 - r0) * P for _, r0, r1 in window]) + len(carry)
-        for j, (k, r0, _r1) in enumerate(window):
-            sel = np.nonzero((idx >= starts[j]) & (idx < starts[j + 1]))[0]
-            if len(sel):
-                local = idx[sel] - starts[j]
-                out[sel] = self.shard(k)[r0 + local // P, local % P]
-        return out
+    def read_rows_into(self, k: int, r0: int, r1: int, out_td: np.ndarray) -> None:
+        """Read rows ``r0 … r1-1`` of shard ``k`` into ``out_td`` (float16 ``[(r1-r0)·T, D]``) with one
+        sequential ``preadv`` (no page-by-page memory-map faults)."""
+        arr = self.shard(k)
+        offset = int(getattr(arr, "offset", 0)) + r0 * int(arr.strides[0])
+        view = memoryview(out_td.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        want = (r1 - r0) * int(arr.strides[0])
+        if view.nbytes != want or not out_td.flags.c_contiguous:
+            raise CacheError(f"read_rows_into: output buffer holds {view.nbytes} bytes, rows need {want}")
+        p = self.path / self.manifest.shards[k].file
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            done = 0
+            while done < want:
+                n = os.preadv(fd, [view[done:]], offset + done)
+                if n <= 0:
+                    raise CacheError(f"{p}: file ends early (read {done} of {want} bytes at offset {offset}); "
+                                     "delete the shard and rerun 'visae cache' to rebuild it")
+                done += n
+        finally:
+            os.close(fd)
 
     def verify(self) -> None:
         """Check every shard's sha256 against the manifest; CacheError names the first bad shard."""
@@ -300,6 +289,8 @@ class ActivationCache:
             pairs = [(info.file, info.sha256)]
             if info.prefix_file and info.prefix_sha256:
                 pairs.append((info.prefix_file, info.prefix_sha256))
+            if info.positions_file and info.positions_sha256:
+                pairs.append((info.positions_file, info.positions_sha256))
             for name, want in pairs:
                 p = self.path / name
                 if not p.is_file():
@@ -312,7 +303,8 @@ class ActivationCache:
     def __repr__(self) -> str:
         m = self.manifest
         return (f"ActivationCache({str(self.path)!r}, backbone={m.backbone}, layer={m.layer}, "
-                f"n_images={m.n_images}, P={m.n_patches}, D={m.d_model})")
+                f"n_images={m.n_images}, P={m.n_patches}, D={m.d_model}"
+                + (f", tokens_per_image={m.tokens_per_image})" if m.tokens_per_image else ")"))
 
 
 def open_cache(path: Path | str, verify: bool = False) -> ActivationCache:

@@ -33,13 +33,19 @@ def save_npy(path: Path, arr: np.ndarray) -> str:
     return sha256_file(path)
 
 
-def write_shard(dir_path: Path, k: int, acts_npd: np.ndarray, prefix_nkd: np.ndarray | None = None) -> ShardInfo:
-    """Write shard ``k`` (float16) and optionally its prefix tokens; return its manifest entry."""
+def write_shard(dir_path: Path, k: int, acts_npd: np.ndarray, prefix_nkd: np.ndarray | None = None,
+                positions_nt: np.ndarray | None = None) -> ShardInfo:
+    """Write shard ``k`` (float16), optionally its prefix tokens and kept patch positions; return its entry."""
     info: dict[str, Any] = {"file": shard_file(k), "n_images": int(acts_npd.shape[0]),
                             "sha256": save_npy(dir_path / shard_file(k), np.ascontiguousarray(acts_npd, np.float16))}
     if prefix_nkd is not None:
         info["prefix_file"] = prefix_file(k)
         info["prefix_sha256"] = save_npy(dir_path / prefix_file(k), np.ascontiguousarray(prefix_nkd, np.float16))
+    if positions_nt is not None:
+        from visae.cache.positions import positions_file
+
+        info["positions_file"] = positions_file(k)
+        info["positions_sha256"] = save_npy(dir_path / positions_file(k), np.ascontiguousarray(positions_nt, np.int16))
     return ShardInfo(**info)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from visae.backbones.base import Backbone
 from visae.backbones.layout import TokenLayout
 from visae.cache.manifest import SCHEMA_VERSION
+from visae.cache.positions import SUBSAMPLED_SCHEMA_VERSION
 from visae.cache.stats import StreamingStats
 from visae.cache.store import write_final, write_shard
 from visae.errors import CacheError
@@ -24,8 +25,12 @@ if TYPE_CHECKING:
 def write_synthetic_cache(dir: Path | str, acts_npd: np.ndarray, labels: np.ndarray, class_names: list[str],
                           layout: TokenLayout, backbone: str = "synthetic", layer: int = 0,
                           shard_images: int = 256, image_ids: list[str] | None = None,
-                          prefix_nkd: np.ndarray | None = None) -> Path:
+                          prefix_nkd: np.ndarray | None = None, positions_nt: np.ndarray | None = None,
+                          position_seed: int = 42) -> Path:
     """Write ``acts_npd`` ``[N, P, D]`` as a complete cache in folder ``dir`` (created) and return it.
+
+    With ``positions_nt`` (int ``[N, T]``, sorted patch positions) it writes a training cache that keeps
+    ``T`` tokens per image: ``acts_npd`` is then ``[N, T, D]``.
 
     The shards hold ``acts_npd`` rounded to float16 and ``stats.json`` is computed from those stored
     values, exactly as :func:`visae.build_cache` does. ``image_ids`` default to ``"img{i:06d}"``.
@@ -36,6 +41,12 @@ def write_synthetic_cache(dir: Path | str, acts_npd: np.ndarray, labels: np.ndar
     if acts_npd.ndim != 3:
         raise CacheError(f"acts_npd must be [images, patches, D], got shape {acts_npd.shape}")
     n, p, d = acts_npd.shape
+    tpi = None
+    if positions_nt is not None:
+        positions_nt = np.asarray(positions_nt)
+        if positions_nt.shape != (n, p) or (p and (positions_nt.min() < 0 or positions_nt.max() >= layout.n_patches)):
+            raise CacheError(f"positions_nt must be [{n}, {p}] positions in 0..{layout.n_patches - 1}")
+        tpi, p = p, layout.n_patches
     if p != layout.n_patches:
         raise CacheError(f"acts_npd has {p} patches per image but the layout's grid has {layout.n_patches}")
     if labels.shape != (n,):
@@ -54,7 +65,8 @@ def write_synthetic_cache(dir: Path | str, acts_npd: np.ndarray, labels: np.ndar
         block = acts_npd[s0:s0 + shard_images].astype(np.float16)
         stats.update(block.reshape(-1, d))
         pre = None if prefix_nkd is None else np.asarray(prefix_nkd)[s0:s0 + shard_images]
-        shards.append(write_shard(dir_path, k, block, pre))
+        pos = None if positions_nt is None else positions_nt[s0:s0 + shard_images]
+        shards.append(write_shard(dir_path, k, block, pre, pos))
     source = {"spec": f"synthetic:{backbone}", "split": "train", "n": n, "ids": hash_json(list(ids))}
     fields = {
         "schema_version": SCHEMA_VERSION,
@@ -63,6 +75,8 @@ def write_synthetic_cache(dir: Path | str, acts_npd: np.ndarray, labels: np.ndar
         "layout": layout.to_dict(), "d_model": d, "n_patches": p, "dtype": "float16",
         "class_names": list(class_names), "preprocessing": {"synthetic": True},
     }
+    if tpi is not None:
+        fields.update(schema_version=SUBSAMPLED_SCHEMA_VERSION, tokens_per_image=tpi, position_seed=position_seed)
     write_final(dir_path, manifest_fields=fields, shards=shards, labels=labels, image_ids=list(ids),
                 stats=stats, skipped=[])
     return dir_path

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from visae.backbones.base import Backbone
 from visae.cache.config import CacheConfig
 from visae.cache.manifest import SCHEMA_VERSION, ShardInfo
+from visae.cache.positions import SUBSAMPLED_SCHEMA_VERSION, check_tokens_per_image, sample_positions
 from visae.cache.stats import StreamingStats
 from visae.cache.store import write_final, write_shard
 from visae.config import build_config
@@ -55,18 +56,24 @@ def describe_preprocessing(backbone: Backbone) -> dict[str, Any]:
     return {"image_size": list(backbone.layout.image_size), **json.loads(text)}
 
 
-def cache_key(backbone: Backbone, source: ImageSource, layer: int, keep_prefix: bool) -> dict[str, Any]:
+def cache_key(backbone: Backbone, source: ImageSource, layer: int, keep_prefix: bool,
+              tokens_per_image: int | None = None, position_seed: int = 42) -> dict[str, Any]:
     """Everything that determines a cache's content; its hash names the folder."""
-    return {"backbone": backbone.name, "weights_id": backbone.weights_id, "layer": layer,
-            "source": source.fingerprint(), "preprocessing": describe_preprocessing(backbone),
-            "dtype": "float16", "keep_prefix": keep_prefix, "schema_version": SCHEMA_VERSION}
+    key = {"backbone": backbone.name, "weights_id": backbone.weights_id, "layer": layer,
+           "source": source.fingerprint(), "preprocessing": describe_preprocessing(backbone),
+           "dtype": "float16", "keep_prefix": keep_prefix, "schema_version": SCHEMA_VERSION}
+    if tokens_per_image is not None:  # full caches keep the key (and folder) they always had
+        key.update(tokens_per_image=tokens_per_image, position_seed=position_seed,
+                   schema_version=SUBSAMPLED_SCHEMA_VERSION)
+    return key
 
 
 def cache_dir_for(out_dir: Path, backbone: Backbone, source: ImageSource, layer: int,
-                  keep_prefix: bool = False) -> Path:
-    """``<out_dir>/<backbone>-L<layer>-<source-slug>-<hash16>``."""
-    h = hash_json(cache_key(backbone, source, layer, keep_prefix))
-    return Path(out_dir) / f"{_slug(backbone.name)}-L{layer}-{_slug(source.spec)}-{h}"
+                  keep_prefix: bool = False, tokens_per_image: int | None = None, position_seed: int = 42) -> Path:
+    """``<out_dir>/<backbone>-L<layer>-<source-slug>[-t<T>]-<hash16>``."""
+    h = hash_json(cache_key(backbone, source, layer, keep_prefix, tokens_per_image, position_seed))
+    tag = "" if tokens_per_image is None else f"-t{tokens_per_image}"
+    return Path(out_dir) / f"{_slug(backbone.name)}-L{layer}-{_slug(source.spec)}{tag}-{h}"
 
 
 class _Decode(Dataset[tuple[int, Any, str | None]]):
@@ -165,7 +172,8 @@ def build_cache(backbone: Backbone | str, source: ImageSource | str, layer: int,
     cfg = build_config(CacheConfig, base, source="build_cache")
     bb, src = _resolve(backbone, source, cfg)
     bb.check_layer(layer)
-    folder = cache_dir_for(Path(out_dir), bb, src, layer, cfg.keep_prefix)
+    check_tokens_per_image(cfg.tokens_per_image, bb.layout.n_patches)
+    folder = cache_dir_for(Path(out_dir), bb, src, layer, cfg.keep_prefix, cfg.tokens_per_image, cfg.position_seed)
     if (folder / "manifest.json").is_file():
         missing = _missing_shards(folder)
         if not missing:
@@ -186,7 +194,7 @@ def _missing_shards(folder: Path) -> list[str]:
     """Shard files the manifest lists that are not on disk (deleted after a checksum failure)."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-        files = [f for s in manifest["shards"] for f in (s["file"], s.get("prefix_file")) if f]
+        files = [f for s in manifest["shards"] for f in (s["file"], s.get("prefix_file"), s.get("positions_file")) if f]
     except (OSError, ValueError, KeyError, TypeError):
         return []
     return [f for f in files if not (folder / f).is_file()]
@@ -207,7 +215,7 @@ def _reopen_for_repair(folder: Path, first_missing: str) -> None:
     labels = np.load(folder / "labels.npy")
     ids = json.loads((folder / "image_ids.json").read_text())
     skipped = json.loads((folder / "skipped.json").read_text()) if (folder / "skipped.json").is_file() else []
-    keep = next(k for k, s in enumerate(m.shards) if first_missing in (s.file, s.prefix_file))
+    keep = next(k for k, s in enumerate(m.shards) if first_missing in (s.file, s.prefix_file, s.positions_file))
     stats = StreamingStats(m.d_model)
     entries = []
     row = 0
@@ -230,7 +238,7 @@ class _CacheBuild:
 
     def __init__(self, backbone: Backbone, source: ImageSource, layer: int, folder: Path, cfg: CacheConfig) -> None:
         self.bb, self.src, self.layer, self.folder, self.cfg = backbone, source, layer, folder, cfg
-        self.key = cache_key(backbone, source, layer, cfg.keep_prefix)
+        self.key = cache_key(backbone, source, layer, cfg.keep_prefix, cfg.tokens_per_image, cfg.position_seed)
         self.hash = hash_json(self.key)
         self.layout = backbone.layout
         self.d = backbone.d_model
@@ -309,7 +317,7 @@ class _CacheBuild:
                                     f"{self.bb.name} layer {self.layer}: NaN/Inf activations (or beyond the float16 "
                                     f"range) for image(s) {', '.join(bad_ids[:10])}; nothing was written for shard "
                                     f"{shard_k}. Check the images and the backbone's weights")
-                            patches = half_btd[:, n_prefix:]
+                            patches = self._kept(half_btd[:, n_prefix:], good_idx)
                             shard_stats.update(patches.reshape(-1, self.d))
                             parts.append(patches.cpu().numpy())
                             if self.cfg.keep_prefix:
@@ -332,15 +340,28 @@ class _CacheBuild:
             raise CacheError(f"{self.folder}: internal error: {len(self.entries)} of {n_shards} shards committed")
         self._finish()
 
+    def _positions(self, rows: list[int]) -> np.ndarray | None:
+        """Kept patch positions of source images ``rows`` (None for a full cache)."""
+        t = self.cfg.tokens_per_image
+        return None if t is None else sample_positions(rows, self.layout.n_patches, t, self.cfg.position_seed)
+
+    def _kept(self, patches_bpd: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """The patch tokens this cache stores: all of them, or the seeded ``tokens_per_image`` positions."""
+        pos = self._positions(rows)
+        if pos is None:
+            return patches_bpd
+        idx = torch.from_numpy(pos.astype(np.int64)).to(patches_bpd.device)
+        return torch.gather(patches_bpd, 1, idx[:, :, None].expand(-1, -1, patches_bpd.shape[2]))
+
     def _commit(self, k: int, parts: list[np.ndarray], prefix_parts: list[np.ndarray], rows: list[int],
                 skipped: list[dict[str, Any]], shard_stats: StreamingStats) -> None:
-        p, d = self.layout.n_patches, self.d
+        p, d = self.cfg.tokens_per_image or self.layout.n_patches, self.d
         acts = np.concatenate(parts) if parts else np.empty((0, p, d), dtype=np.float16)
         prefix = None
         if self.cfg.keep_prefix:
             prefix = (np.concatenate(prefix_parts) if prefix_parts
                       else np.empty((0, self.layout.n_prefix, d), dtype=np.float16))
-        info = write_shard(self.folder, k, acts, prefix)
+        info = write_shard(self.folder, k, acts, prefix, self._positions(rows))
         if shard_stats.n_tokens:
             self.stats.merge(shard_stats.n_tokens, shard_stats.mean_d, shard_stats.m2_d)
         labels = self.src.labels
@@ -351,8 +372,7 @@ class _CacheBuild:
             after_shard_hook(k)
 
     def _finish(self) -> None:
-        shards = [ShardInfo(**{k: e[k] for k in ("file", "n_images", "sha256", "prefix_file", "prefix_sha256")
-                               if k in e}) for e in self.entries]
+        shards = [ShardInfo(**{k: e[k] for k in ShardInfo.model_fields if k in e}) for e in self.entries]
         labels = np.asarray([lab for e in self.entries for lab in e["labels"]], dtype=np.int64)
         ids = [i for e in self.entries for i in e["ids"]]
         skipped = [s for e in self.entries for s in e["skipped"]]
@@ -367,6 +387,9 @@ class _CacheBuild:
             "dtype": "float16", "class_names": list(self.src.class_names),
             "preprocessing": self.key["preprocessing"], "shard_images": self.shard_images,
         }
+        if self.cfg.tokens_per_image is not None:
+            fields.update(schema_version=SUBSAMPLED_SCHEMA_VERSION, tokens_per_image=self.cfg.tokens_per_image,
+                          position_seed=self.cfg.position_seed)
         write_final(self.folder, manifest_fields=fields, shards=shards, labels=labels, image_ids=ids,
                     stats=self.stats, skipped=skipped)
         self.progress_path.unlink(missing_ok=True)

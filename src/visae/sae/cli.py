@@ -25,7 +25,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def train(
-        cache: Annotated[Path, typer.Option("--cache", help="Activation cache folder (from 'visae cache').")],
+        cache: Annotated[list[Path], typer.Option("--cache", help="Activation cache folder (from 'visae cache'); "
+                                                  "repeat it to train on several caches as one stream.")],
         out: Annotated[Path, typer.Option("--out", help="Output folder: one sub-folder per SAE, log, state.")],
         family: Annotated[str, typer.Option(help="SAE family: batchtopk, topk, jumprelu, relu.")] = "batchtopk",
         expansion: Annotated[str, typer.Option(help="Expansion factors, comma-separated.")] = "8,16,32",
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
-        """Train SAEs (every expansion × every K) on one pass over CACHE; resumable."""
+        """Train SAEs (every expansion × every K) on one pass over CACHE (one or several); resumable."""
 
         def go() -> None:
             from visae.sae.train import SAESpec, TrainConfig, train_saes
@@ -47,7 +48,7 @@ def register(app: typer.Typer) -> None:
             exps = _numbers(expansion, float, "expansion") or [8.0]
             ks = _numbers(k, int, "k") or ([None] if family == "relu" else [64, 128, 192, 256])
             specs = [SAESpec(family=family, expansion=e, k=kk) for e in exps for kk in ks]
-            paths = train_saes(cache, specs, out, cfg)
+            paths = train_saes(list(cache), specs, out, cfg)
             for p in paths:
                 typer.echo(str(p))
 

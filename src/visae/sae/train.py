@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -28,6 +28,9 @@ from visae.sae.batchtopk import BatchTopKSAE, calibrate_threshold
 from visae.sae.checkpoint import save_sae
 from visae.sae.family import TrainableSAE
 from visae.sae.registry import canonical_family, make_sae
+
+if TYPE_CHECKING:
+    from visae.cache.sampler import TokenStream
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
@@ -241,13 +244,12 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
                train_config: TrainConfig | None = None) -> list[Path]:
     """Train every SAE of ``configs`` on one pass over ``cache``; return their checkpoint folders.
 
-    ``cache`` is an :class:`~visae.cache.reader.ActivationCache` or a path to one. Resumes from
-    ``<out_dir>/train_state.pt`` when present.
+    ``cache`` is an :class:`~visae.cache.reader.ActivationCache`, a path to one, or a list of either:
+    several caches of one backbone layer are read as one shuffled stream (normalized with their pooled
+    statistics). Resumes from ``<out_dir>/train_state.pt`` when present.
     """
-    from visae.cache.reader import ActivationCache, open_cache
-
     cfg = train_config or TrainConfig()
-    cache_obj: ActivationCache = cache if isinstance(cache, ActivationCache) else open_cache(cache)
+    cache_obj = training_stream(cache)
     specs = [configs] if isinstance(configs, SAESpec) else list(configs)
     if not specs:
         raise ConfigError("train_saes: no SAE configurations given")
@@ -286,13 +288,18 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
             t.load(saved[t.name])
         torch.set_rng_state(state["rng"])
         start = int(state["step"])
-    provenance = {"cache": str(cache_obj.path), "cache_hash": cache_obj.manifest.hash, "seed": cfg.seed,
+    one = len(cache_obj.caches) == 1
+    provenance = {"cache": cache_obj.paths[0] if one else cache_obj.paths,
+                  "cache_hash": cache_obj.hashes[0] if one else cache_obj.hashes, "seed": cfg.seed,
                   "train_config": cfg.to_dict()}
     if start < total:
         batches = cache_obj.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=True, epochs=cfg.epochs,
                                           start_step=start)
-        train_on_batches([], batches, cfg, out_dir=out, start_step=start, total_steps=total,
-                         trainees=trainees)
+        try:
+            train_on_batches([], batches, cfg, out_dir=out, start_step=start, total_steps=total,
+                             trainees=trainees)
+        finally:
+            batches.close()  # type: ignore[attr-defined]  # ends the sampler's reader thread
         _save_state(out, total, trainees, {})
     heldout_desc, held = _heldout(cache_obj, cfg, trainable)
     paths = []
@@ -309,6 +316,19 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
         _append_jsonl(out / LOG_FILE, {"final": t.name, **info})
     atomic_write_json(out / "trained.json", {"saes": [str(p) for p in paths]})
     return paths
+
+
+def training_stream(cache: Any) -> TokenStream:
+    """A :class:`~visae.cache.sampler.TokenStream` over ``cache``: a cache, a path, or a list of them."""
+    from visae.cache.reader import ActivationCache, open_cache
+    from visae.cache.sampler import TokenStream
+
+    if isinstance(cache, TokenStream):
+        return cache
+    items = list(cache) if isinstance(cache, list | tuple) else [cache]
+    if not items:
+        raise ConfigError("train_saes: no training cache given")
+    return TokenStream([c if isinstance(c, ActivationCache) else open_cache(c) for c in items])
 
 
 def _heldout(cache: Any, cfg: TrainConfig, trainable: int) -> tuple[str, list[torch.Tensor]]:
