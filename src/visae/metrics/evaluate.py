@@ -78,7 +78,9 @@ def evaluate(
     started = time.perf_counter()
     collector = PooledCollector() if any(m.needs_pooled for m in instances.values()) else None
     if collector is not None or any(m.needs_stream for m in instances.values()):
-        for batch in encode_stream(sae_model, cache_obj, group_size=group_size, device=dev):
+        # Codes stay sparse unless a metric declares that it reads the dense [n, P, F] view.
+        dense = any(getattr(m, "needs_dense_codes", False) for m in instances.values())
+        for batch in encode_stream(sae_model, cache_obj, group_size=group_size, device=dev, dense_codes=dense):
             for m in instances.values():
                 if m.needs_stream:
                     m.update(batch)

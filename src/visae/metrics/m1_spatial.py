@@ -250,6 +250,40 @@ class M1Accumulator(MoranAccumulator):
             self.add(maps_kp.reshape(-1, grid_h, grid_w), feat_k[sl], self.config.variance_eps)
 
 
+    def update_batch(self, batch: EncodedBatch) -> None:
+        """Add one encoded group from its sparse codes: only the maps of active features are built.
+
+        Equals :meth:`update` on ``batch.codes_npf``: a pair (image, feature) is scored when the feature is
+        > 0 on at least ``min_active_patches`` patches; its map holds every non-zero code of the pair.
+        """
+        n, p = batch.n_images, batch.n_patches
+        grid_h, grid_w = batch.grid_hw
+        if p != grid_h * grid_w:
+            raise ValueError(f"m1: codes have {p} patches but the grid is {grid_h}×{grid_w}")
+        codes = batch.codes
+        keys = batch.image_feature_keys()
+        self.follow(keys.device)
+        self.grid_hw = batch.grid_hw
+        self.n_images += n
+        n_cols = codes.n_cols
+        count = torch.bincount(keys[codes.vals_n > 0], minlength=n * n_cols)
+        pair_key = torch.nonzero(count >= self.config.min_active_patches).squeeze(1)
+        if pair_key.numel() == 0:
+            return
+        lookup = torch.full((n * n_cols,), -1, dtype=torch.int64, device=keys.device)
+        lookup[pair_key] = torch.arange(pair_key.numel(), device=keys.device)
+        pid = lookup[keys]
+        on = pid >= 0
+        pid, patch, vals = pid[on], codes.rows_n[on] % p, codes.vals_n[on]
+        feat_k = pair_key % n_cols
+        for start in range(0, pair_key.numel(), MAPS_PER_CHUNK):
+            stop = min(start + MAPS_PER_CHUNK, pair_key.numel())
+            sel = (pid >= start) & (pid < stop) if stop - start < pair_key.numel() else slice(None)
+            maps = torch.zeros(stop - start, p, dtype=vals.dtype, device=vals.device)
+            maps[pid[sel] - start, patch[sel]] = vals[sel]
+            self.add(maps.reshape(-1, grid_h, grid_w), feat_k[start:stop], self.config.variance_eps)
+
+
 def compute_m1(batches: Iterable[EncodedBatch], n_features: int, config: M1Config | None = None,
                device: torch.device | None = None) -> tuple[M1Result, np.ndarray, np.ndarray]:
     """M1 over encoded image groups: the result, per-feature mean I (NaN: no valid image) and counts."""
@@ -257,8 +291,8 @@ def compute_m1(batches: Iterable[EncodedBatch], n_features: int, config: M1Confi
     acc: M1Accumulator | None = None
     for batch in batches:
         if acc is None:
-            acc = M1Accumulator(n_features, config, device or batch.codes_npf.device)
-        acc.update(batch.codes_npf, batch.grid_hw)
+            acc = M1Accumulator(n_features, config, device or batch.acts_npd.device)
+        acc.update_batch(batch)
     if acc is None:
         raise ValueError("m1: no images were encoded")
     means, count = acc.feature_means()
@@ -287,8 +321,8 @@ class M1Spatial(Metric):
         self.acc = M1Accumulator(ctx.sae.d_sae, config, ctx.device)
 
     def update(self, batch: EncodedBatch) -> None:
-        """Score the active features of one image group."""
-        self.acc.update(batch.codes_npf, batch.grid_hw)
+        """Score the active features of one image group (from its sparse codes)."""
+        self.acc.update_batch(batch)
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
         """Summarize; write the per-feature table when an output folder is set."""

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
+from visae.sae.sparse import SparseCodes
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -56,14 +57,23 @@ class M2Accumulator:
         self.sum_err = torch.zeros((), dtype=torch.float64, device=device)
         self.sum_l0 = torch.zeros((), dtype=torch.int64, device=device)
         self.max_f = torch.full((d_sae,), float("-inf"), dtype=torch.float32, device=device)
+        """Largest stored (non-zero) code per feature; the implicit zeros are added in :meth:`result`."""
+        self.nnz_f = torch.zeros(d_sae, dtype=torch.int64, device=device)
         self.n_tokens = 0
         self.n_images = 0
 
-    def update(self, acts_npd: torch.Tensor, recon_npd: torch.Tensor, codes_npf: torch.Tensor) -> None:
-        """Add one group of images (activations, reconstructions and codes in the SAE input space)."""
+    def update(self, acts_npd: torch.Tensor, recon_npd: torch.Tensor,
+               codes_npf: torch.Tensor | SparseCodes) -> None:
+        """Add one group of images (activations, reconstructions and codes in the SAE input space).
+
+        Codes are dense ``[n, P, F]`` or sparse over the ``n·P`` tokens (:class:`SparseCodes`).
+        """
+        from visae.metrics.encode import dense_to_sparse
+
         d = acts_npd.shape[-1]
         a_td = acts_npd.reshape(-1, d).float()
-        codes_tf = codes_npf.reshape(a_td.shape[0], -1)
+        codes = codes_npf if isinstance(codes_npf, SparseCodes) else dense_to_sparse(
+            codes_npf.reshape(a_td.shape[0], -1))
         device = a_td.device
         if self.sum_d.device != device:
             self._to(device)
@@ -74,13 +84,14 @@ class M2Accumulator:
         self.sum_err += torch.sum(err_td * err_td, dtype=torch.float64)
         self.sum_sq += torch.sum(centred_td * centred_td, dtype=torch.float64)
         self.sum_d += torch.sum(centred_td, dim=0, dtype=torch.float64)
-        self.sum_l0 += (codes_tf > 0).sum()
-        self.max_f = torch.maximum(self.max_f, codes_tf.amax(dim=0).float())
+        self.sum_l0 += (codes.vals_n > 0).sum()
+        self.max_f.scatter_reduce_(0, codes.cols_n, codes.vals_n.float(), reduce="amax")
+        self.nnz_f += torch.bincount(codes.cols_n, minlength=self.d_sae)
         self.n_tokens += a_td.shape[0]
         self.n_images += acts_npd.shape[0]
 
     def _to(self, device: torch.device) -> None:
-        for name in ("sum_d", "sum_sq", "sum_err", "sum_l0", "max_f"):
+        for name in ("sum_d", "sum_sq", "sum_err", "sum_l0", "max_f", "nnz_f"):
             setattr(self, name, getattr(self, name).to(device))
 
     def result(self) -> M2Result:
@@ -92,7 +103,9 @@ class M2Accumulator:
         total = float(self.sum_sq - n * torch.dot(mean_shifted_d, mean_shifted_d))
         err = float(self.sum_err)
         fvu = err / total if total > 0 else None
-        dead = int((self.max_f <= self.config.dead_threshold).sum())
+        # a feature with fewer stored entries than tokens was 0 somewhere: its maximum is at least 0
+        max_f = torch.where(self.nnz_f < n, self.max_f.clamp_min(0.0), self.max_f)
+        dead = int((max_f <= self.config.dead_threshold).sum())
         return M2Result(
             metric="m2", value=fvu, higher_is_better=False,
             note="" if fvu is not None else "activations have zero variance over the evaluation set",
@@ -108,9 +121,9 @@ def compute_m2(batches: Iterable[EncodedBatch], config: M2Config | None = None) 
     acc: M2Accumulator | None = None
     for batch in batches:
         if acc is None:
-            acc = M2Accumulator(batch.acts_npd.shape[-1], batch.codes_npf.shape[-1], config,
+            acc = M2Accumulator(batch.acts_npd.shape[-1], batch.d_sae, config,
                                 batch.acts_npd.device)
-        acc.update(batch.acts_npd, batch.recon_npd, batch.codes_npf)
+        acc.update(batch.acts_npd, batch.recon_npd, batch.codes)
     if acc is None:
         raise ValueError("m2: no images were encoded")
     return acc.result()
@@ -131,7 +144,7 @@ class M2Reconstruction(Metric):
 
     def update(self, batch: EncodedBatch) -> None:
         """Add one group of encoded images."""
-        self.acc.update(batch.acts_npd, batch.recon_npd, batch.codes_npf)
+        self.acc.update(batch.acts_npd, batch.recon_npd, batch.codes)
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
         """The M2 result."""

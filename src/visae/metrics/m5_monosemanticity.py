@@ -390,7 +390,7 @@ class M5Monosemanticity(Metric):
 
     def update(self, batch: EncodedBatch) -> None:
         """Pool this group's codes over patches and merge them into the running top-N."""
-        self.tracker.update(batch.codes_npf.amax(dim=1), batch.image_index_n)
+        self.tracker.update(batch.pooled_codes().to_dense(), batch.image_index_n)
 
     def _backbone_embedder(self) -> tuple[ImageEmbedder, str]:
         from visae.backbones.registry import load_backbone

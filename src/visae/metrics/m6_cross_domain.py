@@ -123,7 +123,7 @@ def pool_cache(ctx: EvalContext, path: str, group_size: int) -> PooledFeatures:
 
     cache = open_cache(path)
     collector = PooledCollector()
-    for batch in encode_stream(ctx.sae, cache, group_size=group_size, device=ctx.device):
+    for batch in encode_stream(ctx.sae, cache, group_size=group_size, device=ctx.device, dense_codes=False):
         collector.update(batch)
     return collector.result()
 
