@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 
 
-def pick_device(requested: str | None = "auto") -> torch.device:
-    """Resolve ``"auto"``/None to the best available device; pass any torch device string through."""
+def pick_device(requested: str | torch.device | None = "auto") -> torch.device:
+    """Resolve ``"auto"``/None to the best available device; pass any torch device (or its string) through."""
+    if isinstance(requested, torch.device):
+        return requested
     if requested in (None, "", "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -307,6 +307,13 @@ class ActivationCache:
                 + (f", tokens_per_image={m.tokens_per_image})" if m.tokens_per_image else ")"))
 
 
-def open_cache(path: Path | str, verify: bool = False) -> ActivationCache:
-    """Open a complete cache folder (``manifest.json`` present); CacheError otherwise."""
+def open_cache(path: Path | str | ActivationCache, verify: bool = False) -> ActivationCache:
+    """Open a complete cache folder (``manifest.json`` present); CacheError otherwise.
+
+    An already open cache is returned as it is (``verify`` then checks its shards again).
+    """
+    if isinstance(path, ActivationCache):
+        if verify:
+            path.verify()
+        return path
     return ActivationCache(path, verify=verify)

@@ -7,15 +7,17 @@ image-level (max-pooled) features collected in that same pass.
 
 from __future__ import annotations
 
+import typing
 from abc import ABC
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from visae.config import FrozenConfig
+from visae.registry import Registry
 
 if TYPE_CHECKING:
     from visae.cache.reader import ActivationCache
@@ -54,8 +56,12 @@ class EvalContext:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class Metric(ABC):
-    """One ViSAEBench metric. Subclasses set ``name``, ``config_cls`` and implement ``finalize``."""
+ConfigT = TypeVar("ConfigT", bound=MetricConfig)
+
+
+class Metric(ABC, Generic[ConfigT]):
+    """One ViSAEBench metric: ``class M2Reconstruction(Metric[M2Config])`` sets ``name`` and implements
+    ``finalize``; the type argument becomes ``config_cls`` and types ``self.config``."""
 
     name: ClassVar[str]
     config_cls: ClassVar[type[MetricConfig]] = MetricConfig
@@ -64,11 +70,20 @@ class Metric(ABC):
     needs_stream: ClassVar[bool] = True
     """False when the metric does not need the patch-level encoded stream at all."""
 
-    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
-        self.config = config
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            args = typing.get_args(base) if typing.get_origin(base) is Metric else ()
+            if args and isinstance(args[0], type) and issubclass(args[0], MetricConfig):
+                cls.config_cls = args[0]
+
+    def __init__(self, config: ConfigT, ctx: EvalContext) -> None:
+        if not isinstance(config, self.config_cls):
+            raise TypeError(f"{self.name}: expected a {self.config_cls.__name__}, got {type(config).__name__}")
+        self.config: ConfigT = config
         self.ctx = ctx
 
-    def update(self, batch: EncodedBatch) -> None:  # noqa: B027 - optional hook
+    def update(self, batch: EncodedBatch) -> None:
         """Consume one group of encoded images (default: nothing to do)."""
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
@@ -76,10 +91,25 @@ class Metric(ABC):
         raise NotImplementedError
 
 
-METRICS: dict[str, type[Metric]] = {}
+METRICS: Registry[type[Metric[Any]]] = Registry("metric")
+"""Metric name → class; the paper's metrics are imported on first use, a plugin adds one with
+:func:`register_metric`."""
+for _name, _target, _summary in [
+    ("m1", "m1_spatial:M1Spatial", "spatial coherence of feature maps (Moran's I)"),
+    ("raw", "raw_spatial:RawSpatial", "M1's statistic on the raw backbone channels (a baseline)"),
+    ("m2", "m2_reconstruction:M2Reconstruction", "reconstruction FVU, L0, dead features"),
+    ("m3", "m3_preservation:M3Preservation", "linear-probe accuracy kept by the reconstructions"),
+    ("m4", "m4_sparse_probing:M4SparseProbing", "sparse probing accuracy at k features"),
+    ("m5", "m5_monosemanticity:M5Monosemanticity", "monosemanticity of top images, in an evaluator's space"),
+    ("m6", "m6_cross_domain:M6CrossDomain", "probe accuracy on out-of-domain sets"),
+    ("m7", "m7_absorption:M7Absorption", "feature absorption across sibling classes"),
+]:
+    METRICS.register_lazy(_name, f"visae.metrics.{_target}", summary=_summary)
+
+MetricClass = TypeVar("MetricClass", bound=type[Metric[Any]])
 
 
-def register_metric(cls: type[Metric]) -> type[Metric]:
-    """Class decorator: make a metric available to ``visae eval`` under ``cls.name``."""
-    METRICS[cls.name] = cls
+def register_metric(cls: MetricClass) -> MetricClass:
+    """Class decorator: make a metric available to ``visae eval`` under ``cls.name`` (once)."""
+    METRICS.register(cls.name, cls)
     return cls

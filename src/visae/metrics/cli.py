@@ -18,14 +18,14 @@ _COMMON_FIELDS = {"metric", "value", "higher_is_better", "note"}
 
 def parse_metric_names(text: str) -> list[str]:
     """``"m1, m2,raw"`` → ``["m1", "m2", "raw"]`` (order kept, duplicates dropped); unknown names are errors."""
-    from visae.metrics.evaluate import METRIC_MODULES
+    from visae.metrics.base import METRICS
 
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     if not names:
         raise ConfigError("--metrics: no metric named; give e.g. --metrics m1,m2,raw")
-    unknown = [n for n in names if n not in METRIC_MODULES]
+    unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise ConfigError(f"--metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRIC_MODULES)}")
+        raise ConfigError(f"--metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS.names())}")
     return names
 
 
@@ -34,14 +34,15 @@ def metric_configs(metrics: Sequence[str], config_path: Path | None = None,
     """Per-metric configs from a YAML file with one section per metric (``m1: {min_valid_images: 20}``)
     and ``--set m1.min_valid_images=20`` overrides; sections of metrics not run are checked by name only."""
     from visae.config import apply_overrides, build_config, read_yaml
-    from visae.metrics.evaluate import METRIC_MODULES, metric_class
+    from visae.metrics.base import METRICS
+    from visae.metrics.evaluate import metric_class
 
     source = str(config_path) if config_path is not None else "--set"
     data = apply_overrides(read_yaml(config_path) if config_path is not None else {}, list(overrides or []))
     for key, section in data.items():
-        if key not in METRIC_MODULES:
+        if key not in METRICS:
             raise ConfigError(f"{source}: unknown section {key!r}; sections are metric names "
-                              f"({', '.join(METRIC_MODULES)}), e.g. 'm1.min_valid_images=20'")
+                              f"({', '.join(METRICS.names())}), e.g. 'm1.min_valid_images=20'")
         if not isinstance(section, Mapping):
             raise ConfigError(f"{source}: section {key!r} must be a mapping of settings, got {section!r}")
     return {name: build_config(metric_class(name).config_cls, dict(data.get(name, {})), source=f"{source} [{name}]")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,32 +12,14 @@ import torch
 from visae.cache.reader import ActivationCache, open_cache
 from visae.config import build_config
 from visae.device import pick_device
-from visae.errors import ConfigError
 from visae.io import atomic_write_json
 from visae.metrics.base import METRICS, EvalContext, Metric, MetricConfig, MetricResult
 from visae.metrics.encode import PooledCollector, encode_stream
 from visae.sae.base import SAE
 
-# Registry name → module that registers it (imported on first use so a missing optional part fails late).
-METRIC_MODULES: dict[str, str] = {
-    "m1": "visae.metrics.m1_spatial",
-    "raw": "visae.metrics.raw_spatial",
-    "m2": "visae.metrics.m2_reconstruction",
-    "m3": "visae.metrics.m3_preservation",
-    "m4": "visae.metrics.m4_sparse_probing",
-    "m5": "visae.metrics.m5_monosemanticity",
-    "m6": "visae.metrics.m6_cross_domain",
-    "m7": "visae.metrics.m7_absorption",
-}
 
-
-def metric_class(name: str) -> type[Metric]:
-    """The registered class for a metric name, importing its module if needed."""
-    if name not in METRICS:
-        module = METRIC_MODULES.get(name)
-        if module is None:
-            raise ConfigError(f"metrics: unknown metric {name!r}; known: {', '.join(METRIC_MODULES)}")
-        importlib.import_module(module)
+def metric_class(name: str) -> type[Metric[Any]]:
+    """The registered class for a metric name, importing its module if needed (ConfigError when unknown)."""
     return METRICS[name]
 
 
@@ -56,19 +37,15 @@ def evaluate(
 
     Every metric shares one streaming pass over the cache: codes are computed once per evaluation.
     """
-    from visae.sae.checkpoint import load_sae, sae_fingerprint
+    from visae.sae.checkpoint import resolve_sae
 
-    sae_path = str(sae) if isinstance(sae, (str, Path)) else ""
-    sae_model = load_sae(sae) if isinstance(sae, (str, Path)) else sae
-    cache_obj = cache if isinstance(cache, ActivationCache) else open_cache(cache)
-    dev = device if isinstance(device, torch.device) else pick_device(device)
+    sae_model, sae_id = resolve_sae(sae)
+    cache_obj = open_cache(cache)
+    dev = pick_device(device)
     out_path = Path(out_dir) if out_dir is not None else None
-    ctx = EvalContext(
-        sae=sae_model, cache=cache_obj, device=dev, out_dir=out_path,
-        sae_id=sae_path or sae_fingerprint(sae_model),
-        backbone=backbone or cache_obj.manifest.backbone,
-    )
-    instances: dict[str, Metric] = {}
+    ctx = EvalContext(sae=sae_model, cache=cache_obj, device=dev, out_dir=out_path, sae_id=sae_id,
+                      backbone=backbone or cache_obj.manifest.backbone)
+    instances: dict[str, Metric[Any]] = {}
     for name in metrics:
         cls = metric_class(name)
         given = (configs or {}).get(name, {})

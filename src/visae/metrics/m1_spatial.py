@@ -307,17 +307,13 @@ def _summarize_m1(acc: MoranAccumulator, config: M1Config) -> M1Result:
 
 
 @register_metric
-class M1Spatial(Metric):
+class M1Spatial(Metric[M1Config]):
     """Registered as ``m1``."""
 
     name: ClassVar[str] = "m1"
-    config_cls: ClassVar[type[MetricConfig]] = M1Config
 
-    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
+    def __init__(self, config: M1Config, ctx: EvalContext) -> None:
         super().__init__(config, ctx)
-        if not isinstance(config, M1Config):
-            raise TypeError(f"m1: expected an M1Config, got {type(config).__name__}")
-        self.cfg = config
         self.acc = M1Accumulator(ctx.sae.d_sae, config, ctx.device)
 
     def update(self, batch: EncodedBatch) -> None:
@@ -326,8 +322,8 @@ class M1Spatial(Metric):
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
         """Summarize; write the per-feature table when an output folder is set."""
-        result = _summarize_m1(self.acc, self.cfg)
-        if self.ctx.out_dir is not None and self.cfg.write_features:
+        result = _summarize_m1(self.acc, self.config)
+        if self.ctx.out_dir is not None and self.config.write_features:
             means, count = self.acc.feature_means()
             write_feature_table(self.ctx.out_dir / FEATURES_TABLE, means, count)
         return result

@@ -130,16 +130,13 @@ def compute_m2(batches: Iterable[EncodedBatch], config: M2Config | None = None) 
 
 
 @register_metric
-class M2Reconstruction(Metric):
+class M2Reconstruction(Metric[M2Config]):
     """Registered as ``m2``."""
 
     name: ClassVar[str] = "m2"
-    config_cls: ClassVar[type[MetricConfig]] = M2Config
 
-    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
+    def __init__(self, config: M2Config, ctx: EvalContext) -> None:
         super().__init__(config, ctx)
-        if not isinstance(config, M2Config):
-            raise TypeError(f"m2: expected an M2Config, got {type(config).__name__}")
         self.acc = M2Accumulator(ctx.sae.d_in, ctx.sae.d_sae, config, ctx.device)
 
     def update(self, batch: EncodedBatch) -> None:

@@ -14,7 +14,7 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
+from visae.metrics.base import Metric, MetricConfig, MetricResult, register_metric
 from visae.metrics.encode import PooledFeatures
 from visae.metrics.probes import ProbeConfig, fit_probe, stratified_split
 
@@ -55,22 +55,15 @@ def compute_m3(acts_nd: np.ndarray, recon_nd: np.ndarray, labels_n: np.ndarray,
 
 
 @register_metric
-class M3Preservation(Metric):
+class M3Preservation(Metric[M3Config]):
     """Registered as ``m3``."""
 
     name: ClassVar[str] = "m3"
-    config_cls: ClassVar[type[MetricConfig]] = M3Config
     needs_pooled: ClassVar[bool] = True
     needs_stream: ClassVar[bool] = False
-
-    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
-        super().__init__(config, ctx)
-        if not isinstance(config, M3Config):
-            raise TypeError(f"m3: expected an M3Config, got {type(config).__name__}")
-        self.cfg = config
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
         """Fit the raw probe and score raw and reconstructed held-out features."""
         if pooled is None:
             raise ValueError("m3: needs the pooled features of the evaluation pass")
-        return compute_m3(pooled.acts_nd, pooled.recon_nd, pooled.labels_n, self.cfg)
+        return compute_m3(pooled.acts_nd, pooled.recon_nd, pooled.labels_n, self.config)

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
+from visae.metrics.base import Metric, MetricConfig, MetricResult, register_metric
 from visae.metrics.encode import PooledFeatures
 from visae.metrics.probes import (
     ArrayLike,
@@ -144,25 +144,18 @@ def write_curve(path: str | object, result: M4Result) -> None:
 
 
 @register_metric
-class M4SparseProbing(Metric):
+class M4SparseProbing(Metric[M4Config]):
     """Registered as ``m4``."""
 
     name: ClassVar[str] = "m4"
-    config_cls: ClassVar[type[MetricConfig]] = M4Config
     needs_pooled: ClassVar[bool] = True
     needs_stream: ClassVar[bool] = False
-
-    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
-        super().__init__(config, ctx)
-        if not isinstance(config, M4Config):
-            raise TypeError(f"m4: expected an M4Config, got {type(config).__name__}")
-        self.cfg = config
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
         """Rank, probe every budget, write the curve table."""
         if pooled is None:
             raise ValueError("m4: needs the pooled features of the evaluation pass")
-        result = compute_m4(pooled.codes_nf, pooled.labels_n, self.cfg)
-        if self.ctx.out_dir is not None and self.cfg.write_curve:
+        result = compute_m4(pooled.codes_nf, pooled.labels_n, self.config)
+        if self.ctx.out_dir is not None and self.config.write_curve:
             write_curve(self.ctx.out_dir / CURVE_TABLE, result)
         return result

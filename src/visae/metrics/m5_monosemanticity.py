@@ -366,19 +366,16 @@ def preprocessing_key(backbone: Backbone) -> dict[str, Any]:
 
 
 @register_metric
-class M5Monosemanticity(Metric):
+class M5Monosemanticity(Metric[M5Config]):
     """M5 over the shared encoding pass; the evaluator embedder can be injected as
     ``ctx.extras["m5_embedder"]`` (an :class:`ImageEmbedder`, e.g. with planted embeddings)."""
 
     name = "m5"
-    config_cls = M5Config
     needs_pooled = False
     needs_stream = True
 
-    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
+    def __init__(self, config: M5Config, ctx: EvalContext) -> None:
         super().__init__(config, ctx)
-        assert isinstance(config, M5Config)
-        self.cfg: M5Config = config
         self.embedder: ImageEmbedder | None = ctx.extras.get("m5_embedder")
         # Resolve (and refuse) the evaluator before the encoding pass, not after it.
         if self.embedder is None:
@@ -396,15 +393,15 @@ class M5Monosemanticity(Metric):
         from visae.backbones.registry import load_backbone
 
         backbone = load_backbone(self.evaluator, device=str(self.ctx.device),
-                                 weights_path=self.cfg.evaluator_weights, image_size=self.cfg.evaluator_image_size)
+                                 weights_path=self.config.evaluator_weights, image_size=self.config.evaluator_image_size)
         cache = self.ctx.cache
-        if backbone.weights_id == cache.manifest.weights_id and not self.cfg.allow_same_backbone:
+        if backbone.weights_id == cache.manifest.weights_id and not self.config.allow_same_backbone:
             raise ConfigError(f"metrics.m5.evaluator: {self.evaluator!r} has the same weights as the cache's "
                               f"backbone {cache.manifest.backbone!r}; choose another evaluator or set "
                               "allow_same_backbone: true")
         source, source_index_n = open_cache_source(cache)
-        inner = BackboneEmbedder(backbone, source, source_index_n, batch_size=self.cfg.embed_batch_size)
-        store_dir = Path(self.cfg.embeddings_dir) if self.cfg.embeddings_dir else Path(cache.path) / "embeddings"
+        inner = BackboneEmbedder(backbone, source, source_index_n, batch_size=self.config.embed_batch_size)
+        store_dir = Path(self.config.embeddings_dir) if self.config.embeddings_dir else Path(cache.path) / "embeddings"
         self.store = EmbeddingStore(store_dir, self.evaluator, backbone.weights_id, cache.image_ids,
                                     embedding_kind=backbone.embedding_kind,
                                     preprocessing=preprocessing_key(backbone))
@@ -431,9 +428,9 @@ class M5Monosemanticity(Metric):
             return np.asarray(self.embedder(index_n))
 
         result, table = compute_m5(values_kf, index_kf, min_f, max_f, self.ctx.cache.labels, embed_lazily,
-                                   self.cfg, evaluator=self.evaluator, embedding_kind=kind)
+                                   self.config, evaluator=self.evaluator, embedding_kind=kind)
         if "kind" in loaded:
             result = result.model_copy(update={"embedding_kind": loaded["kind"]})
-        if self.cfg.write_features and self.ctx.out_dir is not None and len(table):
+        if self.config.write_features and self.ctx.out_dir is not None and len(table):
             write_features_table(table, self.ctx.out_dir / FEATURES_FILE)
         return result

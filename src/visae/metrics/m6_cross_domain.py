@@ -154,20 +154,13 @@ def compute_m6(ctx: EvalContext, config: M6Config) -> M6Result:
 
 
 @register_metric
-class M6CrossDomain(Metric):
+class M6CrossDomain(Metric[M6Config]):
     """Registered as ``m6``; encodes its own out-of-domain caches (the evaluation cache is not used)."""
 
     name: ClassVar[str] = "m6"
-    config_cls: ClassVar[type[MetricConfig]] = M6Config
     needs_pooled: ClassVar[bool] = False
     needs_stream: ClassVar[bool] = False
 
-    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
-        super().__init__(config, ctx)
-        if not isinstance(config, M6Config):
-            raise TypeError(f"m6: expected an M6Config, got {type(config).__name__}")
-        self.cfg = config
-
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
         """Encode every out-of-domain cache and probe it."""
-        return compute_m6(self.ctx, self.cfg)
+        return compute_m6(self.ctx, self.config)

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
 from visae.errors import ConfigError
-from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
+from visae.metrics.base import Metric, MetricConfig, MetricResult, register_metric
 from visae.metrics.encode import PooledFeatures
 from visae.metrics.probes import (
     ArrayLike,
@@ -149,19 +149,12 @@ def write_tasks(path: Path, tasks: list[dict[str, object]], class_names: list[st
 
 
 @register_metric
-class M7Absorption(Metric):
+class M7Absorption(Metric[M7Config]):
     """Registered as ``m7``."""
 
     name: ClassVar[str] = "m7"
-    config_cls: ClassVar[type[MetricConfig]] = M7Config
     needs_pooled: ClassVar[bool] = True
     needs_stream: ClassVar[bool] = False
-
-    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
-        super().__init__(config, ctx)
-        if not isinstance(config, M7Config):
-            raise TypeError(f"m7: expected an M7Config, got {type(config).__name__}")
-        self.cfg = config
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
         """Build the tasks from the hierarchy matching the cache's classes, probe them, write the detail."""
@@ -170,19 +163,19 @@ class M7Absorption(Metric):
         if pooled is None:
             raise ValueError("m7: needs the pooled features of the evaluation pass")
         class_names = list(self.ctx.cache.class_names)
-        hierarchy = load_hierarchy(self.cfg.hierarchy, class_names, self.cfg.min_group_size)
-        named = hierarchy.named_sibling_groups(class_names, self.cfg.min_group_size) if hierarchy else []
+        hierarchy = load_hierarchy(self.config.hierarchy, class_names, self.config.min_group_size)
+        named = hierarchy.named_sibling_groups(class_names, self.config.min_group_size) if hierarchy else []
         if not named:
-            if self.cfg.hierarchy != "auto":
-                raise ConfigError(f"m7.hierarchy={self.cfg.hierarchy!r}: no sibling group of ≥ "
-                                  f"{self.cfg.min_group_size} classes matches the cache's class names "
+            if self.config.hierarchy != "auto":
+                raise ConfigError(f"m7.hierarchy={self.config.hierarchy!r}: no sibling group of ≥ "
+                                  f"{self.config.min_group_size} classes matches the cache's class names "
                                   f"({', '.join(class_names[:5])} …); check the names in the hierarchy file")
             return M7Result(metric="m7", value=None, higher_is_better=False,
                             note="no shipped hierarchy matches the cache's class names; set m7.hierarchy to a "
                                  "hierarchy JSON file", n_tasks=0, n_absorbed=0, n_groups=0, hierarchy="",
                             mean_f1_k1=None, mean_f1_k4=None, grid=[])
-        result, tasks = compute_m7(pooled.codes_nf, pooled.labels_n, [g for _, g in named], self.cfg,
+        result, tasks = compute_m7(pooled.codes_nf, pooled.labels_n, [g for _, g in named], self.config,
                                    [n for n, _ in named], hierarchy.name if hierarchy else "")
-        if self.ctx.out_dir is not None and self.cfg.write_tasks:
+        if self.ctx.out_dir is not None and self.config.write_tasks:
             write_tasks(self.ctx.out_dir / TASKS_TABLE, tasks, class_names)
         return result

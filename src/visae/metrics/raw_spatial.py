@@ -96,17 +96,13 @@ def compute_raw(batches: Iterable[tuple[torch.Tensor, tuple[int, int]]], config:
 
 
 @register_metric
-class RawSpatial(Metric):
+class RawSpatial(Metric[RawConfig]):
     """Registered as ``raw``."""
 
     name: ClassVar[str] = "raw"
-    config_cls: ClassVar[type[MetricConfig]] = RawConfig
 
-    def __init__(self, config: MetricConfig, ctx: EvalContext) -> None:
+    def __init__(self, config: RawConfig, ctx: EvalContext) -> None:
         super().__init__(config, ctx)
-        if not isinstance(config, RawConfig):
-            raise TypeError(f"raw: expected a RawConfig, got {type(config).__name__}")
-        self.cfg = config
         scale = float(torch.as_tensor(ctx.sae.act_std))
         self.acc = RawAccumulator(ctx.sae.d_in, config, ctx.device, input_scale=scale)
 
@@ -116,8 +112,8 @@ class RawSpatial(Metric):
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
         """Summarize; write the per-channel table when an output folder is set."""
-        result = _summarize_raw(self.acc, self.cfg)
-        if self.ctx.out_dir is not None and self.cfg.write_features:
+        result = _summarize_raw(self.acc, self.config)
+        if self.ctx.out_dir is not None and self.config.write_features:
             means, count = self.acc.feature_means()
             write_feature_table(self.ctx.out_dir / CHANNELS_TABLE, means, count)
         return result

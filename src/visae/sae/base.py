@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from visae.errors import ConfigError
+
 
 @dataclass
 class SAEOutput:
@@ -31,11 +33,15 @@ class SAE(nn.Module):
     """
 
     family: ClassVar[str] = "base"
+    needs_k: ClassVar[bool] = False
+    """True for families whose sparsity rule is "keep K per token" (TopK, BatchTopK)."""
     act_mean: torch.Tensor
     act_std: torch.Tensor
 
     def __init__(self, d_in: int, d_sae: int, k: int | None = None, **hparams: Any) -> None:
         super().__init__()
+        if self.needs_k and (k is None or k < 1):
+            raise ConfigError(f"{self.family}: k (active features per token) must be a positive integer, got {k!r}")
         self.d_in = d_in
         self.d_sae = d_sae
         self.k = k
@@ -57,6 +63,13 @@ class SAE(nn.Module):
             self.W_enc.copy_(w.T)
             self.b_enc.zero_()
             self.b_dec.zero_()
+
+    @property
+    def k_per_token(self) -> int:
+        """K of a keep-K family (set at construction, so never missing for one)."""
+        if self.k is None:
+            raise ConfigError(f"{self.family} SAE has no k (active features per token)")
+        return int(self.k)
 
     # --- normalization -------------------------------------------------------------------------
     def set_normalization(self, mean_d: torch.Tensor, std: float) -> None:

@@ -24,6 +24,7 @@ class BatchTopKSAE(TrainableSAE):
     """BatchTopK in training; ``pre · 1[pre > threshold]`` at inference."""
 
     family = "batchtopk"
+    needs_k = True
     threshold: torch.Tensor
 
     def __init__(self, d_in: int, d_sae: int, k: int | None = None, threshold_momentum: float = 0.99,
@@ -41,13 +42,13 @@ class BatchTopKSAE(TrainableSAE):
         """JumpReLU at the stored threshold; per-token TopK only while no threshold exists yet."""
         pre = self.pre_acts(x_nd)
         if not self.calibrated:
-            return select_topk(pre, int(self.k or 1)).to_dense().to(x_nd.dtype)
+            return select_topk(pre, self.k_per_token).to_dense().to(x_nd.dtype)
         return pre * (pre > self.threshold.to(pre.dtype).clamp_min(0.0))
 
     def training_step(self, x_bd: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
                       keep_residual: bool = False) -> StepResult:
         """Sparse BatchTopK step; the threshold buffer tracks an EMA of the batch cut."""
-        res = topk_step(x_bd, self.W_enc, self.b_enc, self.W_dec, self.b_dec, int(self.k or 1), batch=True,
+        res = topk_step(x_bd, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k_per_token, batch=True,
                         compute_dtype=compute_dtype, keep_residual=keep_residual)
         with torch.no_grad():
             if self.calibrated:
@@ -59,7 +60,7 @@ class BatchTopKSAE(TrainableSAE):
 
     def train_forward_codes(self, x_bd: torch.Tensor) -> torch.Tensor:
         """Dense training-mode codes (batch-coupled), for tests and small problems."""
-        codes, _ = encode_select(x_bd, self.W_enc, self.b_enc, self.b_dec, int(self.k or 1), batch=True)
+        codes, _ = encode_select(x_bd, self.W_enc, self.b_enc, self.b_dec, self.k_per_token, batch=True)
         return codes.to_dense()
 
     def forward(self, x_nd: torch.Tensor) -> SAEOutput:
@@ -80,7 +81,7 @@ def calibrate_threshold(sae: BatchTopKSAE, batches_bd: Iterable[torch.Tensor]) -
     running buffer, so memory is ``O(N·K)`` whatever ``F``. Returns the threshold, the number of tokens
     and the inference L0 measured on the same tokens.
     """
-    k = int(sae.k or 1)
+    k = sae.k_per_token
     device = sae.W_enc.device
     batches = list(batches_bd)
     n_tokens = sum(int(x.shape[0]) for x in batches)

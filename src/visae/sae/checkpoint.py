@@ -82,6 +82,14 @@ def sae_fingerprint(sae: SAE) -> str:
     return h.hexdigest()[:16]
 
 
+def resolve_sae(sae: SAE | Path | str) -> tuple[SAE, str]:
+    """An SAE and the id results record for it: a loaded checkpoint and its path, or a model and its
+    :func:`sae_fingerprint`."""
+    if isinstance(sae, (str, Path)):
+        return load_sae(sae), str(sae)
+    return sae, sae_fingerprint(sae)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -361,4 +369,4 @@ def _load_pt(pt_path: Path) -> SAE:
     return _load_saev(pt_path) if first == b"{" else _load_overcomplete(pt_path)
 
 
-__all__ = ["SAE_FAMILIES", "load_sae", "sae_config", "sae_fingerprint", "save_sae"]
+__all__ = ["SAE_FAMILIES", "load_sae", "resolve_sae", "sae_config", "sae_fingerprint", "save_sae"]

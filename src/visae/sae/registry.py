@@ -1,34 +1,30 @@
-"""The SAE families by name: ``make_sae("batchtopk", d_in=768, expansion=16, k=128)``."""
+"""The SAE families by name: ``make_sae("batchtopk", d_in=768, expansion=16, k=128)``.
+
+A plugin adds a family with ``SAE_FAMILIES.register("mine", MySAE)`` (a :class:`TrainableSAE` subclass).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from visae.errors import ConfigError
-from visae.sae.batchtopk import BatchTopKSAE
+from visae.registry import Registry
 from visae.sae.family import TrainableSAE
-from visae.sae.jumprelu import JumpReLUSAE
-from visae.sae.relu import ReLUSAE
-from visae.sae.topk import TopKSAE
 
-SAE_FAMILIES: dict[str, type[TrainableSAE]] = {
-    "batchtopk": BatchTopKSAE,
-    "topk": TopKSAE,
-    "jumprelu": JumpReLUSAE,
-    "relu": ReLUSAE,
-}
-_ALIASES = {"batch_topk": "batchtopk", "batch-topk": "batchtopk", "top_k": "topk", "top-k": "topk",
-            "jump_relu": "jumprelu", "jump-relu": "jumprelu", "standard": "relu", "l1": "relu",
-            "relu_l1": "relu"}
-_NEEDS_K = {"batchtopk", "topk"}
+SAE_FAMILIES: Registry[type[TrainableSAE]] = Registry("SAE family", normalize=str.lower)
+SAE_FAMILIES.register_lazy("batchtopk", "visae.sae.batchtopk:BatchTopKSAE", aliases=("batch_topk", "batch-topk"),
+                           summary="BatchTopK (Bussmann et al. 2024), inference at a calibrated threshold")
+SAE_FAMILIES.register_lazy("topk", "visae.sae.topk:TopKSAE", aliases=("top_k", "top-k"),
+                           summary="TopK (Gao et al. 2024): K largest per token")
+SAE_FAMILIES.register_lazy("jumprelu", "visae.sae.jumprelu:JumpReLUSAE", aliases=("jump_relu", "jump-relu"),
+                           summary="JumpReLU (Rajamanoharan et al. 2024), L0 penalty or target L0")
+SAE_FAMILIES.register_lazy("relu", "visae.sae.relu:ReLUSAE", aliases=("standard", "l1", "relu_l1"),
+                           summary="ReLU with an L1 penalty (standard SAE)")
 
 
 def canonical_family(family: str) -> str:
     """Resolve aliases (``batch-topk`` → ``batchtopk``); ConfigError for an unknown family."""
-    name = _ALIASES.get(family.lower(), family.lower())
-    if name not in SAE_FAMILIES:
-        raise ConfigError(f"unknown SAE family {family!r}; choose one of {', '.join(SAE_FAMILIES)}")
-    return name
+    return SAE_FAMILIES.canonical(family)
 
 
 def make_sae(family: str, d_in: int, expansion: float | None = None, d_sae: int | None = None,
@@ -47,8 +43,6 @@ def make_sae(family: str, d_in: int, expansion: float | None = None, d_sae: int 
         raise ConfigError(f"{name}: d_sae={d_sae} disagrees with expansion={expansion} × d_in={d_in}")
     if d_in < 1 or d_sae < 1:
         raise ConfigError(f"{name}: d_in and d_sae must be ≥ 1 (got {d_in}, {d_sae})")
-    if name in _NEEDS_K and (k is None or k < 1):
-        raise ConfigError(f"{name}: k (active features per token) must be a positive integer, got {k!r}")
     if k is not None and k > d_sae:
         raise ConfigError(f"{name}: k={k} exceeds d_sae={d_sae}")
     return SAE_FAMILIES[name](d_in, d_sae, k, **hparams)

@@ -15,7 +15,7 @@ SAEs of one backbone, returning tidy rows for a study's results table (metric na
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,46 +27,26 @@ from visae.device import pick_device
 from visae.errors import ConfigError
 from visae.sae.base import SAE
 from visae.tasks.base import TaskConfig, TaskResult, write_task_result
+from visae.tasks.registry import TASKS, TaskSpec
 
 CacheArg = ActivationCache | str | Path | Mapping[str, ActivationCache | str | Path]
-Runner = Callable[[SAE | None, Any, Any, torch.device], TaskResult]
-
-
-def _registry() -> dict[str, tuple[type[TaskConfig], Runner, dict[str, Any]]]:
-    from visae.tasks.classification import ClassificationConfig, run_classification
-    from visae.tasks.retrieval import RetrievalConfig, run_retrieval
-    from visae.tasks.segmentation import SegmentationConfig, run_segmentation
-
-    return {
-        "retrieval": (RetrievalConfig, run_retrieval, {}),
-        "segmentation": (SegmentationConfig, run_segmentation, {}),
-        "classification": (ClassificationConfig, run_classification, {}),
-        "cub": (ClassificationConfig, run_classification, {"name": "cub"}),
-        "dtd": (ClassificationConfig, run_classification, {"name": "dtd"}),
-        "inat": (ClassificationConfig, run_classification, {"name": "inat"}),
-    }
-
-
-TASK_NAMES = ("retrieval", "segmentation", "classification", "cub", "dtd", "inat")
+TASK_NAMES = tuple(TASKS)
 
 
 def task_config(name: str, config: TaskConfig | Mapping[str, Any] | None = None) -> TaskConfig:
     """The validated config of task ``name`` (a mapping is merged over the task's defaults)."""
-    reg = _registry()
-    if name not in reg:
-        raise ConfigError(f"task: unknown task {name!r}; known: {', '.join(TASK_NAMES)}")
-    cls, _, defaults = reg[name]
+    spec = TASKS[name]
     if isinstance(config, TaskConfig):
-        if not isinstance(config, cls):
-            raise ConfigError(f"task {name}: expected a {cls.__name__}, got {type(config).__name__}")
+        if not isinstance(config, spec.config_cls):
+            raise ConfigError(f"task {name}: expected a {spec.config_cls.__name__}, got {type(config).__name__}")
         return config
-    return build_config(cls, {**defaults, **dict(config or {})}, source=f"tasks.{name}")
+    return build_config(spec.config_cls, {**spec.defaults, **dict(config or {})}, source=f"tasks.{name}")
 
 
 def _open_caches(caches: CacheArg) -> ActivationCache | dict[str, ActivationCache]:
     if isinstance(caches, Mapping):
-        return {k: v if isinstance(v, ActivationCache) else open_cache(v) for k, v in caches.items()}
-    return caches if isinstance(caches, ActivationCache) else open_cache(caches)
+        return {k: open_cache(v) for k, v in caches.items()}
+    return open_cache(caches)
 
 
 def _inputs(caches: ActivationCache | dict[str, ActivationCache], sae_id: str) -> dict[str, Any]:
@@ -80,29 +60,15 @@ def run_task(name: str, sae: SAE | str | Path | None, caches: CacheArg,
              device: str | torch.device = "auto") -> TaskResult:
     """Run task ``name`` for ``sae`` (None: raw features only) on ``caches`` (one cache, or a mapping such as
     ``{"train": …, "val": …}``); write ``<out_dir>/task_<task>.json`` when ``out_dir`` is given."""
+    from visae.sae.checkpoint import resolve_sae
+
     started = time.perf_counter()
     cfg = task_config(name, config)
-    sae_id = str(sae) if isinstance(sae, (str, Path)) else ""
-    model: SAE | None
-    if isinstance(sae, (str, Path)):
-        from visae.sae.checkpoint import load_sae
-
-        model = load_sae(sae)
-    else:
-        model = sae
-    if model is not None and not sae_id:
-        try:
-            from visae.sae.checkpoint import sae_fingerprint
-
-            sae_id = sae_fingerprint(model)
-        except ImportError:  # checkpoint support not installed with this build
-            sae_id = f"{type(model).__name__}-{model.d_sae}"
+    model, sae_id = resolve_sae(sae) if sae is not None else (None, "")
     if model is None and cfg.features != ["raw"]:
         cfg = cfg.model_copy(update={"features": ["raw"]})
     opened = _open_caches(caches)
-    dev = device if isinstance(device, torch.device) else pick_device(device)
-    _, runner, _ = _registry()[name]
-    result = runner(model, opened, cfg, dev)
+    result = TASKS[name].runner(model, opened, cfg, pick_device(device))
     if out_dir is not None:
         write_task_result(out_dir, result, cfg, _inputs(opened, sae_id), started)
     return result
@@ -133,4 +99,4 @@ def task_rows(name: str, caches: CacheArg, saes: Mapping[str, SAE], config: Mapp
     return rows
 
 
-__all__ = ["TASK_NAMES", "TaskConfig", "TaskResult", "run_task", "task_config", "task_rows"]
+__all__ = ["TASKS", "TASK_NAMES", "TaskConfig", "TaskResult", "TaskSpec", "run_task", "task_config", "task_rows"]

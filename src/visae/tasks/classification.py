@@ -32,6 +32,7 @@ from visae.metrics.probes import (
 )
 from visae.sae.base import SAE
 from visae.tasks.base import TaskConfig, TaskResult, check_features, headline, pooled_features
+from visae.tasks.registry import TaskSpec
 
 
 class ClassificationConfig(TaskConfig):
@@ -111,3 +112,9 @@ def run_classification(sae: SAE | None, caches: ActivationCache | Mapping[str, A
     return TaskResult(metric=f"task:{config.name}", task=config.name, value=headline(scores, f"{config.name}_acc"),
                       higher_is_better=True, scores=scores, protocol=protocol, n_train=len(y_train),
                       n_eval=len(y_test), note="; ".join(notes))
+
+
+CLASSIFICATION = TaskSpec(ClassificationConfig, run_classification)
+CUB = TaskSpec(ClassificationConfig, run_classification, {"name": "cub"})
+DTD = TaskSpec(ClassificationConfig, run_classification, {"name": "dtd"})
+INAT = TaskSpec(ClassificationConfig, run_classification, {"name": "inat"})

@@ -26,6 +26,7 @@ from visae.cache.reader import ActivationCache
 from visae.errors import ConfigError
 from visae.sae.base import SAE
 from visae.tasks.base import TaskConfig, TaskResult, check_features, headline, pooled_features
+from visae.tasks.registry import TaskSpec
 
 
 class RetrievalConfig(TaskConfig):
@@ -117,3 +118,5 @@ def run_retrieval(sae: SAE | None, cache: ActivationCache, config: RetrievalConf
     return TaskResult(metric="task:retrieval", task="retrieval", value=headline(scores, "retrieval_r1"),
                       higher_is_better=True, scores=scores, protocol=protocol, n_eval=n_eval)
 
+
+RETRIEVAL = TaskSpec(RetrievalConfig, run_retrieval)

@@ -33,6 +33,7 @@ from visae.cache.reader import ActivationCache
 from visae.errors import ConfigError, DataError
 from visae.sae.base import SAE
 from visae.tasks.base import FeatureGroup, TaskConfig, TaskResult, check_features, headline, iter_features
+from visae.tasks.registry import TaskSpec
 
 
 class SegmentationConfig(TaskConfig):
@@ -318,3 +319,6 @@ def run_segmentation(sae: SAE | None, caches: ActivationCache | Mapping[str, Act
     return TaskResult(metric="task:segmentation", task="segmentation", value=headline(scores, "segmentation_miou"),
                       higher_is_better=True, scores=scores, protocol=protocol, n_train=len(y), n_eval=n_eval,
                       note="; ".join(notes))
+
+
+SEGMENTATION = TaskSpec(SegmentationConfig, run_segmentation)
