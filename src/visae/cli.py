@@ -26,6 +26,7 @@ STAGE_CLIS = [
     "visae.study.cli",       # study run/status, demo
     "visae.report.cli",      # report
     "visae.datasets.cli",    # data fetch
+    "visae.sae.hub_cli",     # ls, export
 ]
 
 @app.callback()

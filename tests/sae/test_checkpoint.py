@@ -156,5 +156,5 @@ def test_saev_layout(tmp_path: Path) -> None:
 
 def test_hub_id_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="Hugging Face Hub"):
+    with pytest.raises(CheckpointError, match=r"not found.*Hugging Face cache"):
         load_sae("visaebench/no-such-repo-xyz", subfolder="batchtopk_8x_k64")

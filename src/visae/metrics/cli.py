@@ -11,6 +11,7 @@ import typer
 from visae.cli_common import ConfigOpt, SetOpt, run_guarded
 from visae.errors import ConfigError
 from visae.metrics.base import MetricConfig, MetricResult
+from visae.sae.hub_cli import RevisionOpt, SubfolderOpt, sae_reference
 
 # Fields every result has; the table shows the rest.
 _COMMON_FIELDS = {"metric", "value", "higher_is_better", "note"}
@@ -75,13 +76,15 @@ def register(app: typer.Typer) -> None:
 
     @app.command("eval")
     def eval_command(
-        sae: Annotated[str, typer.Option("--sae", help="SAE checkpoint folder or hub id.")],
+        sae: Annotated[str, typer.Option("--sae", help="SAE checkpoint folder, or hub repo REPO[:SUBFOLDER][@REVISION].")],
         cache: Annotated[Path, typer.Option("--cache", help="Evaluation activation cache folder.")],
         metrics: Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated metrics: m1,m2,raw,m3 … m7.")] = "m1,m2",
         out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for <metric>.json and per-feature tables.")] = None,
         group_size: Annotated[int, typer.Option("--group-size", min=1, help="Images per encoding group (paper Table 2: 64); reduced automatically to bound memory.")] = 64,
         device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
         backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name for evaluator pairing (default: the cache's).")] = None,
+        subfolder: SubfolderOpt = None,
+        revision: RevisionOpt = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
@@ -91,7 +94,7 @@ def register(app: typer.Typer) -> None:
 
         names = run_guarded(parse_metric_names, metrics)
         cfgs = run_guarded(metric_configs, names, config, set_)
-        sae_arg: str | Path = Path(sae) if Path(sae).exists() else sae
+        sae_arg = run_guarded(sae_reference, sae, subfolder, revision)
         results = run_guarded(evaluate, sae_arg, cache, metrics=names, out_dir=out, configs=cfgs, device=device,
                               group_size=group_size, backbone=backbone)
         typer.echo(format_results(results))

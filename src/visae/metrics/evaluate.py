@@ -39,12 +39,19 @@ def evaluate(
     """
     from visae.sae.checkpoint import resolve_sae
 
-    sae_model, sae_id = resolve_sae(sae)
+    provenance: dict[str, Any] = {}
+    if isinstance(sae, (str, Path)):
+        from visae.sae.hub import load_sae_with_provenance
+
+        sae_model, provenance = load_sae_with_provenance(sae)  # a local path or repo:subfolder@revision
+        sae_id = str(sae)
+    else:
+        sae_model, sae_id = resolve_sae(sae)
     cache_obj = open_cache(cache)
     dev = pick_device(device)
     out_path = Path(out_dir) if out_dir is not None else None
     ctx = EvalContext(sae=sae_model, cache=cache_obj, device=dev, out_dir=out_path, sae_id=sae_id,
-                      backbone=backbone or cache_obj.manifest.backbone)
+                      backbone=backbone or cache_obj.manifest.backbone, extras={"sae_provenance": provenance})
     instances: dict[str, Metric[Any]] = {}
     for name in metrics:
         cls = metric_class(name)
@@ -86,7 +93,7 @@ def write_result(path: Path, result: MetricResult, config: MetricConfig, ctx: Ev
         "result": result.model_dump(mode="json"),
         "config": config.to_dict(),
         "inputs": {"sae": ctx.sae_id, "cache": ctx.cache.manifest.hash, "cache_path": str(ctx.cache.path),
-                   "backbone": ctx.backbone},
+                   "backbone": ctx.backbone, "sae_provenance": ctx.extras.get("sae_provenance") or None},
         "seconds": {"finalize": round(seconds, 3), "total": round(stream_seconds, 3)},
         "visae_version": __version__,
     })

@@ -314,32 +314,16 @@ def _load_saev(pt_path: Path) -> SAE:
 
 
 # --- entry point ------------------------------------------------------------------------------------------
-def _download(hub_id: str, subfolder: str | None) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        patterns = [f"{subfolder}/*"] if subfolder else None
-        return Path(snapshot_download(repo_id=hub_id, allow_patterns=patterns))
-    except Exception as e:
-        raise CheckpointError(f"{hub_id!r} is not a local path and could not be downloaded from the Hugging "
-                              f"Face Hub ({type(e).__name__}: {e}); check the id and your connection, or "
-                              f"pass a local folder") from e
-
-
 def load_sae(path_or_hub_id: Path | str, subfolder: str | None = None, device: str | torch.device | None = None,
-             ) -> SAE:
-    """Load an SAE from a folder/file (ours, the authors' release, SAELens, saev) or a Hub repo id."""
-    path = Path(path_or_hub_id)
-    if not path.exists():
-        if isinstance(path_or_hub_id, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", path_or_hub_id):
-            path = _download(path_or_hub_id, subfolder)
-        else:
-            raise CheckpointError(f"{path}: no such file or folder")
-    if subfolder:
-        path = path / subfolder
-        if not path.exists():
-            raise CheckpointError(f"{path}: subfolder {subfolder!r} not found")
-    sae = _dispatch(path)
+             revision: str | None = None) -> SAE:
+    """Load an SAE from a folder/file (ours, the authors' release, SAELens, saev) or a Hub repo.
+
+    Hub repos: ``"org/name"`` with ``subfolder``/``revision``, or ``"org/name:subfolder@revision"``; see
+    :func:`visae.sae.hub.parse_sae_ref`. Offline (``HF_HUB_OFFLINE=1``) the local hub cache is read.
+    """
+    from visae.sae.hub import locate_sae
+
+    sae = _dispatch(locate_sae(path_or_hub_id, subfolder=subfolder, revision=revision, hash_files=False).path)
     sae.eval()
     if device is not None:
         sae.to(torch.device(device))

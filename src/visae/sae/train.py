@@ -291,6 +291,7 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
     one = len(cache_obj.caches) == 1
     provenance = {"cache": cache_obj.paths[0] if one else cache_obj.paths,
                   "cache_hash": cache_obj.hashes[0] if one else cache_obj.hashes, "seed": cfg.seed,
+                  "backbone": cache_obj.caches[0].manifest.backbone, "layer": cache_obj.caches[0].manifest.layer,
                   "train_config": cfg.to_dict()}
     if start < total:
         batches = cache_obj.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=True, epochs=cfg.epochs,
