@@ -111,3 +111,13 @@ def test_positions_are_seeded_per_image():
     assert not np.array_equal(a, sample_positions([0, 1, 2, 7], 196, 16, seed=43))
     with pytest.raises(ConfigError, match=r"tokens_per_image=300: .*196 patch positions"):
         sample_positions([0], 196, 300, seed=0)
+
+
+def test_half_batches_finished_on_a_device_equal_the_cpu_path(two):
+    stream = TokenStream(list(two))
+    kw = dict(seed=4, buffer_tokens=30)
+    cpu = list(stream.token_sampler(8, normalize=True, **kw))
+    half = list(stream.token_sampler(8, half=True, **kw))
+    assert half[0].dtype == torch.float16
+    done = list(stream.finish_on(iter(half), torch.device("cpu")))
+    assert all(torch.equal(a, b) for a, b in zip(cpu, done, strict=True))

@@ -142,13 +142,15 @@ class TokenStream:
 
     def token_sampler(self, batch_size: int, seed: int = 42, normalize: bool = True, epochs: int = 1,
                       start_step: int = 0, drop_last: bool = True, buffer_tokens: int | None = None,
-                      prefetch: bool = True) -> Iterator[torch.Tensor]:
+                      prefetch: bool = True, half: bool = False) -> Iterator[torch.Tensor]:
         """Shuffled patch-token batches ``[batch_size, D]`` float32 over every cache, bounded memory.
 
         With ``drop_last`` the final partial batch of each epoch is dropped. Deterministic for a seed;
         ``start_step`` skips that many batches (resume after a kill) without reading the skipped data.
         ``prefetch`` reads the next buffer in a background thread with large sequential reads;
         ``prefetch=False`` is the reference path (memory-mapped slices), which yields the same batches.
+        ``half`` yields the stored float16 tokens unnormalized (a GPU normalizes them faster than the CPU:
+        see :meth:`finish_on`).
         """
         if batch_size < 1:
             raise CacheError(f"batch_size must be ≥ 1, got {batch_size}")
@@ -161,21 +163,37 @@ class TokenStream:
             for item, buf in buffers:
                 if isinstance(item, int):
                     if item >= start_step:
-                        yield self._to_torch(buf, normalize)
+                        yield self._to_torch(buf, normalize, half)
                     continue
                 for b in range(item.n_full):
                     if item.first_step + b >= start_step:
-                        yield self._to_torch(buf[item.perm[b * batch_size:(b + 1) * batch_size]], normalize)
+                        yield self._to_torch(buf[item.perm[b * batch_size:(b + 1) * batch_size]], normalize, half)
         finally:
             buffers.close()  # type: ignore[attr-defined]
 
-    def _to_torch(self, arr: np.ndarray, normalize: bool) -> torch.Tensor:
-        t = torch.from_numpy(arr).float()
-        if not bool(torch.isfinite(t).all()):
+    def _to_torch(self, arr: np.ndarray, normalize: bool, half: bool = False) -> torch.Tensor:
+        """The batch as float32 (normalized), or as the stored float16 when ``half`` (no copy beyond the gather)."""
+        src = torch.from_numpy(arr)
+        if half:
+            return src
+        t = src.float()
+        if normalize:
+            t.sub_(self._mean_t).div_(self.std)
+        if not bool(torch.isfinite(t.sum())):  # any NaN/Inf makes the sum NaN/Inf; fp16 values cannot overflow it
             raise CacheError(f"{', '.join(self.paths)}: the cache holds NaN/Inf activations (visae's writer never "
                              "stores them: the files were altered or written by another tool); run open_cache(path, "
                              "verify=True), delete bad shards and rerun 'visae cache'")
-        return t.sub_(self._mean_t).div_(self.std) if normalize else t
+        return t
+
+    def finish_on(self, batches: Iterator[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:
+        """``half`` batches → normalized float32 on ``device`` (the same values as the CPU path)."""
+        mean = self._mean_t.to(device)
+        for b in batches:
+            t = b.to(device, non_blocking=True).float().sub_(mean).div_(self.std)
+            if not bool(torch.isfinite(t.sum())):
+                raise CacheError(f"{', '.join(self.paths)}: the cache holds NaN/Inf activations; run "
+                                 "open_cache(path, verify=True), delete bad shards and rerun 'visae cache'")
+            yield t
 
     def _load_mmap(self, carry: np.ndarray, window: list[Chunk]) -> np.ndarray:
         """Reference path: ``carry ++ window`` from memory-mapped slices."""

@@ -294,13 +294,15 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
                   "backbone": cache_obj.caches[0].manifest.backbone, "layer": cache_obj.caches[0].manifest.layer,
                   "train_config": cfg.to_dict()}
     if start < total:
-        batches = cache_obj.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=True, epochs=cfg.epochs,
-                                          start_step=start)
+        on_gpu = device.type != "cpu"  # ship fp16 tokens, normalize on the device (half the copy, no CPU pass)
+        sampled = cache_obj.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=True, epochs=cfg.epochs,
+                                          start_step=start, half=on_gpu)
+        batches = cache_obj.finish_on(sampled, device) if on_gpu else sampled
         try:
             train_on_batches([], batches, cfg, out_dir=out, start_step=start, total_steps=total,
                              trainees=trainees)
         finally:
-            batches.close()  # type: ignore[attr-defined]  # ends the sampler's reader thread
+            sampled.close()  # type: ignore[attr-defined]  # ends the sampler's reader thread
         _save_state(out, total, trainees, {})
     heldout_desc, held = _heldout(cache_obj, cfg, trainable)
     paths = []
