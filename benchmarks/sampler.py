@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-from _disk import cold_read_rate, drop_pages, machine_line, write_disk_cache
 
+from _disk import cold_read_rate, drop_pages, machine_line, write_disk_cache
 from visae.cache.reader import open_cache
 
 

@@ -17,7 +17,6 @@ import time
 
 import torch
 
-
 DEVICE = torch.device("cpu")
 
 
@@ -94,7 +93,6 @@ def grid_from_disk(d: int, batch: int, steps: int, device: str, threads_note: st
     from pathlib import Path
 
     from _disk import drop_pages, write_disk_cache
-
     from visae.cache.reader import open_cache
     from visae.sae.train import SAESpec, TrainConfig, train_saes
 
