@@ -72,3 +72,26 @@ def test_normalize_folds_names() -> None:
     assert reg["topk"] == 1 and reg["TOP-k"] == 1 and reg.canonical("TOPK") == "topk"
     reg.unregister("top-k")
     assert "topk" not in reg and "top-k" not in reg
+
+
+def test_every_builtin_registry_resolves_and_refuses_duplicates() -> None:
+    from visae.backbones.registry import BACKBONES
+    from visae.datasets.registry import SOURCES
+    from visae.metrics.base import METRICS, Metric, MetricConfig, register_metric
+    from visae.sae.registry import SAE_FAMILIES
+    from visae.tasks.registry import TASKS
+
+    assert METRICS.names() == ["m1", "raw", "m2", "m3", "m4", "m5", "m6", "m7"]
+    for name in METRICS:
+        assert METRICS[name].name == name and issubclass(METRICS[name].config_cls, MetricConfig)
+        assert METRICS[name].config_cls is not MetricConfig  # typed by Metric[Config]
+    assert SAE_FAMILIES["Batch-TopK"].family == "batchtopk" and SAE_FAMILIES["standard"].family == "relu"
+    assert {TASKS[n].defaults.get("name", n) for n in TASKS} == set(TASKS)
+    assert callable(SOURCES["fmnist"]) and {"dinov2-b14", "random-vit-s14"} <= set(BACKBONES)
+
+    class Imposter(Metric[MetricConfig]):
+        name = "m2"
+
+    with pytest.raises(ConfigError, match="metric 'm2' is already registered"):
+        register_metric(Imposter)
+    assert METRICS["m2"].__name__ == "M2Reconstruction"

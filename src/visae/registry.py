@@ -159,6 +159,10 @@ class Registry(Generic[T]):
         """Registered names (not aliases), in registration order."""
         return list(self._entries)
 
+    def values(self) -> list[T]:
+        """Every registered object, in registration order (imports the lazy entries)."""
+        return [self._resolve(entry) for entry in list(self._entries.values())]
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -122,5 +122,5 @@ def test_register_backbone_and_duplicates() -> None:
     finally:
         from visae.backbones import registry
 
-        registry._REGISTRY.pop("my-vit", None)
+        registry.BACKBONES.unregister("my-vit")
     assert backbone_entry("my-vit") is None

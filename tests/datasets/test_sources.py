@@ -203,3 +203,27 @@ def test_subset_spec_is_the_same_from_a_spec_or_a_source_object():
     _, from_object = _resolve(bb, open_source("offline:digits", "train"), cfg)  # type: ignore[arg-type]
     assert from_spec.spec == from_object.spec == "offline:digits#random-30-seed3"
     assert from_spec.fingerprint() == from_object.fingerprint()
+
+
+def test_register_source_plugin_and_duplicates():
+    from visae.datasets.registry import SOURCES, register_source
+    from visae.datasets.subset import ArraySource
+
+    @register_source("planted", usage="planted:N")
+    def open_planted(argument: str, split: str) -> ArraySource:
+        n = int(argument)
+        images = np.zeros((n, 8, 8), dtype=np.uint8)
+        return ArraySource(f"planted:{n}", split, images, np.arange(n) % 2, ["a", "b"], [str(i) for i in range(n)])
+
+    try:
+        src = open_source("planted:6", "test", max_images=4, seed=0)
+        assert len(src) == 4 and src.spec == "planted:6#stratified-4-seed0" and src.split == "test"
+        assert "planted:N" in known_sources()
+        with pytest.raises(DataError, match="image source 'planted' is already registered"):
+            register_source("planted", open_planted)
+        with pytest.raises(DataError, match="unknown spec"):
+            open_source("planted")  # takes an argument; the bare name is not a spec
+    finally:
+        SOURCES.unregister("planted")
+    with pytest.raises(DataError, match="unknown spec"):
+        open_source("planted:6")

@@ -1,7 +1,7 @@
 """visae.backbones: frozen ViTs with residual-stream taps (the paper's five, any timm ViT, the offline pair).
 
 ``load_backbone``, ``known_backbones``, ``register_backbone``, ``evaluator_for``, ``family_of``,
-``control_of`` and ``register_backbone_wrapper`` are
+``control_of``, ``register_backbone_wrapper`` and ``paired_evaluator`` are
 re-exported lazily from :mod:`visae.backbones.registry`.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 _REGISTRY_EXPORTS = ("load_backbone", "known_backbones", "register_backbone", "evaluator_for", "family_of",
-                     "control_of", "register_backbone_wrapper")
+                     "control_of", "register_backbone_wrapper", "paired_evaluator")
 __all__ = list(_REGISTRY_EXPORTS)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -63,3 +65,11 @@ class Backbone(ABC):
             from visae.errors import ConfigError
 
             raise ConfigError(f"layer: {self.name} has blocks 0..{self.n_blocks - 1}, got {layer}")
+
+
+def preprocessing_of(backbone: Backbone) -> dict[str, Any]:
+    """``backbone.preprocessing_spec()`` as JSON values, object addresses (``<function f at 0x7f…>``) removed,
+    so that the cache and embedding-store hashes built from it are the same in every process."""
+    text = json.dumps(backbone.preprocessing_spec(), sort_keys=True, default=str)
+    loaded: dict[str, Any] = json.loads(re.sub(r" at 0x[0-9a-fA-F]+", "", text))
+    return loaded

@@ -34,6 +34,7 @@ import torch
 
 from visae.backbones.base import Backbone
 from visae.errors import ConfigError
+from visae.registry import Registry
 
 
 class BackboneFactory(Protocol):
@@ -69,8 +70,10 @@ class WrapperEntry:
     control: str | None = None
 
 
-_REGISTRY: dict[str, BackboneEntry] = {}
-_WRAPPERS: dict[str, WrapperEntry] = {}
+BACKBONES: Registry[BackboneEntry] = Registry("backbone")
+"""Short name → entry (:func:`register_backbone` adds one)."""
+BACKBONE_WRAPPERS: Registry[WrapperEntry] = Registry("backbone wrapper")
+"""Name prefix (``shuffled:``) → wrapper (:func:`register_backbone_wrapper` adds one)."""
 
 
 def register_backbone_wrapper(prefix: str, wrap: Callable[[Backbone], Backbone], *, family: str,
@@ -78,14 +81,13 @@ def register_backbone_wrapper(prefix: str, wrap: Callable[[Backbone], Backbone],
     """Make ``<prefix><name>`` load backbone ``name`` and return ``wrap(it)`` (prefix ends with ':')."""
     if not prefix.endswith(":"):
         raise ConfigError(f"backbone wrapper prefix {prefix!r} must end with ':'")
-    if prefix in _WRAPPERS and not overwrite:
-        raise ConfigError(f"backbone wrapper {prefix!r} is already registered; pass overwrite=True to replace it")
-    _WRAPPERS[prefix] = WrapperEntry(prefix, wrap, family, description, control)
+    BACKBONE_WRAPPERS.register(prefix, WrapperEntry(prefix, wrap, family, description, control),
+                               summary=description, overwrite=overwrite)
 
 
 def _split_wrapper(name: str) -> tuple[WrapperEntry, str] | None:
     prefix, sep, inner = name.partition(":")
-    wrapper = _WRAPPERS.get(prefix + sep) if sep else None
+    wrapper = BACKBONE_WRAPPERS.find(prefix + sep) if sep else None
     if wrapper is None:
         return None
     if not inner:
@@ -99,14 +101,13 @@ def register_backbone(name: str, factory: BackboneFactory, *, family: str, evalu
                       control: str | None = None) -> None:
     """Add a short name; ``evaluator`` is the backbone whose embeddings M5 uses for SAEs trained on it;
     ``control`` says what a control backbone controls for (the report marks controls)."""
-    if name in _REGISTRY and not overwrite:
-        raise ConfigError(f"backbone {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = BackboneEntry(name, factory, family, evaluator, description, timm_name, control)
+    BACKBONES.register(name, BackboneEntry(name, factory, family, evaluator, description, timm_name, control),
+                       summary=description, overwrite=overwrite)
 
 
 def known_backbones() -> list[str]:
     """Registered short names (any timm ViT name is accepted too)."""
-    return sorted(_REGISTRY)
+    return sorted(BACKBONES)
 
 
 def backbone_entry(name: str) -> BackboneEntry | None:
@@ -118,9 +119,10 @@ def backbone_entry(name: str) -> BackboneEntry | None:
     split = _split_wrapper(name)
     if split is not None:
         return _wrapped_entry(name, *split)
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    return next((e for e in _REGISTRY.values() if e.timm_name is not None and e.timm_name == name), None)
+    entry = BACKBONES.find(name)
+    if entry is not None:
+        return entry
+    return next((e for e in BACKBONES.values() if e.timm_name is not None and e.timm_name == name), None)
 
 
 def _wrapped_entry(name: str, wrapper: WrapperEntry, inner_name: str) -> BackboneEntry:
@@ -142,15 +144,22 @@ def control_of(name: str) -> str | None:
     return entry.control if entry is not None else None
 
 
-def evaluator_for(name: str) -> str:
-    """The M5 evaluator backbone paired with ``name`` (paper Table 5; offline: the other offline backbone)."""
+def paired_evaluator(name: str) -> str | None:
+    """The M5 evaluator backbone paired with ``name`` (paper Table 5; offline: the other offline backbone),
+    or None when ``name`` has no pairing."""
     entry = backbone_entry(name)
-    if entry is None or entry.evaluator is None:
+    return entry.evaluator if entry is not None else None
+
+
+def evaluator_for(name: str) -> str:
+    """:func:`paired_evaluator`, or ConfigError naming the known pairings when there is none."""
+    evaluator = paired_evaluator(name)
+    if evaluator is None:
         raise ConfigError(
             f"backbone {name!r} has no M5 evaluator pairing (known: "
-            f"{', '.join(f'{e.name}→{e.evaluator}' for e in _REGISTRY.values() if e.evaluator)}); "
+            f"{', '.join(f'{e.name}→{e.evaluator}' for e in BACKBONES.values() if e.evaluator)}); "
             "set the M5 evaluator backbone explicitly in the metric config")
-    return entry.evaluator
+    return evaluator
 
 
 _FAMILY_HINTS = ("dinov2", "siglip", "clip", "mae", "deit")
@@ -202,7 +211,7 @@ def load_backbone(
     weights; ``pretrained=False`` gives seeded random weights; ``image_size`` overrides the input size
     (position tables are resampled); ``model_kwargs`` go to ``timm.create_model``.
     """
-    entry = backbone_entry(name) if _split_wrapper(name) is not None else _REGISTRY.get(name)
+    entry = backbone_entry(name) if _split_wrapper(name) is not None else BACKBONES.find(name)
     if entry is not None:
         return entry.factory(device=device, weights_path=weights_path, image_size=image_size,
                              pretrained=pretrained, model_kwargs=model_kwargs)

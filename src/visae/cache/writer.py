@@ -50,10 +50,9 @@ def describe_preprocessing(backbone: Backbone) -> dict[str, Any]:
 
     Object addresses in repr() text (``<function f at 0x7f…>``) are removed so the hash is stable.
     """
-    spec_fn = getattr(backbone, "preprocessing_spec", None)
-    spec = spec_fn() if callable(spec_fn) else {"transform": repr(backbone.transform)}
-    text = re.sub(r" at 0x[0-9a-fA-F]+", "", json.dumps(spec, sort_keys=True, default=str))
-    return {"image_size": list(backbone.layout.image_size), **json.loads(text)}
+    from visae.backbones.base import preprocessing_of
+
+    return {"image_size": list(backbone.layout.image_size), **preprocessing_of(backbone)}
 
 
 def cache_key(backbone: Backbone, source: ImageSource, layer: int, keep_prefix: bool,

@@ -57,3 +57,8 @@ class FolderSource(ListedSource):
             raise DataError(f"{self.dir}: the class folders hold no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         super().__init__(self.spec, split, self.dir, files, labels, classes)
         self.root = Path(root).expanduser()
+
+
+def open_folder(path: str, split: str = "train") -> FolderSource:
+    """Open ``folder:<path>`` (the spec keeps ``path`` as written, so cache hashes do not depend on ``~``)."""
+    return FolderSource(path, split, spec=f"folder:{path}")

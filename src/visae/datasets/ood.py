@@ -134,6 +134,16 @@ def open_dtd(root: Path | str, split: str = "train", fold: int = 1) -> ListedSou
     return ListedSource(spec, split, root, files, labels, classes)
 
 
+def open_dtd_spec(body: str, split: str = "train") -> ListedSource:
+    """Open ``dtd:<path>[?fold=N]`` (``body`` is the part after the colon)."""
+    path, _, query = body.partition("?fold=")
+    try:
+        fold = int(query) if query else 1
+    except ValueError:
+        raise DataError(f"dtd:{body}: fold must be an integer (dtd:/path?fold=2)") from None
+    return open_dtd(path, split, fold)
+
+
 def open_ood(kind: str, body: str, split: str) -> ListedSource:
     """Dispatch ``inat:``/``cub:``/``dtd:`` specs (``body`` is the path, DTD may add ``?fold=N``)."""
     if kind == "inat":
@@ -141,10 +151,5 @@ def open_ood(kind: str, body: str, split: str) -> ListedSource:
     if kind == "cub":
         return open_cub(body, split)
     if kind == "dtd":
-        path, _, query = body.partition("?fold=")
-        try:
-            fold = int(query) if query else 1
-        except ValueError:
-            raise DataError(f"dtd:{body}: fold must be an integer (dtd:/path?fold=2)") from None
-        return open_dtd(path, split, fold)
+        return open_dtd_spec(body, split)
     raise DataError(f"{kind}:{body}: not an out-of-domain spec (inat:, cub:, dtd:)")

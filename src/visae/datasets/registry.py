@@ -9,59 +9,96 @@
 | ``inat:/root`` / ``cub:/root`` / ``dtd:/root[?fold=N]`` | out-of-domain sets for M6, official splits (:mod:`visae.datasets.ood`) |
 | ``ade20k:/root`` | ADE20K (ADEChallengeData2016) images with segmentation masks (:mod:`visae.datasets.ade20k`) |
 
-A bare existing folder path is read as ``folder:PATH``.
+A bare existing folder path is read as ``folder:PATH``. A plugin adds a kind with :func:`register_source`:
+``register_source("mydata", open_mydata)`` makes ``mydata:ARG`` call ``open_mydata(ARG, split)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import overload
 
 from visae.datasets.base import ImageSource
 from visae.datasets.subset import take_subset
 from visae.errors import DataError
+from visae.registry import Registry
 
 SPLITS = ("train", "val", "test", "all")
+
+SourceOpener = Callable[[str, str], ImageSource]
+"""``opener(argument, split)``: ``argument`` is what follows ``name:`` in the spec ("" for a bare name)."""
+
+SOURCES: Registry[SourceOpener] = Registry("image source", error=DataError)
+"""Spec kind → opener; the summary of each entry is its comma-separated usage patterns."""
+
+
+@overload
+def register_source(name: str, opener: None = None, *, usage: str | Sequence[str] | None = None,
+                    aliases: Sequence[str] = (), overwrite: bool = False) -> Callable[[SourceOpener], SourceOpener]: ...
+
+
+@overload
+def register_source(name: str, opener: SourceOpener | str, *, usage: str | Sequence[str] | None = None,
+                    aliases: Sequence[str] = (), overwrite: bool = False) -> None: ...
+
+
+def register_source(name: str, opener: SourceOpener | str | None = None, *, usage: str | Sequence[str] | None = None,
+                    aliases: Sequence[str] = (), overwrite: bool = False) -> Callable[[SourceOpener], SourceOpener] | None:
+    """Make specs ``name:ARG`` open with ``opener(ARG, split)`` (a callable, or ``"module:attr"`` imported
+    on first use); without ``opener``, a decorator. ``usage`` lists the spec patterns shown to users
+    (default ``name:PATH``); a pattern without ``:`` (``fashion-mnist``) means the source takes no argument."""
+    patterns = [usage] if isinstance(usage, str) else list(usage or [f"{name}:PATH"])
+    summary = ", ".join(patterns)
+    if opener is None:
+        return SOURCES.register(name, aliases=aliases, summary=summary, overwrite=overwrite)
+    if isinstance(opener, str):
+        SOURCES.register_lazy(name, opener, aliases=aliases, summary=summary, overwrite=overwrite)
+    else:
+        SOURCES.register(name, opener, aliases=aliases, summary=summary, overwrite=overwrite)
+    return None
 
 
 def known_sources() -> list[str]:
     """Spec patterns ``open_source`` accepts."""
-    from visae.datasets.offline import OFFLINE_SETS
+    return [pattern for name in SOURCES for pattern in SOURCES.summary(name).split(", ")]
 
-    return ["folder:PATH", "hf:NAME_OR_PATH[:SPLIT]", "fashion-mnist", *(f"offline:{n}" for n in OFFLINE_SETS),
-            "inat:PATH", "cub:PATH", "dtd:PATH[?fold=N]", "ade20k:PATH"]
+
+def _takes_argument(name: str) -> bool:
+    return all(":" in pattern for pattern in SOURCES.summary(name).split(", "))
 
 
 def _open_full(spec: str, split: str) -> ImageSource:
-    kind, _, body = spec.partition(":")
-    if kind == "folder" and body:
-        from visae.datasets.folder import FolderSource
-
-        return FolderSource(body, split, spec=spec)
-    if kind == "hf" and body:
-        from visae.datasets.hf import HFSource
-
-        return HFSource(body, split)
-    if spec in ("fashion-mnist", "fashion_mnist", "fmnist"):
-        from visae.datasets.fashion_mnist import open_fashion_mnist
-
-        return open_fashion_mnist(split)
-    if kind == "offline" and body:
-        from visae.datasets.offline import open_offline
-
-        return open_offline(body, split)
-    if kind in ("inat", "cub", "dtd") and body:
-        from visae.datasets.ood import open_ood
-
-        return open_ood(kind, body, split)
-    if kind == "ade20k" and body:
-        from visae.datasets.ade20k import open_ade20k
-
-        return open_ade20k(body, split)
+    kind, sep, argument = spec.partition(":")
+    if sep and argument and kind in SOURCES and _takes_argument(kind):
+        return SOURCES[kind](argument, split)
+    if not sep and spec in SOURCES and not _takes_argument(spec):
+        return SOURCES[spec]("", split)
     if Path(spec).expanduser().is_dir():
-        from visae.datasets.folder import FolderSource
-
-        return FolderSource(spec, split, spec=f"folder:{spec}")
+        return SOURCES["folder"](spec, split)
     raise DataError(f"image source {spec!r}: unknown spec; use one of {', '.join(known_sources())}")
+
+
+def _open_fashion_mnist(argument: str, split: str) -> ImageSource:
+    from visae.datasets.fashion_mnist import open_fashion_mnist
+
+    return open_fashion_mnist(split)
+
+
+def _register_defaults() -> None:
+    from visae.datasets.offline import OFFLINE_SETS
+
+    register_source("folder", "visae.datasets.folder:open_folder", usage="folder:PATH")
+    register_source("hf", "visae.datasets.hf:HFSource", usage="hf:NAME_OR_PATH[:SPLIT]")
+    register_source("fashion-mnist", _open_fashion_mnist, usage="fashion-mnist", aliases=("fashion_mnist", "fmnist"))
+    register_source("offline", "visae.datasets.offline:open_offline", usage=[f"offline:{n}" for n in OFFLINE_SETS])
+    register_source("inat", "visae.datasets.ood:open_inat")
+    register_source("cub", "visae.datasets.ood:open_cub")
+    register_source("dtd", "visae.datasets.ood:open_dtd_spec", usage="dtd:PATH[?fold=N]")
+    register_source("ade20k", "visae.datasets.ade20k:open_ade20k")
+
+
+_register_defaults()
 
 
 def open_source(spec: str, split: str = "train", max_images: int | None = None, seed: int = 42,

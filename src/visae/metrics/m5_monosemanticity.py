@@ -15,7 +15,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,9 +26,6 @@ from visae.io import atomic_write_with
 from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
 from visae.metrics.embeddings import BackboneEmbedder, EmbeddingStore, ImageEmbedder, open_cache_source
 from visae.metrics.encode import EncodedBatch, PooledFeatures
-
-if TYPE_CHECKING:
-    from visae.backbones.base import Backbone
 
 FEATURES_FILE = "m5_features.parquet"
 
@@ -353,15 +349,6 @@ def resolve_evaluator(config: M5Config, backbone: str) -> str:
     return name
 
 
-def preprocessing_key(backbone: Backbone) -> dict[str, Any]:
-    """What of the evaluator's preprocessing changes its embeddings (for the embedding store's hash)."""
-    spec = getattr(backbone, "preprocessing_spec", None)
-    if callable(spec):
-        return dict(spec())
-    layout = backbone.layout
-    return {"image_hw": [layout.grid_h * layout.patch_size, layout.grid_w * layout.patch_size]}
-
-
 # --- the metric ----------------------------------------------------------------------------------
 
 
@@ -390,6 +377,7 @@ class M5Monosemanticity(Metric[M5Config]):
         self.tracker.update(batch.pooled_codes().to_dense(), batch.image_index_n)
 
     def _backbone_embedder(self) -> tuple[ImageEmbedder, str]:
+        from visae.backbones.base import preprocessing_of
         from visae.backbones.registry import load_backbone
 
         backbone = load_backbone(self.evaluator, device=str(self.ctx.device),
@@ -404,7 +392,7 @@ class M5Monosemanticity(Metric[M5Config]):
         store_dir = Path(self.config.embeddings_dir) if self.config.embeddings_dir else Path(cache.path) / "embeddings"
         self.store = EmbeddingStore(store_dir, self.evaluator, backbone.weights_id, cache.image_ids,
                                     embedding_kind=backbone.embedding_kind,
-                                    preprocessing=preprocessing_key(backbone))
+                                    preprocessing=preprocessing_of(backbone))
         store = self.store
 
         def embed(index_n: np.ndarray) -> np.ndarray:
