@@ -39,8 +39,10 @@ class M7Config(MetricConfig):
     """Settings for M7; defaults are the paper's Table 2."""
 
     hierarchy: str = Field("auto", description="'auto' (the shipped hierarchy matching the cache's class names: "
-                           "ImageNet wnids/lemmas or Fashion-MNIST), a shipped name ('imagenet', 'fashion_mnist') "
-                           "or the path of a hierarchy JSON file (format: visae.datasets.hierarchy)")
+                           "ImageNet wnids/lemmas → 'imagenet', or Fashion-MNIST), a shipped name ('imagenet': the "
+                           "paper-literal depth-1 WordNet siblings, the default; 'imagenet-authors': the authors' "
+                           "release, depth-1 + depth-2 groups; 'fashion_mnist') or the path of a hierarchy JSON file "
+                           "(format: visae.datasets.hierarchy)")
     min_group_size: int = Field(3, ge=2, description="smallest sibling group used (paper Table 2: 3)")
     alpha: float = Field(0.8, description="absorbed needs F1(k=1) < alpha (paper §4.4: 0.8)")
     beta: float = Field(0.5, description="absorbed needs F1(k=4) > beta (paper §4.4: 0.5)")
