@@ -158,3 +158,34 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match=r"not found.*Hugging Face cache"):
         load_sae("visaebench/no-such-repo-xyz", subfolder="batchtopk_8x_k64")
+
+
+def test_format_detectors_and_a_plugin_format(tmp_path: Path) -> None:
+    from visae.sae.formats import CHECKPOINT_FORMATS, CheckpointFormat, detect_format
+
+    lens, saev, authors, empty = (tmp_path / n for n in ("lens", "saev", "authors", "empty"))
+    for folder in (lens, saev, authors, empty):
+        folder.mkdir()
+    save_file({"W_enc": torch.zeros(2, 3)}, str(lens / "sae_weights.safetensors"))
+    (lens / "cfg.json").write_text("{}")
+    (saev / "sae.pt").write_bytes(b'{"schema": 2}\n')
+    torch.save({"dictionary._weights": torch.zeros(3, 2)}, authors / "sae.pt")
+    got = {p.name: detect_format(p) for p in (lens, saev, authors, authors / "sae.pt", empty)}
+    assert {k: (v[0].name, v[1].name) if v else None for k, v in got.items()} == {
+        "lens": ("saelens", "lens"), "saev": ("saev", "sae.pt"), "authors": ("authors", "sae.pt"),
+        "sae.pt": ("authors", "sae.pt"), "empty": None}
+    with pytest.raises(CheckpointError, match=r"looked for model\.safetensors\+config\.yaml, "
+                                              r"sae_weights\.safetensors\+cfg\.json, sae\.pt"):
+        load_sae(empty)
+
+    planted = make_sae("relu", 4, d_sae=8)
+    fmt = CheckpointFormat("planted", ("planted.bin",), lambda p: p if (p / "planted.bin").is_file() else None,
+                           lambda p: planted)
+    CHECKPOINT_FORMATS.register("planted", fmt)
+    try:
+        (empty / "planted.bin").write_bytes(b"x")
+        assert load_sae(empty) is planted
+        with pytest.raises(CheckpointError, match="checkpoint format 'planted' is already registered"):
+            CHECKPOINT_FORMATS.register("planted", fmt)
+    finally:
+        CHECKPOINT_FORMATS.unregister("planted")

@@ -1,0 +1,69 @@
+"""Readers for other libraries' SAE checkpoints, one module each, behind one registry.
+
+Every reader produces one of our families, numerically identical at inference, and never unpickles
+arbitrary objects (safetensors, or ``torch.load(weights_only=True)``). :func:`detect_format` asks each
+format's detector in registration order; our own format (:mod:`visae.sae.checkpoint`) is tried first.
+
+| name | module | files |
+|---|---|---|
+| ``saelens`` | :mod:`visae.sae.formats.saelens` | ``sae_weights.safetensors`` + ``cfg.json`` |
+| ``saev`` | :mod:`visae.sae.formats.saev` | ``sae.pt`` with a JSON header line |
+| ``authors`` | :mod:`visae.sae.formats.authors` | the paper's release: overcomplete ``sae.pt`` + ``config.yaml`` |
+
+A plugin adds one with ``CHECKPOINT_FORMATS.register("mine", CheckpointFormat(...))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from visae.errors import CheckpointError
+from visae.registry import Registry
+
+if TYPE_CHECKING:
+    from visae.sae.base import SAE
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    """One checkpoint layout: the files that mark a folder, a detector and a loader."""
+
+    name: str
+    files: tuple[str, ...]
+    """Files whose presence makes a folder a checkpoint of this format (hub listings use them)."""
+    detect: Callable[[Path], Path | None]
+    """``detect(path)``: the file or folder to load when ``path`` holds this format, else None."""
+    load: Callable[[Path], SAE]
+    """``load(detected)``: the SAE, or CheckpointError naming the file at fault."""
+    description: str = ""
+
+
+CHECKPOINT_FORMATS: Registry[CheckpointFormat] = Registry("checkpoint format", error=CheckpointError)
+for _name, _files in [("saelens", "sae_weights.safetensors + cfg.json"), ("saev", "sae.pt with a JSON header"),
+                      ("authors", "the paper's release: overcomplete sae.pt + config.yaml")]:
+    CHECKPOINT_FORMATS.register_lazy(_name, f"visae.sae.formats.{_name}:FORMAT", summary=_files)
+
+
+def pt_file(path: Path) -> Path | None:
+    """``path`` itself when it is a ``.pt`` file, ``path/sae.pt`` for a folder holding one, else None."""
+    if path.is_file():
+        return path if path.suffix == ".pt" else None
+    return path / "sae.pt" if (path / "sae.pt").is_file() else None
+
+
+def first_byte(path: Path) -> bytes:
+    """The first byte of a file (b"" when empty)."""
+    with open(path, "rb") as f:
+        return f.read(1)
+
+
+def detect_format(path: Path) -> tuple[CheckpointFormat, Path] | None:
+    """The first registered format whose detector accepts ``path``, and what it detected."""
+    for fmt in CHECKPOINT_FORMATS.values():
+        found = fmt.detect(path)
+        if found is not None:
+            return fmt, found
+    return None
