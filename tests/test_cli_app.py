@@ -13,6 +13,11 @@ def test_info_reports_version_and_device() -> None:
     assert result.exit_code == 0, result.output
     assert f"visae {__version__}" in result.output
     assert "device:" in result.output
+    lines = dict(line.split(": ", 1) for line in result.output.splitlines() if ": " in line)
+    assert lines["SAE families"] == "batchtopk, topk, jumprelu, relu"
+    assert lines["metrics"] == "m1, raw, m2, m3, m4, m5, m6, m7"
+    assert lines["checkpoint formats"] == "visae, saelens, saev, authors"
+    assert "shuffled:<name>" in lines["backbones"] and "offline:digits" in lines["image sources"]
 
 
 def test_help_lists_commands() -> None:

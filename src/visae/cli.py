@@ -44,7 +44,7 @@ EXTRAS = {
 
 @app.command()
 def info() -> None:
-    """Version, device, installed extras, known backbones and image sources."""
+    """Version, device, installed extras, and the registered backbones, sources, SAE families, metrics, tasks."""
     import torch
 
     from visae.device import pick_device
@@ -56,18 +56,25 @@ def info() -> None:
         have = [m for m in modules if importlib.util.find_spec(m) is not None]
         status = "installed" if len(have) == len(modules) else f"missing {', '.join(sorted(set(modules) - set(have)))}"
         typer.echo(f"extra [{extra}]: {status}")
-    try:
-        from visae.backbones.registry import known_backbones
+    _echo_registries()
 
-        typer.echo("backbones: " + ", ".join(known_backbones()) + " (or any timm ViT name)")
-    except ImportError:
-        pass
-    try:
-        from visae.datasets.registry import known_sources
 
-        typer.echo("image sources: " + ", ".join(known_sources()))
-    except ImportError:
-        pass
+def _echo_registries() -> None:
+    """One line per registry: the names ``visae`` knows (plugins add theirs to the same registries)."""
+    from visae.backbones.registry import BACKBONE_WRAPPERS, known_backbones
+    from visae.datasets.registry import known_sources
+    from visae.metrics.base import METRICS
+    from visae.sae.formats import CHECKPOINT_FORMATS
+    from visae.sae.registry import SAE_FAMILIES
+    from visae.tasks.registry import TASKS
+
+    wrapped = "".join(f", {prefix}<name>" for prefix in BACKBONE_WRAPPERS.names())
+    typer.echo("backbones: " + ", ".join(known_backbones()) + wrapped + " (or any timm ViT name)")
+    typer.echo("image sources: " + ", ".join(known_sources()))
+    typer.echo("SAE families: " + ", ".join(SAE_FAMILIES.names()))
+    typer.echo("metrics: " + ", ".join(METRICS.names()))
+    typer.echo("tasks: " + ", ".join(TASKS.names()))
+    typer.echo("checkpoint formats: visae, " + ", ".join(CHECKPOINT_FORMATS.names()))
 
 
 def _register_stages() -> None:

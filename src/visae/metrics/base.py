@@ -98,11 +98,11 @@ for _name, _target, _summary in [
     ("m1", "m1_spatial:M1Spatial", "spatial coherence of feature maps (Moran's I)"),
     ("raw", "raw_spatial:RawSpatial", "M1's statistic on the raw backbone channels (a baseline)"),
     ("m2", "m2_reconstruction:M2Reconstruction", "reconstruction FVU, L0, dead features"),
-    ("m3", "m3_preservation:M3Preservation", "linear-probe accuracy kept by the reconstructions"),
-    ("m4", "m4_sparse_probing:M4SparseProbing", "sparse probing accuracy at k features"),
+    ("m3", "m3_preservation:M3Preservation", "probe accuracy on reconstructions / on raw features"),
+    ("m4", "m4_sparse_probing:M4SparseProbing", "one-vs-rest AUC of probes on the top-k SAE features"),
     ("m5", "m5_monosemanticity:M5Monosemanticity", "monosemanticity of top images, in an evaluator's space"),
-    ("m6", "m6_cross_domain:M6CrossDomain", "probe accuracy on out-of-domain sets"),
-    ("m7", "m7_absorption:M7Absorption", "feature absorption across sibling classes"),
+    ("m6", "m6_cross_domain:M6CrossDomain", "cross-domain generalization on out-of-domain sets"),
+    ("m7", "m7_absorption:M7Absorption", "probe-based feature absorption rate"),
 ]:
     METRICS.register_lazy(_name, f"visae.metrics.{_target}", summary=_summary)
 
