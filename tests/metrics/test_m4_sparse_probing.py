@@ -38,7 +38,7 @@ def test_global_curve_is_macro_ovr_auc_of_the_top_k_probe_and_skips_large_k() ->
     y = np.arange(300) % 4
     codes = noisy_codes(300, 40)
     codes[:, 5] += (y == 2) * 0.7
-    r = compute_m4(sp.csr_matrix(codes), y, M4Config(ks=[1, 2, 8, 64, 128]))
+    r = compute_m4(sp.csr_matrix(codes), y, M4Config(ks=[1, 2, 8, 64, 128], warm_start=False))
     assert list(r.curve) == ["1", "2", "8", "40"]  # 64 and 128 exceed 40 features; headline at k = 40
     assert r.headline_k == 40 and r.value == r.curve["40"] and "40" in r.note
     tr, te = stratified_split(y)
@@ -56,3 +56,20 @@ def test_sparse_probe_curve_dense_and_sparse_inputs_agree() -> None:
     b = sparse_probe_curve(sp.csr_matrix(codes[:150]), y[:150], sp.csr_matrix(codes[150:]), y[150:], [1, 4],
                            ProbeConfig(max_iter=500))
     assert a == pytest.approx(b)
+
+
+@pytest.mark.parametrize("engine", ["sklearn", "torch"])
+def test_warm_started_curve_equals_cold_probes(engine: str) -> None:
+    rng = np.random.default_rng(5)
+    y = np.arange(600) % 6
+    codes = noisy_codes(600, 300, seed=5)
+    codes[:, :40] += 0.25 * rng.normal(size=(6, 40))[y].clip(0)  # weak, overlapping class signal
+    probe = ProbeConfig(engine=engine, max_iter=500, device="cpu")
+    tr, te = stratified_split(y)
+    ks = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    warm = sparse_probe_curve(codes[tr], y[tr], codes[te], y[te], ks, probe, warm_start=True)
+    cold = sparse_probe_curve(codes[tr], y[tr], codes[te], y[te], ks, probe, warm_start=False)
+    assert list(warm) == ks
+    for k in ks:
+        assert warm[k] == pytest.approx(cold[k], abs=0.005), k
+    assert 0.6 < cold[256] < 1.0

@@ -132,3 +132,19 @@ def test_fit_probe_rejects_bad_input() -> None:
     x[0, 0] = np.nan
     with pytest.raises(DataError):
         fit_probe(x, y)
+
+
+@pytest.mark.parametrize("engine", ["sklearn", "torch"])
+def test_warm_started_probe_reaches_the_cold_minimiser(engine: str) -> None:
+    x, y = blobs(600, 20, 5)
+    cfg = ProbeConfig(engine=engine, max_iter=1000, tol=1e-6, device="cpu")
+    rng = np.random.default_rng(1)
+    cols = rng.permutation(20)[:8]
+    small = fit_probe(x[:, cols], y, cfg)
+    cold = fit_probe(x, y, cfg)
+    warm = fit_probe(x, y, cfg, init=small, init_cols=cols)  # the small probe's inputs sit at columns `cols`
+    near = fit_probe(x + 0.01 * rng.normal(size=x.shape).astype(np.float32), y, cfg, init=cold)
+    scale = np.abs(cold.coef_kd).max()
+    assert np.abs(warm.coef_kd - cold.coef_kd).max() < 5e-2 * scale  # equal up to the solvers' tolerance
+    assert np.mean(warm.predict(x) == cold.predict(x)) > 0.995
+    assert near.n_iter < cold.n_iter  # a start near the minimiser needs fewer iterations

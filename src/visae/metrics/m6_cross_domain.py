@@ -25,8 +25,15 @@ from visae.config import FrozenConfig
 from visae.errors import ConfigError
 from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
 from visae.metrics.encode import PooledCollector, PooledFeatures, encode_stream
-from visae.metrics.m4_sparse_probing import sparse_probe_curve
-from visae.metrics.probes import ProbeConfig, fit_probe, stratified_split
+from visae.metrics.probes import (
+    ProbeConfig,
+    binary_auc,
+    fit_probe,
+    ovr_auc,
+    rank_features,
+    stratified_split,
+    take_columns,
+)
 
 
 class OODDataset(FrozenConfig):
@@ -51,6 +58,8 @@ class M6Config(MetricConfig):
     test_size: float = Field(0.2, gt=0, lt=1, description="held-out fraction when a dataset has one cache")
     seed: int = Field(42, description="split seed when a dataset has one cache")
     group_size: int = Field(64, ge=1, description="images per encoding group")
+    warm_start: bool = Field(True, description="start the reconstruction probe from the raw probe's weights and the "
+                             "all-codes probe from the top-k probe's (same objectives, fewer iterations)")
     probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=500),
                                description="the probes (paper App. L: lbfgs, C = 1, max_iter = 500)")
 
@@ -98,14 +107,23 @@ def compute_m6_dataset(train: PooledFeatures, test: PooledFeatures, config: M6Co
                        split: str = "caches") -> M6DatasetResult:
     """Probe raw, reconstructed and code features of one dataset (pooled train and test features)."""
     y_tr, y_te = train.labels_n, test.labels_n
+    warm = config.warm_start  # reconstructions start from the raw probe; all codes from the top-k probe
     p_raw = fit_probe(train.acts_nd, y_tr, config.probe)
     acc_raw = p_raw.accuracy(test.acts_nd, y_te)
-    acc_recon = fit_probe(train.recon_nd, y_tr, config.probe).accuracy(test.recon_nd, y_te)
+    acc_recon = fit_probe(train.recon_nd, y_tr, config.probe, init=p_raw if warm else None).accuracy(
+        test.recon_nd, y_te)
+    k = min(config.sparse_k, train.codes_nf.shape[1])
+    top = rank_features(train.codes_nf, y_tr)[:k]
+    p_top = fit_probe(take_columns(train.codes_nf, top), y_tr, config.probe)
+    x_te = take_columns(test.codes_nf, top)
+    if len(p_top.classes) == 2:
+        auc = binary_auc(y_te == p_top.classes[1], p_top.decision_function(x_te))
+    else:
+        auc = float(np.nanmean(ovr_auc(y_te, p_top.predict_proba(x_te), p_top.classes)))
     acc_codes = None
     if config.code_probe:
-        acc_codes = fit_probe(train.codes_nf, y_tr, config.probe).accuracy(test.codes_nf.toarray(), y_te)
-    k = min(config.sparse_k, train.codes_nf.shape[1])
-    auc = sparse_probe_curve(train.codes_nf, y_tr, test.codes_nf, y_te, [k], config.probe).get(k)
+        p_codes = fit_probe(train.codes_nf, y_tr, config.probe, init=p_top if warm else None, init_cols=top)
+        acc_codes = p_codes.accuracy(test.codes_nf.toarray(), y_te)
     return M6DatasetResult(acc_raw=acc_raw, acc_recon=acc_recon, acc_codes=acc_codes,
                            preservation=acc_recon / acc_raw if acc_raw > 0 else None,
                            sparse_auc=None if auc is None or np.isnan(auc) else auc, sparse_k=k,

@@ -221,8 +221,29 @@ class LinearProbe:
         return float(np.mean(self.predict(x_nd) == np.asarray(y_n)))
 
 
-def fit_probe(x_nd: ArrayLike, y_n: np.ndarray, config: ProbeConfig | None = None) -> LinearProbe:
-    """Fit the paper's logistic probe on ``x_nd`` (dense) with labels ``y_n`` using ``config.engine``."""
+def _warm_coef(init: LinearProbe | None, classes: np.ndarray, d: int,
+               init_cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """``init``'s weights placed at columns ``init_cols`` (default: the first ones) of ``d``, zeros elsewhere."""
+    if init is None or not np.array_equal(init.classes, classes):
+        return None
+    d_init = init.coef_kd.shape[1]
+    cols = np.arange(d_init) if init_cols is None else np.asarray(init_cols)
+    if len(cols) != d_init or (d_init and (cols.min() < 0 or cols.max() >= d)):
+        return None
+    coef = np.zeros((init.coef_kd.shape[0], d), dtype=np.float64)
+    coef[:, cols] = init.coef_kd
+    return coef, np.asarray(init.intercept_k, dtype=np.float64).copy()
+
+
+def fit_probe(x_nd: ArrayLike, y_n: np.ndarray, config: ProbeConfig | None = None,
+              init: LinearProbe | None = None, init_cols: np.ndarray | None = None) -> LinearProbe:
+    """Fit the paper's logistic probe on ``x_nd`` (dense) with labels ``y_n`` using ``config.engine``.
+
+    ``init``: a probe fitted on related inputs — the previous budget of a nested top-k curve, or the raw
+    features when fitting reconstructions — whose weights start the solver; its inputs are the columns
+    ``init_cols`` of ``x_nd`` (default: the first ones), the other weights start at zero. The objective is
+    strictly convex, so the minimiser is the same; only the number of iterations changes.
+    """
     config = config or ProbeConfig()
     x_nd = np.asarray(x_nd.toarray() if sp.issparse(x_nd) else x_nd, dtype=np.float32)
     y_n = np.asarray(y_n)
@@ -234,20 +255,25 @@ def fit_probe(x_nd: ArrayLike, y_n: np.ndarray, config: ProbeConfig | None = Non
     scaler = Standardizer.fit(x_nd, config.standardize)
     xs = scaler.apply(x_nd)
     y_idx = np.searchsorted(classes, y_n)
+    warm = _warm_coef(init, classes, xs.shape[1], init_cols)
     if config.engine == "sklearn":
-        coef, icpt, n_iter, ok = _fit_sklearn(xs, y_idx, config)
+        coef, icpt, n_iter, ok = _fit_sklearn(xs, y_idx, config, warm)
     else:
-        coef, icpt, n_iter, ok = _fit_torch(xs, y_idx, len(classes), config)
+        coef, icpt, n_iter, ok = _fit_torch(xs, y_idx, len(classes), config, warm)
     return LinearProbe(classes, coef, icpt, scaler, n_iter, ok)
 
 
-def _fit_sklearn(xs: np.ndarray, y_idx: np.ndarray, config: ProbeConfig) -> tuple[np.ndarray, np.ndarray, int, bool]:
+def _fit_sklearn(xs: np.ndarray, y_idx: np.ndarray, config: ProbeConfig,
+                 warm: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int, bool]:
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    clf = LogisticRegression(C=config.C, solver="lbfgs", max_iter=config.max_iter, tol=config.tol, class_weight=None)
+    clf = LogisticRegression(C=config.C, solver="lbfgs", max_iter=config.max_iter, tol=config.tol, class_weight=None,
+                             warm_start=warm is not None)
+    if warm is not None:  # sklearn's warm start reads these attributes
+        clf.coef_, clf.intercept_ = warm
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         clf.fit(xs, y_idx)
@@ -255,8 +281,8 @@ def _fit_sklearn(xs: np.ndarray, y_idx: np.ndarray, config: ProbeConfig) -> tupl
     return (clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64), int(np.max(clf.n_iter_)), converged)
 
 
-def _fit_torch(xs: np.ndarray, y_idx: np.ndarray, n_classes: int,
-               config: ProbeConfig) -> tuple[np.ndarray, np.ndarray, int, bool]:
+def _fit_torch(xs: np.ndarray, y_idx: np.ndarray, n_classes: int, config: ProbeConfig,
+               warm: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int, bool]:
     from visae.device import pick_device
 
     device = pick_device(config.device)
@@ -265,15 +291,20 @@ def _fit_torch(xs: np.ndarray, y_idx: np.ndarray, n_classes: int,
     if n_classes == 2:
         w, b, it, ok = newton_binary(x[None], y[None].float(), config.C, config.max_iter, config.tol)
         return w[0:1].double().cpu().numpy(), b[0:1].double().cpu().numpy(), it, ok
-    return _lbfgs_multinomial(x, y, n_classes, config)
+    return _lbfgs_multinomial(x, y, n_classes, config, warm)
 
 
-def _lbfgs_multinomial(x: torch.Tensor, y: torch.Tensor, n_classes: int,
-                       config: ProbeConfig) -> tuple[np.ndarray, np.ndarray, int, bool]:
+def _lbfgs_multinomial(x: torch.Tensor, y: torch.Tensor, n_classes: int, config: ProbeConfig,
+                       warm: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int, bool]:
     """Minimise (C·Σ CE + ½‖W‖²)/n — the sklearn objective divided by n, which leaves the minimiser unchanged."""
     n, d = x.shape
-    w = torch.zeros(n_classes, d, device=x.device, dtype=torch.float32, requires_grad=True)
-    b = torch.zeros(n_classes, device=x.device, dtype=torch.float32, requires_grad=True)
+    w = torch.zeros(n_classes, d, device=x.device, dtype=torch.float32)
+    b = torch.zeros(n_classes, device=x.device, dtype=torch.float32)
+    if warm is not None:
+        w.copy_(torch.as_tensor(warm[0], dtype=torch.float32))
+        b.copy_(torch.as_tensor(warm[1], dtype=torch.float32))
+    w.requires_grad_(True)
+    b.requires_grad_(True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=config.max_iter, history_size=10,
                             tolerance_grad=config.tol, tolerance_change=1e-12,
                             line_search_fn="strong_wolfe")
