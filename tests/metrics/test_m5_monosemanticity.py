@@ -381,9 +381,12 @@ def test_offline_pair_end_to_end(tmp_path: Path, backbone: str, evaluator: str) 
     assert r.evaluator == evaluator and r.embedding_kind
     assert r.n_live > 0 and r.n_scored == r.n_live and r.top_n == 16
     assert r.raw is not None and r.baseline is not None and r.value is not None
-    assert -1.0 <= r.value <= 1.0 and 16 <= r.n_embedded_images <= 48
+    assert 16 <= r.n_embedded_images <= 48
     table = pd.read_parquet(tmp_path / "eval" / FEATURES_FILE)
     assert len(table) == r.n_scored
+    # The headline is the features' mean score, normalized by the random-group baseline (App. K).
+    assert r.raw == pytest.approx(table["ms"].dropna().mean())
+    assert r.value == pytest.approx((r.raw - r.baseline) / (1 - r.baseline))
     store_files = list((Path(cache_dir) / "embeddings").glob(f"{evaluator}-*.npy"))
     assert len(store_files) == 1
     # A second evaluation on the same cache reuses the stored embeddings: nothing is recomputed or rewritten.
