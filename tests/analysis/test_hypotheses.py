@@ -13,13 +13,13 @@ from visae.analysis.hypotheses import (
     NOT_COMPUTABLE,
     NOT_SUPPORTED,
     correlation_table,
-    test_hypotheses,
+    evaluate_hypotheses,
     verdict,
 )
 from visae.analysis.lift import codes_lift, lift_correlation
-from visae.analysis.schema import parse_m7_grid_metric, parse_task_metric, task_metric, validate_results
 from visae.analysis.sensitivity import layer_ablation
 from visae.errors import StudyError
+from visae.results.schema import parse_m7_grid_metric, parse_task_metric, task_metric, validate_results
 
 BACKBONES = ["clip", "deit", "dinov2", "mae", "siglip"]
 CONFIGS = [(16, 64), (16, 128), (32, 64)]
@@ -50,7 +50,7 @@ def planted_study() -> pd.DataFrame:
 
 
 def test_hypotheses_match_the_papers_printed_statistics() -> None:
-    out = test_hypotheses(planted_study()).set_index("id")
+    out = evaluate_hypotheses(planted_study()).set_index("id")
     assert round(out.loc["H1", "rho"], 3) == 0.900 and round(out.loc["H1", "p"], 3) == 0.037
     assert out.loc["H1", "verdict"] == CONFIRMED
     assert round(out.loc["H2", "rho"], 3) == 0.300 and round(out.loc["H2", "p"], 3) == 0.624
@@ -64,7 +64,7 @@ def test_hypotheses_match_the_papers_printed_statistics() -> None:
 
 def test_too_few_backbones_is_not_computable() -> None:
     df = planted_study()
-    out = test_hypotheses(df[df["backbone"].isin(["clip", "deit"])]).set_index("id")
+    out = evaluate_hypotheses(df[df["backbone"].isin(["clip", "deit"])]).set_index("id")
     assert out.loc["H1", "verdict"] == NOT_COMPUTABLE and pd.isna(out.loc["H1", "rho"])
     assert "at least 3" in out.loc["H1", "note"]
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from visae.analysis.consistency import rank_consistency, ranking_correlation
-from visae.analysis.schema import m7_grid_metric
 from visae.analysis.sensitivity import m7_grid, m7_sensitivity
+from visae.results.schema import m7_grid_metric
 
 # Table 9: (metric, BatchTopK ranking, JumpReLU ranking, ρ, p) as printed, rankings best to worst.
 TABLE9 = [

@@ -8,8 +8,8 @@ import pytest
 import statsmodels.formula.api as smf
 from statsmodels.stats.anova import anova_lm
 
-from visae.analysis.schema import with_config
 from visae.analysis.variance import variance_decomposition
+from visae.results.schema import with_config
 
 BACKBONES = ["clip", "deit", "dinov2", "mae", "siglip"]
 CONFIGS = [(e, k) for e in (8, 16, 32) for k in (64, 128, 192, 256)]

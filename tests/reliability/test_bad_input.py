@@ -308,7 +308,7 @@ def test_full_disk_on_a_json_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 # --- two writers at once -------------------------------------------------------------------------------------
 def test_second_writer_is_refused(tmp_path: Path) -> None:
-    from visae.study.store import study_lock
+    from visae.study.protocol import study_lock
 
     holder = subprocess.Popen(["sleep", "60"])
     try:

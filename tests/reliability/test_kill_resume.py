@@ -280,14 +280,14 @@ def _study_yaml(folder: Path) -> Path:
 
 
 def _study_outcome(out: Path) -> pd.DataFrame:
-    from visae.study.results import read_results
+    from visae.results.table import read_results
 
     df = read_results(out)
     return df.sort_values([c for c in ("backbone", "layer", "sae_id", "metric") if c in df]).reset_index(drop=True)
 
 
 def _check_partial_study(out: Path) -> None:
-    from visae.study.store import read_done
+    from visae.study.protocol import read_done
 
     if not out.exists():
         return

@@ -16,7 +16,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 from cdp_browser import Browser, find_chromium
 from fake_stages import fake_study_yaml, use_fakes
 
-from visae.report.html import write_report
+from visae.report.write import write_report
 from visae.study.config import load_study_config
 from visae.study.run import run_study
 
@@ -47,7 +47,7 @@ def test_report_has_figures_and_tables(study_dir: Path) -> None:
 
 
 def test_report_notes_instead_of_failing_on_empty_study(tmp_path: Path) -> None:
-    paths = write_report(tmp_path, params={})
+    paths = write_report(tmp_path)
     page = paths["report"].read_text()
     assert page.count("not enough data") >= 8
     assert paths["features"].exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,9 @@ import pytest
 import yaml
 
 from visae.io import atomic_write_json
-from visae.study import jobs
-from visae.study.plan import Job
+from visae.study.job import Job
+from visae.study.protocol import write_done
+from visae.study.stages import STAGES
 
 BACKBONE_LEVEL = {"bb-a": 0.3, "bb-b": 0.2, "bb-c": 0.1, "bb-d": 0.0}
 
@@ -24,24 +26,23 @@ def _noise(*parts: Any) -> float:
     return int.from_bytes(h[:4], "little") / 2**32 - 0.5
 
 
-def fake_cache(job: Job, root: Path, device: str) -> dict[str, Any]:
+def fake_cache(job: Job, p: Any, root: Path, device: str) -> dict[str, Any]:
     (root / job.outputs[0]).mkdir(parents=True, exist_ok=True)
     return {"cache": ""}
 
 
-def fake_train(job: Job, root: Path, device: str) -> dict[str, Any]:
-    for m in job.params["saes"]:
-        out = root / m["out"]
+def fake_train(job: Job, p: Any, root: Path, device: str) -> dict[str, Any]:
+    for m in p.saes:
+        out = root / m.out
         out.mkdir(parents=True, exist_ok=True)
-        (out / "weights.txt").write_text(json.dumps(m, sort_keys=True))
-        jobs.write_done(out, {"job_id": job.id, "kind": "sae", "sae_id": m["sae_id"]})
+        (out / "weights.txt").write_text(json.dumps(m.model_dump(mode="json"), sort_keys=True))
+        write_done(out, {"job_id": job.id, "kind": "sae", "sae_id": m.sae_id})
     return {}
 
 
-def fake_eval(job: Job, root: Path, device: str) -> dict[str, Any]:
-    p = job.params
-    sae = json.loads((root / p["sae"] / "weights.txt").read_text())
-    level = BACKBONE_LEVEL[p["backbone"]] + (0.05 if sae["layer"] != 3 else 0.0)
+def fake_eval(job: Job, p: Any, root: Path, device: str) -> dict[str, Any]:
+    sae = json.loads((root / p.sae / "weights.txt").read_text())
+    level = BACKBONE_LEVEL[p.backbone] + (0.05 if sae["layer"] != 3 else 0.0)
     out = root / job.outputs[0]
     for i, metric in enumerate(["m1", "m2", "m3", "m4", "m5", "m6", "m7"]):
         value = level * (1 + 0.1 * i) + 0.01 * _noise(sae["sae_id"], metric)
@@ -64,30 +65,37 @@ def fake_eval(job: Job, root: Path, device: str) -> dict[str, Any]:
     return {}
 
 
-def fake_raw(job: Job, root: Path, device: str) -> dict[str, Any]:
-    v = BACKBONE_LEVEL[job.params["backbone"]] * 1.5
+def fake_raw(job: Job, p: Any, root: Path, device: str) -> dict[str, Any]:
+    v = BACKBONE_LEVEL[p.backbone] * 1.5
     atomic_write_json(root / job.outputs[0] / "raw.json", {"metric": "raw", "value": v, "result": {
         "metric": "raw", "value": v, "higher_is_better": True, "null_expectation": -1 / 15, "z": 50.0 * v}})
     return {}
 
 
-def fake_task(job: Job, root: Path, device: str) -> dict[str, Any]:
-    p = job.params
-    base = BACKBONE_LEVEL[p["backbone"]] + 0.5
-    rows = [{"metric": p["task"]["name"], "features": "raw", "value": base, "sae_id": ""}]
-    rows += [{"metric": p["task"]["name"], "features": "codes", "value": base * 0.9 + 0.01 * _noise(s["sae_id"]),
-              "sae_id": s["sae_id"]} for s in p["saes"]]
-    atomic_write_json(root / job.outputs[0] / "task.json", {"task": p["task"], "rows": rows})
+def fake_task(job: Job, p: Any, root: Path, device: str) -> dict[str, Any]:
+    base = BACKBONE_LEVEL[p.backbone] + 0.5
+    rows = [{"metric": p.task.name, "features": "raw", "value": base, "sae_id": ""}]
+    rows += [{"metric": p.task.name, "features": "codes", "value": base * 0.9 + 0.01 * _noise(s.sae_id),
+              "sae_id": s.sae_id} for s in p.saes]
+    atomic_write_json(root / job.outputs[0] / "task.json", {"task": p.task.to_dict(), "rows": rows})
     return {}
 
 
-FAKES = {"cache": fake_cache, "train": fake_train, "eval": fake_eval, "raw": fake_raw, "task": fake_task}
+def fake_features(job: Job, p: Any, root: Path, device: str) -> dict[str, Any]:
+    """No images to scan (the fake SAEs are not models): views without cells or entries."""
+    atomic_write_json(root / job.outputs[0] / "fig5.json", {"family": None, "layer": None, "cells": {}})
+    atomic_write_json(root / job.outputs[0] / "browser.json", {"saes": []})
+    return {}
+
+
+FAKES = {"cache": fake_cache, "train": fake_train, "eval": fake_eval, "raw": fake_raw, "task": fake_task,
+         "features": fake_features}
 
 
 def use_fakes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace the model stages by the fakes (collect, analysis and report stay real)."""
     for kind, fn in FAKES.items():
-        monkeypatch.setitem(jobs.RUNNERS, kind, fn)
+        monkeypatch.setitem(STAGES, kind, replace(STAGES[kind], run=fn))
 
 
 def fake_study_yaml(tmp_path: Path, backbones: tuple[str, ...] = ("bb-a", "bb-b", "bb-c", "bb-d"),

@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from visae.study import jobs
+from visae.results.table import read_results
 from visae.study.config import load_study_config
-from visae.study.plan import Job
-from visae.study.results import read_results
 from visae.study.run import run_study
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # failing.py beside this file (importlib mode)
+from failing import FailingExecute, nth_of_kind
 
 TINY = {
     "name": "tiny", "out_dir": "out", "device": "cpu", "plugins": ["visae.study.testing"],
@@ -71,20 +72,10 @@ def test_rerun_does_nothing_and_results_complete(clean_run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_crash_and_resume_equals_clean_run(clean_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_and_resume_equals_clean_run(clean_run: Path, tmp_path: Path) -> None:
     cfg = load_study_config(tiny_yaml(tmp_path))
-    seen = {"n": 0}
-
-    def crash_second_eval(job: Job) -> None:
-        if job.kind == "eval":
-            seen["n"] += 1
-            if seen["n"] == 2:
-                raise RuntimeError("injected crash")
-
-    monkeypatch.setattr(jobs, "FAILURE_HOOK", crash_second_eval)
-    _, summary = run_study(cfg)
+    _, summary = run_study(cfg, execute=FailingExecute(nth_of_kind("eval", 2)))
     assert summary is not None and len(summary.failed) == 1
-    monkeypatch.setattr(jobs, "FAILURE_HOOK", None)
     _, summary = run_study(cfg)
     assert summary is not None and summary.ok
     pd.testing.assert_frame_equal(_sorted(read_results(clean_run)), _sorted(read_results(cfg.out_dir)),
@@ -116,13 +107,15 @@ def test_ray_executor_local_instance(clean_run: Path, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     cfg = load_study_config(tiny_yaml(tmp_path, saes=[TINY["saes"][0]], tasks=[],  # type: ignore[index]
                                       metrics=["m1", "m2", "m3"], browser_features=2))
-    os.environ[jobs.FAIL_ENV] = "raw:1"  # the first raw job fails once: Ray's retry must recover it
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {jobs.FAIL_ENV: "raw:1"}})
+    import failing
+
+    # The first raw job fails once (counted in a file every worker sees): Ray's retry must recover it.
+    flaky = FailingExecute.first_runs("raw", 1, Path(cfg.out_dir))
+    ray.cloudpickle.register_pickle_by_value(failing)  # workers cannot import the test module by name
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        plan, summary = run_study(cfg, executor="ray", max_retries=2)
+        plan, summary = run_study(cfg, executor="ray", max_retries=2, execute=flaky)
     finally:
-        os.environ.pop(jobs.FAIL_ENV, None)
         ray.shutdown()
     assert summary is not None and summary.ok, summary.describe(plan)
     assert (Path(cfg.out_dir) / ".inject-raw").read_text() == "1"  # it did fail once

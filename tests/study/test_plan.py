@@ -134,8 +134,8 @@ def test_ood_test_split_gets_its_own_cache_and_reaches_m6(tmp_path: Path, monkey
     assert test_cache.params["source"]["split"] == "test"
     ev = plan.of_kind("eval")[0]
     assert set(ev.params["ood_test"]) == {"faces"}
-    from visae.study import jobs
+    from visae.study.stages import eval as eval_stage
 
-    monkeypatch.setattr(jobs, "_cache_path", lambda root, out: root / out)
-    m6 = jobs.study_metric_extras(ev.params, tmp_path)["m6"]["datasets"][0]
+    monkeypatch.setattr(eval_stage, "cache_path", lambda root, out: root / out)
+    m6 = eval_stage.study_metric_extras(eval_stage.Params.model_validate(ev.params), tmp_path)["m6"]["datasets"][0]
     assert m6["name"] == "faces" and m6["test_cache"].endswith(ev.params["ood_test"]["faces"])

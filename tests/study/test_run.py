@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -14,15 +15,15 @@ from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_stages beside this file (importlib mode)
 
+from failing import FailingExecute, nth_of_kind
 from fake_stages import fake_study_yaml, use_fakes
 
 from visae.errors import StudyError
-from visae.study import jobs
+from visae.results.table import read_results
 from visae.study.config import load_study_config
-from visae.study.plan import Job
-from visae.study.results import read_results
+from visae.study.protocol import study_lock
 from visae.study.run import run_study
-from visae.study.store import study_lock
+from visae.study.stages import STAGES
 
 
 def test_run_twice_second_does_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -47,21 +48,11 @@ def test_injected_failure_then_resume_equals_clean_run(tmp_path: Path, monkeypat
     clean = load_study_config(fake_study_yaml(tmp_path / "a"))
     run_study(clean, check_inputs=False)
     crashed = load_study_config(fake_study_yaml(tmp_path / "b"))
-    calls = {"n": 0}
-
-    def crash_on_fifth_eval(job: Job) -> None:
-        if job.kind == "eval":
-            calls["n"] += 1
-            if calls["n"] == 5:
-                raise RuntimeError("simulated crash")
-
-    monkeypatch.setattr(jobs, "FAILURE_HOOK", crash_on_fifth_eval)
-    plan, summary = run_study(crashed, check_inputs=False)
+    plan, summary = run_study(crashed, check_inputs=False, execute=FailingExecute(nth_of_kind("eval", 5)))
     assert summary is not None and not summary.ok
     assert len(summary.failed) == 1 and summary.blocked  # collect/analysis/report blocked, not dropped
-    assert "simulated crash" in summary.describe(plan)
+    assert "injected failure in eval" in summary.describe(plan)
     assert list((Path(crashed.out_dir) / "logs").glob("eval-*.log"))
-    monkeypatch.setattr(jobs, "FAILURE_HOOK", None)
     _, resumed = run_study(crashed, check_inputs=False)
     assert resumed is not None and resumed.ok
     assert "eval" in {plan.by_id()[j].kind for j in resumed.ran}
@@ -71,12 +62,13 @@ def test_injected_failure_then_resume_equals_clean_run(tmp_path: Path, monkeypat
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_env_failure_hook_and_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_job_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     use_fakes(monkeypatch)
     cfg = load_study_config(fake_study_yaml(tmp_path, backbones=("bb-a",), tasks=[]))
-    monkeypatch.setenv(jobs.FAIL_ENV, "raw:1")  # first raw job fails once; a retry succeeds
-    plan, summary = run_study(cfg, check_inputs=False, max_retries=1)
+    flaky = FailingExecute.first_runs("raw", 1, tmp_path)  # first raw job fails once; a retry succeeds
+    plan, summary = run_study(cfg, check_inputs=False, max_retries=1, execute=flaky)
     assert summary is not None and summary.ok, summary.describe(plan)
+    assert (tmp_path / ".inject-raw").read_text() == "1"  # it did fail once
 
 
 def test_lock(tmp_path: Path) -> None:
@@ -104,7 +96,10 @@ def test_cli_dry_run_status_and_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["study", "status", str(path)])
     assert res.exit_code == 0 and "todo" not in res.output
-    monkeypatch.setenv(jobs.FAIL_ENV, "report")
+    def broken_report(*args: object) -> dict[str, object]:
+        raise RuntimeError("the report broke")
+
+    monkeypatch.setitem(STAGES, "report", replace(STAGES["report"], run=broken_report))
     (tmp_path / "out" / "report" / "done.json").unlink()
     res = runner.invoke(app, ["study", "run", str(path)])
-    assert res.exit_code == 1 and "FAILED report" in res.output
+    assert res.exit_code == 1 and "FAILED report" in res.output and "the report broke" in res.output

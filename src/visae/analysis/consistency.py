@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import pandas as pd
 
 from visae.analysis.hypotheses import sae_metrics
-from visae.analysis.schema import higher_is_better
 from visae.analysis.stats import Correlation, backbone_means, spearman
+from visae.results.schema import higher_is_better
 
 CONSISTENCY_COLUMNS = ["metric", "family_a", "family_b", "ranking_a", "ranking_b", "n", "rho", "p",
                        "higher_is_better", "note"]

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
-from pydantic import Field
 
-from visae.analysis.schema import parse_m7_grid_metric, parse_task_metric
 from visae.analysis.stats import backbone_means, spearman
-from visae.config import FrozenConfig
+from visae.results.hypotheses import PREREGISTERED, Hypothesis
+from visae.results.schema import parse_m7_grid_metric, parse_task_metric
 
 CONFIRMED = "confirmed"
 MET_NOT_SIGNIFICANT = "met threshold but p>0.05"
@@ -22,28 +21,7 @@ NOT_SUPPORTED = "not supported"
 NOT_COMPUTABLE = "not computable"
 _TOL = 1e-9  # ρ = 0.6 computed in floating point must still meet a 0.6 threshold
 
-
-class Hypothesis(FrozenConfig):
-    """One pre-registered cross-backbone hypothesis."""
-
-    id: str = Field(description="short name, e.g. H1")
-    metric: str = Field(description="SAE-internal metric (tidy-table name), averaged over configurations")
-    task: str = Field(description="downstream metric name, e.g. task:segmentation_miou:raw")
-    threshold: float = Field(description="confirmation threshold on Spearman ρ, fixed in advance (paper §4.5)")
-    alpha: float = Field(0.05, description="significance level for a 'confirmed' verdict")
-    description: str = Field("", description="the hypothesis in words")
-
-
-PREREGISTERED: tuple[Hypothesis, ...] = (
-    Hypothesis(id="H1", metric="m1", task="task:segmentation_miou:raw", threshold=0.7,
-               description="M1 spatial coherence → ADE20K segmentation mIoU (paper §4.5)"),
-    Hypothesis(id="H2", metric="m5", task="task:cub_acc:raw", threshold=0.6,
-               description="normalized M5 monosemanticity → CUB-200 fine-grained accuracy (paper §4.5)"),
-    Hypothesis(id="H3", metric="m3", task="task:retrieval_r1:raw", threshold=0.6,
-               description="M3 preservation → image-image retrieval R@1 on held-out ImageNet (paper §4.5)"),
-    Hypothesis(id="H4", metric="m4", task="task:inat_sparse_auc128:codes", threshold=0.7,
-               description="M4 ImageNet sparse probing → iNaturalist sparse probing AUC at k = 128 (paper §4.5)"),
-)
+__all__ = ["PREREGISTERED", "Hypothesis", "correlation_matrix", "correlation_table", "evaluate_hypotheses"]
 
 HYPOTHESIS_COLUMNS = ["id", "metric", "task", "threshold", "n", "rho", "p", "verdict", "backbones", "note",
                       "description"]
@@ -66,7 +44,7 @@ def paired_means(df: pd.DataFrame, metric: str, task: str) -> pd.DataFrame:
     return both.dropna()
 
 
-def test_hypotheses(df: pd.DataFrame, hypotheses: Sequence[Hypothesis] = PREREGISTERED) -> pd.DataFrame:
+def evaluate_hypotheses(df: pd.DataFrame, hypotheses: Sequence[Hypothesis] = PREREGISTERED) -> pd.DataFrame:
     """One row per hypothesis: n backbones, ρ, p, verdict, and a note when it could not be computed."""
     rows = []
     for h in hypotheses:
@@ -81,10 +59,6 @@ def test_hypotheses(df: pd.DataFrame, hypotheses: Sequence[Hypothesis] = PREREGI
                      "rho": corr.rho, "p": corr.p, "verdict": verdict(corr.rho, corr.p, h.threshold, h.alpha),
                      "backbones": ",".join(pair.index), "note": note, "description": h.description})
     return pd.DataFrame(rows, columns=HYPOTHESIS_COLUMNS)
-
-
-# pytest would otherwise try to collect the public function above as a test when imported into a test module.
-test_hypotheses.__test__ = False  # type: ignore[attr-defined]
 
 
 def sae_metrics(df: pd.DataFrame) -> list[str]:

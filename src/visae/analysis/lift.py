@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from visae.analysis.schema import parse_task_metric, task_metric, with_config
 from visae.analysis.stats import spearman
+from visae.results.schema import parse_task_metric, task_metric, with_config
 
 LIFT_COLUMNS = ["task", "backbone", "raw", "codes_mean", "lift_mean", "lift_std", "n_configs", "note"]
 LIFT_CORR_COLUMNS = ["task", "n", "rho", "p", "lowest_lift", "highest_lift", "note"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +16,16 @@ from visae.analysis.hypotheses import (
     Hypothesis,
     correlation_matrix,
     correlation_table,
-    test_hypotheses,
+    evaluate_hypotheses,
 )
 from visae.analysis.lift import codes_lift, lift_correlation
-from visae.analysis.schema import primary_slice, select, validate_results
 from visae.analysis.sensitivity import layer_ablation, m7_grid, m7_sensitivity
 from visae.analysis.variance import variance_decomposition
 from visae.config import FrozenConfig
 from visae.errors import StudyError
-from visae.io import atomic_write_text
-
-RESULTS_FILE = "results.parquet"
+from visae.io import atomic_write_text, atomic_write_with
+from visae.results.layout import NOTES_FILE, RESULTS_DIR, RESULTS_FILE
+from visae.results.schema import primary_slice, select, validate_results
 
 
 class AnalysisConfig(FrozenConfig):
@@ -50,8 +50,8 @@ def results_file(path: str | Path) -> Path:
     ``<dir>/results/results.parquet``."""
     p = Path(path)
     if p.is_dir():
-        p = p / RESULTS_FILE if (p / RESULTS_FILE).is_file() or not (p / "results" / RESULTS_FILE).is_file() \
-            else p / "results" / RESULTS_FILE
+        p = p / RESULTS_FILE if (p / RESULTS_FILE).is_file() or not (p / RESULTS_DIR / RESULTS_FILE).is_file() \
+            else p / RESULTS_DIR / RESULTS_FILE
     return p
 
 
@@ -108,7 +108,7 @@ def analyze(df: pd.DataFrame, config: AnalysisConfig | None = None) -> dict[str,
     if subset != all_b:
         out["variance_decomposition_subset"] = variance_decomposition(main, backbones=subset)
         notes.append(f"restricted variance decomposition on {', '.join(subset)}")
-    out["hypotheses"] = test_hypotheses(main, cfg.hypotheses)
+    out["hypotheses"] = evaluate_hypotheses(main, cfg.hypotheses)
     corr = correlation_table(main)
     out["correlations"] = corr
     out["correlation_matrix"] = correlation_matrix(corr)
@@ -157,8 +157,13 @@ TITLES = {
 }
 
 
+def _to_parquet(table: pd.DataFrame, path: Path, index: bool) -> None:
+    table.to_parquet(path, index=index)
+
+
 def write_analysis(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """Write each table as ``<name>.csv`` and ``<name>.md`` and all of them in ``analysis.md``."""
+    """Write each table as ``<name>.csv``, ``<name>.md`` and ``<name>.parquet`` (what :func:`read_analysis`
+    reads back, types intact) and all of them in ``analysis.md``."""
     out = Path(out_dir)
     written: list[Path] = []
     sections = ["# Analysis\n", *[f"- {n}" for n in results.get("notes", [])], ""]
@@ -171,12 +176,27 @@ def write_analysis(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
         atomic_write_text(csv_path, table.to_csv(index=index))
         md = f"## {title}\n\n{to_markdown(table, index=index)}"
         atomic_write_text(md_path, md)
+        pq_path = out / f"{name}.parquet"
+        atomic_write_with(pq_path, partial(_to_parquet, table, index=index))
         sections.append(md)
-        written += [csv_path, md_path]
+        written += [csv_path, md_path, pq_path]
     summary = out / "analysis.md"
     atomic_write_text(summary, "\n".join(sections))
     written.append(summary)
     return written
+
+
+def read_analysis(out_dir: str | Path) -> dict[str, Any]:
+    """The tables an analysis wrote (by name, as DataFrames) and its ``notes``; empty when absent."""
+    import json
+
+    out = Path(out_dir)
+    tables: dict[str, Any] = {name: pd.read_parquet(out / f"{name}.parquet") for name in TITLES
+                              if (out / f"{name}.parquet").is_file()}
+    notes_path = out / NOTES_FILE
+    if notes_path.is_file():
+        tables["notes"] = list(json.loads(notes_path.read_text(encoding="utf-8")).get("notes", []))
+    return tables
 
 
 def analyze_path(results_path: str | Path, out_dir: str | Path | None = None,

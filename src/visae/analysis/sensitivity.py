@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from visae.analysis.hypotheses import sae_metrics
-from visae.analysis.schema import parse_m7_grid_metric
+from visae.results.schema import parse_m7_grid_metric
 
 
 @dataclass(frozen=True)

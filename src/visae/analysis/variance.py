@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from visae.analysis.schema import parse_task_metric, with_config
+from visae.results.schema import parse_task_metric, with_config
 
 COLUMNS = ["metric", "n_obs", "n_backbones", "n_configs", "eta2_backbone", "eta2_config", "eta2_resid",
            "ss_backbone", "ss_config", "ss_resid", "ss_total", "df_backbone", "df_config", "df_resid",
@@ -83,7 +83,7 @@ def variance_decomposition(df: pd.DataFrame, metrics: Sequence[str] | None = Non
                            backbones: Sequence[str] | None = None) -> pd.DataFrame:
     """Table 3: one row per metric with η²_backbone, η²_config (expansion × K) and η²_residual.
 
-    ``df`` must hold one SAE family and layer (see :func:`visae.analysis.schema.select`); rows without a
+    ``df`` must hold one SAE family and layer (see :func:`visae.results.schema.select`); rows without a
     configuration (backbone-level raw-task numbers) and ``:raw`` task rows are left out, since they carry no
     SAE hyper-parameters. ``backbones`` restricts the decomposition to a subset (§5.7's non-MAE check).
     """

@@ -12,9 +12,9 @@ import torch
 from visae.cache.reader import ActivationCache, open_cache
 from visae.config import build_config
 from visae.device import pick_device
-from visae.io import atomic_write_json
 from visae.metrics.base import METRICS, EvalContext, Metric, MetricConfig, MetricResult
 from visae.metrics.encode import PooledCollector, encode_stream
+from visae.results.record import write_result_record
 from visae.sae.base import SAE
 
 
@@ -84,16 +84,9 @@ def evaluate(
 
 def write_result(path: Path, result: MetricResult, config: MetricConfig, ctx: EvalContext,
                  seconds: float, stream_seconds: float) -> None:
-    """One metric's JSON: value, every summary number, config and the inputs' hashes."""
-    from visae import __version__
-
-    atomic_write_json(path, {
-        "metric": result.metric,
-        "value": result.value,
-        "result": result.model_dump(mode="json"),
-        "config": config.to_dict(),
-        "inputs": {"sae": ctx.sae_id, "cache": ctx.cache.manifest.hash, "cache_path": str(ctx.cache.path),
-                   "backbone": ctx.backbone, "sae_provenance": ctx.extras.get("sae_provenance") or None},
-        "seconds": {"finalize": round(seconds, 3), "total": round(stream_seconds, 3)},
-        "visae_version": __version__,
-    })
+    """One metric's result record (visae.results.record): value, every summary number, config, inputs."""
+    write_result_record(
+        path, result.metric, result.value, result.model_dump(mode="json"), config.to_dict(),
+        inputs={"sae": ctx.sae_id, "cache": ctx.cache.manifest.hash, "cache_path": str(ctx.cache.path),
+                "backbone": ctx.backbone, "sae_provenance": ctx.extras.get("sae_provenance") or None},
+        seconds={"finalize": seconds, "total": stream_seconds})

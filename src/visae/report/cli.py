@@ -17,11 +17,11 @@ def register(app: typer.Typer) -> None:
     def report_cmd(
         study_dir: Annotated[Path, typer.Argument(help="study folder (holds results/results.parquet)")],
         out: Annotated[Path | None, typer.Option(help="output folder (default: STUDY_DIR/report)")] = None,
-        device: Annotated[str, typer.Option(help="device for the feature thumbnails")] = "auto",
     ) -> None:
-        """Write index.html (figures, tables, hypotheses, guide) and features.html (feature browser)."""
-        from visae.report.html import write_report
+        """Write index.html (figures, tables, hypotheses, guide) and features.html (feature browser) from the
+        study folder's results, analysis tables and feature views."""
+        from visae.report.write import write_report
 
-        paths = run_guarded(write_report, study_dir, out_dir=out, params=None, device=device)
+        paths = run_guarded(write_report, study_dir, out_dir=out)
         for name, path in paths.items():
             typer.echo(f"{name}: {path}")

@@ -1,7 +1,7 @@
 """The paper's figures, drawn from a study's own results with matplotlib (Agg).
 
-Each ``fig_*`` function takes the :class:`ReportData` and returns a matplotlib Figure, or raises
-:class:`NotEnoughData` whose message the report shows in the figure's place.
+Each ``fig_*`` function takes the :class:`~visae.report.data.ReportData` and returns a matplotlib Figure,
+or raises :class:`~visae.report.data.NotEnoughData` whose message the report shows in the figure's place.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -21,48 +19,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-HEADLINE = ["m1", "m2", "m3", "m4", "m5", "m6", "m7"]
-METRIC_NAMES = {"m1": "M1 Moran's I", "m2": "M2 FVU", "m3": "M3 preservation", "m4": "M4 sparse probing",
-                "m5": "M5 monosemanticity", "m6": "M6 cross-domain", "m7": "M7 absorption", "raw": "raw Moran's I"}
-
-
-class NotEnoughData(Exception):
-    """A figure or table cannot be drawn from the results; the message says what is missing."""
-
-
-@dataclass
-class ReportData:
-    """Everything the figures and tables read."""
-
-    root: Path
-    results: pd.DataFrame
-    """Validated tidy results (visae.analysis.schema)."""
-    details: pd.DataFrame
-    """Secondary numbers (``m2.mean_l0`` …), same columns."""
-    analysis: dict[str, Any]
-    """Output of visae.analysis.run.analyze (tables and notes)."""
-    family: str | None
-    layer: int | None
-    labels: dict[str, str] = field(default_factory=dict)
-    saes: list[dict[str, Any]] = field(default_factory=list)
-    """Plan records of the study's SAEs (sae_id, out, eval, backbone, layer, family, expansion, k)."""
-
-    @property
-    def main(self) -> pd.DataFrame:
-        """Rows of the main family and layer."""
-        from visae.analysis.schema import select
-
-        return select(self.results, family=self.family, layer=self.layer)
-
-    def label(self, backbone: str) -> str:
-        """Display name of a backbone."""
-        return self.labels.get(backbone, backbone)
-
-    def backbones(self, df: pd.DataFrame | None = None) -> list[str]:
-        """Backbones in display order (the study's order when known)."""
-        present = list(dict.fromkeys((df if df is not None else self.results)["backbone"]))
-        order = [b for b in self.labels if b in present]
-        return order + sorted(b for b in present if b not in order)
+from visae.report.data import NotEnoughData, ReportData
+from visae.results.names import HEADLINE, METRIC_NAMES
 
 
 def to_png_b64(fig: Figure, dpi: int = 110) -> str:
@@ -91,7 +49,7 @@ def fig_profile(d: ReportData) -> Figure:
     if not metrics or len(backbones) < 2:
         raise NotEnoughData(f"needs ≥ 2 backbones with headline metrics (have {len(backbones)} backbone(s), "
                             f"metrics {metrics or 'none'})")
-    from visae.analysis.schema import higher_is_better
+    from visae.results.schema import higher_is_better
 
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
     colors = _colors(backbones)

@@ -36,6 +36,10 @@ STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
 
 
+class TrainStateMismatch(ConfigError):
+    """The output folder holds the resumable state of a different set of SAEs (another grid)."""
+
+
 class SAESpec(FrozenConfig):
     """One SAE configuration of a grid."""
 
@@ -282,7 +286,7 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
     if state is not None:
         saved = state["trainees"]
         if set(saved) != set(names):
-            raise ConfigError(f"{out / STATE_FILE}: the saved run trained {sorted(saved)}, not {sorted(names)}; "
+            raise TrainStateMismatch(f"{out / STATE_FILE}: the saved run trained {sorted(saved)}, not {sorted(names)}; "
                               f"use another --out folder")
         for t in trainees:
             t.load(saved[t.name])

@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from visae.analysis.hypotheses import Hypothesis
 from visae.config import FrozenConfig, build_config, read_yaml
 from visae.errors import ConfigError
+from visae.results.hypotheses import Hypothesis
 
 # Paper Table 5: the M5 evaluator backbone for each SAE training backbone.
 PAPER_EVALUATORS: dict[str, str] = {

@@ -1,6 +1,7 @@
 """Executors: run a plan's missing jobs in process (local) or as Ray tasks, and report every failure.
 
-A job runs through :func:`visae.study.jobs.execute_job`, which is idempotent (a job already done returns at
+A job runs through :func:`visae.study.stages.run_job` (or the ``execute`` function given, with the same
+signature, e.g. a test's failure-injecting wrapper), which is idempotent (a job already done returns at
 once), so a retried or resumed job never duplicates work. Whatever the executor, the outcome of each job
 is read back from the study folder: done, failed (its inputs were done but it is not) or blocked (an input
 failed).
@@ -16,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from visae.errors import StudyError
-from visae.study.jobs import execute_job, job_done
-from visae.study.plan import Job, Plan
+from visae.study.job import Job, Plan
+from visae.study.protocol import job_done
+from visae.study.stages import run_job
 
 EventFn = Callable[[str], None]
+Execute = Callable[[Job, str, str, tuple[str, ...]], Any]
+"""``execute(job, root, device, plugins)``: run one job (default :func:`visae.study.stages.run_job`)."""
 
 
 @dataclass
@@ -57,7 +61,8 @@ def _log_failure(root: Path, job: Job, text: str) -> None:
 
 
 def run_local(plan: Plan, root: Path, device: str = "auto", max_retries: int = 0,
-              on_event: EventFn | None = None, plugins: tuple[str, ...] = ()) -> RunSummary:
+              on_event: EventFn | None = None, plugins: tuple[str, ...] = (),
+              execute: Execute = run_job) -> RunSummary:
     """Run missing jobs one at a time in this process, in plan order; a failure blocks its dependants only."""
     say = on_event or (lambda s: None)
     summary = RunSummary()
@@ -76,7 +81,7 @@ def run_local(plan: Plan, root: Path, device: str = "auto", max_retries: int = 0
             t0 = time.perf_counter()
             say(f"run      {job.label}" + (f" (retry {attempt})" if attempt else ""))
             try:
-                execute_job(job, str(root), device, plugins)
+                execute(job, str(root), device, plugins)
             except Exception:
                 err = traceback.format_exc()
                 if attempt < max_retries:
@@ -94,16 +99,17 @@ def run_local(plan: Plan, root: Path, device: str = "auto", max_retries: int = 0
     return summary
 
 
-def _ray_execute(job: Job, root: str, device: str, plugins: tuple[str, ...], *upstream: Any) -> str:
+def _ray_execute(execute: Execute, job: Job, root: str, device: str, plugins: tuple[str, ...],
+                 *upstream: Any) -> str:
     """Ray task body: the upstream results are passed only so that Ray orders the tasks."""
     del upstream
-    execute_job(job, root, device, plugins)
+    execute(job, root, device, plugins)
     return job.id
 
 
 def run_ray(plan: Plan, root: Path, address: str | None = "local", device: str = "auto", max_retries: int = 2,
             on_event: EventFn | None = None, init_kwargs: dict[str, Any] | None = None,
-            plugins: tuple[str, ...] = ()) -> RunSummary:
+            plugins: tuple[str, ...] = (), execute: Execute = run_job) -> RunSummary:
     """Submit every missing job as a Ray task (upstream ObjectRefs as arguments), wait, and read back outcomes.
 
     ``address``: 'local' starts a local Ray instance; otherwise the address of a running cluster
@@ -138,7 +144,7 @@ def run_ray(plan: Plan, root: Path, address: str | None = "local", device: str =
                                     "name": f"visae-{job.kind}-{job.id[:8]}"}
             if job.wants_gpu and has_gpu:
                 opts["num_gpus"] = 1
-            refs[job.id] = remote.options(**opts).remote(job, str(root), device, plugins, *upstream)
+            refs[job.id] = remote.options(**opts).remote(execute, job, str(root), device, plugins, *upstream)
             say(f"submit   {job.label}")
         jobs = plan.by_id()
         pending = list(refs.values())

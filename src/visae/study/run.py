@@ -7,11 +7,13 @@ from pathlib import Path
 
 from visae.errors import StudyError
 from visae.io import atomic_write_text
+from visae.results.layout import LOCK_FILE, STUDY_YAML
 from visae.study.config import StudyConfig, check_inputs_exist, dump_study_yaml
-from visae.study.executors import EventFn, RunSummary, run_local, run_ray
-from visae.study.jobs import job_done
-from visae.study.plan import Plan, plan_study
-from visae.study.store import study_lock
+from visae.study.executors import EventFn, Execute, RunSummary, run_local, run_ray
+from visae.study.job import Plan
+from visae.study.plan import plan_study
+from visae.study.protocol import job_done, study_lock
+from visae.study.stages import run_job
 
 
 def describe_plan(plan: Plan, root: Path) -> str:
@@ -35,7 +37,7 @@ def study_status(cfg: StudyConfig) -> str:
     root = Path(cfg.out_dir)
     plan = plan_study(cfg)
     text = describe_plan(plan, root)
-    lock = root / "study.lock"
+    lock = root / LOCK_FILE
     if lock.exists():
         text += f"\nlocked: {lock.read_text(encoding='utf-8').strip()}"
     return text
@@ -43,8 +45,10 @@ def study_status(cfg: StudyConfig) -> str:
 
 def run_study(cfg: StudyConfig, executor: str = "local", address: str | None = None, dry_run: bool = False,
               max_retries: int | None = None, on_event: EventFn | None = None,
-              check_inputs: bool = True) -> tuple[Plan, RunSummary | None]:
-    """Plan ``cfg`` and run what is missing (nothing when ``dry_run``); the summary lists failures."""
+              check_inputs: bool = True, execute: Execute = run_job) -> tuple[Plan, RunSummary | None]:
+    """Plan ``cfg`` and run what is missing (nothing when ``dry_run``); the summary lists failures.
+
+    ``execute`` runs one job (default :func:`visae.study.stages.run_job`; tests wrap it to inject failures)."""
     root = Path(cfg.out_dir)
     plan = plan_study(cfg)
     if dry_run:
@@ -54,12 +58,12 @@ def run_study(cfg: StudyConfig, executor: str = "local", address: str | None = N
     if executor not in ("local", "ray"):
         raise StudyError(f"--executor {executor!r}: expected 'local' or 'ray'")
     with study_lock(root):
-        atomic_write_text(root / "study.yaml", dump_study_yaml(cfg))
+        atomic_write_text(root / STUDY_YAML, dump_study_yaml(cfg))
         if executor == "local":
             summary = run_local(plan, root, device=cfg.device, max_retries=0 if max_retries is None else max_retries,
-                                on_event=on_event, plugins=tuple(cfg.plugins))
+                                on_event=on_event, plugins=tuple(cfg.plugins), execute=execute)
         else:
             summary = run_ray(plan, root, address=address or "local", device=cfg.device,
                               max_retries=2 if max_retries is None else max_retries, on_event=on_event,
-                              plugins=tuple(cfg.plugins))
+                              plugins=tuple(cfg.plugins), execute=execute)
     return plan, summary

@@ -3,7 +3,7 @@
 ``run_task(name, sae, caches, config, out_dir)`` runs one task for one SAE (or none: raw features only) and
 writes ``<out_dir>/task_<task>.json``; ``task_rows`` runs it once on raw features and on the codes of several
 SAEs of one backbone, returning tidy rows for a study's results table (metric names in
-:mod:`visae.analysis.schema`).
+:mod:`visae.results.schema`).
 
 | name | what | metric names |
 |---|---|---|

@@ -19,13 +19,13 @@ import scipy.sparse as sp
 import torch
 from pydantic import Field
 
-from visae.analysis.schema import FEATURE_KINDS, task_metric
 from visae.cache.reader import ActivationCache
 from visae.config import FrozenConfig
 from visae.errors import ConfigError
-from visae.io import atomic_write_json
 from visae.metrics.base import MetricResult
 from visae.metrics.encode import auto_group_size, encode_stream
+from visae.results.record import write_result_record
+from visae.results.schema import FEATURE_KINDS, task_metric
 from visae.sae.base import SAE
 
 
@@ -50,7 +50,7 @@ class TaskResult(MetricResult):
 
     def rows(self, sae_id: str = "") -> list[dict[str, Any]]:
         """Rows ``{metric, features, value, sae_id}`` (metric without the ``task:`` prefix and feature suffix)."""
-        from visae.analysis.schema import parse_task_metric
+        from visae.results.schema import parse_task_metric
 
         out = []
         for name, value in self.scores.items():
@@ -131,14 +131,9 @@ def headline(scores: dict[str, float | None], task: str) -> float | None:
 
 def write_task_result(out_dir: Path | str, result: TaskResult, config: FrozenConfig, inputs: dict[str, Any],
                       started: float) -> Path:
-    """``<out_dir>/task_<task>.json`` in the metrics' JSON shape (value, result, config, inputs, seconds)."""
-    from visae import __version__
+    """``<out_dir>/task_<task>.json``: the result record shared with the metrics (visae.results.record)."""
     from visae.io import safe_join
 
     path = safe_join(out_dir, f"task_{result.task}.json")  # the task name comes from a config file
-    atomic_write_json(path, {
-        "metric": result.metric, "value": result.value, "result": result.model_dump(mode="json"),
-        "config": config.to_dict(), "inputs": inputs,
-        "seconds": {"total": round(time.perf_counter() - started, 3)}, "visae_version": __version__,
-    })
-    return path
+    return write_result_record(path, result.metric, result.value, result.model_dump(mode="json"), config.to_dict(),
+                               inputs, seconds={"total": time.perf_counter() - started})

@@ -1,9 +1,9 @@
-"""Per-feature views for the report: top images of a feature with its patch activation map overlaid.
+"""Per-feature views: top images of a feature with its patch activation map overlaid.
 
-Computed at report time from the SAE and its evaluation cache, for a capped number of images and
-features: one streaming pass gives each feature's firing frequency, its top images (by max-over-patches
-activation) and those images' patch maps; the images come from the cache's own image source (when it
-cannot be reopened, the heat-map alone is drawn).
+Computed by the study's ``features`` job from the SAE and its evaluation cache, for a capped number of
+images and features: one streaming pass gives each feature's firing frequency, its top images (by
+max-over-patches activation) and those images' patch maps; the images come from the cache's own image
+source (when it cannot be reopened, the heat-map alone is drawn).
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
-"""The study folder: ``done.json`` markers (a job is done iff each output folder has one, written last)
-and the folder lock (pid + host; a live holder makes a second run fail, a dead one's lock is taken over)."""
+"""The job protocol: skip a job when done, run its stage, then write ``done.json`` last; and the folder lock.
+
+A job is done iff each of its output folders holds a ``done.json`` (written after every other file), so a
+killed job leaves at worst an incomplete folder without one, which the next run redoes. The lock (pid +
+host) makes a second run on the same folder fail while the first lives; a dead holder's lock is taken over.
+What each kind of job does is its stage's business (:mod:`visae.study.stages`).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,15 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from visae.errors import StudyError
 from visae.io import atomic_write_json
-
-DONE = "done.json"
-LOCK = "study.lock"
+from visae.results.layout import DONE_FILE as DONE
+from visae.results.layout import LOCK_FILE as LOCK
+from visae.study.job import Job
 
 
 def read_done(folder: Path) -> dict[str, Any] | None:
@@ -29,14 +34,18 @@ def read_done(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def output_done(root: Path, output: str, job_id: str | None = None, kind: str | None = None) -> bool:
-    """True when ``root/output/done.json`` exists (and names ``job_id`` for fixed-name outputs)."""
+def output_done(root: Path, output: str, job_id: str | None = None) -> bool:
+    """True when ``root/output/done.json`` exists (and names ``job_id`` when one is given)."""
     rec = read_done(root / output)
     if rec is None:
         return False
-    if job_id is not None and kind in ("collect", "analysis", "report"):
-        return bool(rec.get("job_id") == job_id)
-    return True
+    return job_id is None or bool(rec.get("job_id") == job_id)
+
+
+def job_done(job: Job, root: Path | str) -> bool:
+    """True when every output folder of ``job`` holds its done.json (naming the job, for fixed-name outputs)."""
+    root = Path(root)
+    return all(output_done(root, out, job.id if job.exact_done else None) for out in job.outputs)
 
 
 def write_done(folder: Path, record: dict[str, Any]) -> None:
@@ -105,3 +114,19 @@ def study_lock(root: Path) -> Iterator[None]:
                 holder = {}
             if holder.get("pid") == os.getpid():
                 path.unlink()
+
+
+def execute_job(job: Job, root: Path | str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Skip ``job`` when done; else call ``work`` (which writes the job's files) and then each output's
+    done.json. Returns the done record (the runner's info under ``info``)."""
+    root = Path(root)
+    if job_done(job, root):
+        return read_done(root / job.outputs[0]) or {}
+    t0 = time.perf_counter()
+    info = work() or {}
+    record = {"job_id": job.id, "kind": job.kind, "label": job.label, "params": job.params,
+              "deps": list(job.deps), "seconds": round(time.perf_counter() - t0, 3), "info": info}
+    for out in job.outputs:
+        if not output_done(root, out, job.id if job.exact_done else None):
+            write_done(root / out, record)
+    return record

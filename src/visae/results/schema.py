@@ -108,7 +108,7 @@ def validate_results(df: pd.DataFrame, source: str = "results table") -> pd.Data
     if missing:
         raise StudyError(
             f"{source}: missing column(s) {', '.join(missing)}; the tidy results table needs "
-            f"{', '.join(REQUIRED_COLUMNS)} (see visae.analysis.schema)")
+            f"{', '.join(REQUIRED_COLUMNS)} (see visae.results.schema)")
     out = df.copy()
     for col in ("backbone", "family", "metric"):
         out[col] = out[col].fillna("").astype(str)

@@ -1,0 +1,106 @@
+"""The report's tables (paper Tables 3, 4, 6–9 and the hypotheses), with the verdicts they print; each reads
+the results or the analysis job's tables and raises NotEnoughData when its inputs are missing."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from visae.report.data import NotEnoughData, ReportData
+from visae.results.names import HEADLINE
+
+
+def _analysis_table(d: ReportData, name: str, why: str) -> pd.DataFrame:
+    t = d.analysis.get(name)
+    if not isinstance(t, pd.DataFrame) or t.empty:
+        raise NotEnoughData(why)
+    return t
+
+
+def table_variance(d: ReportData) -> pd.DataFrame:
+    """Table 3."""
+    t = _analysis_table(d, "variance_decomposition", "needs ≥ 2 backbones × ≥ 2 configurations")
+    t = t[t["metric"].isin([*HEADLINE, "raw"])]
+    return t[["metric", "n_obs", "eta2_backbone", "eta2_config", "eta2_resid", "p_backbone", "p_config", "note"]]
+
+
+def table_raw(d: ReportData) -> pd.DataFrame:
+    """Table 4: raw-backbone Moran's I, null, z and a verdict per backbone."""
+    res = d.results[(d.results["metric"] == "raw")]
+    if d.layer is not None:
+        res = res[res["layer"] == d.layer]
+    if res.empty:
+        raise NotEnoughData("no raw-backbone diagnostic rows (raw_diagnostic: true in the study)")
+    det = d.details
+    rows = []
+    for b in d.backbones(res):
+        sel = (det["backbone"] == b) & (det["layer"] == d.layer) if d.layer is not None else det["backbone"] == b
+
+        def detail(name: str, sel: Any = sel) -> float:
+            v = det.loc[sel & (det["metric"] == name), "value"]
+            return float(v.iloc[0]) if len(v) else math.nan
+
+        mean_i = float(res.loc[res["backbone"] == b, "value"].mean())
+        null, z = detail("raw.null_expectation"), detail("raw.z")
+        near = (abs(z) < 2) if math.isfinite(z) else False
+        tiny = math.isfinite(null) and abs(mean_i - null) < 0.01
+        verdict = "null-indistinguishable" if near else ("near-null effect size" if tiny else "strongly non-random")
+        rows.append({"backbone": d.label(b), "mean raw I": mean_i, "null E[I]": null, "raw z": z,
+                     "conclusion": verdict})
+    return pd.DataFrame(rows)
+
+
+def table_m6(d: ReportData) -> pd.DataFrame:
+    """Table 6: per backbone and OOD dataset, probe accuracies and preservation (mean ± std over configs)."""
+    det = d.details
+    sub = det[det["metric"].str.startswith("m6.datasets.")]
+    if d.family is not None:
+        sub = sub[(sub["family"] == d.family) & (sub["layer"] == d.layer)]
+    if sub.empty:
+        raise NotEnoughData("no M6 per-dataset numbers (add OOD sets under data.ood and m6 to metrics)")
+    parts = sub["metric"].str.slice(len("m6.datasets.")).str.rsplit(".", n=1, expand=True)
+    sub = sub.assign(dataset=parts[0], field=parts[1])
+    fields = [f for f in ("acc_raw", "acc_recon", "preservation", "acc_codes", "sparse_auc")
+              if f in set(sub["field"])] or sorted(set(sub["field"]))
+    rows = []
+    for (b, ds), g in sub.groupby(["backbone", "dataset"], sort=False):
+        row: dict[str, Any] = {"backbone": d.label(str(b)), "dataset": ds}
+        for f in fields:
+            v = g.loc[g["field"] == f, "value"].astype(float)
+            v = v[np.isfinite(v)]
+            if f == "acc_raw":
+                row["raw"] = f"{v.mean():.3f}" if len(v) else "—"
+            else:
+                row[f.replace("acc_", "")] = (f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
+                                              if len(v) else "—")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table_m7(d: ReportData) -> pd.DataFrame:
+    """Table 7 (backbones by display name)."""
+    t = _analysis_table(d, "m7_sensitivity", "no M7 α × β grid rows (m7:alpha=…:beta=…)")
+    t = t.rename(columns={c: d.label(c) for c in t.columns if c in d.labels})
+    if "lowest" in t:
+        t["lowest"] = [", ".join(d.label(x.strip()) for x in str(v).split(",") if x.strip()) for v in t["lowest"]]
+    return t
+
+
+def table_lift(d: ReportData) -> pd.DataFrame:
+    """Table 8."""
+    return _analysis_table(d, "codes_lift_correlation", "needs tasks run on raw features and on SAE codes")
+
+
+def table_consistency(d: ReportData) -> pd.DataFrame:
+    """Table 9."""
+    t = _analysis_table(d, "rank_consistency", "needs two SAE families on the same backbones (e.g. a jumprelu block)")
+    return t[t["metric"].isin(HEADLINE)] if t["metric"].isin(HEADLINE).any() else t
+
+
+def table_hypotheses(d: ReportData) -> pd.DataFrame:
+    """Hypothesis verdicts."""
+    t = _analysis_table(d, "hypotheses", "no hypotheses evaluated")
+    return t[["id", "metric", "task", "threshold", "n", "rho", "p", "verdict", "note"]]

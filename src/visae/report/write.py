@@ -1,0 +1,109 @@
+"""``write_report``: the study report ``index.html`` (figures, tables, hypotheses, practitioner guide) and
+``features.html`` (feature browser). Both are self-contained: images are base64 PNG, CSS and JS are
+inline, no network. The report reads the study folder only (visae.report.data): it plans, analyses and
+encodes nothing."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from visae.io import atomic_write_text
+from visae.report import figures as F
+from visae.report import tables as T
+from visae.report.browser import browser_page
+from visae.report.data import ReportData, load_report_data, study_names
+from visae.report.grid import activation_grid
+from visae.report.guide import practitioner_guide
+from visae.report.page import Report, esc, note
+from visae.results.layout import BROWSER_PAGE, REPORT_DIR, REPORT_PAGE
+
+
+def _overview(r: Report, d: ReportData) -> None:
+    if d.results.empty:
+        r.raw(note("the study has no results yet (results/results.parquet is missing or empty)"))
+    r.section("overview", "Overview")
+    n_saes = d.results["sae_id"].replace("", np.nan).nunique() if "sae_id" in d.results else 0
+    r.raw(f"<p>{n_saes} SAE(s), {d.results['backbone'].nunique() if len(d.results) else 0} backbone(s); main slice: "
+          f"family <b>{esc(d.family)}</b>, layer <b>{esc(d.layer)}</b>. Feature browser: "
+          f"<a href='{BROWSER_PAGE}'>{BROWSER_PAGE}</a>.</p>")
+    for n in d.analysis.get("notes", []):
+        r.raw(f"<p class='small'>{esc(n)}</p>")
+    r.figure("Figure 1a — metric profile", "Per-backbone means over configurations, min–max normalized per metric "
+             "across backbones; lower-is-better metrics (M2, M7) inverted so 1 is best.", lambda: F.fig_profile(d))
+    r.figure("Figure 1b — per-feature Moran's I", "Distribution of per-feature mean Moran's I of evaluable features "
+             "(all SAEs of the main slice pooled) against the null −1/(P−1).", lambda: F.fig_moran_distributions(d))
+
+
+def _metrics_sections(r: Report, d: ReportData) -> None:
+    r.section("dissociations", "Metric dissociations")
+    r.figure("Figure 2a — FVU vs preservation", "One point per SAE configuration.", lambda: F.fig_fvu_preservation(d))
+    r.figure("Figure 2b — metric × task correlations", "Cross-backbone Spearman ρ of per-backbone means.",
+             lambda: F.fig_correlation_heatmap(d))
+    r.section("variance", "Variance decomposition")
+    r.figure("Figure 3 — variance decomposition", "Two-way ANOVA η² (backbone, configuration, residual).",
+             lambda: F.fig_variance(d))
+    r.table("Table 3 — η² per metric", "App. B.", lambda: T.table_variance(d))
+    r.section("layers", "Layer ablation")
+    r.figure("Figure 4 — layer ablation", "Mean over configurations at each layer, per backbone.",
+             lambda: F.fig_layer_ablation(d))
+    r.section("spatial", "Spatial coherence")
+    r.table("Table 4 — raw-backbone Moran's I", "Moran's I on raw activation channels (App. G).",
+            lambda: T.table_raw(d))
+    r.html("Figure 5 — activation maps", "Per backbone (SAE nearest 16× K=192): the evaluable feature whose "
+           "Moran's I is closest to the mean, and one from the top 5 %, with its top images and patch activation "
+           "overlays.", lambda: activation_grid(d))
+    r.section("probing", "Concept detection")
+    r.figure("Figure 6 — sparse probing curves", "M4 AUC against the number of features k.",
+             lambda: F.fig_probing_curves(d))
+    r.table("Table 6 — cross-domain probes (M6)", "Mean ± std over configurations.", lambda: T.table_m6(d))
+    r.table("Table 7 — M7 threshold sensitivity", "Absorption rate per (α, β); lowest backbone per row.",
+            lambda: T.table_m7(d))
+
+
+def _task_sections(r: Report, d: ReportData) -> None:
+    r.section("tasks", "Downstream tasks and hypotheses")
+    r.figure("Figure 7 — per-task correlations", "Spearman ρ of each metric with each task.",
+             lambda: F.fig_task_panels(d))
+    r.table("Hypotheses", "Pre-registered thresholds (§4.5; the study's own when it sets 'hypotheses').",
+            lambda: T.table_hypotheses(d))
+    r.table("Table 8 — codes lift", "Spearman ρ between raw performance and codes lift (App. O).",
+            lambda: T.table_lift(d))
+    r.table("Table 9 — cross-family rank consistency", "App. Q.", lambda: T.table_consistency(d))
+    r.section("guide", "Practitioner guide")
+    r.table("Backbone per task (App. P, Fig. 8)", "Best backbone by mean task score; supporting metric = highest |ρ| "
+            "with the task across backbones. Read with the sample size in mind.", lambda: practitioner_guide(d))
+
+
+def build_report(d: ReportData) -> Report:
+    """Every section of ``index.html``, in paper order."""
+    r = Report()
+    _overview(r, d)
+    _metrics_sections(r, d)
+    _task_sections(r, d)
+    return r
+
+
+def write_report(study_dir: Path | str, out_dir: Path | str | None = None, name: str | None = None,
+                 labels: dict[str, str] | None = None) -> dict[str, Path]:
+    """Write ``index.html`` and ``features.html`` for a study folder; returns their paths. ``name`` and
+    ``labels`` (backbone display names) default to the study's ``study.yaml``."""
+    from visae.errors import StudyError
+
+    root = Path(study_dir).resolve()
+    if not root.is_dir():
+        raise StudyError(f"{root}: study folder not found")
+    if name is None or labels is None:
+        yaml_name, yaml_labels = study_names(root)
+        name = yaml_name if name is None else name
+        labels = yaml_labels if labels is None else labels
+    out = Path(out_dir) if out_dir is not None else root / REPORT_DIR
+    d = load_report_data(root, labels)
+    r = build_report(d)
+    index = out / REPORT_PAGE
+    atomic_write_text(index, r.render(f"visae report — {name}", f"study folder {root}; written {time.strftime('%Y-%m-%d %H:%M')}"))
+    features = out / BROWSER_PAGE
+    atomic_write_text(features, browser_page(d))
+    return {"report": index, "features": features}

@@ -1,0 +1,94 @@
+"""The ``collect`` job: every result record of the plan → ``results/results.parquet`` (tidy; schema in
+:mod:`visae.results.schema`), ``results/details.parquet`` and the SAE index ``results/saes.json``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import Field
+
+from visae.results.layout import (
+    DETAILS_FILE,
+    RAW_RECORD,
+    RESULTS_DIR,
+    RESULTS_FILE,
+    SAE_INDEX_FILE,
+    TASK_RECORD,
+)
+from visae.results.table import (
+    raw_rows,
+    read_record,
+    sae_rows,
+    split_details,
+    task_record_rows,
+    write_results,
+)
+from visae.study.job import Job
+from visae.study.stages.base import SAERecord, Stage, StageParams, make_job
+
+
+class RawOut(StageParams):
+    """Where one raw diagnostic wrote."""
+
+    out: str = Field(description="its folder")
+    backbone: str = Field(description="backbone name")
+    layer: int = Field(description="layer")
+
+
+class TaskOut(RawOut):
+    """Where one task job wrote."""
+
+    task: str = Field(description="task name")
+
+
+class Params(StageParams):
+    """Every evaluation, raw diagnostic and task job of the plan."""
+
+    saes: list[SAERecord] = Field(description="the study's SAEs with their evaluation folders")
+    raw: list[RawOut] = Field(description="raw diagnostic outputs")
+    tasks: list[TaskOut] = Field(description="task outputs")
+
+
+def plan(saes: list[SAERecord], evals: list[Job], raws: list[Job], tasks: list[Job]) -> Job:
+    """The collect job, after every evaluation, raw diagnostic and task."""
+    params = Params(
+        saes=saes,
+        raw=[RawOut(out=j.outputs[0], backbone=j.meta["backbone"], layer=j.meta["layer"]) for j in raws],
+        tasks=[TaskOut(out=j.outputs[0], backbone=j.meta["backbone"], layer=j.meta["layer"], task=j.meta["task"])
+               for j in tasks])
+    return make_job("collect", "collect results", params, [*evals, *raws, *tasks], outputs=(RESULTS_DIR,))
+
+
+def collect_results(root: Path, p: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(headline table, details table) of every result record the plan's jobs wrote."""
+    rows: list[dict[str, Any]] = []
+    for s in p.saes:
+        if s.eval is not None:
+            rows.extend(sae_rows(root / s.eval, s.model_dump(mode="json")))
+    for r in p.raw:
+        rec = read_record(root / r.out / RAW_RECORD)
+        if rec is not None:
+            rows.extend(raw_rows(rec, r.backbone, r.layer))
+    by_id = {s.sae_id: s.model_dump(mode="json") for s in p.saes}
+    for t in p.tasks:
+        rec = read_record(root / t.out / TASK_RECORD)
+        if rec is not None:
+            rows.extend(task_record_rows(rec, t.task, t.backbone, t.layer, by_id))
+    return split_details(rows)
+
+
+def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
+    """Write the results tables and the SAE index."""
+    from visae.io import atomic_write_json
+
+    df, details = collect_results(root, p)
+    out = root / job.outputs[0]
+    write_results(df, out / RESULTS_FILE)
+    write_results(details, out / DETAILS_FILE)
+    atomic_write_json(out / SAE_INDEX_FILE, {"saes": [s.model_dump(mode="json") for s in p.saes]})
+    return {"rows": len(df)}
+
+
+STAGE = Stage("collect", Params, run)
