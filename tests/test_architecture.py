@@ -3,19 +3,22 @@
 Stage order, bottom to top (a module may import its own stage and any stage below):
 
 =====================  ==========================================================================
-foundation             ``visae`` (version), errors, io, config, device, registry, results
+foundation             ``visae`` (version), errors, io, config, device, registry, results, hub_testing
 backbones → datasets   models and image sources
 cache                  activation caches
-sae                    SAE families, training, checkpoints
+sae                    SAE families, training, checkpoints, the hub
+inventory              ``visae ls``: what caches and checkpoints lie under a folder
 metrics → tasks        M1–M7, downstream tasks (write result records through ``results``)
 features               per-feature views (Fig. 5, browser) of trained SAEs
 analysis               statistics on the results table
 report                 HTML from a study folder's files (reads only; imports no study code)
 study                  config, planning, the stages that run every package above, executors
-cli                    ``visae.cli``, ``visae.cli_common``, ``__main__`` and every ``<stage>.cli``
+cli                    ``visae.cli``, ``visae.cli_common``, ``__main__`` and every ``<stage>.cli`` or
+                       ``<stage>.<name>_cli`` module
 =====================  ==========================================================================
 
-Every import counts, also those inside functions (a deferred import is still a dependency).
+Every import counts, also those inside functions (a deferred import is still a dependency), except those
+under ``if TYPE_CHECKING:`` (annotations only; never run).
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ STAGE_ORDER: list[tuple[str, ...]] = [
     ("device",),
     ("registry",),
     ("results",),
+    ("hub_testing",),
     ("backbones",),
     ("datasets",),
     ("cache",),
     ("sae",),
+    ("inventory",),
     ("metrics",),
     ("tasks",),
     ("features",),
@@ -64,7 +69,11 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     is_pkg = path.name == "__init__.py"
     found: set[str] = set()
+    type_only = {id(n) for block in ast.walk(tree) if _is_type_checking(block)
+                 for stmt in block.body for n in ast.walk(stmt)}  # type: ignore[attr-defined]
     for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == "visae")
         elif isinstance(node, ast.ImportFrom):
@@ -83,6 +92,15 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     return {m for m in found if m in known and m != name}
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``)."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def graph() -> dict[str, set[str]]:
     """Module → the visae modules it imports."""
     mods = modules()
@@ -94,7 +112,7 @@ def stage_of(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1:
         return "visae"
-    if parts[-1] == "cli" or parts[1] in ("cli", "cli_common", "__main__"):
+    if parts[-1] == "cli" or parts[-1].endswith("_cli") or parts[1] in ("cli", "cli_common", "__main__"):
         return "cli"
     return parts[1]
 

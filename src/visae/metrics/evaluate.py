@@ -41,7 +41,7 @@ def evaluate(
 
     provenance: dict[str, Any] = {}
     if isinstance(sae, (str, Path)):
-        from visae.sae.hub import load_sae_with_provenance
+        from visae.sae.checkpoint import load_sae_with_provenance
 
         sae_model, provenance = load_sae_with_provenance(sae)  # a local path or repo:subfolder@revision
         sae_id = str(sae)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -22,6 +22,9 @@ from visae.io import atomic_write_text, atomic_write_with
 from visae.sae.base import SAE
 from visae.sae.formats.common import build_sae, load_safetensors, read_yaml_mapping
 from visae.sae.registry import SAE_FAMILIES, canonical_family
+
+if TYPE_CHECKING:
+    from visae.sae.hub import SAERef
 
 FORMAT = "visae-sae"
 FORMAT_VERSION = 1
@@ -152,3 +155,13 @@ def _dispatch(path: Path) -> SAE:
 
 
 __all__ = ["SAE_FAMILIES", "load_sae", "resolve_sae", "sae_config", "sae_fingerprint", "save_sae"]
+
+
+def load_sae_with_provenance(ref: SAERef | str | Path, subfolder: str | None = None,
+                             revision: str | None = None, device: str | None = None) -> tuple[SAE, dict[str, Any]]:
+    """``(SAE, provenance)``: :func:`load_sae` plus where the files came from and their hashes
+    (:func:`visae.sae.hub.locate_sae`)."""
+    from visae.sae.hub import locate_sae
+
+    located = locate_sae(ref, subfolder, revision)
+    return load_sae(located.path, device=device), located.provenance

@@ -299,15 +299,6 @@ def locate_sae(ref: SAERef | str | Path, subfolder: str | None = None, revision:
     return LocatedSAE(parsed, path, prov)
 
 
-def load_sae_with_provenance(ref: SAERef | str | Path, subfolder: str | None = None,
-                             revision: str | None = None, device: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """``(SAE, provenance)``: :func:`visae.load_sae` plus where the files came from and their hashes."""
-    from visae.sae.checkpoint import load_sae
-
-    located = locate_sae(ref, subfolder, revision)
-    return load_sae(located.path, device=device), located.provenance
-
-
 def release_backbone(repo_id: str) -> str | None:
     """The backbone short name of one of the authors' release repos, else None."""
     return next((b for b, r in RELEASE_REPOS.items() if r == repo_id), None)
@@ -320,4 +311,4 @@ def is_hub_id(text: str) -> bool:
 
 __all__ = ["CHECKPOINT_MARKERS", "RELEASE_CONFIGS", "RELEASE_REPOS", "LocatedSAE", "SAERef", "cached_repos",
            "checkpoint_files", "configurations", "file_hashes", "is_hub_id", "list_configurations",
-           "load_sae_with_provenance", "locate_sae", "parse_sae_ref", "release_backbone"]
+           "locate_sae", "parse_sae_ref", "release_backbone"]
