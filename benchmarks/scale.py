@@ -157,9 +157,15 @@ def exponent(xs: list[float], ys: list[float]) -> float:
 
 
 def fixed_and_exponent(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """``y ≈ a + b·x^e``: the fixed cost ``a`` (intercept of the affine fit, clamped to [0, 0.9·min y]) and the
-    exponent ``e`` of the part that grows (slope of log(y − a) on log x)."""
-    a = float(np.polyfit(xs, ys, 1)[1])
+    """``y ≈ a + b·x^e`` through three sizes in geometric progression (ratio r): ``r^e = (y3 − y2)/(y2 − y1)``
+    and ``a = y1 − (y2 − y1)/(r^e − 1)``, ``a`` clamped to [0, 0.9·min y]; then ``e`` is refitted as the
+    slope of log(y − a) on log x. Where the costs do not grow (noise), ``a = 0`` and ``e`` is the plain slope."""
+    a = 0.0
+    if len(xs) == 3 and ys[2] > ys[1] > ys[0]:
+        r = math.sqrt(xs[2] / xs[0])
+        re = (ys[2] - ys[1]) / (ys[1] - ys[0])
+        if re > 1.0 + 1e-9 and r > 1:
+            a = ys[0] - (ys[1] - ys[0]) / (re - 1.0)
     a = min(max(a, 0.0), 0.9 * min(ys))
     return a, exponent(xs, [y - a for y in ys])
 

@@ -1,0 +1,61 @@
+"""The benchmark scripts themselves: the scale model's fits, the disk helpers, and gpu.sh rehearsed on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"visae_bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_scale_fit_recovers_a_known_cost_law():
+    scale = _load("scale")
+    xs = [100.0, 200.0, 400.0]
+    a, e = scale.fixed_and_exponent(xs, [3.0 + 0.01 * x ** 1.5 for x in xs])
+    assert e == pytest.approx(1.5, abs=0.05) and a == pytest.approx(3.0, abs=0.3)
+    assert scale.exponent(xs, [5 * x**2 for x in xs]) == pytest.approx(2.0)
+
+
+def test_scale_projection_of_a_linear_workload():
+    scale = _load("scale")
+    s = scale.sizes(tiny=True)
+    # cost = per-unit × size, no fixed part: the projection is exactly per-unit × the paper's sizes
+    res = {"sizes": s, "cache": {"N": [(n, 0.5 * n, 10.0) for n in s["cache_n"]]},
+           "train": {"N": [(n, 1e-3 * n, 10.0) for n in s["train_n"]],
+                     "F": [(f, 1e-3 * s["train_base"][0] * f / s["train_base"][1], 10.0) for f in s["train_f"]]},
+           "eval": {"N": [(n, 0.1 * n, 10.0) for n in s["eval_n"]],
+                    "F": [(f, 0.1 * s["eval_base"][0] * f / s["eval_base"][1], 10.0) for f in s["eval_f"]],
+                    "C": [(c, 0.1 * s["eval_base"][0] * c / s["eval_base"][2], 10.0) for c in s["eval_c"]]}}
+    p = scale.project(res)
+    paper = scale.PAPER
+    assert p["cache"] == pytest.approx(5 * 0.5 * (paper["train_images"] + paper["val_images"]), rel=1e-6)
+    f0 = s["train_base"][1]
+    assert p["train"] == pytest.approx(5 * 4 * sum(1e-3 * paper["train_tokens"] * w / f0 for w in paper["widths"]),
+                                       rel=1e-6)
+    _, ef, ec = s["eval_base"]
+    assert p["eval"] == pytest.approx(5 * 4 * sum(0.1 * paper["val_images"] * (w / ef) * (paper["classes"] / ec)
+                                                  for w in paper["widths"]), rel=1e-6)
+
+
+def test_disk_cache_helper_and_cold_pages(tmp_path):
+    disk = _load("_disk")
+    from visae.cache.reader import open_cache
+
+    c = open_cache(disk.write_disk_cache(tmp_path / "c", 10, 2, 8, tokens_per_image=3, shard_images=4), verify=True)
+    assert (c.n_images, c.tokens_per_image, c.n_patches, c.d_model) == (10, 3, 4, 8)
+    assert disk.drop_pages(tmp_path / "c") > 0
+    assert disk.cold_read_rate(tmp_path / "c") > 0
+    assert np.isfinite(c.std)
