@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from visae.sae.hub import CHECKPOINT_MARKERS
+from visae.sae.hub import checkpoint_markers
 
 MAX_DEPTH = 8
 """Folders deeper than this below the listed one are not visited."""
@@ -53,27 +53,21 @@ def _cache_entry(dir_path: Path) -> Entry:
                  extra={"hash": m.get("hash")})
 
 
-def _sae_format(names: set[str]) -> str:
+def _sae_format(dir_path: Path, names: set[str]) -> str:
+    """``visae`` or the registered format's name (its detector reads at most a file's first byte)."""
     if {"model.safetensors", "config.yaml"} <= names:
         return "visae"
-    if {"sae_weights.safetensors", "cfg.json"} <= names:
-        return "saelens"
-    return "sae.pt"
+    from visae.sae.formats import detect_format
 
-
-def _pt_kind(pt_path: Path) -> str:
-    """saev files start with a JSON header line; the authors' (overcomplete) ones are plain torch files."""
     try:
-        with open(pt_path, "rb") as f:
-            return "saev" if f.read(1) == b"{" else "authors' release (overcomplete BatchTopK)"
+        found = detect_format(dir_path)
     except OSError:
-        return "sae.pt (unreadable)"
+        return "unreadable"
+    return found[0].name if found is not None else "unknown"
 
 
 def _sae_entry(dir_path: Path, names: set[str]) -> Entry:
-    fmt = _sae_format(names)
-    if fmt == "sae.pt":
-        fmt = _pt_kind(dir_path / "sae.pt")
+    fmt = _sae_format(dir_path, names)
     entry = Entry("sae", dir_path, details=fmt)
     if fmt == "visae":
         cfg = _read(dir_path / "config.yaml")
@@ -111,6 +105,7 @@ def scan(root: Path | str) -> list[Entry]:
     root_path = Path(root)
     found: list[Entry] = []
     base_depth = len(root_path.parts)
+    markers = checkpoint_markers()
     for dir_name, subdirs, files in os.walk(root_path):
         here = Path(dir_name)
         names = set(files)
@@ -118,7 +113,7 @@ def scan(root: Path | str) -> list[Entry]:
         if "manifest.json" in names and any(f.startswith("shard_") for f in names):
             found.append(_cache_entry(here))
             subdirs[:] = []
-        elif any(set(marker) <= names for marker in CHECKPOINT_MARKERS):
+        elif any(set(marker) <= names for marker in markers):
             found.append(_sae_entry(here, names))
             subdirs[:] = []
     caches = {str(e.extra.get("hash")): e for e in found if e.kind == "cache"}

@@ -35,12 +35,15 @@ RELEASE_KS = (64, 128, 192, 256)
 RELEASE_CONFIGS: tuple[str, ...] = tuple(f"batchtopk_{e}x_k{k}" for e in RELEASE_EXPANSIONS for k in RELEASE_KS)
 """The twelve configurations of each release repo (expansion × K)."""
 
-CHECKPOINT_MARKERS: tuple[tuple[str, ...], ...] = (
-    ("model.safetensors", "config.yaml"),        # visae
-    ("sae_weights.safetensors", "cfg.json"),     # SAELens
-    ("sae.pt",),                                 # the authors' release (overcomplete) or saev
-)
-"""File sets that make a folder an SAE checkpoint (any one of them)."""
+OURS = ("model.safetensors", "config.yaml")
+
+
+def checkpoint_markers() -> list[tuple[str, ...]]:
+    """File sets that make a folder an SAE checkpoint: ours, then each registered format's
+    (:data:`visae.sae.formats.CHECKPOINT_FORMATS`: SAELens, saev, the authors' release, plugins)."""
+    from visae.sae.formats import CHECKPOINT_FORMATS
+
+    return list(dict.fromkeys([OURS, *(f.files for f in CHECKPOINT_FORMATS.values())]))
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _REF = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<sub>[^@:]+))?(?:@(?P<rev>[^@:]+))?")
@@ -106,7 +109,7 @@ def checkpoint_files(path: Path) -> list[Path]:
     if path.is_file():
         extra = path.with_name("config.yaml")
         return sorted({path, *([extra] if extra.is_file() and path.suffix == ".pt" else [])})
-    for marker in CHECKPOINT_MARKERS:
+    for marker in checkpoint_markers():
         if all((path / name).is_file() for name in marker):
             optional = [p for p in (path / "config.yaml", path / "sparsity.safetensors") if p.is_file()]
             return sorted({*(path / name for name in marker), *optional})
@@ -124,7 +127,8 @@ def configurations(files: list[str]) -> list[str]:
     for f in files:
         d, _, name = f.rpartition("/")
         by_dir.setdefault(d or ".", set()).add(name)
-    found = [d for d, names in by_dir.items() if any(set(m) <= names for m in CHECKPOINT_MARKERS)]
+    markers = checkpoint_markers()
+    found = [d for d, names in by_dir.items() if any(set(m) <= names for m in markers)]
     return sorted(found, key=_config_sort_key)
 
 
@@ -309,6 +313,6 @@ def is_hub_id(text: str) -> bool:
     return _REF.fullmatch(text) is not None and _HUB_ID.match(text) is not None
 
 
-__all__ = ["CHECKPOINT_MARKERS", "RELEASE_CONFIGS", "RELEASE_REPOS", "LocatedSAE", "SAERef", "cached_repos",
-           "checkpoint_files", "configurations", "file_hashes", "is_hub_id", "list_configurations",
-           "locate_sae", "parse_sae_ref", "release_backbone"]
+__all__ = ["OURS", "RELEASE_CONFIGS", "RELEASE_REPOS", "LocatedSAE", "SAERef", "cached_repos", "checkpoint_files",
+           "checkpoint_markers", "configurations", "file_hashes", "is_hub_id", "list_configurations", "locate_sae",
+           "parse_sae_ref", "release_backbone"]
