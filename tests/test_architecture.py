@@ -3,7 +3,8 @@
 Stage order, bottom to top (a module may import its own stage and any stage below):
 
 =====================  ==========================================================================
-foundation             ``visae`` (version), errors, io, config, device, registry, results, hub_testing
+foundation             ``visae`` (version), errors, io, config, device, registry, results, uncertainty,
+                       hub_testing
 backbones → datasets   models and image sources
 cache                  activation caches
 sae                    SAE families, training, checkpoints, the hub
@@ -36,6 +37,7 @@ STAGE_ORDER: list[tuple[str, ...]] = [
     ("device",),
     ("registry",),
     ("results",),
+    ("uncertainty",),
     ("hub_testing",),
     ("backbones",),
     ("datasets",),
