@@ -99,3 +99,19 @@ def test_grid_is_paper_sweep() -> None:
     specs = grid()
     assert len(specs) == 12 and {s.expansion for s in specs} == {8, 16, 32}
     assert {s.k for s in specs} == {64, 128, 192, 256}
+
+
+def test_seeds_train_in_one_pass_and_match_a_single_seed_run(planted_cache: tuple[Path, torch.Tensor],
+                                                              tmp_path: Path) -> None:
+    cache_path, _ = planted_cache
+    cfg = TrainConfig(lr=3e-3, batch_size=256, steps=6, heldout_batches=2, progress=False)
+    specs = grid("topk", expansions=[2], ks=[3], seeds=[7, 8])
+    assert [s.folder_name(24) for s in specs] == ["topk_2x_k3_s7", "topk_2x_k3_s8"]
+    both = train_saes(cache_path, specs, tmp_path / "both", cfg)
+    alone = train_saes(cache_path, [specs[1]], tmp_path / "alone", cfg)
+    w7, w8 = (load_sae(p).W_enc.detach() for p in both)
+    assert not torch.allclose(w7, w8)  # different initialisations
+    # the seed alone fixes an SAE: trained beside another seed or on its own, the weights are the same
+    torch.testing.assert_close(w8, load_sae(alone[0]).W_enc.detach(), rtol=0, atol=0)
+    prov = __import__("yaml").safe_load((both[1] / "config.yaml").read_text())["provenance"]
+    assert prov.get("init_seed") == 8

@@ -49,7 +49,11 @@ class SAESpec(FrozenConfig):
     k: int | None = Field(None, description="active features per token (TopK/BatchTopK; JumpReLU's target L0)")
     hparams: dict[str, Any] = Field(default_factory=dict,
                                     description="family hyper-parameters (l1_coeff, bandwidth, kernel …)")
-    name: str | None = Field(None, description="output sub-folder; default '<family>_<expansion>x_k<k>'")
+    seed: int | None = Field(None, description="initialisation seed of this SAE (default: the training seed "
+                             "plus its position in the grid); several seeds of one configuration train on "
+                             "the same pass and differ only in their initialisation")
+    name: str | None = Field(None, description="output sub-folder; default '<family>_<expansion>x_k<k>', "
+                             "with '_s<seed>' when a seed is given")
 
     @model_validator(mode="after")
     def _check(self) -> SAESpec:
@@ -66,7 +70,8 @@ class SAESpec(FrozenConfig):
         if self.name:
             return self.name
         width = f"{self.expansion:g}x" if self.expansion is not None else f"{self.d_sae}"
-        return f"{canonical_family(self.family)}_{width}" + (f"_k{self.k}" if self.k is not None else "")
+        name = f"{canonical_family(self.family)}_{width}" + (f"_k{self.k}" if self.k is not None else "")
+        return name + (f"_s{self.seed}" if self.seed is not None else "")
 
 
 class TrainConfig(FrozenConfig):
@@ -104,16 +109,19 @@ class TrainConfig(FrozenConfig):
 
 
 def grid(family: str = "batchtopk", expansions: Iterable[float] = (8, 16, 32),
-         ks: Iterable[int] = (64, 128, 192, 256), **hparams: Any) -> list[SAESpec]:
-    """The paper's sweep (§3): every expansion × every K."""
-    return [SAESpec(family=family, expansion=e, k=k, hparams=dict(hparams)) for e in expansions for k in ks]
+         ks: Iterable[int] = (64, 128, 192, 256), seeds: Iterable[int] | None = None,
+         **hparams: Any) -> list[SAESpec]:
+    """The paper's sweep (§3): every expansion × every K (× every seed, when seeds are given)."""
+    seed_list: list[int | None] = list(seeds) if seeds is not None else [None]
+    return [SAESpec(family=family, expansion=e, k=k, seed=s, hparams=dict(hparams))
+            for e in expansions for k in ks for s in seed_list]
 
 
 class _Trainee:
     """One SAE with its optimizer and running statistics."""
 
-    def __init__(self, spec: SAESpec, sae: TrainableSAE, cfg: TrainConfig, name: str) -> None:
-        self.spec, self.sae, self.name = spec, sae, name
+    def __init__(self, spec: SAESpec, sae: TrainableSAE, cfg: TrainConfig, name: str, init_seed: int) -> None:
+        self.spec, self.sae, self.name, self.init_seed = spec, sae, name, init_seed
         self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.since_fired_f = torch.zeros(sae.d_sae, dtype=torch.int64, device=sae.W_enc.device)
         self.sum_l0 = 0.0
@@ -157,7 +165,9 @@ def train_on_batches(saes: list[tuple[str, TrainableSAE]], batches: Iterator[tor
     device = (trainees[0].sae if trainees else saes[0][1]).W_enc.device
     compute_dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
     if trainees is None:
-        trainees = [_Trainee(SAESpec(family=s.family, d_sae=s.d_sae, k=s.k), s, cfg, n) for n, s in saes]
+        # SAEs handed in ready-made were initialised by the caller: the training seed stands for them
+        trainees = [_Trainee(SAESpec(family=s.family, d_sae=s.d_sae, k=s.k), s, cfg, n, cfg.seed)
+                    for n, s in saes]
     bar = None
     if cfg.progress:
         from tqdm.auto import tqdm
@@ -267,11 +277,12 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
     mean_d = torch.as_tensor(cache_obj.mean_d, dtype=torch.float32)
     trainees = []
     for i, (spec, name) in enumerate(zip(specs, names, strict=True)):
-        torch.manual_seed(cfg.seed + i)
+        init_seed = spec.seed if spec.seed is not None else cfg.seed + i
+        torch.manual_seed(init_seed)
         sae = make_sae(spec.family, d_in, expansion=spec.expansion if spec.d_sae is None else None,
                        d_sae=spec.d_sae, k=spec.k, **spec.hparams).to(device)
         sae.set_normalization(mean_d, cache_obj.std)
-        trainees.append(_Trainee(spec, sae, cfg, name))
+        trainees.append(_Trainee(spec, sae, cfg, name, init_seed))
     n_per_epoch = cache_obj.n_batches(cfg.batch_size, 1)
     heldout_tail = cfg.heldout_batches if cfg.heldout == "tail" else 0
     if cfg.epochs == 1 and heldout_tail >= n_per_epoch:
@@ -313,7 +324,8 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
     for t in trainees:
         t.sae.eval()
         info: dict[str, Any] = {"train_l0": t.sum_l0 / max(t.n_steps, 1), "steps": t.n_steps,
-                                "tokens": t.n_steps * cfg.batch_size, "heldout": heldout_desc}
+                                "tokens": t.n_steps * cfg.batch_size, "heldout": heldout_desc,
+                                "init_seed": t.init_seed}
         x_held = [h.to(device) for h in held]
         if isinstance(t.sae, BatchTopKSAE):
             info["calibration"] = calibrate_threshold(t.sae, x_held)
