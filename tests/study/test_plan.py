@@ -121,6 +121,9 @@ def test_presets_parse(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         assert len(main) == 60
         with pytest.raises(ConfigError, match="does not exist"):
             check_inputs_exist(cfg)
+        caches = plan.of_kind("cache")  # training caches keep 1 seeded patch per image, the others every patch
+        assert {j.params["settings"].get("tokens_per_image") for j in caches if j.meta["role"] == "train"} == {1}
+        assert all("tokens_per_image" not in j.params["settings"] for j in caches if j.meta["role"] != "train")
 
 
 def test_ood_test_split_gets_its_own_cache_and_reaches_m6(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

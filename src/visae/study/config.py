@@ -114,6 +114,9 @@ class StudyConfig(FrozenConfig):
     saes: list[SAEGrid] = Field(description="SAE blocks of the grid")
     data: DataConfig = Field(description="image sets")
     cache: dict[str, Any] = Field(default_factory=dict, description="settings passed to build_cache (batch size, dtype …)")
+    train_cache: dict[str, Any] = Field(
+        default_factory=dict, description="build_cache settings of the SAE training caches only, over 'cache' "
+                                          "(e.g. tokens_per_image: 1 keeps one seeded patch per training image)")
     train: dict[str, Any] = Field(
         default_factory=dict, description="visae.sae.train.TrainConfig fields shared by every SAE (paper Table 1)")
     metrics: list[str] = Field(

@@ -29,7 +29,8 @@ def backbone_ref(backbone: BackboneSpec) -> BackboneRef:
 
 def plan(cfg: StudyConfig, backbone: BackboneSpec, layer: int, role: str) -> Job:
     """The cache job of ``role`` ('train', 'eval', an OOD or task-source name) at one backbone and layer."""
-    params = Params(backbone=backbone_ref(backbone), layer=layer, source=cfg.source(role), settings=dict(cfg.cache))
+    settings = {**cfg.cache, **(cfg.train_cache if role == "train" else {})}
+    params = Params(backbone=backbone_ref(backbone), layer=layer, source=cfg.source(role), settings=settings)
     return make_job("cache", f"cache {backbone.name} L{layer} {role}", params, [], CACHES_DIR, wants_gpu=True,
                     backbone=backbone.name, layer=layer, role=role)
 
