@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from visae import __version__
 
+
+class _GuardedGroup(TyperGroup):
+    """The top-level group: every sub-command runs under :func:`visae.cli_common.cli_errors`."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from visae.cli_common import cli_errors
+
+        with cli_errors():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_GuardedGroup,
     name="visae",
     help="Train sparse autoencoders on ViT patch activations and evaluate them with ViSAEBench.",
     no_args_is_help=True,

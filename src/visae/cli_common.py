@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from visae.config import FrozenConfig, load_config
-from visae.errors import VisaeError
+from visae.errors import VisaeError, VisaeWarning
 
 C = TypeVar("C", bound=FrozenConfig)
 
@@ -34,10 +38,62 @@ def _merge(cls: type[C], config: Path | None, data: dict[str, Any], overrides: l
     return build_config(cls, merged, overrides, source=str(config) if config else "options")
 
 
-def fail(err: Exception) -> None:
-    """Print a visae error without a traceback and exit with status 2."""
-    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+def fail(err: Exception | str) -> None:
+    """Print a visae error as one ``error: …`` line (no traceback) and exit with status 2."""
+    text = " ".join(str(err).split()) if "\n" in str(err) else str(err)
+    typer.secho(f"error: {text}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+_OS_HINTS = {
+    FileNotFoundError: "check the path",
+    NotADirectoryError: "a file is in the way of a folder; give a folder path or move the file away",
+    IsADirectoryError: "a folder is in the way of a file; give a file path or move the folder away",
+    FileExistsError: "a file is in the way of a folder; give a folder path or move the file away",
+    PermissionError: "no permission; pick a path you can write or fix its permissions",
+}
+
+
+def error_message(exc: BaseException) -> str | None:
+    """The one-line message of an exception caused by bad input; None for anything else (a bug)."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, VisaeError):
+        return str(exc)
+    if isinstance(exc, ValidationError):
+        from visae.config import _format_validation_error
+
+        return _format_validation_error(exc, exc.title)
+    for cls, hint in _OS_HINTS.items():
+        if isinstance(exc, cls) and exc.filename is not None:
+            return f"{exc.filename}: {exc.strerror or cls.__name__}; {hint}"
+    return None
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    if issubclass(category, VisaeWarning):
+        typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+_default_showwarning = warnings.showwarning
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Bad input anywhere below becomes one ``error: …`` line and exit code 2; visae warnings print as
+    ``warning: …``. ``VISAE_DEBUG=1`` shows the traceback instead."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            yield
+        except Exception as e:  # translated below, or re-raised
+            message = error_message(e)
+            if message is None or os.environ.get("VISAE_DEBUG"):
+                raise
+            fail(message)
 
 
 def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:

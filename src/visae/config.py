@@ -7,6 +7,7 @@ name the field.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,20 +24,35 @@ class FrozenConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, protected_namespaces=())
 
+    def __init__(self, /, **data: Any) -> None:
+        """Validate ``data``; a bad field is a ConfigError naming it in words (not a raw pydantic dump)."""
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise ConfigError(_format_validation_error(e, type(self).__name__)) from None
+
+    # Pydantic calls a custom __init__ from validation too (nested models, model_validate); marked as its
+    # base init, this one runs only for direct construction, so nested errors keep their full field path.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (paths as strings)."""
         return self.model_dump(mode="json")
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
+    """One line: the source, then ``field: what is wrong (got value)`` for each bad field."""
+    problems = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {loc}: unknown key")
-        else:
-            lines.append(f"  {loc}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+            problems.append(f"{loc}: unknown key")
+            continue
+        msg = re.sub(r"^(Value|Assertion) error, ", "", e["msg"]).replace("Input should be", "should be")
+        got = e.get("input")
+        shown = "" if not loc or isinstance(got, dict) else f" (got {got!r})"
+        problems.append(f"{loc}: {msg}{shown}" if loc else msg)
+    return f"{source}: invalid configuration: " + "; ".join(problems)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -4,10 +4,59 @@ from __future__ import annotations
 
 import torch
 
+from visae.errors import ConfigError
+
+_FIX = "use --device cpu (or auto: the best device this machine has)"
+
+
+def parse_device(requested: str) -> torch.device:
+    """A ``torch.device`` from a device string; ConfigError naming the string when torch cannot parse it."""
+    try:
+        return torch.device(requested)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device {requested!r}: not a device name; use auto, cpu, cuda, cuda:1 or mps") from None
+
+
+def check_device_string(value: str) -> str:
+    """Validator for config fields: ``auto`` or a string torch can parse (availability is checked at use)."""
+    if value not in ("", "auto"):
+        try:
+            parse_device(value)
+        except ConfigError as e:
+            raise ValueError(str(e).removeprefix("device ")) from None
+    return value
+
+
+def _check_available(dev: torch.device, requested: str) -> None:
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU or NVIDIA driver is visible to torch")
+            raise ConfigError(f"device {requested!r}: this machine cannot serve it ({why}); {_FIX}")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"device {requested!r}: this machine has {n} CUDA device(s), cuda:0 … cuda:{n - 1}; "
+                              f"pick one of them or {_FIX}")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"device {requested!r}: this machine cannot serve it (Apple MPS is not available); {_FIX}")
+    elif dev.type not in ("cpu", "meta"):
+        module = getattr(torch, dev.type, None)
+        available = getattr(module, "is_available", None)
+        if callable(available) and not available():
+            raise ConfigError(f"device {requested!r}: this machine cannot serve it ({dev.type} is not available); "
+                              f"{_FIX}")
+
 
 def pick_device(requested: str | torch.device | None = "auto") -> torch.device:
-    """Resolve ``"auto"``/None to the best available device; pass any torch device (or its string) through."""
+    """Resolve ``"auto"``/None to the best available device; check that any other device exists here.
+
+    ConfigError (naming the device and the fix) for a string torch cannot parse or a device this machine
+    cannot serve (``cuda`` without a GPU, ``cuda:3`` on a one-GPU machine, ``mps`` off Apple silicon).
+    """
     if isinstance(requested, torch.device):
+        _check_available(requested, str(requested))
         return requested
     if requested in (None, "", "auto"):
         if torch.cuda.is_available():
@@ -15,4 +64,6 @@ def pick_device(requested: str | torch.device | None = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(requested)
+    dev = parse_device(requested)
+    _check_available(dev, requested)
+    return dev

@@ -27,3 +27,11 @@ class StudyError(VisaeError):
 
 class DiskFullError(VisaeError, OSError):
     """The disk filled up while writing a file; the partial file was discarded, complete files are kept."""
+
+
+class OutputConflictError(ConfigError):
+    """An output folder holds results of other inputs or settings; replacing them needs ``--force``."""
+
+
+class VisaeWarning(UserWarning):
+    """Something is probably wrong but visae can go on (e.g. an SAE evaluated on another backbone's cache)."""

@@ -155,3 +155,18 @@ def visae_home() -> Path:
     """visae's own cache folder (converted offline weights, …): ``$VISAE_HOME``, else ``~/.cache/visae``."""
     env = os.environ.get("VISAE_HOME")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "visae"
+
+
+def check_output_dir(path: Path | str, what: str = "output folder") -> Path:
+    """Refuse an output folder that is a file (or lies under one) before anything is computed or written."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            if not q.is_dir():
+                from visae.errors import ConfigError
+
+                where = "is a file" if q == p else f"lies under {q}, which is a file"
+                raise ConfigError(f"{what} {p}: {where}, not a folder; give a folder path (it is created if "
+                                  "missing) or move the file away")
+            break
+    return p

@@ -22,8 +22,8 @@ from visae.analysis.lift import codes_lift, lift_correlation
 from visae.analysis.sensitivity import layer_ablation, m7_grid, m7_sensitivity
 from visae.analysis.variance import variance_decomposition
 from visae.config import FrozenConfig
-from visae.errors import StudyError
-from visae.io import atomic_write_text, atomic_write_with
+from visae.errors import ConfigError, StudyError
+from visae.io import atomic_write_text, atomic_write_with, check_output_dir
 from visae.results.layout import NOTES_FILE, RESULTS_DIR, RESULTS_FILE
 from visae.results.schema import primary_slice, select, validate_results
 
@@ -91,6 +91,22 @@ def _exclude(backbones: list[str], patterns: list[str]) -> list[str]:
     return [b for b in backbones if not any(b.lower() == p or b.lower().startswith(p) for p in pats)]
 
 
+def check_filters(df: pd.DataFrame, cfg: AnalysisConfig) -> None:
+    """ConfigError naming the filter (--family / --layer) and the values that exist when it leaves no SAE rows."""
+    sae = df[~df["family"].isin(["", "raw"])]
+    families = sorted(str(f) for f in sae["family"].unique())
+    if cfg.family is not None and cfg.family not in families:
+        raise ConfigError(f"--family {cfg.family}: no results of that SAE family; the table has "
+                          f"{', '.join(families) or 'no SAE rows'}")
+    if cfg.layer is not None:
+        pool = sae[sae["family"] == cfg.family] if cfg.family is not None else sae
+        layers = sorted(int(x) for x in pool["layer"].dropna().unique())
+        if cfg.layer not in layers:
+            of = f" of family {cfg.family}" if cfg.family is not None else ""
+            raise ConfigError(f"--layer {cfg.layer}: no SAE results at that layer{of}; the table has layer(s) "
+                              f"{', '.join(map(str, layers)) or 'none'}")
+
+
 def analyze(df: pd.DataFrame, config: AnalysisConfig | None = None) -> dict[str, Any]:
     """Every analysis of the paper on a validated results table: a dict of tables (DataFrames) and notes."""
     cfg = config or AnalysisConfig()
@@ -98,6 +114,7 @@ def analyze(df: pd.DataFrame, config: AnalysisConfig | None = None) -> dict[str,
     auto_family, auto_layer = primary_slice(df)
     family = cfg.family if cfg.family is not None else auto_family
     layer = cfg.layer if cfg.layer is not None else auto_layer
+    check_filters(df, cfg)
     main = select(df, family=family, layer=layer)
     notes: list[str] = [f"main slice: family={family}, layer={layer}, {main['backbone'].nunique()} backbone(s), "
                         f"{len(main)} row(s)"]
@@ -204,5 +221,7 @@ def analyze_path(results_path: str | Path, out_dir: str | Path | None = None,
     """Load a results table, analyse it and write the tables (default: ``analysis/`` beside the results)."""
     p = Path(results_path)
     base = p if p.is_dir() else p.parent  # a study folder gets <study>/analysis
+    if out_dir is not None:
+        check_output_dir(out_dir)
     results = analyze(load_results(p), config)
     return results, write_analysis(results, Path(out_dir) if out_dir is not None else base / "analysis")

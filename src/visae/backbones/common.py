@@ -59,6 +59,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights_path {path}: no such file; give the path of a .safetensors or .pt state dict")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"weights_path {path}: the file is empty (0 bytes), e.g. an interrupted download; "
+                              "download or copy it again")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

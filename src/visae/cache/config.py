@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from visae.config import FrozenConfig
+from visae.device import check_device_string
 
 
 class CacheConfig(FrozenConfig):
@@ -37,3 +38,5 @@ class CacheConfig(FrozenConfig):
                                 "are stored; M1–M7 and the tasks refuse such a cache); None keeps every patch")
     position_seed: int = Field(42, description="seed of the tokens_per_image draw (image i uses rng([seed, i]))")
     progress: bool = Field(True, description="show a tqdm progress bar with images/s")
+
+    _device = field_validator("device")(check_device_string)

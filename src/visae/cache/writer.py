@@ -34,7 +34,7 @@ from visae.cache.store import write_final, write_shard
 from visae.config import build_config
 from visae.datasets.base import ImageSource
 from visae.errors import CacheError, ConfigError, DataError
-from visae.io import atomic_write_json, hash_json, remove_leftover_tmp
+from visae.io import atomic_write_json, check_output_dir, hash_json, remove_leftover_tmp
 
 after_shard_hook: Callable[[int], None] | None = None
 """Called with the shard index after each shard is committed (tests use it to simulate a kill)."""
@@ -143,6 +143,7 @@ def _resolve(backbone: Backbone | str, source: ImageSource | str, cfg: CacheConf
         bb = load_backbone(backbone, device=cfg.device, weights_path=cfg.weights_path, image_size=cfg.image_size)
     else:
         bb = backbone
+        _check_backbone_object(bb, cfg)
     if isinstance(source, str):
         from visae.datasets.registry import open_source
 
@@ -153,6 +154,25 @@ def _resolve(backbone: Backbone | str, source: ImageSource | str, cfg: CacheConf
 
         src = take_subset(source, cfg.max_images, seed=cfg.subset_seed, stratified=cfg.stratified)
     return bb, src
+
+
+def _check_backbone_object(bb: Backbone, cfg: CacheConfig) -> None:
+    """Settings that build a backbone cannot change one already built: refuse them unless they agree."""
+    from visae.device import pick_device
+
+    problems = []
+    if cfg.weights_path is not None:
+        problems.append(f"weights_path={cfg.weights_path!r} (its weights are {bb.weights_id})")
+    if cfg.image_size is not None and (cfg.image_size, cfg.image_size) != tuple(bb.layout.image_size):
+        problems.append(f"image_size={cfg.image_size} (it runs at {bb.layout.image_size[0]}×{bb.layout.image_size[1]})")
+    if cfg.device not in ("", "auto"):
+        want, have = pick_device(cfg.device), torch.device(bb.device)
+        if want.type != have.type or (want.index or 0) != (have.index or 0):
+            problems.append(f"device={cfg.device!r} (it is on {have})")
+    if problems:
+        raise ConfigError(f"build_cache: {', '.join(problems)} cannot be applied to the Backbone object "
+                          f"{bb.name!r}, which is already built; build it with load_backbone({bb.name!r}, …) "
+                          "with those settings, or pass the backbone's name instead of the object")
 
 
 def build_cache(backbone: Backbone | str, source: ImageSource | str, layer: int, out_dir: Path | str,
@@ -169,6 +189,7 @@ def build_cache(backbone: Backbone | str, source: ImageSource | str, layer: int,
     base.update(backbone=backbone if isinstance(backbone, str) else backbone.name,
                 source=source if isinstance(source, str) else source.spec, layer=layer, out=str(out_dir))
     cfg = build_config(CacheConfig, base, source="build_cache")
+    check_output_dir(out_dir)
     bb, src = _resolve(backbone, source, cfg)
     bb.check_layer(layer)
     check_tokens_per_image(cfg.tokens_per_image, bb.layout.n_patches)

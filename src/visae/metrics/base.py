@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from visae.config import FrozenConfig
 from visae.registry import Registry
@@ -38,6 +38,12 @@ class MetricResult(BaseModel):
     value: float | None = Field(description="the headline number; None when it could not be computed")
     higher_is_better: bool = Field(description="direction of the headline number")
     note: str = Field("", description="why a value is missing, or a caveat")
+
+    @model_validator(mode="after")
+    def _reason(self) -> MetricResult:
+        if self.value is None and not self.note:  # every metric gives its reason; this is the last resort
+            self.note = f"{self.metric} could not be computed on this input (no reason was recorded)"
+        return self
 
 
 @dataclass

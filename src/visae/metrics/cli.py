@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from visae.cli_common import ConfigOpt, SetOpt, run_guarded
+from visae.cli_common import ConfigOpt, SetOpt
 from visae.errors import ConfigError
 from visae.metrics.base import MetricConfig, MetricResult
 from visae.sae.hub_cli import RevisionOpt, SubfolderOpt, sae_reference
@@ -33,7 +33,7 @@ def parse_metric_names(text: str) -> list[str]:
 def metric_configs(metrics: Sequence[str], config_path: Path | None = None,
                    overrides: Sequence[str] | None = None) -> dict[str, MetricConfig]:
     """Per-metric configs from a YAML file with one section per metric (``m1: {min_valid_images: 20}``)
-    and ``--set m1.min_valid_images=20`` overrides; sections of metrics not run are checked by name only."""
+    and ``--set m1.min_valid_images=20`` overrides; every section given is validated, run or not."""
     from visae.config import apply_overrides, build_config, read_yaml
     from visae.metrics.base import METRICS
     from visae.metrics.evaluate import metric_class
@@ -46,8 +46,9 @@ def metric_configs(metrics: Sequence[str], config_path: Path | None = None,
                               f"({', '.join(METRICS.names())}), e.g. 'm1.min_valid_images=20'")
         if not isinstance(section, Mapping):
             raise ConfigError(f"{source}: section {key!r} must be a mapping of settings, got {section!r}")
-    return {name: build_config(metric_class(name).config_cls, dict(data.get(name, {})), source=f"{source} [{name}]")
-            for name in metrics}
+    built = {name: build_config(metric_class(name).config_cls, dict(data.get(name, {})), source=f"{source} [{name}]")
+             for name in dict.fromkeys([*metrics, *data])}  # sections of metrics not run are validated too
+    return {name: built[name] for name in metrics}
 
 
 def _fmt(value: Any) -> str:
@@ -71,32 +72,75 @@ def format_results(results: Mapping[str, MetricResult]) -> str:
     return "\n".join(lines)
 
 
+def images_cache(images: str, sae: str | None, backbone: str | None, layer: int | None, split: str,
+                 max_images: int | None, cache_root: Path | None, device: str) -> Path:
+    """The evaluation cache of ``images`` (built once, content-addressed under ``cache_root``, reused after).
+
+    Backbone and layer default to those the SAE's config.yaml says it was trained on.
+    """
+    import contextlib
+    import sys
+
+    from visae.cache.writer import build_cache
+    from visae.io import visae_home
+    from visae.metrics.evaluate import trained_on
+
+    origin = trained_on(Path(sae)) if sae is not None and Path(sae).exists() else {}
+    backbone = backbone or origin.get("backbone")
+    layer = layer if layer is not None else origin.get("layer")
+    if backbone is None or layer is None:
+        raise ConfigError(f"--images {images}: give --backbone NAME and --layer L (the SAE "
+                          f"{'does not say what it was trained on' if sae else 'is not given'}), e.g. "
+                          "--backbone dinov2-b14 --layer 11")
+    root = cache_root if cache_root is not None else visae_home() / "caches"
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the results table
+        folder = build_cache(backbone, images, int(layer), root, split=split, max_images=max_images, device=device)
+    typer.echo(f"evaluation cache: {folder}", err=True)
+    return folder
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``eval`` command to the ``visae`` app."""
 
     @app.command("eval")
     def eval_command(
-        sae: Annotated[str, typer.Option("--sae", help="SAE checkpoint folder, or hub repo REPO[:SUBFOLDER][@REVISION].")],
-        cache: Annotated[Path, typer.Option("--cache", help="Evaluation activation cache folder.")],
+        sae: Annotated[str | None, typer.Option("--sae", help="SAE checkpoint folder, or hub repo REPO[:SUBFOLDER][@REVISION] (not needed for --metrics raw).")] = None,
+        cache: Annotated[Path | None, typer.Option("--cache", help="Evaluation activation cache folder (or give --images).")] = None,
         metrics: Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated metrics: m1,m2,raw,m3 … m7.")] = "m1,m2",
         out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for <metric>.json and per-feature tables.")] = None,
         group_size: Annotated[int, typer.Option("--group-size", min=1, help="Images per encoding group (paper Table 2: 64); reduced automatically to bound memory.")] = 64,
         device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
-        backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name for evaluator pairing (default: the cache's).")] = None,
+        backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name: for --images, the backbone to cache them with (default: the SAE's); else for evaluator pairing (default: the cache's).")] = None,
         subfolder: SubfolderOpt = None,
         revision: RevisionOpt = None,
+        images: Annotated[str | None, typer.Option("--images", help="Image source spec (folder:PATH, offline:digits …) to cache and evaluate on in one go, instead of --cache.")] = None,
+        layer: Annotated[int | None, typer.Option("--layer", "-l", help="With --images: the block to tap (default: the SAE's).")] = None,
+        split: Annotated[str, typer.Option("--split", help="With --images: train, val, test or all.")] = "val",
+        max_images: Annotated[int | None, typer.Option("--max-images", help="With --images: a seeded stratified subset of this size.")] = None,
+        cache_root: Annotated[Path | None, typer.Option("--cache-root", help="With --images: root folder of the evaluation caches (default: $VISAE_HOME/caches).")] = None,
+        strict: Annotated[bool, typer.Option("--strict", help="Refuse an SAE trained on another backbone or layer than the cache's (default: warn).")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Replace results of another SAE or cache in --out (default: refuse).")] = False,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
-        """Evaluate one SAE on one cache in a single encoding pass; print a table and write a JSON per metric
-        (value, every summary number, the config and the inputs' hashes)."""
+        """Evaluate one SAE on one cache (or on --images, cached first) in a single encoding pass; print a table
+        and write a JSON per metric (value, every summary number, the config and the inputs' hashes)."""
         from visae.metrics.evaluate import evaluate
 
-        names = run_guarded(parse_metric_names, metrics)
-        cfgs = run_guarded(metric_configs, names, config, set_)
-        sae_arg = run_guarded(sae_reference, sae, subfolder, revision)
-        results = run_guarded(evaluate, sae_arg, cache, metrics=names, out_dir=out, configs=cfgs, device=device,
-                              group_size=group_size, backbone=backbone)
+        names = parse_metric_names(metrics)
+        cfgs = metric_configs(names, config, set_)
+        if (cache is None) == (images is None):
+            raise ConfigError("give the evaluation images as --cache FOLDER (from 'visae cache') or as "
+                              "--images SPEC with --backbone and --layer, one of the two")
+        if sae is None and names != ["raw"]:
+            raise ConfigError(f"--sae: metrics {', '.join(n for n in names if n != 'raw')} need an SAE; without "
+                              "one only the raw-backbone diagnostic runs (--metrics raw)")
+        sae_arg = None if sae is None else sae_reference(sae, subfolder, revision)
+        if cache is None:
+            cache = images_cache(str(images), sae_arg, backbone, layer, split, max_images, cache_root, device)
+            backbone = None  # the cache names its backbone
+        results = evaluate(sae_arg, cache, metrics=names, out_dir=out, configs=cfgs, device=device,
+                           group_size=group_size, backbone=backbone, strict=strict, force=force)
         typer.echo(format_results(results))
         if out is not None:
             typer.echo(f"wrote {len(results)} result file(s) to {out}")

@@ -12,6 +12,8 @@ import torch
 from visae.cache.reader import ActivationCache, open_cache
 from visae.config import build_config
 from visae.device import pick_device
+from visae.errors import ConfigError
+from visae.io import check_output_dir
 from visae.metrics.base import METRICS, EvalContext, Metric, MetricConfig, MetricResult
 from visae.metrics.encode import PooledCollector, encode_stream
 from visae.results.record import write_result_record
@@ -24,7 +26,7 @@ def metric_class(name: str) -> type[Metric[Any]]:
 
 
 def evaluate(
-    sae: SAE | str | Path,
+    sae: SAE | str | Path | None,
     cache: ActivationCache | str | Path,
     metrics: Sequence[str] = ("m1", "m2"),
     out_dir: str | Path | None = None,
@@ -32,26 +34,30 @@ def evaluate(
     device: str | torch.device | None = "auto",
     group_size: int = 64,
     backbone: str | None = None,
+    strict: bool = False,
+    force: bool = False,
 ) -> dict[str, MetricResult]:
     """Compute ``metrics`` for ``sae`` on ``cache``; write ``<out_dir>/<metric>.json`` when ``out_dir`` is given.
 
     Every metric shares one streaming pass over the cache: codes are computed once per evaluation.
+    ``sae=None`` runs the raw-backbone diagnostic alone (``metrics=["raw"]``). An SAE trained on another
+    backbone or layer than the cache's is a VisaeWarning (``strict``: a ConfigError). An ``out_dir`` holding
+    results of another SAE or cache is refused with an OutputConflictError unless ``force`` (they are replaced).
     """
-    from visae.sae.checkpoint import resolve_sae
+    from visae.sae.checkpoint import sae_fingerprint
 
-    provenance: dict[str, Any] = {}
-    if isinstance(sae, (str, Path)):
-        from visae.sae.checkpoint import load_sae_with_provenance
-
-        sae_model, provenance = load_sae_with_provenance(sae)  # a local path or repo:subfolder@revision
-        sae_id = str(sae)
-    else:
-        sae_model, sae_id = resolve_sae(sae)
-    cache_obj = open_cache(cache)
     dev = pick_device(device)
-    out_path = Path(out_dir) if out_dir is not None else None
+    out_path = check_output_dir(out_dir) if out_dir is not None else None
+    loaded, sae_id, provenance = _load(sae, metrics)
+    cache_obj = open_cache(cache)
+    sae_model, sae_id = (loaded, sae_id) if loaded is not None else _passthrough(cache_obj)
+    sae_hash = "none" if loaded is None else sae_fingerprint(sae_model)
+    check_pairing(sae, cache_obj, strict)
+    if out_path is not None:
+        check_previous_results(out_path, sae_hash, cache_obj.manifest.hash, force)
     ctx = EvalContext(sae=sae_model, cache=cache_obj, device=dev, out_dir=out_path, sae_id=sae_id,
-                      backbone=backbone or cache_obj.manifest.backbone, extras={"sae_provenance": provenance})
+                      backbone=backbone or cache_obj.manifest.backbone,
+                      extras={"sae_provenance": provenance, "sae_hash": sae_hash})
     instances: dict[str, Metric[Any]] = {}
     for name in metrics:
         cls = metric_class(name)
@@ -87,6 +93,144 @@ def write_result(path: Path, result: MetricResult, config: MetricConfig, ctx: Ev
     """One metric's result record (visae.results.record): value, every summary number, config, inputs."""
     write_result_record(
         path, result.metric, result.value, result.model_dump(mode="json"), config.to_dict(),
-        inputs={"sae": ctx.sae_id, "cache": ctx.cache.manifest.hash, "cache_path": str(ctx.cache.path),
-                "backbone": ctx.backbone, "sae_provenance": ctx.extras.get("sae_provenance") or None},
+        inputs={"sae": ctx.sae_id, "sae_hash": ctx.extras.get("sae_hash", ""), "cache": ctx.cache.manifest.hash,
+                "cache_path": str(ctx.cache.path), "backbone": ctx.backbone,
+                "sae_provenance": ctx.extras.get("sae_provenance") or None},
         seconds={"finalize": seconds, "total": stream_seconds})
+
+
+NO_SAE = "none (raw backbone activations)"
+
+
+def _load(sae: SAE | str | Path | None, metrics: Sequence[str]) -> tuple[SAE | None, str, dict[str, Any]]:
+    """The SAE to encode with, its id in results and where its files came from (None: raw diagnostic only)."""
+    from visae.sae.checkpoint import resolve_sae
+
+    if sae is None:
+        need = [m for m in metrics if m != "raw"]
+        if need:
+            raise ConfigError(f"metrics {', '.join(need)} need an SAE (--sae PATH); without one only the "
+                              "raw-backbone diagnostic runs (--metrics raw)")
+        return None, NO_SAE, {}
+    if isinstance(sae, (str, Path)):
+        from visae.sae.checkpoint import load_sae_with_provenance
+
+        model, provenance = load_sae_with_provenance(sae)  # a local path or repo:subfolder@revision
+        return model, str(sae), provenance
+    model, sae_id = resolve_sae(sae)
+    return model, sae_id, {}
+
+
+def _passthrough(cache: ActivationCache) -> tuple[SAE, str]:
+    """Without an SAE only the raw diagnostic runs: a one-feature pass-through SAE carrying the cache's own
+    normalization feeds it (``raw`` reads the normalized activations, not the codes)."""
+    from visae.sae.registry import make_sae
+
+    passthrough = make_sae("relu", cache.d_model, d_sae=1)
+    passthrough.set_normalization(torch.as_tensor(cache.mean_d, dtype=torch.float32), cache.std)
+    return passthrough, NO_SAE
+
+
+def trained_on(sae: SAE | str | Path | None) -> dict[str, Any]:
+    """Backbone and layer a local SAE checkpoint says it was trained on ({} when unknown): its config.yaml
+    provenance, else its training cache's manifest (older checkpoints) or the release repo it came from."""
+    import json
+
+    import yaml
+
+    if not isinstance(sae, (str, Path)) or not Path(sae).exists():
+        return {}
+    path = Path(sae)
+    cfg_path = (path.parent if path.is_file() else path) / "config.yaml"
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        cfg = None
+    prov = cfg.get("provenance") if isinstance(cfg, dict) else None
+    out: dict[str, Any] = {k: prov[k] for k in ("backbone", "layer") if k in prov} if isinstance(prov, dict) else {}
+    if "layer" not in out and isinstance(prov, dict) and isinstance(prov.get("cache"), str):
+        try:  # older checkpoints: read the training cache's manifest when it is still there
+            manifest = json.loads((Path(prov["cache"]) / "manifest.json").read_text(encoding="utf-8"))
+            out.setdefault("backbone", manifest["backbone"])
+            out.setdefault("layer", manifest["layer"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    if "backbone" not in out:
+        from visae.sae.existing import checkpoint_backbone
+
+        found = checkpoint_backbone(path)
+        if found is not None:
+            out["backbone"] = found
+    return out
+
+
+def check_pairing(sae: SAE | str | Path | None, cache: ActivationCache, strict: bool = False) -> str | None:
+    """Say so when an SAE was trained on another backbone or layer than ``cache`` holds (VisaeWarning;
+    ``strict``: ConfigError). Returns the message, or None when they match or the SAE's origin is unknown."""
+    from visae.backbones.registry import backbone_entry
+
+    def canonical(name: str) -> str:
+        entry = backbone_entry(name)
+        return entry.name if entry is not None else name
+
+    origin = trained_on(sae)
+    m = cache.manifest
+    if "backbone" not in origin:
+        return None
+    same_layer = origin.get("layer") in (None, m.layer)
+    if canonical(str(origin["backbone"])) == canonical(m.backbone) and same_layer:
+        return None
+    at = f"{origin['backbone']}" + (f" layer {origin['layer']}" if "layer" in origin else "")
+    message = (f"SAE {sae} was trained on {at} activations, but the cache {cache.path} holds {m.backbone} layer "
+               f"{m.layer}; its codes there mean little. Evaluate on a cache of {at}")
+    if strict:
+        raise ConfigError(message + " (refused: --strict)")
+    import warnings
+
+    from visae.errors import VisaeWarning
+
+    warnings.warn(message + " (--strict refuses this)", VisaeWarning, stacklevel=3)
+    return message
+
+
+def _record_inputs(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and data.get("metric") in METRICS and isinstance(data.get("inputs"), dict):
+        return data["inputs"]
+    return None
+
+
+def check_previous_results(out_dir: Path, sae_hash: str, cache_hash: str, force: bool = False) -> list[Path]:
+    """Refuse an output folder holding metric results of another SAE or cache, unless ``force``: then those
+    results (``<metric>.json`` and the metric's tables ``<metric>_*``) are removed. Returns what was removed."""
+    if not out_dir.is_dir():
+        return []
+    stale: list[tuple[Path, str]] = []
+    for record in sorted(out_dir.glob("*.json")):
+        inputs = _record_inputs(record)
+        if inputs is None:
+            continue
+        diffs = []
+        if inputs.get("cache") not in (None, cache_hash):
+            diffs.append(f"cache {inputs.get('cache')} → {cache_hash}")
+        if inputs.get("sae_hash") not in (None, "", sae_hash):
+            diffs.append(f"SAE {inputs.get('sae')} (hash {inputs.get('sae_hash')}) → hash {sae_hash}")
+        if diffs:
+            stale.append((record, "; ".join(diffs)))
+    if stale and not force:
+        from visae.errors import OutputConflictError
+
+        record, diff = stale[0]
+        raise OutputConflictError(f"{out_dir}: holds results of another SAE or cache ({record.name}: {diff}); pass "
+                                  "--force (force=True) to replace them, or write to another --out folder")
+    removed = []
+    for record, _ in stale:
+        for p in [record, *out_dir.glob(f"{record.stem}_*")]:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

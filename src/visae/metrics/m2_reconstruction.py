@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class M2Config(MetricConfig):
     """Settings for M2; defaults are the paper's Table 2."""
 
-    dead_threshold: float = Field(0.0, description="a feature is dead if its activation never exceeds this "
+    dead_threshold: float = Field(0.0, ge=0, allow_inf_nan=False, description="a feature is dead if its activation never exceeds this "
                                   "on the evaluation set (paper: never active, i.e. 0)")
 
 

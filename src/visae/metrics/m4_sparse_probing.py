@@ -14,7 +14,7 @@ Budgets larger than the dictionary are skipped; k = 128 is the headline.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -43,7 +43,7 @@ PAPER_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class M4Config(MetricConfig):
     """Settings for M4; defaults are the paper's Table 2."""
 
-    ks: list[int] = Field(list(PAPER_KS), description="feature budgets (paper Table 2: 1, 2, 4, …, 1024); "
+    ks: list[Annotated[int, Field(ge=1)]] = Field(list(PAPER_KS), min_length=1, description="feature budgets, each ≥ 1 (paper Table 2: 1, 2, 4, …, 1024); "
                           "budgets above the dictionary size are skipped")
     headline_k: int = Field(128, ge=1, description="the budget reported as M4 (paper §4.3: 128)")
     ranking: Literal["global", "per_class"] = Field(
@@ -137,6 +137,9 @@ def compute_m4(codes_nf: ArrayLike, labels_n: np.ndarray, config: M4Config | Non
     value = curve.get(head)
     value = None if value is None or math.isnan(value) else value
     note = "" if head == config.headline_k else f"the dictionary has only {n_features} features: headline at k={head}"
+    if value is None:
+        note = "; ".join(filter(None, [note, f"the AUC at k={head} is undefined: no class has both positive and "
+                                             "negative held-out images (use more images or classes)"]))
     return M4Result(metric="m4", value=value, higher_is_better=True, note=note, headline_k=head,
                     curve={str(k): (None if math.isnan(v) else v) for k, v in curve.items()},
                     ranking=config.ranking, n_train=len(train), n_test=len(test),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from visae.config import FrozenConfig
 from visae.errors import ConfigError
@@ -77,6 +77,15 @@ class M6Config(MetricConfig):
                     raise ValueError(f"datasets.{name}: expected a cache path or {{train_cache, test_cache}}")
             return out
         return v
+
+    @model_validator(mode="after")
+    def _check(self) -> M6Config:
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"datasets: two datasets share a name ({', '.join(names)}); give each its own name")
+        if self.headline is not None and names and self.headline not in names:
+            raise ValueError(f"headline {self.headline!r} is not among the datasets ({', '.join(names)})")
+        return self
 
 
 class M6DatasetResult(BaseModel):
@@ -167,6 +176,9 @@ def compute_m6(ctx: EvalContext, config: M6Config) -> M6Result:
     head = config.headline or names[0]
     internal = [n for n, r in out.items() if r.split != "caches"]
     note = f"no test cache for {', '.join(internal)}: split 80/20 stratified, seed {config.seed}" if internal else ""
+    if out[head].preservation is None:
+        note = "; ".join(filter(None, [note, f"{head}: the raw probe has accuracy 0, so preservation "
+                                             "acc_recon / acc_raw is undefined"]))
     return M6Result(metric="m6", value=out[head].preservation, higher_is_better=True, note=note, headline=head,
                     datasets=out)
 

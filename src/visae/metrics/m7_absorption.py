@@ -13,11 +13,11 @@ or siblings are missing from either split are not eligible. The App. N grid (α 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from visae.errors import ConfigError
 from visae.metrics.base import Metric, MetricConfig, MetricResult, register_metric
@@ -44,17 +44,24 @@ class M7Config(MetricConfig):
                            "release, depth-1 + depth-2 groups; 'fashion_mnist') or the path of a hierarchy JSON file "
                            "(format: visae.datasets.hierarchy)")
     min_group_size: int = Field(3, ge=2, description="smallest sibling group used (paper Table 2: 3)")
-    alpha: float = Field(0.8, description="absorbed needs F1(k=1) < alpha (paper §4.4: 0.8)")
-    beta: float = Field(0.5, description="absorbed needs F1(k=4) > beta (paper §4.4: 0.5)")
+    alpha: float = Field(0.8, ge=0, le=1, description="absorbed needs F1(k=1) < alpha (paper §4.4: 0.8)")
+    beta: float = Field(0.5, ge=0, le=1, description="absorbed needs F1(k=4) > beta (paper §4.4: 0.5)")
     k_small: int = Field(1, ge=1, description="the single-feature budget (paper: 1)")
     k_large: int = Field(4, ge=1, description="the small-set budget (paper: 4)")
-    alphas: list[float] = Field([0.7, 0.8, 0.9], description="sensitivity grid α values (paper App. N)")
-    betas: list[float] = Field([0.3, 0.5, 0.7], description="sensitivity grid β values (paper App. N)")
+    alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.7, 0.8, 0.9], description="sensitivity grid α values (paper App. N)")
+    betas: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.3, 0.5, 0.7], description="sensitivity grid β values (paper App. N)")
     test_size: float = Field(0.2, gt=0, lt=1, description="held-out fraction, stratified (paper Table 2: 0.2)")
     seed: int = Field(42, description="split seed (paper Table 2: 42)")
     probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=500),
                                description="the probe (paper Table 2: lbfgs, C = 1, max_iter = 500)")
     write_tasks: bool = Field(True, description=f"write per-task detail to <out>/{TASKS_TABLE}")
+
+    @model_validator(mode="after")
+    def _check(self) -> M7Config:
+        if self.k_small >= self.k_large:
+            raise ValueError(f"k_small ({self.k_small}) must be smaller than k_large ({self.k_large}); "
+                             "the paper uses k_small=1, k_large=4")
+        return self
 
 
 class M7GridPoint(BaseModel):

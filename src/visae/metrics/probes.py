@@ -27,9 +27,10 @@ from typing import Any, Literal, TypeAlias
 import numpy as np
 import scipy.sparse as sp
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from visae.config import FrozenConfig
+from visae.device import check_device_string
 from visae.errors import DataError
 
 ArrayLike: TypeAlias = Any
@@ -49,6 +50,8 @@ class ProbeConfig(FrozenConfig):
         False, description="also apply a StandardScaler fitted on the probe's training split to every input of the "
         "probe (default off: inputs are already in the cache-normalized space of paper App. C, as in the paper)")
     device: str = Field("auto", description="torch engine only: 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
+
+    _device = field_validator("device")(check_device_string)
 
 
 def probe_config(max_iter: int) -> ProbeConfig:

@@ -35,6 +35,8 @@ def register(app: typer.Typer) -> None:
         batch_size: Annotated[int | None, typer.Option(help="Tokens per step (paper: 8192).")] = None,
         dtype: Annotated[str | None, typer.Option(help="fp32 or bf16.")] = None,
         device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 …")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Replace SAEs in OUT trained on another cache or "
+                                                            "with other settings (default: refuse).")] = False,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
@@ -48,7 +50,7 @@ def register(app: typer.Typer) -> None:
             exps = _numbers(expansion, float, "expansion") or [8.0]
             ks = _numbers(k, int, "k") or ([None] if family == "relu" else [64, 128, 192, 256])
             specs = [SAESpec(family=family, expansion=e, k=kk) for e in exps for kk in ks]
-            paths = train_saes(list(cache), specs, out, cfg)
+            paths = train_saes(list(cache), specs, out, cfg, force=force)
             for p in paths:
                 typer.echo(str(p))
 

@@ -9,6 +9,7 @@ calibrated on held-out tokens (paper App. E) and each SAE is saved with :func:`s
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -18,12 +19,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from visae.config import FrozenConfig
-from visae.device import pick_device
-from visae.errors import CheckpointError, ConfigError
-from visae.io import atomic_write_json, atomic_write_text, atomic_write_with, remove_leftover_tmp, safe_join
+from visae.device import check_device_string, pick_device
+from visae.errors import CheckpointError, ConfigError, OutputConflictError
+from visae.io import (
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_with,
+    check_output_dir,
+    remove_leftover_tmp,
+    safe_join,
+)
 from visae.sae.batchtopk import BatchTopKSAE, calibrate_threshold
 from visae.sae.checkpoint import save_sae
 from visae.sae.family import TrainableSAE
@@ -34,6 +42,10 @@ if TYPE_CHECKING:
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
+RUN_FILE = "run.json"
+"""What a training folder was trained on and with (cache hash, settings); a rerun with others is refused."""
+RUNTIME_SETTINGS = ("device", "checkpoint_every", "log_every", "progress")
+"""TrainConfig fields that do not change the trained SAEs (a rerun may change them freely)."""
 
 
 class TrainStateMismatch(ConfigError):
@@ -44,9 +56,10 @@ class SAESpec(FrozenConfig):
     """One SAE configuration of a grid."""
 
     family: str = Field("batchtopk", description="SAE family: batchtopk (paper default), topk, jumprelu, relu")
-    expansion: float | None = Field(None, description="d_sae as a multiple of d_in (paper: 8, 16, 32)")
-    d_sae: int | None = Field(None, description="dictionary size; overrides expansion when given")
-    k: int | None = Field(None, description="active features per token (TopK/BatchTopK; JumpReLU's target L0)")
+    expansion: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                    description="d_sae as a multiple of d_in (paper: 8, 16, 32)")
+    d_sae: int | None = Field(None, ge=1, description="dictionary size; overrides expansion when given")
+    k: int | None = Field(None, ge=1, description="active features per token (TopK/BatchTopK; JumpReLU's target L0)")
     hparams: dict[str, Any] = Field(default_factory=dict,
                                     description="family hyper-parameters (l1_coeff, bandwidth, kernel …)")
     seed: int | None = Field(None, description="initialisation seed of this SAE (default: the training seed "
@@ -77,8 +90,8 @@ class SAESpec(FrozenConfig):
 class TrainConfig(FrozenConfig):
     """How SAEs are trained; defaults are the paper's Table 1 where it gives one."""
 
-    lr: float = Field(1e-3, description="Adam learning rate (paper Table 1)")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False, description="Adam learning rate (paper Table 1)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas, each in [0, 1)")
     batch_size: int = Field(8192, ge=1, description="patch tokens per step (paper Table 1)")
     epochs: int = Field(1, ge=1, description="passes over the cache (paper Table 1: 1)")
     steps: int | None = Field(None, ge=1, description="stop after this many steps (default: the whole epochs)")
@@ -92,7 +105,7 @@ class TrainConfig(FrozenConfig):
                                    description="a feature is dead after this many tokens without firing")
     aux_k: int | None = Field(None, ge=1, description="AuxK: dead features used by the auxiliary loss "
                                                       "(Gao et al. 2024; e.g. 512); None disables it")
-    aux_coeff: float = Field(1 / 32, ge=0, description="weight of the AuxK loss (Gao et al.: 1/32)")
+    aux_coeff: float = Field(1 / 32, ge=0, allow_inf_nan=False, description="weight of the AuxK loss (Gao et al.: 1/32)")
     heldout: Literal["tail", "validation"] = Field(
         "tail", description="held-out tokens for the BatchTopK inference threshold (paper App. E): "
                             "'tail' = the last heldout_batches batches of the training stream, never trained "
@@ -101,8 +114,13 @@ class TrainConfig(FrozenConfig):
     validation_cache: str | None = Field(None, description="cache folder used when heldout='validation'")
     progress: bool = Field(True, description="show a tqdm progress bar")
 
+    _device = field_validator("device")(check_device_string)
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        bad = [b for b in self.betas if not 0 <= b < 1]
+        if bad:
+            raise ValueError(f"betas {list(self.betas)}: each Adam beta must lie in [0, 1), e.g. betas=[0.9, 0.999]")
         if self.heldout == "validation" and not self.validation_cache:
             raise ValueError("heldout='validation' needs validation_cache")
         return self
@@ -255,25 +273,34 @@ def _load_state(out_dir: Path) -> dict[str, Any] | None:
 
 
 def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str,
-               train_config: TrainConfig | None = None) -> list[Path]:
+               train_config: TrainConfig | None = None, force: bool = False) -> list[Path]:
     """Train every SAE of ``configs`` on one pass over ``cache``; return their checkpoint folders.
 
     ``cache`` is an :class:`~visae.cache.reader.ActivationCache`, a path to one, or a list of either:
     several caches of one backbone layer are read as one shuffled stream (normalized with their pooled
-    statistics). Resumes from ``<out_dir>/train_state.pt`` when present.
+    statistics). Resumes from ``<out_dir>/train_state.pt`` when present. A folder holding SAEs (or a run)
+    trained on another cache or with other settings is refused with an OutputConflictError naming the
+    difference, unless ``force`` (then the old run's state and log are discarded and its SAEs replaced).
     """
     cfg = train_config or TrainConfig()
     cache_obj = training_stream(cache)
     specs = [configs] if isinstance(configs, SAESpec) else list(configs)
     if not specs:
         raise ConfigError("train_saes: no SAE configurations given")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device)
+    out = check_output_dir(out_dir)
     d_in = cache_obj.d_model
     names = [s.folder_name(d_in) for s in specs]
     if len(set(names)) != len(names):
         raise ConfigError(f"train_saes: two SAE configurations share an output name: {names}")
+    one = len(cache_obj.caches) == 1
+    provenance = {"cache": cache_obj.paths[0] if one else cache_obj.paths,
+                  "cache_hash": cache_obj.hashes[0] if one else cache_obj.hashes, "seed": cfg.seed,
+                  "backbone": cache_obj.caches[0].manifest.backbone, "layer": cache_obj.caches[0].manifest.layer,
+                  "train_config": cfg.to_dict()}
+    run_record = {**{k: v for k, v in provenance.items() if k != "train_config"},
+                  "settings": train_settings(cfg.to_dict())}
+    _check_previous_run(out, run_record, dict(zip(names, specs, strict=True)), d_in, force)
     mean_d = torch.as_tensor(cache_obj.mean_d, dtype=torch.float32)
     trainees = []
     for i, (spec, name) in enumerate(zip(specs, names, strict=True)):
@@ -291,6 +318,8 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
     trainable = n_per_epoch * cfg.epochs - heldout_tail
     total = min(cfg.steps, trainable) if cfg.steps else trainable
     start = 0
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / RUN_FILE, run_record)
     remove_leftover_tmp(out, recursive=True)  # partial files of a killed run: never read, only reclaimed
     state = _load_state(out)
     _truncate_log(out / LOG_FILE, int(state["step"]) if state is not None else 0)
@@ -303,11 +332,6 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
             t.load(saved[t.name])
         torch.set_rng_state(state["rng"])
         start = int(state["step"])
-    one = len(cache_obj.caches) == 1
-    provenance = {"cache": cache_obj.paths[0] if one else cache_obj.paths,
-                  "cache_hash": cache_obj.hashes[0] if one else cache_obj.hashes, "seed": cfg.seed,
-                  "backbone": cache_obj.caches[0].manifest.backbone, "layer": cache_obj.caches[0].manifest.layer,
-                  "train_config": cfg.to_dict()}
     if start < total:
         on_gpu = device.type != "cpu"  # ship fp16 tokens, normalize on the device (half the copy, no CPU pass)
         sampled = cache_obj.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=True, epochs=cfg.epochs,
@@ -348,6 +372,71 @@ def training_stream(cache: Any) -> TokenStream:
     if not items:
         raise ConfigError("train_saes: no training cache given")
     return TokenStream([c if isinstance(c, ActivationCache) else open_cache(c) for c in items])
+
+
+def train_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields that shape the trained SAEs (:data:`RUNTIME_SETTINGS` left out)."""
+    return {k: v for k, v in config.items() if k not in RUNTIME_SETTINGS}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key old → new`` for each key both hold with different values (keys only one side has are skipped,
+    so a setting added in a later visae version does not count as a difference)."""
+    def norm(v: Any) -> Any:
+        return json.loads(json.dumps(v, default=str))
+
+    return [f"{k} {norm(old[k])!r} → {norm(new[k])!r}" for k in sorted(set(old) & set(new))
+            if norm(old[k]) != norm(new[k])]
+
+
+def _previous_runs(out: Path, specs: dict[str, SAESpec], d_in: int) -> list[tuple[Path, dict[str, Any]]]:
+    """What ``out`` says it was trained with: its run.json and each SAE's config.yaml provenance."""
+    import yaml
+
+    found: list[tuple[Path, dict[str, Any]]] = []
+    run = out / RUN_FILE
+    if run.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            found.append((run, json.loads(run.read_text(encoding="utf-8"))))
+    for name, spec in specs.items():
+        path = out / name / "config.yaml"
+        try:
+            cfg = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, yaml.YAMLError):
+            cfg = None
+        if not isinstance(cfg, dict):
+            continue
+        prov: dict[str, Any] = cfg["provenance"] if isinstance(cfg.get("provenance"), dict) else {}
+        record: dict[str, Any] = {k: prov[k] for k in ("cache_hash", "cache") if k in prov}
+        if isinstance(prov.get("train_config"), dict):
+            record["settings"] = train_settings(prov["train_config"])
+        d_sae = spec.d_sae if spec.d_sae is not None else round((spec.expansion or 0) * d_in)
+        record["sae"] = ({"family": cfg.get("family"), "d_sae": cfg.get("d_sae"), "k": cfg.get("k")},
+                         {"family": canonical_family(spec.family), "d_sae": d_sae, "k": spec.k})
+        found.append((path, record))
+    return found
+
+
+def _check_previous_run(out: Path, new: dict[str, Any], specs: dict[str, SAESpec], d_in: int, force: bool) -> None:
+    """Refuse to train into a folder whose SAEs or run used another cache or other settings (unless ``force``)."""
+    for where, old in _previous_runs(out, specs, d_in):
+        diffs = []
+        if old.get("cache_hash") not in (None, new["cache_hash"]):
+            diffs.append(f"cache hash {old['cache_hash']} ({old.get('cache', '?')}) → {new['cache_hash']} "
+                         f"({new['cache']})")
+        if isinstance(old.get("settings"), dict):
+            diffs += _differences(old["settings"], new["settings"])
+        if "sae" in old:
+            diffs += [f"SAE {d}" for d in _differences(*old["sae"])]
+        if not diffs:
+            continue
+        if not force:
+            raise OutputConflictError(
+                f"{out}: holds an SAE run trained on another cache or with other settings ({where}: "
+                f"{'; '.join(diffs)}); pass --force (force=True) to replace it, or train into another --out folder")
+        for leftover in (STATE_FILE, LOG_FILE, RUN_FILE, "trained.json"):
+            (out / leftover).unlink(missing_ok=True)
+        return
 
 
 def _heldout(cache: Any, cfg: TrainConfig, trainable: int) -> tuple[str, list[torch.Tensor]]:

@@ -37,6 +37,9 @@ def build_sae(path: Path, family: str, d_in: Any, d_sae: Any, k: Any, hparams: d
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; CheckpointError naming the file when it cannot be read."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes), e.g. an interrupted copy or download; "
+                              "copy the checkpoint again or retrain it")
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types and OSError
