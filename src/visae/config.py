@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from visae.errors import ConfigError
+from visae.errors import ConfigError, ConfigValueError
 
 C = TypeVar("C", bound="FrozenConfig")
 
@@ -29,7 +29,7 @@ class FrozenConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
-            raise ConfigError(_format_validation_error(e, type(self).__name__)) from None
+            raise ConfigValueError(_format_validation_error(e, type(self).__name__)) from None
 
     # Pydantic calls a custom __init__ from validation too (nested models, model_validate); marked as its
     # base init, this one runs only for direct construction, so nested errors keep their full field path.

@@ -9,6 +9,11 @@ class ConfigError(VisaeError):
     """A configuration file or override is invalid (unknown key, wrong type, missing path)."""
 
 
+class ConfigValueError(ConfigError, ValueError):
+    """A config model built directly (``TrainConfig(lr=-1)``) got a bad field; a ValueError too, like the
+    pydantic error it replaces."""
+
+
 class DataError(VisaeError):
     """An image or dataset file cannot be read."""
 
