@@ -161,7 +161,11 @@ def load_sae_with_provenance(ref: SAERef | str | Path, subfolder: str | None = N
                              revision: str | None = None, device: str | None = None) -> tuple[SAE, dict[str, Any]]:
     """``(SAE, provenance)``: :func:`load_sae` plus where the files came from and their hashes
     (:func:`visae.sae.hub.locate_sae`)."""
-    from visae.sae.hub import locate_sae
+    from visae.sae.hub import locate_sae, read_reference
 
     located = locate_sae(ref, subfolder, revision)
-    return load_sae(located.path, device=device), located.provenance
+    sae = load_sae(located.path, device=device)
+    pointer = read_reference(located.path) if located.path.is_dir() else None
+    if pointer is not None:  # a study's reference folder: the provenance of what it points at
+        return sae, {**pointer.get("provenance", {}), "reference": str(located.path)}
+    return sae, located.provenance

@@ -303,6 +303,42 @@ def locate_sae(ref: SAERef | str | Path, subfolder: str | None = None, revision:
     return LocatedSAE(parsed, path, prov)
 
 
+REFERENCE_FILE = "reference.json"
+"""A folder holding this file stands for a checkpoint elsewhere (:mod:`visae.sae.formats.reference`)."""
+
+
+def write_reference(folder: Path | str, located: LocatedSAE) -> Path:
+    """Write ``<folder>/reference.json``: the checkpoint ``located`` points at, pinned (hub: to the commit it
+    resolved to; local: the absolute path), and its provenance with the files' sha256; return the file."""
+    from visae.io import atomic_write_json
+
+    prov = dict(located.provenance)
+    if not prov.get("files"):
+        prov["files"] = file_hashes(located.path)
+    ref = located.ref
+    pinned = (str(SAERef(ref.target, ref.subfolder, str(prov["commit"]), hub=True)) if ref.hub
+              else str(located.path.resolve()))
+    path = Path(folder) / REFERENCE_FILE
+    atomic_write_json(path, {"format": "visae-reference", "ref": pinned, "provenance": prov})
+    return path
+
+
+def read_reference(folder: Path | str) -> dict[str, Any] | None:
+    """The ``reference.json`` of a folder (``ref``, ``provenance``), or None when it has none."""
+    import json
+
+    path = Path(folder) / REFERENCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not readable JSON ({e}); delete the folder and rerun") from e
+    if not isinstance(data, dict) or not isinstance(data.get("ref"), str):
+        raise CheckpointError(f"{path}: expected {{'ref': ..., 'provenance': ...}}; delete the folder and rerun")
+    return data
+
+
 def release_backbone(repo_id: str) -> str | None:
     """The backbone short name of one of the authors' release repos, else None."""
     return next((b for b, r in RELEASE_REPOS.items() if r == repo_id), None)
@@ -315,4 +351,4 @@ def is_hub_id(text: str) -> bool:
 
 __all__ = ["OURS", "RELEASE_CONFIGS", "RELEASE_REPOS", "LocatedSAE", "SAERef", "cached_repos", "checkpoint_files",
            "checkpoint_markers", "configurations", "file_hashes", "is_hub_id", "list_configurations", "locate_sae",
-           "parse_sae_ref", "release_backbone"]
+           "parse_sae_ref", "read_reference", "release_backbone", "write_reference"]

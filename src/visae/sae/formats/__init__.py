@@ -9,6 +9,7 @@ format's detector in registration order; our own format (:mod:`visae.sae.checkpo
 | ``saelens`` | :mod:`visae.sae.formats.saelens` | ``sae_weights.safetensors`` + ``cfg.json`` |
 | ``saev`` | :mod:`visae.sae.formats.saev` | ``sae.pt`` with a JSON header line |
 | ``authors`` | :mod:`visae.sae.formats.authors` | the paper's release: overcomplete ``sae.pt`` + ``config.yaml`` |
+| ``reference`` | :mod:`visae.sae.formats.reference` | ``reference.json``: a checkpoint elsewhere, pinned, with file hashes |
 
 A plugin adds one with ``CHECKPOINT_FORMATS.register("mine", CheckpointFormat(...))``.
 """
@@ -43,7 +44,8 @@ class CheckpointFormat:
 
 CHECKPOINT_FORMATS: Registry[CheckpointFormat] = Registry("checkpoint format", error=CheckpointError)
 for _name, _files in [("saelens", "sae_weights.safetensors + cfg.json"), ("saev", "sae.pt with a JSON header"),
-                      ("authors", "the paper's release: overcomplete sae.pt + config.yaml")]:
+                      ("authors", "the paper's release: overcomplete sae.pt + config.yaml"),
+                      ("reference", "reference.json: a checkpoint elsewhere (hub commit or path) + sha256")]:
     CHECKPOINT_FORMATS.register_lazy(_name, f"visae.sae.formats.{_name}:FORMAT", summary=_files)
 
 
