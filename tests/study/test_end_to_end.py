@@ -3,6 +3,7 @@ equals an uninterrupted run, SIGKILL + resume, and the Ray executor on a local i
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -69,6 +70,8 @@ def test_rerun_does_nothing_and_results_complete(clean_run: Path) -> None:
     for metric in ("m1", "m2", "m3", "m4", "m5", "m6", "raw", "task:retrieval_r1:raw", "task:retrieval_r1:codes"):
         assert metric in set(df["metric"]), metric
     assert (clean_run / "report" / "features.html").stat().st_size > 10_000
+    raw = json.loads(next((clean_run / "raw").glob("*/raw.json")).read_text())  # the shared record shape
+    assert raw["metric"] == "raw" and raw["seconds"]["total"] > 0 and raw["visae_version"]
 
 
 @pytest.mark.slow

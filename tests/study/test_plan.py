@@ -142,3 +142,17 @@ def test_ood_test_split_gets_its_own_cache_and_reaches_m6(tmp_path: Path, monkey
     monkeypatch.setattr(eval_stage, "cache_path", lambda root, out: root / out)
     m6 = eval_stage.study_metric_extras(eval_stage.Params.model_validate(ev.params), tmp_path)["m6"]["datasets"][0]
     assert m6["name"] == "faces" and m6["test_cache"].endswith(ev.params["ood_test"]["faces"])
+
+
+def test_only_parameters_a_job_reads_enter_its_id(tmp_path: Path) -> None:
+    def ids(**changes: object) -> dict[str, str]:
+        plan = plan_study(load_study_config(write_yaml(tmp_path, {**BASE, **changes})))
+        return {j.label: j.id for j in plan.jobs}
+
+    base = ids()
+    assert ids(device="cuda") == base  # the device is the executor's business, not a job parameter
+    labelled = ids(backbones=[{"name": "bb-a", "label": "A"}, {"name": "bb-b", "image_size": 112}])
+    assert {k for k in base if labelled[k] != base[k]} == {"report"}  # labels are display only
+    assert {k for k in base if ids(browser_features=3)[k] != base[k]} == {"feature views", "report"}
+    hyp = [{"id": "HX", "metric": "m1", "task": "task:x:raw", "threshold": 0.5}]
+    assert {k for k in base if ids(hypotheses=hyp)[k] != base[k]} == {"analysis", "report"}
