@@ -23,21 +23,12 @@ import torch
 
 from visae.cache.reader import ActivationCache
 from visae.sae.base import SAE
-from visae.sae.sparse import SparseCodes, select_topk, sparse_decode
+from visae.sae.sparse import SparseCodes, row_offsets, select_topk, sparse_decode
 
 DEFAULT_GROUP_BYTES = 256 * 2**20
 # Encoder rows per fused matmul + selection chunk: [rows, F] pre-activations stay a few MiB on CPU.
 CPU_CHUNK_ROWS = 1024
 GPU_CHUNK_ROWS = 16384
-
-
-def row_offsets(rows_n: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """Start of each row's entries in a row-sorted COO list (``[n_rows]`` int64)."""
-    counts = torch.bincount(rows_n, minlength=n_rows)
-    offsets = torch.zeros(n_rows, dtype=torch.int64, device=rows_n.device)
-    if n_rows > 1:
-        offsets[1:] = counts.cumsum(0)[:-1]
-    return offsets
 
 
 def _coo(rows_n: torch.Tensor, cols_n: torch.Tensor, vals_n: torch.Tensor, n_rows: int, n_cols: int) -> SparseCodes:

@@ -15,7 +15,7 @@ from visae.device import pick_device
 from visae.errors import ConfigError
 from visae.io import check_output_dir
 from visae.metrics.base import METRICS, EvalContext, Metric, MetricConfig, MetricResult
-from visae.metrics.encode import PooledCollector, encode_stream
+from visae.metrics.encode import PooledCollector, PooledFeatures, encode_stream
 from visae.results.record import write_result_record
 from visae.sae.base import SAE
 
@@ -58,34 +58,42 @@ def evaluate(
     ctx = EvalContext(sae=sae_model, cache=cache_obj, device=dev, out_dir=out_path, sae_id=sae_id,
                       backbone=backbone or cache_obj.manifest.backbone,
                       extras={"sae_provenance": provenance, "sae_hash": sae_hash})
-    instances: dict[str, Metric[Any]] = {}
-    for name in metrics:
-        cls = metric_class(name)
-        given = (configs or {}).get(name, {})
-        cfg = given if isinstance(given, MetricConfig) else build_config(cls.config_cls, dict(given), source=f"metrics.{name}")
-        instances[name] = cls(cfg, ctx)
-
+    instances = {name: _instantiate(name, (configs or {}).get(name, {}), ctx) for name in metrics}
     started = time.perf_counter()
-    collector = PooledCollector() if any(m.needs_pooled for m in instances.values()) else None
-    if collector is not None or any(m.needs_stream for m in instances.values()):
-        # Codes stay sparse unless a metric declares that it reads the dense [n, P, F] view.
-        dense = any(getattr(m, "needs_dense_codes", False) for m in instances.values())
-        for batch in encode_stream(sae_model, cache_obj, group_size=group_size, device=dev, dense_codes=dense):
-            for m in instances.values():
-                if m.needs_stream:
-                    m.update(batch)
-            if collector is not None:
-                collector.update(batch)
-    pooled = collector.result() if collector is not None else None
-
+    pooled = _stream(list(instances.values()), ctx, group_size)
     results: dict[str, MetricResult] = {}
-    for name, m in instances.items():
-        t0 = time.perf_counter()
-        results[name] = m.finalize(pooled)
+    for name, metric in instances.items():
+        finalize_started = time.perf_counter()
+        results[name] = metric.finalize(pooled)
         if out_path is not None:
-            write_result(out_path / f"{name}.json", results[name], m.config, ctx,
-                         seconds=time.perf_counter() - t0, stream_seconds=time.perf_counter() - started)
+            write_result(out_path / f"{name}.json", results[name], metric.config, ctx,
+                         seconds=time.perf_counter() - finalize_started,
+                         stream_seconds=time.perf_counter() - started)
     return results
+
+
+def _instantiate(name: str, given: MetricConfig | Mapping[str, Any], ctx: EvalContext) -> Metric[Any]:
+    """Metric ``name`` with its config (a typed config as it is, a mapping validated over the defaults)."""
+    cls = metric_class(name)
+    config = given if isinstance(given, MetricConfig) else build_config(cls.config_cls, dict(given),
+                                                                          source=f"metrics.{name}")
+    return cls(config, ctx)
+
+
+def _stream(instances: list[Metric[Any]], ctx: EvalContext, group_size: int) -> PooledFeatures | None:
+    """The one encoding pass: every streaming metric sees each group; the pooled features are collected."""
+    collector = PooledCollector() if any(metric.needs_pooled for metric in instances) else None
+    streaming = [metric for metric in instances if metric.needs_stream]
+    if collector is None and not streaming:
+        return None
+    # Codes stay sparse unless a metric declares that it reads the dense [n, P, F] view.
+    dense = any(getattr(metric, "needs_dense_codes", False) for metric in instances)
+    for batch in encode_stream(ctx.sae, ctx.cache, group_size=group_size, device=ctx.device, dense_codes=dense):
+        for metric in streaming:
+            metric.update(batch)
+        if collector is not None:
+            collector.update(batch)
+    return collector.result() if collector is not None else None
 
 
 def write_result(path: Path, result: MetricResult, config: MetricConfig, ctx: EvalContext,
@@ -112,13 +120,8 @@ def _load(sae: SAE | str | Path | None, metrics: Sequence[str]) -> tuple[SAE | N
             raise ConfigError(f"metrics {', '.join(need)} need an SAE (--sae PATH); without one only the "
                               "raw-backbone diagnostic runs (--metrics raw)")
         return None, NO_SAE, {}
-    if isinstance(sae, (str, Path)):
-        from visae.sae.checkpoint import load_sae_with_provenance
-
-        model, provenance = load_sae_with_provenance(sae)  # a local path or repo:subfolder@revision
-        return model, str(sae), provenance
-    model, sae_id = resolve_sae(sae)
-    return model, sae_id, {}
+    resolved = resolve_sae(sae, with_provenance=True)  # a model, a local path or repo:subfolder@revision
+    return resolved.model, resolved.sae_id, resolved.provenance
 
 
 def _passthrough(cache: ActivationCache) -> tuple[SAE, str]:

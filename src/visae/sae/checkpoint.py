@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,12 +76,25 @@ def sae_fingerprint(sae: SAE) -> str:
     return h.hexdigest()[:16]
 
 
-def resolve_sae(sae: SAE | Path | str) -> tuple[SAE, str]:
-    """An SAE and the id results record for it: a loaded checkpoint and its path, or a model and its
-    :func:`sae_fingerprint`."""
-    if isinstance(sae, (str, Path)):
-        return load_sae(sae), str(sae)
-    return sae, sae_fingerprint(sae)
+@dataclass(frozen=True)
+class ResolvedSAE:
+    """An SAE argument made concrete: the model, the id results record for it, where its files came from."""
+
+    model: SAE
+    sae_id: str
+    """The path or hub reference as given, or the model's :func:`sae_fingerprint`."""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """Repo, subfolder, commit and file hashes (only with ``with_provenance``; empty for a model)."""
+
+
+def resolve_sae(sae: SAE | Path | str, with_provenance: bool = False) -> ResolvedSAE:
+    """Load a checkpoint reference (path or ``repo[:subfolder][@revision]``), or take a model as it is."""
+    if not isinstance(sae, (str, Path)):
+        return ResolvedSAE(sae, sae_fingerprint(sae))
+    if with_provenance:
+        model, provenance = load_sae_with_provenance(sae)
+        return ResolvedSAE(model, str(sae), provenance)
+    return ResolvedSAE(load_sae(sae), str(sae))
 
 
 def _load_state(path: Path, sae: SAE, state: dict[str, torch.Tensor]) -> None:
@@ -101,9 +115,9 @@ def _load_state(path: Path, sae: SAE, state: dict[str, torch.Tensor]) -> None:
 def _load_ours(dir_path: Path) -> SAE:
     cfg_path = dir_path / CONFIG_FILE
     cfg = read_yaml_mapping(cfg_path)
-    for field in ("family", "d_in", "d_sae"):
-        if field not in cfg:
-            raise CheckpointError(f"{cfg_path}: missing field {field!r}")
+    for key in ("family", "d_in", "d_sae"):
+        if key not in cfg:
+            raise CheckpointError(f"{cfg_path}: missing field {key!r}")
     try:
         family = canonical_family(str(cfg["family"]))
     except ConfigError as e:
@@ -154,9 +168,6 @@ def _dispatch(path: Path) -> SAE:
     raise CheckpointError(f"{path}: no SAE checkpoint found (looked for {', '.join(dict.fromkeys(looked_for))})")
 
 
-__all__ = ["SAE_FAMILIES", "load_sae", "resolve_sae", "sae_config", "sae_fingerprint", "save_sae"]
-
-
 def load_sae_with_provenance(ref: SAERef | str | Path, subfolder: str | None = None,
                              revision: str | None = None, device: str | None = None) -> tuple[SAE, dict[str, Any]]:
     """``(SAE, provenance)``: :func:`load_sae` plus where the files came from and their hashes
@@ -169,3 +180,7 @@ def load_sae_with_provenance(ref: SAERef | str | Path, subfolder: str | None = N
     if pointer is not None:  # a study's reference folder: the provenance of what it points at
         return sae, {**pointer.get("provenance", {}), "reference": str(located.path)}
     return sae, located.provenance
+
+
+__all__ = ["SAE_FAMILIES", "ResolvedSAE", "load_sae", "load_sae_with_provenance", "resolve_sae", "sae_config",
+           "sae_fingerprint", "save_sae"]

@@ -59,7 +59,8 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _offsets(rows_n: torch.Tensor, n_rows: int) -> torch.Tensor:
+def row_offsets(rows_n: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Start of each row's entries in a row-sorted COO list (``[n_rows]`` int64)."""
     counts = torch.bincount(rows_n, minlength=n_rows)
     offsets = torch.zeros(n_rows, dtype=torch.int64, device=rows_n.device)
     if n_rows > 1:
@@ -119,7 +120,7 @@ def _finish_batch(rows_n: torch.Tensor, cols_n: torch.Tensor, vals_n: torch.Tens
     elif vals_n.numel():
         cut = float(vals_n.min())
     return SparseCodes(rows_n.contiguous(), cols_n.contiguous(), vals_n.contiguous(),
-                       _offsets(rows_n, n_rows), n_rows, n_cols, cut)
+                       row_offsets(rows_n, n_rows), n_rows, n_cols, cut)
 
 
 def select_topk(pre_bf: torch.Tensor, k: int) -> SparseCodes:
@@ -130,7 +131,7 @@ def select_topk(pre_bf: torch.Tensor, k: int) -> SparseCodes:
     rows_n = torch.arange(n_rows, device=pre_bf.device).unsqueeze(1).expand_as(idx_bk)[keep]
     cols_n, vals_n = idx_bk[keep], vals_bk[keep]
     return SparseCodes(rows_n.contiguous(), cols_n.contiguous(), _wide(vals_n).contiguous(),
-                       _offsets(rows_n, n_rows), n_rows, n_cols, 0.0)
+                       row_offsets(rows_n, n_rows), n_rows, n_cols, 0.0)
 
 
 def sparse_decode(codes: SparseCodes, W_dec: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
@@ -220,7 +221,7 @@ def encode_select(x_bd: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, 
             parts.append((c.rows_n + row0, c.cols_n, c.vals_n))
     rows_n, cols_n, vals_n = (torch.cat([p[i] for p in parts]) for i in range(3))
     if not batch:
-        return SparseCodes(rows_n, cols_n, _wide(vals_n), _offsets(rows_n, n_rows), n_rows, n_cols, 0.0), xc_bd
+        return SparseCodes(rows_n, cols_n, _wide(vals_n), row_offsets(rows_n, n_rows), n_rows, n_cols, 0.0), xc_bd
 
     def redo() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         again = [_candidates(torch.addmm(b, xs[r:r + chunk_rows], W), r, 0.0)
@@ -248,7 +249,7 @@ def topk_step(x_bd: torch.Tensor, W_enc: torch.nn.Parameter, b_enc: torch.nn.Par
     gval_n = _sddmm(codes, g_bd, W_dec)
     order_n = torch.argsort(codes.cols_n, stable=True)
     rows_sorted_n = codes.rows_n[order_n]
-    offsets_f = _offsets(codes.cols_n[order_n], codes.n_cols)
+    offsets_f = row_offsets(codes.cols_n[order_n], codes.n_cols)
     grad_W_dec = _scatter_by_feature(order_n, rows_sorted_n, offsets_f, g_bd, codes.vals_n)
     grad_W_enc_t = _scatter_by_feature(order_n, rows_sorted_n, offsets_f, xc_bd, gval_n)
     grad_b_enc = torch.bincount(codes.cols_n, weights=gval_n, minlength=codes.n_cols).to(b_enc.dtype)

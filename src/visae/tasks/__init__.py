@@ -64,7 +64,8 @@ def run_task(name: str, sae: SAE | str | Path | None, caches: CacheArg,
 
     started = time.perf_counter()
     cfg = task_config(name, config)
-    model, sae_id = resolve_sae(sae) if sae is not None else (None, "")
+    resolved = resolve_sae(sae) if sae is not None else None
+    model, sae_id = (resolved.model, resolved.sae_id) if resolved is not None else (None, "")
     if model is None and cfg.features != ["raw"]:
         cfg = cfg.model_copy(update={"features": ["raw"]})
     opened = _open_caches(caches)
