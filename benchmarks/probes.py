@@ -59,6 +59,9 @@ def main() -> None:
 
     print(f"dim {args.dim}, {args.per_class} per class, sep {args.sep}, max_iter {args.max_iter}, torch device "
           f"{args.device}, {torch.get_num_threads()} CPU threads")
+    wx, wy = gaussian_classes(3, 20, 8, 1.0, seed=0)
+    for engine in args.engines.split(","):  # first calls pay imports and thread start-up: not timed
+        run_engine(engine, wx, wy, wx, wy, 20, args.device)
     print(f"{'classes':>7} {'engine':>8} {'seconds':>9} {'iters':>6} {'s/iter':>8} {'conv':>5} {'acc':>7} {'AUC':>7}")
     for n_classes in (int(c) for c in args.classes.split(",")):
         x, y = gaussian_classes(n_classes, args.per_class, args.dim, args.sep, seed=n_classes)

@@ -106,3 +106,24 @@ def test_m2_from_sparse_codes_equals_dense() -> None:
     assert a == b
     ref_dead = int((codes.reshape(60, 30).amax(0) <= 0).sum())
     assert a.dead == ref_dead and ref_dead >= 2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("family", ["batchtopk", "jumprelu", "topk"])
+def test_sparse_stream_kernels_on_cuda_match_cpu(family: str) -> None:
+    sae = _sae(family)
+    x = torch.randn(3 * 20, 12, dtype=torch.float64)
+    with torch.no_grad():
+        cpu = sparse_encode(sae, x, chunk_rows=37)
+        gpu = sparse_encode(sae.cuda(), x.cuda(), chunk_rows=37)
+        torch.testing.assert_close(gpu.to_dense().cpu(), cpu.to_dense())
+        torch.testing.assert_close(sparse_decode(gpu, sae.W_dec, sae.b_dec).cpu(),
+                                   sparse_decode(cpu, sae.W_dec.cpu(), sae.b_dec.cpu()))
+    codes = _codes(7, 3, 20, 40, negative=True)
+    acc_cpu, acc_gpu = (M1Accumulator(40, M1Config(min_active_patches=3), torch.device(d)) for d in ("cpu", "cuda"))
+    acc_cpu.update_batch(_batch(codes, (4, 5), sparse=True))
+    acc_gpu.update_batch(_batch(codes.cuda(), (4, 5), sparse=True))
+    np.testing.assert_allclose(acc_gpu.feature_means()[0], acc_cpu.feature_means()[0], rtol=1e-6)
+    torch.testing.assert_close(_batch(codes.cuda(), (4, 5), sparse=True).pooled_codes().to_dense().cpu(),
+                               codes.amax(dim=1))
