@@ -48,6 +48,21 @@ def test_offline_pairing_and_timm_name_lookup() -> None:
         evaluator_for("vit_small_patch16_224")
 
 
+def test_study_config_takes_the_pairing_from_the_backbone_registry() -> None:
+    from types import SimpleNamespace
+
+    from visae.backbones.registry import paired_evaluator
+    from visae.study.config import BackboneSpec, StudyConfig
+
+    assert paired_evaluator("vit_small_patch16_224") is None and paired_evaluator("mae-b16") == "clip-b16"
+    cfg = SimpleNamespace(evaluators={"clip-b16": "siglip-b16"})
+    pick = StudyConfig.evaluator_for
+    assert pick(cfg, BackboneSpec(name="mae-b16")) == "clip-b16"  # type: ignore[arg-type]
+    assert pick(cfg, BackboneSpec(name="clip-b16")) == "siglip-b16"  # type: ignore[arg-type]
+    assert pick(cfg, BackboneSpec(name="vit_small_patch16_224")) is None  # type: ignore[arg-type]
+    assert pick(cfg, BackboneSpec(name="mae-b16", evaluator="deit-b16")) == "deit-b16"  # type: ignore[arg-type]
+
+
 def test_family_of() -> None:
     assert [family_of(n) for n in ("dinov2-b14", "clip-b16", "siglip-b16", "mae-b16", "deit-b16")] == [
         "dinov2", "clip", "siglip", "mae", "deit"]

@@ -17,16 +17,6 @@ from visae.config import FrozenConfig, build_config, read_yaml
 from visae.errors import ConfigError
 from visae.results.hypotheses import Hypothesis
 
-# Paper Table 5: the M5 evaluator backbone for each SAE training backbone.
-PAPER_EVALUATORS: dict[str, str] = {
-    "dinov2-b14": "clip-b16",
-    "clip-b16": "dinov2-b14",
-    "siglip-b16": "dinov2-b14",
-    "deit-b16": "clip-b16",
-    "mae-b16": "clip-b16",
-}
-
-
 TEST_ROLE = "@test"
 """Suffix of the role of an OOD set's official test split (its own cache)."""
 
@@ -156,15 +146,10 @@ class StudyConfig(FrozenConfig):
 
     def evaluator_for(self, backbone: BackboneSpec) -> str | None:
         """The M5 evaluator of ``backbone``: its own setting, the 'evaluators' map, the registry's pairing."""
-        name = backbone.evaluator or self.evaluators.get(backbone.name)
-        if name is None:
-            try:
-                from visae.backbones.registry import evaluator_for
+        from visae.backbones.registry import paired_evaluator
 
-                name = evaluator_for(backbone.name)
-            except Exception:  # unknown pairing: M5 decides ('auto') or reports it
-                name = PAPER_EVALUATORS.get(backbone.name)
-        return name
+        # None when the registry has no pairing either: M5 decides ('auto') or reports it.
+        return backbone.evaluator or self.evaluators.get(backbone.name) or paired_evaluator(backbone.name)
 
     def source(self, role: str) -> SourceSpec:
         """The image set named ``role``: 'train', 'eval', an OOD name or a task source name."""
