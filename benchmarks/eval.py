@@ -30,6 +30,12 @@ from typing import Any
 BENCH_DIR = Path(".visae-bench")
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads (robust to a shared machine's load)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set size (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -59,12 +65,12 @@ def run_ours(cache_dir: Path, sae_dir: Path, device: str) -> dict[str, Any]:
     cache = visae.open_cache(cache_dir)
     before = peak_rss_mb()
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     res = visae.evaluate(sae, cache, metrics=["m1", "m2"], device=device, group_size=64)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     _, traced = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"seconds": seconds, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
+    return {"seconds": seconds, "cpu_s": cpu, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
             "tracemalloc_peak_mb": traced / 2**20, "m1": res["m1"].value, "m1_n_eval": res["m1"].n_eval,
             "fvu": res["m2"].value, "l0": res["m2"].mean_l0, "dead": res["m2"].dead}
 
@@ -83,7 +89,7 @@ def run_peer(cache_dir: Path, sae_dir: Path, device: str) -> dict[str, Any]:
     std = float(sae.act_std)
     before = peak_rss_mb()
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     acts = torch.cat([a for _, a in cache.iter_images(group_size=256)])  # their API needs it in memory
     layout = cache.layout
     m1 = FeatureLocalization(grid_size=(layout.grid_h, layout.grid_w), min_active_patches=5,
@@ -93,10 +99,10 @@ def run_peer(cache_dir: Path, sae_dir: Path, device: str) -> dict[str, Any]:
         r1 = m1.compute(sae, acts, device=str(device), mean=mean.to(device), std=std)
         r2 = FVU(batch_size=512).compute(sae, acts.reshape(-1, acts.shape[-1]), device=str(device), mean=mean,
                                          std=std, dict_size=sae.d_sae)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     _, traced = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"seconds": seconds, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
+    return {"seconds": seconds, "cpu_s": cpu, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
             "tracemalloc_peak_mb": traced / 2**20, "m1": r1.value, "m1_n_eval": r1.metadata["num_evaluable_features"],
             "fvu": r2.value, "l0": r2.metadata["l0"], "dead": r2.metadata.get("dead_features")}
 
@@ -134,13 +140,13 @@ def run_ours_probes(cache_dir: Path, sae_dir: Path, device: str) -> dict[str, An
                "m6": {"datasets": [{"name": "digits", "train_cache": str(cache_dir)}]}}
     before = peak_rss_mb()
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     res = visae.evaluate(sae, cache, metrics=["m3", "m4", "m6", "m7"], configs=configs, device=device,
                          group_size=64)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     _, traced = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"seconds": seconds, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
+    return {"seconds": seconds, "cpu_s": cpu, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
             "tracemalloc_peak_mb": traced / 2**20, "m3": res["m3"].value, "m4": res["m4"].value,
             "m6": res["m6"].value, "m7": res["m7"].value}
 
@@ -163,7 +169,7 @@ def run_peer_probes(cache_dir: Path, sae_dir: Path, device: str) -> dict[str, An
     mean, std, labels = sae.act_mean.clone(), float(sae.act_std), cache.labels
     before = peak_rss_mb()
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     acts = torch.cat([a for _, a in cache.iter_images(group_size=256)])  # their API needs it in memory
     with torch.no_grad():
         kw = {"device": str(device), "labels": labels, "mean": mean, "std": std, "seed": 42}
@@ -173,10 +179,10 @@ def run_peer_probes(cache_dir: Path, sae_dir: Path, device: str) -> dict[str, An
             sae, acts, ood_datasets={"digits": {"activations": acts, "labels": labels}},
             **{k: v for k, v in kw.items() if k != "labels"})
         r7 = FeatureAbsorption().compute(sae, acts, sibling_groups=groups, **kw)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     _, traced = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"seconds": seconds, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
+    return {"seconds": seconds, "cpu_s": cpu, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
             "tracemalloc_peak_mb": traced / 2**20, "m3": r3.value, "m4": r4.value, "m6": r6.value,
             "m7": r7.value}
 
@@ -199,7 +205,9 @@ def report_probes(cache_dir: Path, sae_dir: Path, device: str) -> None:
               f"{r['tracemalloc_peak_mb']:15.1f} {r['m3']!s:>7.7} {r['m4']!s:>7.7} {r['m6']!s:>7.7} {r['m7']!s:>7.7}")
     if len(out) == 2:
         print(f"speed-up ours vs peer (M3+M4+M6+M7): "
-              f"{out['peer-probes']['seconds'] / out['ours-probes']['seconds']:.2f}×")
+              f"{out['peer-probes']['seconds'] / out['ours-probes']['seconds']:.2f}× wall, "
+              f"{out['peer-probes']['cpu_s'] / out['ours-probes']['cpu_s']:.2f}× CPU time "
+              f"({out['ours-probes']['cpu_s']:.1f} vs {out['peer-probes']['cpu_s']:.1f} CPU s)")
         print("note: both sides probe the paper's 11 M4 budgets (1 … 1024). The peer's M4 value is an accuracy-curve "
               "area, its M6 a composite (FVU, coverage, overlap, one k=128 probe; ours: raw, recon, all-codes and "
               "top-128 probes) and its M7 an overlap/F1-gap rate, not the paper's F1(1) < α, F1(4) > β criterion, "
