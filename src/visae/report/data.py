@@ -45,6 +45,8 @@ class ReportData:
     """The features job's Fig. 5 cells (features/fig5.json); empty when it has not run."""
     browser: dict[str, Any] = field(default_factory=dict)
     """The features job's browser entries (features/browser.json); empty when it has not run."""
+    controls: dict[str, str] = field(default_factory=dict)
+    """Control backbones (random weights, ``shuffled:``: the spatial null) → what each one controls for."""
 
     @property
     def main(self) -> pd.DataFrame:
@@ -54,8 +56,11 @@ class ReportData:
         return select(self.results, family=self.family, layer=self.layer)
 
     def label(self, backbone: str) -> str:
-        """Display name of a backbone."""
-        return self.labels.get(backbone, backbone)
+        """Display name of a backbone; a control is marked ``[control]`` unless its name says so already."""
+        name = self.labels.get(backbone, backbone)
+        if backbone in self.controls and "control" not in name.lower():
+            name += " [control]"
+        return name
 
     def backbones(self, df: pd.DataFrame | None = None) -> list[str]:
         """Backbones in display order (the study's order when known)."""
@@ -89,6 +94,21 @@ def study_names(root: Path) -> tuple[str, dict[str, str]]:
     return str(data.get("name") or root.name), labels
 
 
+def control_backbones(names: list[str]) -> dict[str, str]:
+    """The controls among backbone names (:func:`visae.backbones.registry.control_of`) → what each controls for."""
+    from visae.backbones.registry import control_of
+
+    out = {}
+    for name in names:
+        try:
+            what = control_of(name)
+        except Exception:  # a name the registry cannot parse is simply not a known control
+            what = None
+        if what:
+            out[name] = what
+    return out
+
+
 def load_report_data(root: Path, labels: dict[str, str] | None = None) -> ReportData:
     """Results, details, SAE index, analysis tables and feature views of a study folder."""
     from visae.analysis.run import read_analysis
@@ -107,4 +127,5 @@ def load_report_data(root: Path, labels: dict[str, str] | None = None) -> Report
     return ReportData(root=root, results=df, details=det, analysis=read_analysis(root / ANALYSIS_DIR),
                       family=family, layer=layer, labels=dict(labels or {}),
                       saes=list(_json(root / RESULTS_DIR / SAE_INDEX_FILE).get("saes", [])),
-                      fig5=_json(root / FEATURES_DIR / FIG5_FILE), browser=_json(root / FEATURES_DIR / BROWSER_FILE))
+                      fig5=_json(root / FEATURES_DIR / FIG5_FILE), browser=_json(root / FEATURES_DIR / BROWSER_FILE),
+                      controls=control_backbones([*dict.fromkeys([*(labels or {}), *df.get("backbone", [])])]))

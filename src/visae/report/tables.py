@@ -103,4 +103,8 @@ def table_consistency(d: ReportData) -> pd.DataFrame:
 def table_hypotheses(d: ReportData) -> pd.DataFrame:
     """Hypothesis verdicts."""
     t = _analysis_table(d, "hypotheses", "no hypotheses evaluated")
-    return t[["id", "metric", "task", "threshold", "n", "rho", "p", "verdict", "note"]]
+    cols = ["id", "metric", "task", "threshold", "n", "rho", "p", "verdict", "note"]
+    if "backbones" in t:  # the n backbones by display name (controls marked)
+        t = t.assign(backbones=[", ".join(d.label(b) for b in str(v).split(",") if b) for v in t["backbones"].fillna("")])
+        cols.insert(5, "backbones")
+    return t[cols]

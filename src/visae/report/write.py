@@ -29,6 +29,10 @@ def _overview(r: Report, d: ReportData) -> None:
     r.raw(f"<p>{n_saes} SAE(s), {d.results['backbone'].nunique() if len(d.results) else 0} backbone(s); main slice: "
           f"family <b>{esc(d.family)}</b>, layer <b>{esc(d.layer)}</b>. Feature browser: "
           f"<a href='{BROWSER_PAGE}'>{BROWSER_PAGE}</a>.</p>")
+    if d.controls:
+        items = "".join(f"<li><b>{esc(d.label(b))}</b>: {esc(what)}</li>" for b, what in d.controls.items())
+        r.raw(f"<p>Controls (marked as such in every table and figure; they count in the cross-backbone n):</p>"
+              f"<ul class='small'>{items}</ul>")
     for n in d.analysis.get("notes", []):
         r.raw(f"<p class='small'>{esc(n)}</p>")
     r.figure("Figure 1a — metric profile", "Per-backbone means over configurations, min–max normalized per metric "
