@@ -107,7 +107,8 @@ def sae_rows(eval_dir: Path, sae: Mapping[str, Any]) -> list[dict[str, Any]]:
     base = {"backbone": sae["backbone"], "family": sae["family"], "expansion": float(sae["expansion"]),
             "k": float(sae["k"]), "layer": int(sae["layer"]), "sae_id": sae["sae_id"], "grid": sae.get("grid", ""),
             "sae_config": json.dumps({"family": sae["family"], "expansion": sae["expansion"], "k": sae["k"],
-                                      "train": sae.get("train", {})}, sort_keys=True)}
+                                      "train": sae.get("train", {}),
+                                      **({"source": sae["source"]} if sae.get("source") else {})}, sort_keys=True)}
     l0 = math.nan
     rows: list[dict[str, Any]] = []
     for path in sorted(eval_dir.glob("*.json")):

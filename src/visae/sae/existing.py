@@ -12,6 +12,7 @@ A study SAE block names them as a list of :class:`CheckpointSpec`, or ``release`
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,9 @@ class CheckpointSpec(FrozenConfig):
     subfolders: list[str] | None = Field(
         None, description="configurations to use (None: all; the authors' repos: their 12 configurations)")
     layer: int | None = Field(None, ge=0, description="layer the SAEs read (None: the study's main layer)")
+    family: str | None = Field(None, description="SAE family, when neither the folder name nor its config says")
+    expansion: int | None = Field(None, ge=1, description="d_sae / d_model, when the name does not say")
+    k: int | None = Field(None, ge=1, description="K (target L0), when the name does not say")
 
     @model_validator(mode="after")
     def _one_location(self) -> CheckpointSpec:
@@ -71,6 +75,9 @@ class ExistingSAE:
     backbone: str
     layer: int | None
     ref: str
+    family: str | None = None
+    expansion: int | None = None
+    k: int | None = None
 
     @property
     def parsed(self) -> SAERef:
@@ -102,7 +109,8 @@ def expand(spec: CheckpointSpec) -> list[ExistingSAE]:
     if spec.ref:
         r = parse_sae_ref(spec.ref, revision=spec.revision)
         name = r.subfolder or Path(r.target).name
-        return [ExistingSAE(name, spec.backbone, spec.layer, str(r) if r.hub else spec.ref)]
+        return [ExistingSAE(name, spec.backbone, spec.layer, str(r) if r.hub else spec.ref, spec.family,
+                            spec.expansion, spec.k)]
     out = []
     for sub in _subfolders(spec):
         if spec.repo:
@@ -111,8 +119,35 @@ def expand(spec: CheckpointSpec) -> list[ExistingSAE]:
         else:
             root = Path(str(spec.path))
             ref, name = str(root if sub == "." else root / sub), (root.name if sub == "." else sub)
-        out.append(ExistingSAE(name, spec.backbone, spec.layer, ref))
+        out.append(ExistingSAE(name, spec.backbone, spec.layer, ref, spec.family, spec.expansion, spec.k))
     return out
+
+
+_CONFIG_NAME = re.compile(r"(?P<family>[a-z]+)_(?P<expansion>\d+)x_k(?P<k>\d+)")
+
+
+def describe(sae: ExistingSAE) -> tuple[str, int, int]:
+    """``(family, expansion, k)`` of an existing checkpoint for the results table: the spec's settings, the
+    configuration name (``batchtopk_16x_k128``), or a local visae config; ConfigError when none says."""
+    m = _CONFIG_NAME.fullmatch(sae.name)
+    family = sae.family or (m["family"] if m else None)
+    expansion = sae.expansion or (int(m["expansion"]) if m else None)
+    k = sae.k or (int(m["k"]) if m else None)
+    ref = sae.parsed
+    cfg_path = Path(ref.target) / (ref.subfolder or "") / "config.yaml"
+    if None in (family, expansion, k) and not ref.hub and cfg_path.is_file():
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            cfg = {}
+        if isinstance(cfg, dict):
+            family = family or cfg.get("family")
+            expansion = expansion or (round(float(cfg["expansion"])) if cfg.get("expansion") else None)
+            k = k or cfg.get("k")
+    if family is None or expansion is None or k is None:
+        raise ConfigError(f"checkpoint {sae.ref}: cannot tell its family, expansion and K (its name is not like "
+                          "batchtopk_16x_k128); set family, expansion and k in its checkpoints entry")
+    return str(family), int(expansion), int(k)
 
 
 def _canonical(name: str) -> str:
@@ -160,4 +195,14 @@ def check_backbone(sae: ExistingSAE, path: Path, where: str = "") -> str | None:
     return found
 
 
-__all__ = ["CheckpointSpec", "ExistingSAE", "check_backbone", "checkpoint_backbone", "expand", "release_specs"]
+def precheck_backbone(sae: ExistingSAE, where: str = "") -> str | None:
+    """:func:`check_backbone` where it needs no download: local checkpoints and the authors' repos (their
+    backbone is in the repo name). Other hub checkpoints are checked when their files are fetched."""
+    ref = sae.parsed
+    if ref.hub:
+        return check_backbone(sae, Path(), where) if release_backbone(ref.target) else None
+    return check_backbone(sae, Path(ref.target) / (ref.subfolder or ""), where)
+
+
+__all__ = ["CheckpointSpec", "ExistingSAE", "check_backbone", "checkpoint_backbone", "describe", "expand",
+           "precheck_backbone", "release_specs"]

@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from visae.config import FrozenConfig, build_config, read_yaml
 from visae.errors import ConfigError
 from visae.results.hypotheses import Hypothesis
+from visae.sae.existing import CheckpointSpec, ExistingSAE, expand, release_specs
 
 TEST_ROLE = "@test"
 """Suffix of the role of an OOD set's official test split (its own cache)."""
@@ -50,12 +51,20 @@ class BackboneSpec(FrozenConfig):
 
 
 class SAEGrid(FrozenConfig):
-    """One block of SAEs: a family × expansion factors × K, on some backbones and layers."""
+    """One block of SAEs: a family × expansion factors × K trained on some backbones and layers, or existing
+    checkpoints (``checkpoints``) that are evaluated without training."""
 
     name: str = Field("main", description="tag of this block in the results ('main', 'jumprelu', 'layer-ablation')")
     family: str = Field("batchtopk", description="SAE family (visae.sae.registry): batchtopk, topk, jumprelu, relu")
-    expansions: list[int] = Field(description="dictionary sizes as multiples of d_model (paper: 8, 16, 32)")
-    ks: list[int] = Field(description="sparsity K (target L0 for jumprelu/relu); paper: 64, 128, 192, 256")
+    expansions: list[int] = Field(
+        default_factory=list, description="dictionary sizes as multiples of d_model (paper: 8, 16, 32); "
+                                          "empty for a block of existing checkpoints")
+    ks: list[int] = Field(
+        default_factory=list, description="sparsity K (target L0 for jumprelu/relu); paper: 64, 128, 192, 256; "
+                                          "empty for a block of existing checkpoints")
+    checkpoints: Literal["release"] | list[CheckpointSpec] | None = Field(
+        None, description="existing SAEs to evaluate instead of training: 'release' (the authors' 12 per backbone "
+                          "on the hub) or a list of {backbone, repo | path | ref, subfolders, revision}")
     backbones: list[str] | None = Field(None, description="restrict to these backbone names (None: all)")
     layers: list[int] | None = Field(None, description="layers to train on (None: the study's main layers)")
     hparams: dict[str, Any] = Field(default_factory=dict, description="family hyper-parameters (JumpReLU bandwidth …)")
@@ -64,16 +73,43 @@ class SAEGrid(FrozenConfig):
 
     @field_validator("expansions", "ks")
     @classmethod
-    def _non_empty(cls, v: list[int]) -> list[int]:
-        if not v or any(x < 1 for x in v):
-            raise ValueError("must be a non-empty list of positive integers")
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(x < 1 for x in v):
+            raise ValueError("must be a list of positive integers")
         return v
+
+    @model_validator(mode="after")
+    def _grid_or_checkpoints(self) -> SAEGrid:
+        if self.checkpoints is None:
+            for key in ("expansions", "ks"):
+                if not getattr(self, key):
+                    raise ValueError(f"{key}: must be a non-empty list of positive integers (or name existing "
+                                     "SAEs with 'checkpoints')")
+        elif self.expansions or self.ks or self.train or self.hparams:
+            raise ValueError("a block of existing 'checkpoints' trains nothing: drop expansions, ks, train and "
+                             "hparams (the checkpoints carry their own)")
+        return self
+
+    @property
+    def trains(self) -> bool:
+        """True when the block trains its SAEs (False: it evaluates existing checkpoints)."""
+        return self.checkpoints is None
+
+    def existing(self, backbones: list[str]) -> list[ExistingSAE]:
+        """The existing checkpoints of this block on ``backbones`` (the block's, among the study's)."""
+        if self.checkpoints is None:
+            return []
+        specs = release_specs(backbones) if self.checkpoints == "release" else [
+            c for c in self.checkpoints if c.backbone in backbones]
+        return [item for spec in specs for item in expand(spec)]
 
 
 class DataConfig(FrozenConfig):
     """The image sets of a study."""
 
-    train: SourceSpec = Field(description="images whose activations train the SAEs (paper: ImageNet-1K train)")
+    train: SourceSpec | None = Field(
+        None, description="images whose activations train the SAEs (paper: ImageNet-1K train); "
+                          "not needed when every block evaluates existing checkpoints")
     eval: SourceSpec = Field(description="held-out images for M1–M5, M7 (paper: ImageNet-1K val)")
     ood: dict[str, SourceSpec] = Field(
         default_factory=dict, description="M6 cross-domain sets by name (paper: inat, cub, dtd)")
@@ -142,6 +178,9 @@ class StudyConfig(FrozenConfig):
             for b in grid.backbones or []:
                 if b not in names:
                     raise ValueError(f"saes[{grid.name}].backbones: {b!r} is not one of the study's backbones {names}")
+            if grid.trains and self.data.train is None:
+                raise ValueError(f"data.train: missing; the block saes[{grid.name}] trains SAEs on it")
+            _check_checkpoints(grid, grid.backbones or names, names)
         return self
 
     def evaluator_for(self, backbone: BackboneSpec) -> str | None:
@@ -154,6 +193,8 @@ class StudyConfig(FrozenConfig):
     def source(self, role: str) -> SourceSpec:
         """The image set named ``role``: 'train', 'eval', an OOD name or a task source name."""
         if role == "train":
+            if self.data.train is None:
+                raise ConfigError("study: data.train is not set; give the training images (data.train.spec)")
             return self.data.train
         if role == "eval":
             return self.data.eval
@@ -168,6 +209,23 @@ class StudyConfig(FrozenConfig):
             return self.data.task_sources[role]
         raise ConfigError(f"study: no image set named {role!r}; known: train, eval, "
                           + ", ".join([*self.data.ood, *self.data.task_sources]))
+
+
+def _check_checkpoints(grid: SAEGrid, block_backbones: list[str], names: list[str]) -> None:
+    """Every checkpoint spec names a study backbone the block covers; 'release' covers only the paper's five."""
+    if grid.checkpoints == "release":
+        from visae.sae.hub import RELEASE_REPOS
+
+        missing = [b for b in block_backbones if b not in RELEASE_REPOS]
+        if missing:
+            raise ValueError(f"saes[{grid.name}].checkpoints: the authors' release has no SAEs for "
+                             f"{', '.join(missing)} (it covers {', '.join(RELEASE_REPOS)}); restrict the block "
+                             "with 'backbones' or list the checkpoints")
+        return
+    for i, spec in enumerate(grid.checkpoints or []):
+        if spec.backbone not in block_backbones:
+            raise ValueError(f"saes[{grid.name}].checkpoints[{i}].backbone: {spec.backbone!r} is not one of the "
+                             f"block's backbones {block_backbones if grid.backbones else names}")
 
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -245,7 +303,9 @@ def load_study_config(path: Path | str, overrides: list[str] | None = None) -> S
 def check_inputs_exist(cfg: StudyConfig) -> None:
     """Before a run: every path-valued image spec and weights file must exist (ConfigError names the key)."""
     problems: list[str] = []
-    roles: dict[str, SourceSpec] = {"data.train": cfg.data.train, "data.eval": cfg.data.eval}
+    roles: dict[str, SourceSpec] = {"data.eval": cfg.data.eval}
+    if cfg.data.train is not None:
+        roles["data.train"] = cfg.data.train
     roles.update({f"data.ood.{k}": v for k, v in cfg.data.ood.items()})
     roles.update({f"data.task_sources.{k}": v for k, v in cfg.data.task_sources.items()})
     for key, src in roles.items():

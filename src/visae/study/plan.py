@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from visae.sae.existing import ExistingSAE
 from visae.study.config import TEST_ROLE, BackboneSpec, SAEGrid, StudyConfig
 from visae.study.job import Job, Plan
 from visae.study.plugins import import_plugins
-from visae.study.stages import analysis, cache, collect, features, raw, report, task, train
+from visae.study.stages import analysis, cache, checkpoint, collect, features, raw, report, task, train
 from visae.study.stages import eval as eval_stage
 from visae.study.stages.base import SAERecord
 
@@ -27,16 +28,34 @@ def grid_backbones(grid: SAEGrid, cfg: StudyConfig) -> list[BackboneSpec]:
     return [b for b in cfg.backbones if grid.backbones is None or b.name in grid.backbones]
 
 
-def grid_pairs(cfg: StudyConfig) -> list[tuple[BackboneSpec, int, list[SAEGrid]]]:
-    """Every (backbone, layer) the grid touches, in study order, with the SAE blocks on it."""
-    pairs: list[tuple[BackboneSpec, int]] = []
-    for grid in cfg.saes:
-        for b in grid_backbones(grid, cfg):
-            for layer in grid_layers(grid, cfg):
-                if (b, layer) not in pairs:
-                    pairs.append((b, layer))
-    return [(b, layer, [g for g in cfg.saes if b in grid_backbones(g, cfg) and layer in grid_layers(g, cfg)])
-            for b, layer in pairs]
+Existing = list[tuple[BackboneSpec, int, ExistingSAE]]
+
+
+def existing_saes(grid: SAEGrid, cfg: StudyConfig) -> Existing:
+    """The existing checkpoints of a block with their backbone and layer (the block's first layer unless the
+    checkpoint names one); empty for a block that trains."""
+    if grid.trains:
+        return []
+    backbones = {b.name: b for b in grid_backbones(grid, cfg)}
+    first = grid_layers(grid, cfg)[0]
+    return [(backbones[item.backbone], item.layer if item.layer is not None else first, item)
+            for item in grid.existing(list(backbones))]
+
+
+def _touches(grid: SAEGrid, existing: Existing, cfg: StudyConfig) -> list[tuple[BackboneSpec, int]]:
+    if grid.trains:
+        return [(b, layer) for b in grid_backbones(grid, cfg) for layer in grid_layers(grid, cfg)]
+    return list(dict.fromkeys((b, layer) for b, layer, _ in existing))
+
+
+def grid_pairs(cfg: StudyConfig, existing: dict[int, Existing] | None = None,
+               ) -> list[tuple[BackboneSpec, int, list[SAEGrid]]]:
+    """Every (backbone, layer) the grid touches, in study order, with the SAE blocks on it (``existing``: each
+    block's :func:`existing_saes` by index, computed when not given)."""
+    found = existing if existing is not None else {i: existing_saes(g, cfg) for i, g in enumerate(cfg.saes)}
+    touched = {i: _touches(g, found[i], cfg) for i, g in enumerate(cfg.saes)}
+    pairs = list(dict.fromkeys(pair for i in range(len(cfg.saes)) for pair in touched[i]))
+    return [(b, layer, [g for i, g in enumerate(cfg.saes) if (b, layer) in touched[i]]) for b, layer in pairs]
 
 
 @dataclass
@@ -44,6 +63,7 @@ class _Planner:
     """The jobs planned so far (each cache job once), and what collect and the views need."""
 
     cfg: StudyConfig
+    existing: dict[int, Existing] = field(default_factory=dict)
     jobs: list[Job] = field(default_factory=list)
     caches: dict[tuple[str, int, str], Job] = field(default_factory=dict)
     saes: list[SAERecord] = field(default_factory=list)
@@ -72,16 +92,32 @@ class _Planner:
                     tests[name] = self.cache(backbone, layer, name + TEST_ROLE)
         return ood, tests
 
+    def sae_jobs(self, backbone: BackboneSpec, layer: int, grids: list[SAEGrid]) -> list[Job]:
+        """The jobs that provide the pair's SAEs: training groups (over the training cache, planned only
+        when a block trains) and one checkpoint job per existing SAE."""
+        training = [g for g in grids if g.trains]
+        jobs = list(train.plan(self.cfg, backbone, layer, training, self.cache(backbone, layer, "train"))
+                    ) if training else []
+        seen: set[str] = set()
+        for i, grid in enumerate(self.cfg.saes):
+            for b, at, item in self.existing.get(i, []) if grid in grids else []:
+                if (b, at) == (backbone, layer):
+                    job = checkpoint.plan(self.cfg, backbone, layer, grid, item)
+                    if job.id not in seen:
+                        seen.add(job.id)
+                        jobs.append(job)
+        return jobs
+
     def pair(self, backbone: BackboneSpec, layer: int, grids: list[SAEGrid]) -> None:
-        """Every job of one (backbone, layer): caches, training, evaluations, raw diagnostic, tasks."""
-        train_cache = self.cache(backbone, layer, "train")
+        """Every job of one (backbone, layer): caches, training or checkpoints, evaluations, raw diagnostic,
+        tasks."""
         eval_cache = self.cache(backbone, layer, "eval")
         ood, tests = self.ood_caches(backbone, layer, grids)
         layer_saes: list[SAERecord] = []
         train_jobs = []
-        for tjob in train.plan(self.cfg, backbone, layer, grids, train_cache):
+        for tjob in self.sae_jobs(backbone, layer, grids):
             train_jobs.append(self.add(tjob))
-            for m in train.members(tjob):
+            for m in (train.members(tjob) if tjob.kind == "train" else checkpoint.members(tjob)):
                 ejob = self.add(eval_stage.plan(self.cfg, backbone, layer, m, tjob, eval_cache, ood, tests))
                 self.evals.append(ejob)
                 layer_saes.append(m.model_copy(update={"eval": ejob.outputs[0], "eval_job": ejob.id}))
@@ -99,8 +135,8 @@ def plan_study(cfg: StudyConfig) -> Plan:
     """All jobs of ``cfg`` in dependency order (the study's plugins are imported first: they may register
     backbones whose evaluator pairing enters the plan)."""
     import_plugins(cfg.plugins)
-    p = _Planner(cfg)
-    for backbone, layer, grids in grid_pairs(cfg):
+    p = _Planner(cfg, existing={i: existing_saes(g, cfg) for i, g in enumerate(cfg.saes)})
+    for backbone, layer, grids in grid_pairs(cfg, p.existing):
         p.pair(backbone, layer, grids)
     collected = p.add(collect.plan(p.saes, p.evals, p.raws, p.tasks))
     analysed = p.add(analysis.plan(cfg, collected))

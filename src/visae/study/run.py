@@ -24,7 +24,7 @@ def describe_plan(plan: Plan, root: Path) -> str:
     for job in plan.jobs:
         is_done = job_done(job, root)
         (done if is_done else todo)[job.kind] += 1
-        lines.append(f"{'done' if is_done else 'todo':4}  {job.kind:8} {job.id}  {job.label}")
+        lines.append(f"{'done' if is_done else 'todo':4}  {job.kind:10} {job.id}  {job.label}")
     kinds = list(dict.fromkeys(j.kind for j in plan.jobs))
     lines.append("")
     lines.append("  ".join(f"{k}: {done[k]}/{done[k] + todo[k]}" for k in kinds))

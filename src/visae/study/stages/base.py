@@ -76,7 +76,7 @@ class BackboneRef(StageParams):
 class SAERecord(StageParams):
     """One SAE of the plan: its id, folders and configuration (``eval`` once it has an evaluation job)."""
 
-    omit_when_none = ("hparams", "eval", "eval_job")
+    omit_when_none = ("hparams", "eval", "eval_job", "source")
 
     sae_id: str = Field(description="content id of the SAE")
     out: str = Field(description="its folder (saes/<sae id>)")
@@ -91,6 +91,7 @@ class SAERecord(StageParams):
     hparams: dict[str, Any] | None = Field(None, description="family hyper-parameters (absent when none)")
     eval: str | None = Field(None, description="its evaluation folder")
     eval_job: str | None = Field(None, description="id of its evaluation job")
+    source: str | None = Field(None, description="an existing checkpoint's reference (None: trained by the study)")
 
 
 def cache_path(root: Path, out: str) -> Path:

@@ -61,12 +61,24 @@ def plan(saes: list[SAERecord], evals: list[Job], raws: list[Job], tasks: list[J
     return make_job("collect", "collect results", params, [*evals, *raws, *tasks], outputs=(RESULTS_DIR,))
 
 
+def sae_entry(root: Path, s: SAERecord) -> dict[str, Any]:
+    """An SAE's index entry; an existing checkpoint's ``source`` becomes its provenance (ref, repo, revision,
+    commit, file sha256) as its reference folder recorded it."""
+    entry = s.model_dump(mode="json")
+    if s.source is not None:
+        from visae.sae.hub import read_reference
+
+        pointer = read_reference(root / s.out)
+        entry["source"] = {"ref": s.source, **((pointer or {}).get("provenance") or {})}
+    return entry
+
+
 def collect_results(root: Path, p: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(headline table, details table) of every result record the plan's jobs wrote."""
     rows: list[dict[str, Any]] = []
     for s in p.saes:
         if s.eval is not None:
-            rows.extend(sae_rows(root / s.eval, s.model_dump(mode="json")))
+            rows.extend(sae_rows(root / s.eval, sae_entry(root, s)))
     for r in p.raw:
         rec = read_record(root / r.out / RAW_RECORD)
         if rec is not None:
@@ -87,7 +99,7 @@ def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
     out = root / job.outputs[0]
     write_results(df, out / RESULTS_FILE)
     write_results(details, out / DETAILS_FILE)
-    atomic_write_json(out / SAE_INDEX_FILE, {"saes": [s.model_dump(mode="json") for s in p.saes]})
+    atomic_write_json(out / SAE_INDEX_FILE, {"saes": [sae_entry(root, s) for s in p.saes]})
     return {"rows": len(df)}
 
 

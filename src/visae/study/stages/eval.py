@@ -89,9 +89,8 @@ def study_metric_extras(p: Params, root: Path) -> dict[str, dict[str, Any]]:
 def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
     """Every metric of one SAE in one encoding pass."""
     from visae.metrics.evaluate import evaluate
-    from visae.sae.checkpoint import load_sae
 
-    sae = load_sae(root / p.sae)
+    sae = root / p.sae  # a path: the results record its provenance (a reference folder's: repo, commit, hashes)
     cache = open_job_cache(root, p.cache)
     configs: dict[str, dict[str, Any]] = {k: dict(v) for k, v in p.metric_configs.items()}
     for name, extra in study_metric_extras(p, root).items():
