@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import visae.cache.build as build
 import visae.cache.writer as writer
 from visae.cache.reader import open_cache
 from visae.cache.testing import TinyViTBackbone
@@ -63,12 +64,12 @@ def test_round_trip_skip_and_stats(bb, tree, tmp_path, capsys):
     stored = got.astype(np.float64).reshape(-1, bb.d_model)
     assert np.allclose(c.mean_d, stored.mean(0), atol=1e-6)
     assert c.std == pytest.approx(np.sqrt(((stored - stored.mean(0)) ** 2).mean()), rel=1e-10)
-    assert not (path / "progress.json").exists() and not (path / ".lock").exists()
+    assert (path / "progress.json").exists() and not (path / ".lock").exists()  # the journal stays, for repairs
     # a second run does nothing
     before = (path / "manifest.json").stat().st_mtime_ns
     capsys.readouterr()
     assert writer.build_cache(bb, src, 1, tmp_path / "out", batch_size=5, num_workers=0) == path
-    assert "cache exists" in capsys.readouterr().out
+    assert "cache exists" in capsys.readouterr().err  # stdout stays free for the folder the CLI prints
     assert (path / "manifest.json").stat().st_mtime_ns == before
 
 
@@ -87,7 +88,7 @@ def test_resume_after_kill_is_bitwise_equal(bb, tmp_path, monkeypatch):
         if k == 2:
             raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr(writer, "after_shard_hook", kill)
+    monkeypatch.setattr(build, "after_shard_hook", kill)
     with pytest.raises(KeyboardInterrupt):
         writer.build_cache(bb, src, 1, tmp_path / "run", **kw)
     part = next((tmp_path / "run").iterdir())
@@ -98,13 +99,17 @@ def test_resume_after_kill_is_bitwise_equal(bb, tmp_path, monkeypatch):
     # a leftover of the killed run beyond the committed shards is overwritten
     (part / "shard_00003.npy").write_bytes(b"garbage")
     seen = []
-    monkeypatch.setattr(writer, "after_shard_hook", seen.append)
+    monkeypatch.setattr(build, "after_shard_hook", seen.append)
     assert writer.build_cache(bb, src, 1, tmp_path / "run", **kw) == part
     assert seen == [3, 4]
     assert part.name == ref.name
     for f in sorted(p.name for p in ref.iterdir()):
-        if f != "manifest.json":
+        if f not in ("manifest.json", "progress.json"):  # these two hold the time the manifest was written
             assert (ref / f).read_bytes() == (part / f).read_bytes(), f
+    journals = [json.loads((d / "progress.json").read_text()) for d in (ref, part)]
+    for j in journals:
+        j["final"]["manifest"].pop("created")
+    assert journals[0] == journals[1]
     a, b = open_cache(ref, verify=True), open_cache(part, verify=True)
     assert a.image_ids == b.image_ids and a.n_images == 40
     assert [s.sha256 for s in a.manifest.shards] == [s.sha256 for s in b.manifest.shards]
@@ -164,4 +169,4 @@ def test_deleted_shard_is_rebuilt_on_rerun(bb, tmp_path):
     assert writer.build_cache(bb, src, 1, tmp_path, **kw) == path
     assert (path / "shard_00001.npy").read_bytes() == original
     c = open_cache(path, verify=True)
-    assert c.n_images == 12 and not (path / "progress.json").exists()
+    assert c.n_images == 12 and (path / "progress.json").exists()

@@ -195,7 +195,7 @@ def test_unknown_spec():
 def test_subset_spec_is_the_same_from_a_spec_or_a_source_object():
     """The cache writer subsets an already-open source; its spec (part of the cache hash) must match."""
     from visae.cache.config import CacheConfig
-    from visae.cache.writer import _resolve
+    from visae.cache.naming import resolve_inputs as _resolve
 
     cfg = CacheConfig(max_images=30, subset_seed=3, stratified=False)
     bb = object()

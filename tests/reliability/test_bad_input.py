@@ -321,7 +321,7 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
         cache_dir = tmp_path / "cachelock"
         cache_dir.mkdir()
         (cache_dir / ".lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
-        from visae.cache.writer import _lock
+        from visae.cache.lock import writer_lock as _lock
 
         with pytest.raises(CacheError, match=rf"another 'visae cache' \(pid {holder.pid}"), _lock(cache_dir):
             pass

@@ -37,6 +37,8 @@ class CacheConfig(FrozenConfig):
         None, ge=1, description="training caches: keep this many seeded patch positions per image (the positions "
                                 "are stored; M1–M7 and the tasks refuse such a cache); None keeps every patch")
     position_seed: int = Field(42, description="seed of the tokens_per_image draw (image i uses rng([seed, i]))")
+    verify: bool = Field(False, description="on a rerun over a complete cache, also check every shard's sha256 "
+                                            "and rebuild the ones that differ (reads the whole cache)")
     progress: bool = Field(True, description="show a tqdm progress bar with images/s")
 
     _device = field_validator("device")(check_device_string)

@@ -6,6 +6,8 @@ Every file goes through :mod:`visae.io` (temporary name, fsync, rename).
 from __future__ import annotations
 
 import datetime as _dt
+import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import numpy as np
 from visae import __version__
 from visae.cache.manifest import CacheManifest, ShardInfo
 from visae.cache.stats import StreamingStats
-from visae.io import atomic_write_json, atomic_write_with, sha256_file
+from visae.io import atomic_write_bytes, atomic_write_json, atomic_write_with, sha256_file
 
 
 def shard_file(k: int) -> str:
@@ -67,3 +69,30 @@ def write_final(dir_path: Path, *, manifest_fields: dict[str, Any], shards: list
     )
     atomic_write_json(dir_path / "manifest.json", manifest.model_dump(mode="json"))
     return manifest
+
+
+FINAL_FILES = ("labels.npy", "image_ids.json", "stats.json", "skipped.json", "manifest.json")
+"""The files written when a cache is complete, in writing order (the manifest, the commit record, last)."""
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Exactly what :func:`visae.io.atomic_write_json` writes for ``obj``."""
+    return (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode("utf-8")
+
+
+def final_files(entries: list[dict[str, Any]], final: dict[str, Any]) -> dict[str, bytes]:
+    """The bytes of every final file, from the journal's shard entries and final record."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray([lab for e in entries for lab in e["labels"]], dtype=np.int64), allow_pickle=False)
+    return {"labels.npy": buf.getvalue(),
+            "image_ids.json": json_bytes([i for e in entries for i in e["ids"]]),
+            "stats.json": json_bytes(final["stats"]),
+            "skipped.json": json_bytes([s for e in entries for s in e["skipped"]]),
+            "manifest.json": json_bytes(final["manifest"])}
+
+
+def write_final_files(dir_path: Path, files: dict[str, bytes]) -> None:
+    """Write the given final files atomically, the manifest last."""
+    for name in FINAL_FILES:
+        if name in files:
+            atomic_write_bytes(dir_path / name, files[name])
