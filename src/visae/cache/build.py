@@ -110,10 +110,11 @@ class CacheBuild:
         return math.ceil(len(self.src) / self.shard_images)
 
     def _write_journal(self) -> None:
-        state: dict[str, Any] = {"hash": self.hash, "shard_images": self.shard_images, "shards": self.entries,
-                                 "stats": self.stats.state()}
-        if "final" in self.journal:
+        state: dict[str, Any] = {"hash": self.hash, "shard_images": self.shard_images, "shards": self.entries}
+        if "final" in self.journal:  # complete: the running sums are no longer needed
             state["final"] = self.journal["final"]
+        else:
+            state["stats"] = self.stats.state()
         self.journal = state
         atomic_write_json(self.folder / JOURNAL, state)
 

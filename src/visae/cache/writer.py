@@ -15,6 +15,7 @@ journal), :mod:`visae.cache.repair` (what a rerun checks and rebuilds).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,9 @@ def build_cache(backbone: Backbone | str, source: ImageSource | str, layer: int,
     folder = cache_dir_for(Path(out_dir), bb, src, layer, cfg.keep_prefix, cfg.tokens_per_image, cfg.position_seed)
     if folder.is_dir():
         damage = find_damage(CacheBuild(bb, src, layer, folder, cfg), cfg.verify)
-        if damage is not None and not damage:
-            _say(cfg, f"cache exists: {folder}")
+        read_only = not os.access(folder, os.W_OK)
+        if damage is not None and (not damage or (read_only and not damage.files and not damage.shards)):
+            _say(cfg, f"cache exists: {folder}")  # (a read-only cache written before the journal: left as it is)
             return folder
     folder.mkdir(parents=True, exist_ok=True)
     with writer_lock(folder):

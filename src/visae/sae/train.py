@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -311,12 +312,13 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
         sae.set_normalization(mean_d, cache_obj.std)
         trainees.append(_Trainee(spec, sae, cfg, name, init_seed))
     n_per_epoch = cache_obj.n_batches(cfg.batch_size, 1)
-    heldout_tail = cfg.heldout_batches if cfg.heldout == "tail" else 0
-    if cfg.epochs == 1 and heldout_tail >= n_per_epoch:
-        raise ConfigError(f"the cache has only {n_per_epoch} batches of {cfg.batch_size} tokens; keep fewer "
-                          f"heldout_batches ({cfg.heldout_batches}) or use heldout='validation'")
+    heldout_tail = _heldout_tail(cfg, n_per_epoch)
     trainable = n_per_epoch * cfg.epochs - heldout_tail
     total = min(cfg.steps, trainable) if cfg.steps else trainable
+    if cfg.steps and cfg.steps > trainable:
+        _note(f"train: steps={cfg.steps} is more than the cache holds ({trainable} batches of {cfg.batch_size} "
+              f"tokens in {cfg.epochs} epoch(s), {heldout_tail} held out); capped at {trainable} steps. Raise "
+              "epochs (--set epochs=N) to train longer")
     start = 0
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RUN_FILE, run_record)
@@ -437,6 +439,26 @@ def _check_previous_run(out: Path, new: dict[str, Any], specs: dict[str, SAESpec
         for leftover in (STATE_FILE, LOG_FILE, RUN_FILE, "trained.json"):
             (out / leftover).unlink(missing_ok=True)
         return
+
+
+def _note(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _heldout_tail(cfg: TrainConfig, n_per_epoch: int) -> int:
+    """Batches held out at the end of the stream: ``heldout_batches``, fewer on a cache too small for them."""
+    if cfg.heldout != "tail":
+        return 0
+    if cfg.epochs > 1 or cfg.heldout_batches < n_per_epoch:
+        return cfg.heldout_batches
+    if n_per_epoch < 2:
+        raise ConfigError(f"the cache has only {n_per_epoch} batch(es) of {cfg.batch_size} tokens: nothing to train "
+                          "on after holding out the threshold's batches; use a smaller batch_size (--set "
+                          "batch_size=…), a bigger cache, or heldout='validation' with validation_cache")
+    tail = max(1, n_per_epoch // 4)
+    _note(f"train: the cache has only {n_per_epoch} batches of {cfg.batch_size} tokens; holding out {tail} "
+          f"(not heldout_batches={cfg.heldout_batches}) for the threshold, training on the other {n_per_epoch - tail}")
+    return tail
 
 
 def _heldout(cache: Any, cfg: TrainConfig, trainable: int) -> tuple[str, list[torch.Tensor]]:
