@@ -142,3 +142,15 @@ def test_cli_ls_repo(release: Path) -> None:
     assert res.output.index("batchtopk_8x_k64") < res.output.index("batchtopk_16x_k128")
     res = CliRunner().invoke(app, ["ls", "visaebench/nope-saes"])
     assert res.exit_code == 2 and "visaebench/nope-saes" in _error_line(res.output)
+
+
+def test_cli_eval_of_a_release_sae_on_another_backbone_says_so(release: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    other = write_synthetic_cache(tmp_path / "dino", rng.normal(size=(6, 16, D)).astype(np.float32),
+                                  np.arange(6) % 2, ["a", "b"], TokenLayout(("cls",), 4, 4, 16),
+                                  backbone="dinov2-b14", layer=11)
+    res = CliRunner().invoke(app, ["eval", "--sae", f"{REPO}:batchtopk_8x_k64", "--cache", str(other),
+                                   "--metrics", "m2", "--device", "cpu", "--strict"])
+    assert res.exit_code == 2
+    line = _error_line(res.output)
+    assert "clip-b16" in line and "dinov2-b14" in line

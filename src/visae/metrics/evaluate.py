@@ -141,9 +141,20 @@ def trained_on(sae: SAE | str | Path | None) -> dict[str, Any]:
 
     import yaml
 
-    if not isinstance(sae, (str, Path)) or not Path(sae).exists():
+    if not isinstance(sae, (str, Path)):
         return {}
     path = Path(sae)
+    if not path.exists():  # a hub reference: its files in the local cache (the evaluation fetched them)
+        from visae.errors import VisaeError
+        from visae.sae.hub import locate_sae, parse_sae_ref, release_backbone
+
+        try:
+            ref = parse_sae_ref(str(sae))
+            if ref.hub and release_backbone(ref.target):
+                return {"backbone": release_backbone(ref.target)}
+            path = locate_sae(ref, hash_files=False).path
+        except VisaeError:
+            return {}
     cfg_path = (path.parent if path.is_file() else path) / "config.yaml"
     try:
         cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else None
