@@ -58,32 +58,32 @@ class ActivationCache:
             self.manifest = CacheManifest.model_validate(raw)
         except ValidationError as e:
             raise CacheError(f"{manifest_path}: invalid manifest: {e}") from None
-        m = self.manifest
-        self._layout = TokenLayout.from_dict(m.layout)
-        if self._layout.n_patches != m.n_patches:
-            raise CacheError(f"{manifest_path}: layout has {self._layout.n_patches} patches, manifest says {m.n_patches}")
-        counts = [s.n_images for s in m.shards]
-        if sum(counts) != m.n_images:
-            raise CacheError(f"{manifest_path}: shards hold {sum(counts)} images, manifest says {m.n_images}")
+        manifest = self.manifest
+        self._layout = TokenLayout.from_dict(manifest.layout)
+        if self._layout.n_patches != manifest.n_patches:
+            raise CacheError(f"{manifest_path}: layout has {self._layout.n_patches} patches, manifest says {manifest.n_patches}")
+        counts = [shard.n_images for shard in manifest.shards]
+        if sum(counts) != manifest.n_images:
+            raise CacheError(f"{manifest_path}: shards hold {sum(counts)} images, manifest says {manifest.n_images}")
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._labels = self._load_labels()
         ids = _read_json(self.path / "image_ids.json", "image_ids.json")
-        if not isinstance(ids, list) or len(ids) != m.n_images:
-            raise CacheError(f"{self.path / 'image_ids.json'}: expected a list of {m.n_images} ids")
-        self._image_ids = [str(i) for i in ids]
+        if not isinstance(ids, list) or len(ids) != manifest.n_images:
+            raise CacheError(f"{self.path / 'image_ids.json'}: expected a list of {manifest.n_images} ids")
+        self._image_ids = [str(image_id) for image_id in ids]
         stats = _read_json(self.path / "stats.json", "stats.json")
         try:
             self._mean_d = np.asarray(stats["mean"], dtype=np.float32)
             self._std = float(stats["std"])
         except (KeyError, TypeError, ValueError):
             raise CacheError(f"{self.path / 'stats.json'}: expected {{'mean': [...], 'std': float}}") from None
-        if self._mean_d.shape != (m.d_model,):
-            raise CacheError(f"{self.path / 'stats.json'}: mean has {self._mean_d.size} values, expected {m.d_model}")
+        if self._mean_d.shape != (manifest.d_model,):
+            raise CacheError(f"{self.path / 'stats.json'}: mean has {self._mean_d.size} values, expected {manifest.d_model}")
         self._mean_t = torch.from_numpy(self._mean_d)
-        self._shards: list[np.ndarray | None] = [None] * len(m.shards)
-        for info in m.shards:
-            if (m.tokens_per_image is None) != (info.positions_file is None):
-                raise CacheError(f"{manifest_path}: shard {info.file} and tokens_per_image={m.tokens_per_image} "
+        self._shards: list[np.ndarray | None] = [None] * len(manifest.shards)
+        for info in manifest.shards:
+            if (manifest.tokens_per_image is None) != (info.positions_file is None):
+                raise CacheError(f"{manifest_path}: shard {info.file} and tokens_per_image={manifest.tokens_per_image} "
                                  "disagree on stored positions; the manifest is corrupt: rerun 'visae cache'")
             for name in (info.file, info.prefix_file, info.positions_file):
                 # A manifest is data: its file names must be plain names inside this folder.

@@ -256,17 +256,17 @@ def compute_m5(top_values_kf: np.ndarray, top_index_kf: np.ndarray, min_f: np.nd
     Returns the summary and the per-feature table (one row per scored feature).
     """
     n_feat = top_values_kf.shape[1]
-    k = top_values_kf.shape[0]
+    n_top = top_values_kf.shape[0]
     live_f = max_f > 0
     scored = sample_features(live_f, config.max_features, config.seed)
     base = {"metric": "m5", "higher_is_better": True, "evaluator": evaluator, "embedding_kind": embedding_kind,
-            "n_features": n_feat, "n_live": int(live_f.sum()), "n_scored": len(scored), "top_n": k}
+            "n_features": n_feat, "n_live": int(live_f.sum()), "n_scored": len(scored), "top_n": n_top}
     empty = pd.DataFrame(columns=["feature", "ms", "ms_within", "ms_between", "rho_within",
                                   "top_images", "top_activations", "top_weights", "n_top"])
     if len(scored) == 0:
         return M5Result(value=None, note="no live features (every feature's maximum activation is 0)",
                         **base), empty
-    if k < 2:
+    if n_top < 2:
         return M5Result(value=None, note="fewer than 2 evaluation images; no pairs to compare", **base), empty
 
     values_fk = top_values_kf[:, scored].T
@@ -279,7 +279,7 @@ def compute_m5(top_values_kf: np.ndarray, top_index_kf: np.ndarray, min_f: np.nd
         raise ValueError(f"M5 embedder returned shape {emb_pe.shape} for {len(pool_p)} images")
     labels_fk = np.asarray(labels_n)[index_fk]
     scores = feature_scores(emb_pe[pos_fk], weights_fk, labels_fk)
-    baseline_g = random_group_baseline(emb_pe, k, config.n_baseline_groups, config.seed)
+    baseline_g = random_group_baseline(emb_pe, n_top, config.n_baseline_groups, config.seed)
 
     raw = _mean(scores.ms)
     baseline = float(baseline_g.mean()) if len(baseline_g) else None
@@ -308,7 +308,7 @@ def compute_m5(top_values_kf: np.ndarray, top_index_kf: np.ndarray, min_f: np.nd
         "top_images": list(index_fk.astype(np.int64)),
         "top_activations": list(values_fk.astype(np.float32)),
         "top_weights": list(weights_fk.astype(np.float32)),
-        "n_top": np.full(len(scored), k, dtype=np.int64),
+        "n_top": np.full(len(scored), n_top, dtype=np.int64),
     })
     return result, table
 

@@ -160,7 +160,7 @@ def compute_m6(ctx: EvalContext, config: M6Config) -> M6Result:
     if not config.datasets:
         return M6Result(metric="m6", value=None, higher_is_better=True, headline=None, datasets={},
                         note="no out-of-domain dataset configured (m6.datasets)")
-    names = [d.name for d in config.datasets]
+    names = [dataset.name for dataset in config.datasets]
     if config.headline is not None and config.headline not in names:
         raise ConfigError(f"m6.headline={config.headline!r}: not among m6.datasets ({', '.join(names)})")
     out: dict[str, M6DatasetResult] = {}
@@ -174,7 +174,7 @@ def compute_m6(ctx: EvalContext, config: M6Config) -> M6Result:
             train, test, split = _rows(train, tr), _rows(train, te), "internal 80/20"
         out[ds.name] = compute_m6_dataset(train, test, config, split)
     head = config.headline or names[0]
-    internal = [n for n, r in out.items() if r.split != "caches"]
+    internal = [name for name, result in out.items() if result.split != "caches"]
     note = f"no test cache for {', '.join(internal)}: split 80/20 stratified, seed {config.seed}" if internal else ""
     if out[head].preservation is None:
         note = "; ".join(filter(None, [note, f"{head}: the raw probe has accuracy 0, so preservation "

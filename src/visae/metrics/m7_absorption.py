@@ -94,25 +94,26 @@ def absorption_tasks(codes_nf: ArrayLike, labels_n: np.ndarray, groups: list[lis
     labels_n = np.asarray(labels_n)
     train, test = stratified_split(labels_n, config.test_size, config.seed)
     tasks: list[dict[str, object]] = []
-    for g, members in enumerate(groups):
+    for group, members in enumerate(groups):
         tr = train[np.isin(labels_n[train], members)]
         te = test[np.isin(labels_n[test], members)]
         x_tr, x_te = codes[tr], codes[te]
-        for c in members:
-            pos_tr = labels_n[tr] == c
-            pos_te = labels_n[te] == c
+        for cls in members:
+            pos_tr = labels_n[tr] == cls
+            pos_te = labels_n[te] == cls
             if not (pos_tr.any() and (~pos_tr).any() and pos_te.any() and (~pos_te).any()):
                 continue
             order = rank_features(x_tr, pos_tr.astype(np.int64))
-            rec: dict[str, object] = {"group": group_names[g] if group_names else str(g), "class_index": int(c),
+            rec: dict[str, object] = {"group": group_names[group] if group_names else str(group),
+                                      "class_index": int(cls),
                                       "n_train": len(tr), "n_test": len(te),
                                       "n_pos_test": int(pos_te.sum())}
-            for k, key in ((config.k_small, "k1"), (config.k_large, "k4")):
-                cols = order[:k]
+            for n_features, key in ((config.k_small, "k1"), (config.k_large, "k4")):
+                cols = order[:n_features]
                 probe = fit_probe(take_columns(x_tr, cols), pos_tr.astype(np.int64), config.probe)
                 pred = probe.predict(take_columns(x_te, cols)).astype(bool)
                 rec[f"f1_{key}"] = binary_f1(pos_te, pred)
-                rec[f"features_{key}"] = [int(i) for i in cols]
+                rec[f"features_{key}"] = [int(feature) for feature in cols]
             tasks.append(rec)
     return tasks
 

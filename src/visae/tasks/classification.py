@@ -85,8 +85,8 @@ def run_classification(sae: SAE | None, caches: ActivationCache | Mapping[str, A
         feats = pooled_features(caches, sae, kinds, device, config.group_size)
         labels = caches.labels
         tr, te = stratified_split(labels, config.test_size, config.seed)
-        train = {k: v[tr] for k, v in feats.items()}
-        test = {k: v[te] for k, v in feats.items()}
+        train = {kind: values[tr] for kind, values in feats.items()}
+        test = {kind: values[te] for kind, values in feats.items()}
         y_train, y_test = labels[tr], labels[te]
         split = f"one cache, stratified {1 - config.test_size:.0%}/{config.test_size:.0%} split (seed {config.seed})"
     else:

@@ -300,24 +300,24 @@ def run_segmentation(sae: SAE | None, caches: ActivationCache | Mapping[str, Act
     masks = open_mask_source(spec)
     train_labels = patch_labels(train_cache, masks, config)
     val_labels = train_labels if val_cache is train_cache else patch_labels(val_cache, masks, config)
-    feats, y = collect_train(train_cache, sae, kinds, train_labels, train_images, config, device)
-    heads = {k: train_head(feats[k], y, config, device) for k in kinds}
+    feats, train_y = collect_train(train_cache, sae, kinds, train_labels, train_images, config, device)
+    heads = {kind: train_head(feats[kind], train_y, config, device) for kind in kinds}
     conf = score_heads(val_cache, sae, heads, val_labels, val_images, config.n_classes, config, device)
     scores: dict[str, float | None] = {}
     notes = []
-    for k in kinds:
-        miou, _ = miou_from_confusion(conf[k])
-        scores[f"task:segmentation_miou:{k}"] = miou
-        total = conf[k][1:, 1:].sum()
-        scores[f"task:segmentation_acc:{k}"] = float(np.trace(conf[k][1:, 1:]) / total) if total else None
+    for kind in kinds:
+        miou, _ = miou_from_confusion(conf[kind])
+        scores[f"task:segmentation_miou:{kind}"] = miou
+        total = conf[kind][1:, 1:].sum()
+        scores[f"task:segmentation_acc:{kind}"] = float(np.trace(conf[kind][1:, 1:]) / total) if total else None
         if miou is None:
-            notes.append(f"{k}: no labelled validation patches")
+            notes.append(f"{kind}: no labelled validation patches")
     protocol = (f"{split_note}; masks downsampled to the {val_cache.layout.grid_h}×{val_cache.layout.grid_w} patch "
-                f"grid by majority; linear head (AdamW, {config.epochs} epochs) on {len(y)} labelled patches; "
+                f"grid by majority; linear head (AdamW, {config.epochs} epochs) on {len(train_y)} labelled patches; "
                 "mIoU at the patch grid over classes present in truth or prediction")
     n_eval = int((val_labels[val_images] > 0).sum())
     return TaskResult(metric="task:segmentation", task="segmentation", value=headline(scores, "segmentation_miou"),
-                      higher_is_better=True, scores=scores, protocol=protocol, n_train=len(y), n_eval=n_eval,
+                      higher_is_better=True, scores=scores, protocol=protocol, n_train=len(train_y), n_eval=n_eval,
                       note="; ".join(notes))
 
 

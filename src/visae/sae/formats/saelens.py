@@ -50,8 +50,8 @@ def load(dir_path: Path) -> SAE:
     if W_dec.shape != (d_sae, d_in):
         raise CheckpointError(f"{w_path}: W_dec has shape {tuple(W_dec.shape)}, expected {(d_sae, d_in)}")
     family = _SAELENS_FAMILY[arch]
-    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
-    sae = build_sae(w_path, family, d_in, d_sae, k, {})
+    k_per_token = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
+    sae = build_sae(w_path, family, d_in, d_sae, k_per_token, {})
     if not cfg.get("apply_b_dec_to_input", True):
         b_enc = b_enc + b_dec @ W_enc  # their encoder sees x, ours sees x − b_dec: fold b_dec in exactly
     with torch.no_grad():
@@ -62,10 +62,10 @@ def load(dir_path: Path) -> SAE:
         if family == "jumprelu":
             sae.threshold.copy_(get_tensor(state, ("threshold",), w_path).float())  # type: ignore[operator]
         if family == "batchtopk":
-            t = state.get("threshold", state.get("topk_threshold"))
-            if t is None:
+            threshold = state.get("threshold", state.get("topk_threshold"))
+            if threshold is None:
                 raise CheckpointError(f"{w_path}: batchtopk SAE without a 'threshold' tensor")
-            sae.threshold.fill_(float(t.reshape(-1)[0]))  # type: ignore[operator]
+            sae.threshold.fill_(float(threshold.reshape(-1)[0]))  # type: ignore[operator]
     sae.hparams.update(source="saelens", normalization="identity (raw activations)")
     return sae
 
