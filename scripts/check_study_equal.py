@@ -3,8 +3,8 @@
     python scripts/check_study_equal.py run OUT          # run the tiny study in OUT/study, snapshot to OUT/snapshot
     python scripts/check_study_equal.py compare BASE NEW # compare two snapshots (exit 1 on any difference)
 
-The tiny study is the one of ``tests/study/test_end_to_end.py`` (tiny random ViTs, offline digits, every
-metric but M7, a retrieval task). A snapshot holds ``results.parquet``, ``details.parquet`` and every
+The tiny study is ``visae.study.testing.TINY_STUDY``, the one ``tests/study/test_end_to_end.py`` runs (tiny
+random ViTs, offline digits, every metric but M7, a retrieval task). A snapshot holds ``results.parquet``, ``details.parquet`` and every
 result JSON and per-feature table, named by what they describe (SAE id and metric, backbone and layer,
 task) rather than by job folder, so that a job whose hash changed is still compared with its old self.
 Timings and versions are left out of the comparison, paths are compared relative to the study folder, and
@@ -23,23 +23,6 @@ from typing import Any
 import pandas as pd
 import yaml
 
-TINY: dict[str, Any] = {
-    "name": "tiny", "out_dir": "study", "device": "cpu", "plugins": ["visae.study.testing"],
-    "backbones": [{"name": "tiny-vit-a"}, {"name": "tiny-vit-b"}],
-    "layers": [1],
-    "saes": [{"name": "main", "family": "batchtopk", "expansions": [2], "ks": [4, 8]},
-             {"name": "layer-ablation", "family": "batchtopk", "expansions": [2], "ks": [4], "layers": [0],
-              "backbones": ["tiny-vit-a"]}],
-    "data": {"train": {"spec": "offline:digits", "split": "train", "max_images": 80},
-             "eval": {"spec": "offline:digits", "split": "test", "max_images": 60},
-             "ood": {"faces": {"spec": "offline:faces", "split": "all", "max_images": 40}}},
-    "cache": {"batch_size": 32, "num_workers": 0},
-    "train": {"batch_size": 64, "heldout_batches": 2, "log_every": 5},
-    "metrics": ["m1", "m2", "m3", "m4", "m5", "m6"],
-    "metric_configs": {"m1": {"min_valid_images": 5}, "m5": {"n_baseline_groups": 50}},
-    "tasks": [{"name": "retrieval", "kind": "retrieval"}],
-    "browser_features": 4,
-}
 IGNORED_KEYS = {"seconds", "visae_version", "cache_path", "finished"}
 META = "meta.json"
 """The snapshot's own record: the study folder (paths inside results are compared relative to it), job ids."""
@@ -76,10 +59,11 @@ def run(out: Path) -> None:
     """Run the tiny study in ``out/study`` and snapshot it to ``out/snapshot``."""
     from visae.study.config import load_study_config
     from visae.study.run import run_study
+    from visae.study.testing import TINY_STUDY
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY))
+    path.write_text(yaml.safe_dump({**TINY_STUDY, "out_dir": "study"}))
     cfg = load_study_config(path)
     plan, summary = run_study(cfg)
     if summary is None or not summary.ok:

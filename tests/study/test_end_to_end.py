@@ -18,33 +18,16 @@ import yaml
 from visae.results.table import read_results
 from visae.study.config import load_study_config
 from visae.study.run import run_study
+from visae.study.testing import TINY_STUDY as TINY
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # failing.py beside this file (importlib mode)
 from failing import FailingExecute, nth_of_kind
-
-TINY = {
-    "name": "tiny", "out_dir": "out", "device": "cpu", "plugins": ["visae.study.testing"],
-    "backbones": [{"name": "tiny-vit-a"}, {"name": "tiny-vit-b"}],
-    "layers": [1],
-    "saes": [{"name": "main", "family": "batchtopk", "expansions": [2], "ks": [4, 8]},
-             {"name": "layer-ablation", "family": "batchtopk", "expansions": [2], "ks": [4], "layers": [0],
-              "backbones": ["tiny-vit-a"]}],
-    "data": {"train": {"spec": "offline:digits", "split": "train", "max_images": 80},
-             "eval": {"spec": "offline:digits", "split": "test", "max_images": 60},
-             "ood": {"faces": {"spec": "offline:faces", "split": "all", "max_images": 40}}},
-    "cache": {"batch_size": 32, "num_workers": 0},
-    "train": {"batch_size": 64, "heldout_batches": 2, "log_every": 5},
-    "metrics": ["m1", "m2", "m3", "m4", "m5", "m6"],
-    "metric_configs": {"m1": {"min_valid_images": 5}, "m5": {"n_baseline_groups": 50}},
-    "tasks": [{"name": "retrieval", "kind": "retrieval"}],
-    "browser_features": 4,
-}
 
 
 def tiny_yaml(folder: Path, **changes: object) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump({**TINY, **changes}))
+    path.write_text(yaml.safe_dump({**TINY, "out_dir": "out", **changes}))
     return path
 
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 from visae.report.data import NotEnoughData, ReportData
 from visae.report.page import esc
 
-ROWS = ("mean-representative", "top 5 % Moran's I")
-
-
 def _img(b64: str) -> str:
     return f"<img class=fig alt=feature src=data:image/png;base64,{b64}>" if b64 else "—"
 
@@ -24,10 +21,10 @@ def activation_grid(d: ReportData) -> str:
         f"<th>{esc(d.label(b))}<br><span class='small'>{esc(_sae_caption(cells[b]['sae']))}</span></th>"
         for b in backbones)
     rows = []
-    for r, name in enumerate(ROWS):
+    for r, name in enumerate(f["role"] for f in cells[backbones[0]]["features"]):
         tds = "".join(f"<td class='cell'>{_img(cells[b]['features'][r]['img'])}<span class='small'>"
                       f"{esc(_feature_caption(cells[b]['features'][r]))}</span></td>" for b in backbones)
-        rows.append(f"<tr><th>{name}</th>{tds}</tr>")
+        rows.append(f"<tr><th>{esc(name)}</th>{tds}</tr>")
     return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
 
 
