@@ -5,6 +5,7 @@ from __future__ import annotations
 from visae.report.data import NotEnoughData, ReportData
 from visae.report.page import esc
 
+
 def _img(b64: str) -> str:
     return f"<img class=fig alt=feature src=data:image/png;base64,{b64}>" if b64 else "—"
 

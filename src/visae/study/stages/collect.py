@@ -26,6 +26,7 @@ from visae.results.table import (
     write_results,
 )
 from visae.study.job import Job
+from visae.study.stages import raw, task
 from visae.study.stages.base import SAERecord, Stage, StageParams, make_job
 
 
@@ -53,11 +54,13 @@ class Params(StageParams):
 
 def plan(saes: list[SAERecord], evals: list[Job], raws: list[Job], tasks: list[Job]) -> Job:
     """The collect job, after every evaluation, raw diagnostic and task."""
+    raw_params = [(j, raw.Params.model_validate(j.params)) for j in raws]
+    task_params = [(j, task.Params.model_validate(j.params)) for j in tasks]
     params = Params(
         saes=saes,
-        raw=[RawOut(out=j.outputs[0], backbone=j.meta["backbone"], layer=j.meta["layer"]) for j in raws],
-        tasks=[TaskOut(out=j.outputs[0], backbone=j.meta["backbone"], layer=j.meta["layer"], task=j.meta["task"])
-               for j in tasks])
+        raw=[RawOut(out=j.outputs[0], backbone=p.backbone, layer=p.layer) for j, p in raw_params],
+        tasks=[TaskOut(out=j.outputs[0], backbone=p.backbone, layer=p.layer, task=p.task.name)
+               for j, p in task_params])
     return make_job("collect", "collect results", params, [*evals, *raws, *tasks], outputs=(RESULTS_DIR,))
 
 

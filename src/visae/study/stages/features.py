@@ -12,6 +12,7 @@ from pydantic import Field
 from visae.results.layout import BROWSER_FILE, FEATURES_DIR, FIG5_FILE
 from visae.study.config import StudyConfig
 from visae.study.job import Job
+from visae.study.stages import eval as eval_stage
 from visae.study.stages.base import SAERecord, Stage, StageParams, cache_path, make_job
 
 
@@ -38,7 +39,7 @@ class Params(StageParams):
 
 def plan(cfg: StudyConfig, saes: list[SAERecord], evals: list[Job], collect: Job) -> Job:
     """The features job, after collect (it reads the main slice from the results table)."""
-    cache_of = {j.id: j.params["cache"] for j in evals}
+    cache_of = {j.id: eval_stage.Params.model_validate(j.params).cache for j in evals}
     views = [FeatureSAE(sae_id=s.sae_id, out=s.out, eval=s.eval or "", cache=cache_of[s.eval_job or ""],
                         backbone=s.backbone, layer=s.layer, family=s.family, expansion=s.expansion, k=s.k)
              for s in saes]
