@@ -77,6 +77,15 @@ def _sae_entry(dir_path: Path, names: set[str]) -> Entry:
             prov: dict[str, Any] = cfg["provenance"] if isinstance(cfg.get("provenance"), dict) else {}
             entry.extra = {"cache": prov.get("cache"), "cache_hash": prov.get("cache_hash"),
                            "backbone": prov.get("backbone"), "layer": prov.get("layer")}
+    elif fmt == "reference":
+        from visae.errors import CheckpointError
+        from visae.sae.hub import read_reference
+
+        try:
+            pointer = read_reference(dir_path) or {}
+        except CheckpointError:  # a listing never fails on one bad folder
+            pointer = {}
+        entry.details = f"reference → {pointer.get('ref', '?')}"
     elif fmt == "saelens":
         cfg = _read(dir_path / "cfg.json")
         if isinstance(cfg, dict):

@@ -153,10 +153,11 @@ def _hub_cache() -> str:
 def _cached_repo(repo_id: str) -> Any:
     """The ``CachedRepoInfo`` of ``repo_id`` in the local hub cache, or None."""
     from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
 
     try:
         info = scan_cache_dir(_hub_cache())
-    except Exception:  # no cache folder yet, or unreadable: nothing cached
+    except (CacheNotFound, OSError):  # no cache folder yet, or unreadable: nothing cached
         return None
     return next((r for r in info.repos if r.repo_id == repo_id and r.repo_type == "model"), None)
 
@@ -164,10 +165,11 @@ def _cached_repo(repo_id: str) -> Any:
 def cached_repos() -> list[str]:
     """Model repos in the local hub cache that hold at least one SAE checkpoint."""
     from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
 
     try:
         info = scan_cache_dir(_hub_cache())
-    except Exception:
+    except (CacheNotFound, OSError):
         return []
     out = []
     for repo in info.repos:
@@ -197,7 +199,7 @@ def list_configurations(repo_id: str, revision: str | None = None) -> list[str]:
             from huggingface_hub import HfApi
 
             return configurations(HfApi().list_repo_files(repo_id, revision=revision))
-        except Exception as e:  # no network, or no such repo: the cache may still know it
+        except Exception as e:  # any hub/network failure (httpx, HTTP, validation): the cache may still know it
             online_error: Exception | None = e
     else:
         online_error = None
@@ -221,7 +223,8 @@ def _missing_repo_message(repo_id: str, subfolder: str | None, revision: str | N
     cached = cached_repos()
     known = f"SAE repos cached here: {', '.join(cached)}" if cached else "no SAE repo is cached here"
     release = ", ".join(RELEASE_REPOS.values())
-    return (f"hub repo {repo_id!r}{sub}: not found{rev} {_where()}{cause}; {known}; the paper's release is "
+    return (f"hub repo {repo_id!r}{sub}: not found{rev} {_where()} (nor is it a local path){cause}; {known}; "
+            f"the paper's release is "
             f"{release} (download one with network access, e.g. 'hf download {RELEASE_REPOS['clip-b16']}')")
 
 
@@ -239,7 +242,7 @@ def _snapshot(ref: SAERef) -> Path:
     patterns = [f"{ref.subfolder}/*"] if ref.subfolder else None
     try:
         return Path(snapshot_download(repo_id=ref.target, revision=ref.revision, allow_patterns=patterns))
-    except Exception as e:
+    except Exception as e:  # the hub client's errors (HTTP, offline, validation) become one clear message
         if type(e).__name__ == "IncompleteSnapshotError":
             raise CheckpointError(f"hub repo {ref.target!r}, subfolder {ref.subfolder!r}: the local cache holds "
                                   f"only part of it and the hub cannot be reached ({e}); download it with "
