@@ -111,15 +111,9 @@ def mask_to_patch_labels(mask_hw: np.ndarray, grid_hw: tuple[int, int], box: tup
 
 def open_mask_source(spec: str) -> MaskSource:
     """A mask source from a spec (``ade20k:<path>``, or any registered source with ``load_mask_by_id``)."""
-    spec = spec.split("#", 1)[0]  # a subset's spec ("ade20k:/root#stratified-500-seed42") names the same masks
-    if spec.startswith("ade20k:"):
-        from visae.datasets.ade20k import open_ade20k
+    from visae.datasets.registry import open_source
 
-        return open_ade20k(spec.split(":", 1)[1])
-    try:
-        from visae.datasets.registry import open_source
-    except ImportError:
-        raise ConfigError(f"segmentation source {spec!r}: unknown; use ade20k:<path>") from None
+    spec = spec.split("#", 1)[0]  # a subset's spec ("ade20k:/root#stratified-500-seed42") names the same masks
     src = open_source(spec)
     if not hasattr(src, "load_mask_by_id"):
         raise ConfigError(f"segmentation source {spec!r} has no masks; use ade20k:<path>")
