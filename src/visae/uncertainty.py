@@ -11,6 +11,7 @@ already streams (one extra ``[F, B]`` or ``[B]`` accumulator) and never re-encod
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,3 +114,31 @@ def mean_interval(values: np.ndarray | list[float], level: float = 0.95) -> Inte
     half = float(stats.t.ppf(0.5 + level / 2.0, df=n - 1) * x.std(ddof=1) / math.sqrt(n))
     centre = float(x.mean())
     return Interval(centre - half, centre + half, level, n, "t")
+
+
+def weighted_auc_replicates(positive_n: np.ndarray, score_n: np.ndarray, w_nb: np.ndarray) -> np.ndarray:
+    """ROC AUC of ``score_n`` for the 0/1 target ``positive_n`` under each replicate's weights ``[n, B]``
+    (weighted Mann–Whitney; ties count one half): ``[B]``, NaN where a replicate lacks one class."""
+    order = np.argsort(score_n, kind="stable")
+    scores = np.asarray(score_n)[order]
+    pos = np.asarray(positive_n, dtype=bool)[order]
+    w = np.asarray(w_nb, dtype=np.float64)[order]
+    starts = np.flatnonzero(np.r_[True, scores[1:] != scores[:-1]])
+    pos_gb = np.add.reduceat(w * pos[:, None], starts, axis=0)
+    neg_gb = np.add.reduceat(w * ~pos[:, None], starts, axis=0)
+    below_gb = np.cumsum(neg_gb, axis=0) - neg_gb
+    num_b = (pos_gb * (below_gb + 0.5 * neg_gb)).sum(axis=0)
+    den_b = pos_gb.sum(axis=0) * neg_gb.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den_b > 0, num_b / np.where(den_b > 0, den_b, 1.0), np.nan)
+
+
+def mean_ovr_auc_replicates(labels_n: np.ndarray, scores_nk: np.ndarray, classes: np.ndarray,
+                            index_n: np.ndarray, config: BootstrapConfig) -> np.ndarray:
+    """Replicates ``[B]`` of the mean one-vs-rest AUC over classes (column k scores ``classes[k]``)."""
+    w_nb = poisson_weights(index_n, config.n_boot, config.seed)
+    per_class = np.stack([weighted_auc_replicates(np.asarray(labels_n) == c, scores_nk[:, k], w_nb)
+                          for k, c in enumerate(classes)])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(per_class, axis=0)

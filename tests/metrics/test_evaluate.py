@@ -69,7 +69,7 @@ def test_evaluate_runs_every_metric_in_one_pass(cache_dir, tmp_path) -> None:
     configs = {"m1": {"min_valid_images": 10}, "raw": RawConfig(min_valid_images=10)}
     CountingReluSAE.calls = 0
     results = evaluate(sae, cache, metrics=["m1", "m2", "raw"], out_dir=tmp_path / "out", configs=configs,
-                       device="cpu", group_size=8)
+                       device="cpu", group_size=8, bootstrap={"n_boot": 0})  # intervals: test_intervals.py
     assert CountingReluSAE.calls == 4  # ceil(30 / 8): codes computed once, shared by the three metrics
 
     batches = list(encode_stream(sae, cache, group_size=8, device=torch.device("cpu")))

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from visae.config import FrozenConfig
 from visae.registry import Registry
+from visae.uncertainty import BootstrapConfig, Interval
 
 if TYPE_CHECKING:
     from visae.cache.reader import ActivationCache
@@ -38,6 +39,21 @@ class MetricResult(BaseModel):
     value: float | None = Field(description="the headline number; None when it could not be computed")
     higher_is_better: bool = Field(description="direction of the headline number")
     note: str = Field("", description="why a value is missing, or a caveat")
+    ci_low: float | None = Field(None, description="lower end of the bootstrap interval of value")
+    ci_high: float | None = Field(None, description="upper end of the bootstrap interval of value")
+    ci_level: float | None = Field(None, description="two-sided coverage of [ci_low, ci_high]")
+    ci_method: str = Field("", description="how the interval was computed (unit resampled, replicates), "
+                           "or why there is none")
+
+    def with_interval(self, interval: Interval | None, unit: str = "images") -> MetricResult:
+        """A copy carrying ``interval`` (a percentile bootstrap over ``unit``) in the ci_* fields."""
+        if interval is None:
+            return self
+        method = f"Poisson bootstrap over {unit}, {interval.n} replicates"
+        if interval.note:
+            method += f" ({interval.note})"
+        return self.model_copy(update={"ci_low": interval.low, "ci_high": interval.high,
+                                       "ci_level": interval.level, "ci_method": method})
 
     @model_validator(mode="after")
     def _reason(self) -> MetricResult:
@@ -60,6 +76,8 @@ class EvalContext:
     backbone: str = ""
     """Registry name of the backbone the SAE was trained on (for evaluator pairing)."""
     extras: dict[str, Any] = field(default_factory=dict)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    """Intervals beside each headline number (``n_boot = 0``: none)."""
 
 
 ConfigT = TypeVar("ConfigT", bound=MetricConfig)

@@ -18,6 +18,7 @@ from visae.metrics.base import METRICS, EvalContext, Metric, MetricConfig, Metri
 from visae.metrics.encode import PooledCollector, PooledFeatures, encode_stream
 from visae.results.record import write_result_record
 from visae.sae.base import SAE
+from visae.uncertainty import BootstrapConfig
 
 
 def metric_class(name: str) -> type[Metric[Any]]:
@@ -36,6 +37,7 @@ def evaluate(
     backbone: str | None = None,
     strict: bool = False,
     force: bool = False,
+    bootstrap: BootstrapConfig | Mapping[str, Any] | None = None,
 ) -> dict[str, MetricResult]:
     """Compute ``metrics`` for ``sae`` on ``cache``; write ``<out_dir>/<metric>.json`` when ``out_dir`` is given.
 
@@ -43,6 +45,8 @@ def evaluate(
     ``sae=None`` runs the raw-backbone diagnostic alone (``metrics=["raw"]``). An SAE trained on another
     backbone or layer than the cache's is a VisaeWarning (``strict``: a ConfigError). An ``out_dir`` holding
     results of another SAE or cache is refused with an OutputConflictError unless ``force`` (they are replaced).
+    ``bootstrap`` sets the intervals beside each headline (default: 200 Poisson replicates over images,
+    95 %; ``{"n_boot": 0}`` turns them off).
     """
     from visae.sae.checkpoint import sae_fingerprint
 
@@ -55,9 +59,11 @@ def evaluate(
     check_pairing(sae, cache_obj, strict)
     if out_path is not None:
         check_previous_results(out_path, sae_hash, cache_obj.manifest.hash, force)
+    boot = bootstrap if isinstance(bootstrap, BootstrapConfig) else build_config(
+        BootstrapConfig, dict(bootstrap or {}), source="bootstrap")
     ctx = EvalContext(sae=sae_model, cache=cache_obj, device=dev, out_dir=out_path, sae_id=sae_id,
                       backbone=backbone or cache_obj.manifest.backbone,
-                      extras={"sae_provenance": provenance, "sae_hash": sae_hash})
+                      extras={"sae_provenance": provenance, "sae_hash": sae_hash}, bootstrap=boot)
     instances = {name: _instantiate(name, (configs or {}).get(name, {}), ctx) for name in metrics}
     started = time.perf_counter()
     pooled = _stream(list(instances.values()), ctx, group_size)

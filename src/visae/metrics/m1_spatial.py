@@ -14,6 +14,7 @@ enough active patches are gathered and scored in one batched call.
 from __future__ import annotations
 
 import math
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
@@ -22,6 +23,7 @@ import torch
 from pydantic import Field
 
 from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
+from visae.uncertainty import BootstrapConfig, Interval, percentile_interval, poisson_weights
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -137,15 +139,54 @@ class MoranAccumulator:
         self.count_f = torch.zeros(n_features, dtype=torch.int64, device=device)
         self.n_images = 0
         self.grid_hw: tuple[int, int] | None = None
+        self.boot: BootstrapConfig | None = None
+        self.boot_sum_fb = torch.zeros(0, dtype=torch.float64)
+        self.boot_count_fb = torch.zeros(0, dtype=torch.float64)
+
+    def enable_bootstrap(self, config: BootstrapConfig) -> None:
+        """Also keep per-replicate weighted sums ``[F, B]`` (Poisson weights of each map's image)."""
+        if config.n_boot > 0:
+            self.boot = config
+            shape = (self.n_features, config.n_boot)
+            self.boot_sum_fb = torch.zeros(shape, dtype=torch.float64, device=self.sum_f.device)
+            self.boot_count_fb = torch.zeros(shape, dtype=torch.float64, device=self.sum_f.device)
 
     def follow(self, device: torch.device) -> None:
         """Keep the sums on the device the stream arrives on."""
         if self.sum_f.device != device:
             self.sum_f = self.sum_f.to(device)
             self.count_f = self.count_f.to(device)
+            self.boot_sum_fb = self.boot_sum_fb.to(device)
+            self.boot_count_fb = self.boot_count_fb.to(device)
 
-    def add(self, maps_khw: torch.Tensor, feature_k: torch.Tensor, variance_eps: float) -> None:
-        """Score maps (already gathered; ``feature_k`` their feature index); keep those with var > eps."""
+    def _add_replicates(self, feature_k: torch.Tensor, image_k: torch.Tensor, i_k: torch.Tensor) -> None:
+        assert self.boot is not None
+        images, inverse = torch.unique(image_k, return_inverse=True)
+        w_ub = torch.from_numpy(poisson_weights(images.cpu().numpy(), self.boot.n_boot, self.boot.seed))
+        w_kb = w_ub.to(device=i_k.device, dtype=torch.float64)[inverse]
+        self.boot_sum_fb.index_add_(0, feature_k, w_kb * i_k.double()[:, None])
+        self.boot_count_fb.index_add_(0, feature_k, w_kb)
+
+    def interval(self, min_valid_images: int) -> Interval | None:
+        """Bootstrap interval of the headline mean (None without the bootstrap)."""
+        if self.boot is None:
+            return None
+        return percentile_interval(self.replicates(min_valid_images), self.boot.level)
+
+    def replicates(self, min_valid_images: int) -> np.ndarray:
+        """Replicates ``[B]`` of the headline: per replicate, the mean over the features with at least
+        ``min_valid_images`` (weighted) valid images of their weighted mean I (NaN: none evaluable)."""
+        count = self.boot_count_fb.cpu().numpy()
+        total = self.boot_sum_fb.cpu().numpy()
+        evaluable = count >= min_valid_images
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(evaluable, total / np.where(evaluable, count, 1.0), 0.0)
+            return np.where(evaluable.any(axis=0), means.sum(axis=0) / evaluable.sum(axis=0), np.nan)
+
+    def add(self, maps_khw: torch.Tensor, feature_k: torch.Tensor, variance_eps: float,
+            image_k: torch.Tensor | None = None) -> None:
+        """Score maps (already gathered; ``feature_k`` their feature index, ``image_k`` their image's
+        position in the cache, needed for the bootstrap); keep those with var > eps."""
         if maps_khw.shape[0] == 0:
             return
         x = maps_khw.float()
@@ -158,6 +199,8 @@ class MoranAccumulator:
         feats = feature_k[keep][finite]
         self.sum_f.index_add_(0, feats, i_k[finite].double())
         self.count_f.index_add_(0, feats, torch.ones_like(feats))
+        if self.boot is not None and image_k is not None:
+            self._add_replicates(feats, image_k[keep][finite], i_k[finite])
 
     def feature_means(self) -> tuple[np.ndarray, np.ndarray]:
         """``(mean_I per feature (NaN where no valid image), valid image count per feature)``."""
@@ -189,9 +232,10 @@ class MoranAccumulator:
         q25, median, q75 = (float(v) for v in np.percentile(values, [25, 50, 75]))
         z, sd = z_statistic(values, n_patches, ddof=1)
         mean = float(values.mean())
-        return result_cls(value=mean, mean_i=mean, median_i=median, q25_i=q25, q75_i=q75, iqr_i=q75 - q25,
-                          z=None if math.isnan(z) else z, sd_feature_means=None if math.isnan(sd) else sd,
-                          **common)
+        result = result_cls(value=mean, mean_i=mean, median_i=median, q25_i=q25, q75_i=q75, iqr_i=q75 - q25,
+                            z=None if math.isnan(z) else z, sd_feature_means=None if math.isnan(sd) else sd,
+                            **common)
+        return typing.cast(S, result.with_interval(self.interval(min_valid_images)))
 
 
 def write_feature_table(path: Path, means: np.ndarray, count: np.ndarray) -> None:
@@ -233,8 +277,9 @@ class M1Accumulator(MoranAccumulator):
         super().__init__(n_features, device)
         self.config = config
 
-    def update(self, codes_npf: torch.Tensor, grid_hw: tuple[int, int]) -> None:
-        """Add one group of images' codes ``[n, P, F]``."""
+    def update(self, codes_npf: torch.Tensor, grid_hw: tuple[int, int],
+               image_index_n: np.ndarray | None = None) -> None:
+        """Add one group of images' codes ``[n, P, F]`` (``image_index_n``: their cache positions)."""
         n, p, _ = codes_npf.shape
         grid_h, grid_w = grid_hw
         if p != grid_h * grid_w:
@@ -244,10 +289,12 @@ class M1Accumulator(MoranAccumulator):
         self.n_images += n
         active_nf = (codes_npf > 0).sum(dim=1)
         img_k, feat_k = torch.nonzero(active_nf >= self.config.min_active_patches, as_tuple=True)
+        image_k = _positions(image_index_n, img_k)
         for start in range(0, img_k.numel(), MAPS_PER_CHUNK):
             sl = slice(start, start + MAPS_PER_CHUNK)
             maps_kp = codes_npf[img_k[sl], :, feat_k[sl]]
-            self.add(maps_kp.reshape(-1, grid_h, grid_w), feat_k[sl], self.config.variance_eps)
+            self.add(maps_kp.reshape(-1, grid_h, grid_w), feat_k[sl], self.config.variance_eps,
+                     None if image_k is None else image_k[sl])
 
 
     def update_batch(self, batch: EncodedBatch) -> None:
@@ -276,12 +323,21 @@ class M1Accumulator(MoranAccumulator):
         on = pid >= 0
         pid, patch, vals = pid[on], codes.rows_n[on] % p, codes.vals_n[on]
         feat_k = pair_key % n_cols
+        image_k = _positions(batch.image_index_n, pair_key // n_cols)
         for start in range(0, pair_key.numel(), MAPS_PER_CHUNK):
             stop = min(start + MAPS_PER_CHUNK, pair_key.numel())
             sel = (pid >= start) & (pid < stop) if stop - start < pair_key.numel() else slice(None)
             maps = torch.zeros(stop - start, p, dtype=vals.dtype, device=vals.device)
             maps[pid[sel] - start, patch[sel]] = vals[sel]
-            self.add(maps.reshape(-1, grid_h, grid_w), feat_k[start:stop], self.config.variance_eps)
+            self.add(maps.reshape(-1, grid_h, grid_w), feat_k[start:stop], self.config.variance_eps,
+                     None if image_k is None else image_k[start:stop])
+
+
+def _positions(image_index_n: np.ndarray | None, local_k: torch.Tensor) -> torch.Tensor | None:
+    """Cache positions of the images at batch-local indices ``local_k`` (None without positions)."""
+    if image_index_n is None:
+        return None
+    return torch.as_tensor(np.asarray(image_index_n, dtype=np.int64), device=local_k.device)[local_k]
 
 
 def compute_m1(batches: Iterable[EncodedBatch], n_features: int, config: M1Config | None = None,
@@ -315,6 +371,7 @@ class M1Spatial(Metric[M1Config]):
     def __init__(self, config: M1Config, ctx: EvalContext) -> None:
         super().__init__(config, ctx)
         self.acc = M1Accumulator(ctx.sae.d_sae, config, ctx.device)
+        self.acc.enable_bootstrap(ctx.bootstrap)
 
     def update(self, batch: EncodedBatch) -> None:
         """Score the active features of one image group (from its sparse codes)."""

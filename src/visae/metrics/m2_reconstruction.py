@@ -9,13 +9,16 @@ mean subtraction and scalar std division.
 
 from __future__ import annotations
 
+import typing
 from typing import TYPE_CHECKING, ClassVar
 
+import numpy as np
 import torch
 from pydantic import Field
 
 from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
 from visae.sae.sparse import SparseCodes
+from visae.uncertainty import BootstrapConfig, Interval, percentile_interval, poisson_weights
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -61,12 +64,50 @@ class M2Accumulator:
         self.nnz_f = torch.zeros(d_sae, dtype=torch.int64, device=device)
         self.n_tokens = 0
         self.n_images = 0
+        self.boot: BootstrapConfig | None = None
+
+    def enable_bootstrap(self, config: BootstrapConfig) -> None:
+        """Also keep per-replicate weighted sums (Poisson weights per image) for an interval of FVU."""
+        if config.n_boot > 0:
+            self.boot = config
+            self.boot_err_b = torch.zeros(config.n_boot, dtype=torch.float64)
+            self.boot_sq_b = torch.zeros(config.n_boot, dtype=torch.float64)
+            self.boot_tokens_b = torch.zeros(config.n_boot, dtype=torch.float64)
+            self.boot_sum_db = torch.zeros((self.sum_d.shape[0], config.n_boot), dtype=torch.float64)
+
+    def _add_replicates(self, image_index_n: np.ndarray, err_npd: torch.Tensor, centred_npd: torch.Tensor) -> None:
+        assert self.boot is not None
+        w_nb = torch.from_numpy(poisson_weights(image_index_n, self.boot.n_boot, self.boot.seed)).double()
+        n_patches = err_npd.shape[1]
+        err_n = torch.sum(err_npd * err_npd, dim=(1, 2), dtype=torch.float64).cpu()
+        sq_n = torch.sum(centred_npd * centred_npd, dim=(1, 2), dtype=torch.float64).cpu()
+        sum_nd = torch.sum(centred_npd, dim=1, dtype=torch.float64).cpu()
+        self.boot_err_b += err_n @ w_nb
+        self.boot_sq_b += sq_n @ w_nb
+        self.boot_tokens_b += n_patches * w_nb.sum(dim=0)
+        self.boot_sum_db += sum_nd.T @ w_nb
+
+    def interval(self) -> Interval | None:
+        """Bootstrap interval of FVU (None without the bootstrap)."""
+        if self.boot is None:
+            return None
+        return percentile_interval(self.replicates(), self.boot.level)
+
+    def replicates(self) -> np.ndarray:
+        """Replicates ``[B]`` of FVU: weighted error over the weighted variance about the replicate's own
+        mean (NaN where that variance is 0)."""
+        tokens = self.boot_tokens_b.clamp_min(1.0)
+        total_b = (self.boot_sq_b - (self.boot_sum_db * self.boot_sum_db).sum(dim=0) / tokens).numpy()
+        err_b = self.boot_err_b.numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total_b > 0, err_b / np.where(total_b > 0, total_b, 1.0), np.nan)
 
     def update(self, acts_npd: torch.Tensor, recon_npd: torch.Tensor,
-               codes_npf: torch.Tensor | SparseCodes) -> None:
+               codes_npf: torch.Tensor | SparseCodes, image_index_n: np.ndarray | None = None) -> None:
         """Add one group of images (activations, reconstructions and codes in the SAE input space).
 
-        Codes are dense ``[n, P, F]`` or sparse over the ``n·P`` tokens (:class:`SparseCodes`).
+        Codes are dense ``[n, P, F]`` or sparse over the ``n·P`` tokens (:class:`SparseCodes`);
+        ``image_index_n`` (the images' cache positions) feeds the bootstrap.
         """
         from visae.metrics.encode import dense_to_sparse
 
@@ -89,6 +130,9 @@ class M2Accumulator:
         self.nnz_f += torch.bincount(codes.cols_n, minlength=self.d_sae)
         self.n_tokens += a_td.shape[0]
         self.n_images += acts_npd.shape[0]
+        if self.boot is not None and image_index_n is not None:
+            self._add_replicates(np.asarray(image_index_n), err_td.reshape(acts_npd.shape),
+                                 centred_td.reshape(acts_npd.shape))
 
     def _to(self, device: torch.device) -> None:
         for name in ("sum_d", "sum_sq", "sum_err", "sum_l0", "max_f", "nnz_f"):
@@ -106,13 +150,14 @@ class M2Accumulator:
         # a feature with fewer stored entries than tokens was 0 somewhere: its maximum is at least 0
         max_f = torch.where(self.nnz_f < n, self.max_f.clamp_min(0.0), self.max_f)
         dead = int((max_f <= self.config.dead_threshold).sum())
-        return M2Result(
+        result = M2Result(
             metric="m2", value=fvu, higher_is_better=False,
             note="" if fvu is not None else "activations have zero variance over the evaluation set",
             fvu=fvu, explained_variance=None if fvu is None else 1.0 - fvu,
             mse=err / n, total_variance=total / n, mean_l0=float(self.sum_l0) / n,
             dead=dead, dead_fraction=dead / self.d_sae, d_sae=self.d_sae, n_tokens=n, n_images=self.n_images,
         )
+        return typing.cast(M2Result, result.with_interval(self.interval() if fvu is not None else None))
 
 
 def compute_m2(batches: Iterable[EncodedBatch], config: M2Config | None = None) -> M2Result:
@@ -138,10 +183,11 @@ class M2Reconstruction(Metric[M2Config]):
     def __init__(self, config: M2Config, ctx: EvalContext) -> None:
         super().__init__(config, ctx)
         self.acc = M2Accumulator(ctx.sae.d_in, ctx.sae.d_sae, config, ctx.device)
+        self.acc.enable_bootstrap(ctx.bootstrap)
 
     def update(self, batch: EncodedBatch) -> None:
         """Add one group of encoded images."""
-        self.acc.update(batch.acts_npd, batch.recon_npd, batch.codes)
+        self.acc.update(batch.acts_npd, batch.recon_npd, batch.codes, batch.image_index_n)
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
         """The M2 result."""

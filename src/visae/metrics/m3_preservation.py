@@ -9,6 +9,7 @@ reconstructed features of the held-out split.
 
 from __future__ import annotations
 
+import typing
 from typing import ClassVar
 
 import numpy as np
@@ -17,6 +18,7 @@ from pydantic import Field
 from visae.metrics.base import Metric, MetricConfig, MetricResult, register_metric
 from visae.metrics.encode import PooledFeatures
 from visae.metrics.probes import ProbeConfig, fit_probe, stratified_split
+from visae.uncertainty import BootstrapConfig, poisson_weights, ratio_interval
 
 
 class M3Config(MetricConfig):
@@ -40,18 +42,25 @@ class M3Result(MetricResult):
 
 
 def compute_m3(acts_nd: np.ndarray, recon_nd: np.ndarray, labels_n: np.ndarray,
-               config: M3Config | None = None) -> M3Result:
-    """M3 on image-level raw features ``acts_nd`` and reconstructions ``recon_nd`` (same rows, same labels)."""
+               config: M3Config | None = None, bootstrap: BootstrapConfig | None = None) -> M3Result:
+    """M3 on image-level raw features ``acts_nd`` and reconstructions ``recon_nd`` (same rows, same labels);
+    with ``bootstrap``, an interval over the held-out images (the probe is not refitted)."""
     config = config or M3Config()
     train, test = stratified_split(labels_n, config.test_size, config.seed)
     probe = fit_probe(acts_nd[train], labels_n[train], config.probe)
-    acc_raw = probe.accuracy(acts_nd[test], labels_n[test])
-    acc_recon = probe.accuracy(recon_nd[test], labels_n[test])
+    right_raw = probe.predict(acts_nd[test]) == labels_n[test]
+    right_recon = probe.predict(recon_nd[test]) == labels_n[test]
+    acc_raw, acc_recon = float(right_raw.mean()), float(right_recon.mean())
     value = acc_recon / acc_raw if acc_raw > 0 else None
-    return M3Result(metric="m3", value=value, higher_is_better=True,
-                    note="" if value is not None else "the raw probe has accuracy 0: the ratio is undefined",
-                    acc_raw=acc_raw, acc_recon=acc_recon, n_train=len(train), n_test=len(test),
-                    n_classes=len(probe.classes), probe_converged=probe.converged)
+    result = M3Result(metric="m3", value=value, higher_is_better=True,
+                      note="" if value is not None else "the raw probe has accuracy 0: the ratio is undefined",
+                      acc_raw=acc_raw, acc_recon=acc_recon, n_train=len(train), n_test=len(test),
+                      n_classes=len(probe.classes), probe_converged=probe.converged)
+    if bootstrap is None or bootstrap.n_boot == 0 or value is None:
+        return result
+    w_nb = poisson_weights(test, bootstrap.n_boot, bootstrap.seed).astype(np.float64)
+    interval = ratio_interval(right_recon @ w_nb, right_raw @ w_nb, bootstrap.level)
+    return typing.cast(M3Result, result.with_interval(interval, unit="held-out images"))
 
 
 @register_metric
@@ -66,4 +75,4 @@ class M3Preservation(Metric[M3Config]):
         """Fit the raw probe and score raw and reconstructed held-out features."""
         if pooled is None:
             raise ValueError("m3: needs the pooled features of the evaluation pass")
-        return compute_m3(pooled.acts_nd, pooled.recon_nd, pooled.labels_n, self.config)
+        return compute_m3(pooled.acts_nd, pooled.recon_nd, pooled.labels_n, self.config, self.ctx.bootstrap)

@@ -14,6 +14,7 @@ Budgets larger than the dictionary are skipped; k = 128 is the headline.
 from __future__ import annotations
 
 import math
+import typing
 from typing import Annotated, ClassVar, Literal
 
 import numpy as np
@@ -35,6 +36,7 @@ from visae.metrics.probes import (
     stratified_split,
     take_columns,
 )
+from visae.uncertainty import BootstrapConfig, mean_ovr_auc_replicates, percentile_interval
 
 CURVE_TABLE = "m4_curve.csv"
 PAPER_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -72,11 +74,13 @@ class M4Result(MetricResult):
 
 def sparse_probe_curve(codes_tr: ArrayLike, y_tr: np.ndarray, codes_te: ArrayLike, y_te: np.ndarray,
                        ks: list[int], probe: ProbeConfig, ranking: str = "global",
-                       warm_start: bool = True) -> dict[int, float]:
+                       warm_start: bool = True, scores_at: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+                       ) -> dict[int, float]:
     """Mean one-vs-rest AUC on the held-out rows for every budget k (≤ the number of features).
 
     With ``warm_start`` each global-ranking probe starts from the previous (smaller, nested) budget's
-    solution: the same convex objective, far fewer solver iterations.
+    solution: the same convex objective, far fewer solver iterations. For every key of ``scores_at``
+    (global ranking) the held-out scores ``[n_test, n_classes]`` and their classes are stored there.
     """
     n_features = codes_tr.shape[1]
     budgets = sorted({k for k in ks if 1 <= k <= n_features})
@@ -90,9 +94,15 @@ def sparse_probe_curve(codes_tr: ArrayLike, y_tr: np.ndarray, codes_te: ArrayLik
             p = prev = fit_probe(take_columns(codes_tr, cols), y_tr, probe, init=prev if warm_start else None)
             x_te = take_columns(codes_te, cols)
             if len(p.classes) == 2:
-                out[k] = binary_auc(y_te == p.classes[1], p.decision_function(x_te))
+                score = p.decision_function(x_te)
+                out[k] = binary_auc(y_te == p.classes[1], score)
+                if scores_at is not None and k in scores_at:
+                    scores_at[k] = (score[:, None], p.classes[1:])
             else:
-                out[k] = float(np.nanmean(ovr_auc(y_te, p.predict_proba(x_te), p.classes)))
+                proba = p.predict_proba(x_te)
+                out[k] = float(np.nanmean(ovr_auc(y_te, proba, p.classes)))
+                if scores_at is not None and k in scores_at:
+                    scores_at[k] = (proba, p.classes)
         return out
     f_cf = f_one_vs_rest(codes_tr, y_tr, classes)
     orders = [rank_by_f(f) for f in f_cf]
@@ -124,26 +134,37 @@ def _class_auc(codes_tr: ArrayLike, pos_tr: np.ndarray, codes_te: ArrayLike, pos
     return binary_auc(pos_te, p.decision_function(take_columns(codes_te, cols)))
 
 
-def compute_m4(codes_nf: ArrayLike, labels_n: np.ndarray, config: M4Config | None = None) -> M4Result:
-    """M4 on image-level codes ``codes_nf`` (dense or scipy sparse) with labels ``labels_n``."""
+def compute_m4(codes_nf: ArrayLike, labels_n: np.ndarray, config: M4Config | None = None,
+               bootstrap: BootstrapConfig | None = None) -> M4Result:
+    """M4 on image-level codes ``codes_nf`` (dense or scipy sparse) with labels ``labels_n``; with
+    ``bootstrap`` (global ranking), an interval of the headline AUC over the held-out images."""
     config = config or M4Config()
     codes = sp.csr_matrix(codes_nf) if sp.issparse(codes_nf) else np.asarray(codes_nf)
     train, test = stratified_split(labels_n, config.test_size, config.seed)
     n_features = codes.shape[1]
     head = min(config.headline_k, n_features)
     ks = sorted(set(config.ks) | {head})
+    boot = bootstrap is not None and bootstrap.n_boot > 0 and config.ranking == "global"
+    empty = (np.zeros((0, 0)), np.zeros(0))
+    scores_at: dict[int, tuple[np.ndarray, np.ndarray]] | None = {head: empty} if boot else None
     curve = sparse_probe_curve(codes[train], labels_n[train], codes[test], labels_n[test], ks,
-                               config.probe, config.ranking, warm_start=config.warm_start)
+                               config.probe, config.ranking, warm_start=config.warm_start, scores_at=scores_at)
     value = curve.get(head)
     value = None if value is None or math.isnan(value) else value
     note = "" if head == config.headline_k else f"the dictionary has only {n_features} features: headline at k={head}"
     if value is None:
         note = "; ".join(filter(None, [note, f"the AUC at k={head} is undefined: no class has both positive and "
                                              "negative held-out images (use more images or classes)"]))
-    return M4Result(metric="m4", value=value, higher_is_better=True, note=note, headline_k=head,
-                    curve={str(k): (None if math.isnan(v) else v) for k, v in curve.items()},
-                    ranking=config.ranking, n_train=len(train), n_test=len(test),
-                    n_classes=len(np.unique(labels_n[train])), n_features=n_features)
+    result = M4Result(metric="m4", value=value, higher_is_better=True, note=note, headline_k=head,
+                      curve={str(k): (None if math.isnan(v) else v) for k, v in curve.items()},
+                      ranking=config.ranking, n_train=len(train), n_test=len(test),
+                      n_classes=len(np.unique(labels_n[train])), n_features=n_features)
+    if bootstrap is None or scores_at is None or value is None or scores_at[head][0].size == 0:
+        return result
+    scores, classes = scores_at[head]
+    reps = mean_ovr_auc_replicates(labels_n[test], scores, classes, test, bootstrap)
+    return typing.cast(M4Result, result.with_interval(percentile_interval(reps, bootstrap.level),
+                                                       unit="held-out images"))
 
 
 def write_curve(path: str | object, result: M4Result) -> None:
@@ -166,7 +187,7 @@ class M4SparseProbing(Metric[M4Config]):
         """Rank, probe every budget, write the curve table."""
         if pooled is None:
             raise ValueError("m4: needs the pooled features of the evaluation pass")
-        result = compute_m4(pooled.codes_nf, pooled.labels_n, self.config)
+        result = compute_m4(pooled.codes_nf, pooled.labels_n, self.config, self.ctx.bootstrap)
         if self.ctx.out_dir is not None and self.config.write_curve:
             write_curve(self.ctx.out_dir / CURVE_TABLE, result)
         return result

@@ -51,8 +51,10 @@ class RawAccumulator(MoranAccumulator):
         # Activations arrive divided by the SAE's scalar std; a raw variance is scale² times theirs.
         self.eps_in_input_units = config.variance_eps / (input_scale ** 2)
 
-    def update(self, acts_npd: torch.Tensor, grid_hw: tuple[int, int]) -> None:
-        """Add one group of images' activations."""
+    def update(self, acts_npd: torch.Tensor, grid_hw: tuple[int, int],
+               image_index_n: np.ndarray | None = None) -> None:
+        """Add one group of images' activations (``image_index_n``: their cache positions, for the
+        bootstrap)."""
         n, p, d = acts_npd.shape
         grid_h, grid_w = grid_hw
         if p != grid_h * grid_w:
@@ -67,7 +69,12 @@ class RawAccumulator(MoranAccumulator):
         for start in range(0, n, images_per_chunk):
             chunk = acts_npd[start:start + images_per_chunk]
             maps_khw = chunk.permute(0, 2, 1).reshape(-1, grid_h, grid_w)
-            self.add(maps_khw, channel_d.repeat(chunk.shape[0]), self.eps_in_input_units)
+            image_k = None
+            if image_index_n is not None:
+                positions = torch.as_tensor(np.asarray(image_index_n[start:start + images_per_chunk],
+                                                       dtype=np.int64), device=channel_d.device)
+                image_k = positions.repeat_interleave(d)
+            self.add(maps_khw, channel_d.repeat(chunk.shape[0]), self.eps_in_input_units, image_k)
 
 
 def _summarize_raw(acc: MoranAccumulator, config: RawConfig) -> RawResult:
@@ -105,10 +112,11 @@ class RawSpatial(Metric[RawConfig]):
         super().__init__(config, ctx)
         scale = float(torch.as_tensor(ctx.sae.act_std))
         self.acc = RawAccumulator(ctx.sae.d_in, config, ctx.device, input_scale=scale)
+        self.acc.enable_bootstrap(ctx.bootstrap)
 
     def update(self, batch: EncodedBatch) -> None:
         """Score every channel of one image group (codes are ignored)."""
-        self.acc.update(batch.acts_npd, batch.grid_hw)
+        self.acc.update(batch.acts_npd, batch.grid_hw, batch.image_index_n)
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
         """Summarize; write the per-channel table when an output folder is set."""
