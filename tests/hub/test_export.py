@@ -112,3 +112,18 @@ def test_ls_folder_lists_caches_and_saes(grid: tuple[Path, Path], tmp_path: Path
     assert "topk" in rows["grid/topk_4x_k8"]
     res = CliRunner().invoke(app, ["ls", str(tmp_path / "grid" / "trained.json")])
     assert res.exit_code == 2 and "is a file" in res.output
+
+
+def test_export_a_hub_repo_converts_every_configuration(tmp_path: Path, hub_cache: Path) -> None:
+    snap = write_authors_repo(hub_cache, "visaebench/clip-vitb16-saes", [(2, 4), (4, 8)], d_in=D)
+    res = CliRunner().invoke(app, ["export", "visaebench/clip-vitb16-saes", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["README.md", "batchtopk_2x_k4", "batchtopk_4x_k8"]
+    x = torch.randn(3, D)
+    for name in ("batchtopk_2x_k4", "batchtopk_4x_k8"):
+        torch.testing.assert_close(load_sae(tmp_path / "o" / name)(x).recon_nd,
+                                   load_sae(f"visaebench/clip-vitb16-saes:{name}")(x).recon_nd)
+    card = (tmp_path / "o" / "README.md").read_text()
+    assert "repo: visaebench/clip-vitb16-saes" in card and f"commit: {snap.name}" in card
+    res = CliRunner().invoke(app, ["export", "visaebench/nope-saes", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "visaebench/nope-saes" in res.output and not (tmp_path / "p").exists()

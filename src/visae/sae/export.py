@@ -67,7 +67,7 @@ def _copier(src: Path) -> Any:
     return copy
 
 
-def _copy_or_convert(src: Path, dest: Path) -> None:
+def _copy_or_convert(src: Path, dest: Path, origin: Any = None) -> None:
     from visae.sae.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_sae, save_sae
     from visae.sae.hub import locate_sae
 
@@ -76,7 +76,7 @@ def _copy_or_convert(src: Path, dest: Path) -> None:
         for name in (WEIGHTS_FILE, CONFIG_FILE):
             atomic_write_with(dest / name, _copier(src / name))
         return
-    prov = locate_sae(src).provenance
+    prov = locate_sae(origin if origin is not None else src).provenance
     save_sae(load_sae(src), dest, provenance={"converted_from": prov})
 
 
@@ -123,21 +123,25 @@ def _attach_metrics(items: list[Exported], roots: Sequence[Path]) -> None:
 
 def export_saes(sae_dir: Path | str, out: Path | str, results: Sequence[Path | str] = (),
                 repo_id: str | None = None, force: bool = False) -> list[Exported]:
-    """Write the hub-repo folder for the SAE(s) in ``sae_dir`` into ``out``; return what was exported.
+    """Write the hub-repo folder for the SAE(s) in ``sae_dir`` (a folder, or a hub reference) into ``out``;
+    return what was exported.
 
     ``results``: folders searched (besides ``sae_dir``) for ``visae eval`` result files of these SAEs;
     their values go into the model card. ``repo_id`` only names the repo in the card's examples.
     """
     from visae.sae.checkpoint import load_sae, sae_fingerprint
+    from visae.sae.hub import SAERef, checkpoint_folder, parse_sae_ref
 
-    src_dir, out_dir = Path(sae_dir), Path(out)
+    src_dir, out_dir = checkpoint_folder(sae_dir), Path(out)
+    ref = parse_sae_ref(sae_dir)
     sources = find_saes(src_dir)
     _check_out(out_dir, force)
     single = sources == [src_dir]
     items = []
     for src in sources:
         dest = out_dir if single else out_dir / src.name
-        _copy_or_convert(src, dest)
+        origin = SAERef(ref.target, ref.subfolder or src.name, ref.revision, hub=True) if ref.hub else None
+        _copy_or_convert(src, dest, origin)
         sae = load_sae(dest)  # the export must load back
         config = yaml.safe_load((dest / "config.yaml").read_text(encoding="utf-8"))
         files = {p.name: sha256_file(p) for p in checkpoint_files(dest)}

@@ -258,6 +258,18 @@ def _snapshot(ref: SAERef) -> Path:
         raise CheckpointError(_missing_repo_message(ref.target, ref.subfolder, ref.revision, e)) from e
 
 
+def checkpoint_folder(text: str | Path) -> Path:
+    """A local folder for ``text``: the path itself, or a hub reference's files in the local cache (a repo
+    without subfolder: its whole snapshot, e.g. every configuration of a release repo)."""
+    ref = parse_sae_ref(text)
+    if not ref.hub:
+        path = Path(ref.target) / (ref.subfolder or "")
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such file or folder")
+        return path
+    return locate_sae(ref, hash_files=False).path if ref.subfolder else _snapshot(ref)
+
+
 def _locate_hub(ref: SAERef, hash_files: bool) -> LocatedSAE:
     root = _snapshot(ref)
     path = root / ref.subfolder if ref.subfolder else root
@@ -352,6 +364,6 @@ def is_hub_id(text: str) -> bool:
     return _REF.fullmatch(text) is not None and _HUB_ID.match(text) is not None
 
 
-__all__ = ["OURS", "RELEASE_CONFIGS", "RELEASE_REPOS", "LocatedSAE", "SAERef", "cached_repos", "checkpoint_files",
+__all__ = ["OURS", "RELEASE_CONFIGS", "RELEASE_REPOS", "LocatedSAE", "SAERef", "cached_repos", "checkpoint_files", "checkpoint_folder",
            "checkpoint_markers", "configurations", "file_hashes", "is_hub_id", "list_configurations", "locate_sae",
            "parse_sae_ref", "read_reference", "release_backbone", "write_reference"]

@@ -77,7 +77,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export")
     def export_command(
-        sae_dir: Annotated[Path, typer.Argument(help="One SAE folder, or a 'visae train' output folder (a grid).")],
+        sae_dir: Annotated[str, typer.Argument(help="One SAE folder, a 'visae train' output folder (a grid), or a "
+                                                    "hub repo REPO[:SUBFOLDER][@REVISION] (converted to visae's format).")],
         out: Annotated[Path, typer.Argument(help="New folder to write the hub repo's files into.")],
         results: Annotated[list[Path] | None, typer.Option(
             "--results", help="Folder of 'visae eval' results for the model card's metrics (repeatable; "

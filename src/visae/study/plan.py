@@ -111,6 +111,8 @@ class _Planner:
     def pair(self, backbone: BackboneSpec, layer: int, grids: list[SAEGrid]) -> None:
         """Every job of one (backbone, layer): caches, training or checkpoints, evaluations, raw diagnostic,
         tasks."""
+        if any(g.trains for g in grids):
+            self.cache(backbone, layer, "train")  # planned first, as it is needed first
         eval_cache = self.cache(backbone, layer, "eval")
         ood, tests = self.ood_caches(backbone, layer, grids)
         layer_saes: list[SAERecord] = []
