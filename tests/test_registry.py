@@ -95,3 +95,11 @@ def test_every_builtin_registry_resolves_and_refuses_duplicates() -> None:
     with pytest.raises(ConfigError, match="metric 'm2' is already registered"):
         register_metric(Imposter)
     assert METRICS["m2"].__name__ == "M2Reconstruction"
+
+
+def test_register_package_adds_lazy_entries() -> None:
+    reg: Registry[object] = Registry("codec")
+    reg.register_package("json", [("dump", "decoder:JSONDecoder", "a decoder class")])
+    import json
+
+    assert reg["dump"] is json.JSONDecoder and reg.listing() == ["dump — a decoder class"]

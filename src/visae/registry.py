@@ -81,6 +81,11 @@ class Registry(Generic[T]):
             raise ConfigError(f"{self.kind} {name!r}: lazy target {target!r} must read 'package.module:attribute'")
         self._add(name, None, target, aliases, summary, overwrite)
 
+    def register_package(self, package: str, entries: Iterable[tuple[str, str, str]]) -> None:
+        """Lazy entries ``(name, "module:attr", summary)`` whose modules live in ``package``."""
+        for name, target, summary in entries:
+            self.register_lazy(name, f"{package}.{target}", summary=summary)
+
     def _add(self, name: str, value: T | None, target: str | None, aliases: Iterable[str], summary: str,
              overwrite: bool) -> None:
         key = self._normalize(name)

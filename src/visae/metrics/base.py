@@ -118,7 +118,7 @@ class Metric(ABC, Generic[ConfigT]):
 METRICS: Registry[type[Metric[Any]]] = Registry("metric")
 """Metric name → class; the paper's metrics are imported on first use, a plugin adds one with
 :func:`register_metric`."""
-for _name, _target, _summary in [
+METRICS.register_package("visae.metrics", [
     ("m1", "m1_spatial:M1Spatial", "spatial coherence of feature maps (Moran's I)"),
     ("raw", "raw_spatial:RawSpatial", "M1's statistic on the raw backbone channels (a baseline)"),
     ("m2", "m2_reconstruction:M2Reconstruction", "reconstruction FVU, L0, dead features"),
@@ -127,8 +127,7 @@ for _name, _target, _summary in [
     ("m5", "m5_monosemanticity:M5Monosemanticity", "monosemanticity of top images, in an evaluator's space"),
     ("m6", "m6_cross_domain:M6CrossDomain", "cross-domain generalization on out-of-domain sets"),
     ("m7", "m7_absorption:M7Absorption", "probe-based feature absorption rate"),
-]:
-    METRICS.register_lazy(_name, f"visae.metrics.{_target}", summary=_summary)
+])
 
 MetricClass = TypeVar("MetricClass", bound=type[Metric[Any]])
 

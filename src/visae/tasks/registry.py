@@ -31,12 +31,11 @@ class TaskSpec:
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
-for _name, _target, _summary in [
+TASKS.register_package("visae.tasks", [
     ("retrieval", "retrieval:RETRIEVAL", "cosine R@1/5/10 on max-pooled features (leave-one-out)"),
     ("segmentation", "segmentation:SEGMENTATION", "linear head on patch features, ADE20K mIoU"),
     ("classification", "classification:CLASSIFICATION", "probe accuracy; sparse-probing AUC at k on codes"),
     ("cub", "classification:CUB", "classification on CUB-200-2011"),
     ("dtd", "classification:DTD", "classification on DTD"),
     ("inat", "classification:INAT", "classification on iNaturalist"),
-]:
-    TASKS.register_lazy(_name, f"visae.tasks.{_target}", summary=_summary)
+])

@@ -43,10 +43,12 @@ class CheckpointFormat:
 
 
 CHECKPOINT_FORMATS: Registry[CheckpointFormat] = Registry("checkpoint format", error=CheckpointError)
-for _name, _files in [("saelens", "sae_weights.safetensors + cfg.json"), ("saev", "sae.pt with a JSON header"),
-                      ("authors", "the paper's release: overcomplete sae.pt + config.yaml"),
-                      ("reference", "reference.json: a checkpoint elsewhere (hub commit or path) + sha256")]:
-    CHECKPOINT_FORMATS.register_lazy(_name, f"visae.sae.formats.{_name}:FORMAT", summary=_files)
+CHECKPOINT_FORMATS.register_package("visae.sae.formats", [
+    ("saelens", "saelens:FORMAT", "sae_weights.safetensors + cfg.json"),
+    ("saev", "saev:FORMAT", "sae.pt with a JSON header"),
+    ("authors", "authors:FORMAT", "the paper's release: overcomplete sae.pt + config.yaml"),
+    ("reference", "reference:FORMAT", "reference.json: a checkpoint elsewhere (hub commit or path) + sha256"),
+])
 
 
 def pt_file(path: Path) -> Path | None:
