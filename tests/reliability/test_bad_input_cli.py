@@ -301,3 +301,23 @@ def test_raw_diagnostic_without_an_sae(setup: dict[str, Path]) -> None:
     assert with_sae.value is not None and abs(alone["value"] - with_sae.value) < 1e-5
     assert alone["result"]["n_dict"] == 8 and alone["inputs"]["sae"].startswith("none")
     _refused(root, ["eval", "--cache", str(cache), "-m", "m1,raw", "--device", "cpu"], "--sae", "m1", "--metrics raw")
+
+
+def test_report_and_analyze_on_a_folder_that_is_not_a_study(setup: dict[str, Path]) -> None:
+    root, cache, sae = setup["root"], setup["cache"], setup["sae"]
+    ev = root / "ev"
+    code, text = _cli(["eval", "--sae", str(sae), "--cache", str(cache), "-m", "m2", "--device", "cpu",
+                       "--out", str(ev)])
+    assert code == 0, text
+    for command in ("report", "analyze"):
+        _refused(root, [command, str(ev)], "holds 'visae eval' results of one SAE (m2.json)",
+                 f"'visae {command}' needs a study folder", "study.yaml")
+    _refused(root, ["report", str(cache)], "not a study folder", "results/results.parquet")
+
+
+def test_corrupt_results_table_given_to_report(setup: dict[str, Path]) -> None:
+    root = setup["root"]
+    study = root / "study"
+    (study / "results").mkdir(parents=True)
+    (study / "results" / "results.parquet").write_bytes(b"PAR1 not really")
+    _refused(root, ["report", str(study)], "results.parquet", "cannot read the results table", "rerun")

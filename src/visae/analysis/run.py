@@ -59,6 +59,10 @@ def load_results(path: str | Path) -> pd.DataFrame:
     """Read ``results.parquet`` (a file, or a folder holding one; ``.csv`` also accepted) and validate it."""
     p = results_file(path)
     if not p.is_file():
+        from visae.results.table import eval_records, not_a_study
+
+        if Path(path).is_dir() and eval_records(Path(path)):
+            raise StudyError(not_a_study(Path(path), "visae analyze"))
         raise StudyError(f"{p}: results table not found; pass a results.parquet or the study folder holding one")
     try:
         df = pd.read_csv(p) if p.suffix == ".csv" else pd.read_parquet(p)

@@ -95,10 +95,16 @@ def write_report(study_dir: Path | str, out_dir: Path | str | None = None, name:
     """Write ``index.html`` and ``features.html`` for a study folder; returns their paths. ``name`` and
     ``labels`` (backbone display names) default to the study's ``study.yaml``."""
     from visae.errors import StudyError
+    from visae.io import check_output_dir
+    from visae.results.table import is_study, not_a_study
 
     root = Path(study_dir).resolve()
     if not root.is_dir():
-        raise StudyError(f"{root}: study folder not found")
+        raise StudyError(f"{root}: study folder not found" if not root.exists() else not_a_study(root, "visae report"))
+    if not is_study(root) and any(root.iterdir()):  # an empty folder is a study not run yet: notes, no error
+        raise StudyError(not_a_study(root, "visae report"))
+    if out_dir is not None:
+        check_output_dir(out_dir)
     if name is None or labels is None:
         yaml_name, yaml_labels = study_names(root)
         name = yaml_name if name is None else name

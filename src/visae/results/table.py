@@ -163,8 +163,46 @@ def write_results(df: pd.DataFrame, path: Path) -> None:
 
 
 def read_results(study_dir: Path | str, details: bool = False) -> pd.DataFrame:
-    """The study's results table, or its secondary numbers (empty, with the columns, when absent)."""
+    """The study's results table, or its secondary numbers (empty, with the columns, when absent);
+    StudyError naming the file when it is not a readable parquet table."""
     path = Path(study_dir) / RESULTS_DIR / (DETAILS_FILE if details else RESULTS_FILE)
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
-    return pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a damaged file
+        from visae.errors import StudyError
+
+        raise StudyError(f"{path}: cannot read the results table ({type(e).__name__}: {e}); delete it and rerun "
+                         "'visae study run' on the study's YAML to collect it again") from None
+
+
+def eval_records(folder: Path) -> list[str]:
+    """Names of the ``visae eval`` result records (``<metric>.json`` with inputs) directly in ``folder``."""
+    names = []
+    for path in sorted(folder.glob("*.json")):
+        rec = read_record(path)
+        if rec is not None and "metric" in rec and isinstance(rec.get("inputs"), dict):
+            names.append(path.name)
+    return names
+
+
+def not_a_study(folder: Path, command: str) -> str:
+    """Why ``folder`` is not a study folder, for ``command``'s error: what it holds and what is expected."""
+    from visae.results.layout import STUDY_YAML
+
+    expected = (f"'{command}' needs a study folder, the out_dir of 'visae study run' (it holds {STUDY_YAML} and "
+                f"{RESULTS_DIR}/{RESULTS_FILE})")
+    records = eval_records(folder) if folder.is_dir() else []
+    if records:
+        return (f"{folder}: holds 'visae eval' results of one SAE ({', '.join(records[:4])}), not a study; "
+                f"{expected}. Cross-backbone analyses and the report compare many SAEs: run them as a study "
+                "(see studies/demo.yaml); one SAE's numbers are in those JSON files and in the 'visae eval' table")
+    return f"{folder}: not a study folder (no {STUDY_YAML}, no {RESULTS_DIR}/{RESULTS_FILE}); {expected}"
+
+
+def is_study(folder: Path) -> bool:
+    """True when ``folder`` looks like a study folder (its study.yaml or its results/ folder exists)."""
+    from visae.results.layout import STUDY_YAML
+
+    return (folder / STUDY_YAML).is_file() or (folder / RESULTS_DIR).is_dir()

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from visae.cli_common import SetOpt, run_guarded
+
+if TYPE_CHECKING:
+    from visae.study.config import StudyConfig
+    from visae.study.executors import RunSummary
 
 DEMO_STUDY = "demo.yaml"
 
@@ -32,17 +36,41 @@ def _run(study: Path, overrides: list[str] | None, executor: str, address: str |
     from visae.study.run import describe_plan, run_study
 
     cfg = load_study_config(study, overrides)
+    if dry_run:
+        check_study(study, cfg)
     plan, summary = run_study(cfg, executor=executor, address=address, dry_run=dry_run, max_retries=max_retries,
                               on_event=lambda s: typer.echo(s, err=True))
     if summary is None:
         typer.echo(describe_plan(plan, Path(cfg.out_dir)))
         return
     typer.echo(summary.describe(plan))
-    report = Path(cfg.out_dir) / "report" / "index.html"
-    if report.exists():
-        typer.echo(f"report: {report}")
+    typer.echo(report_line(Path(cfg.out_dir) / "report" / "index.html", summary))
     if not summary.ok:
         raise typer.Exit(code=1)
+
+
+def report_line(report: Path, summary: RunSummary) -> str:
+    """Where the report is, and whether it is complete: after failures it is partial or stale, never fresh."""
+    if summary.ok:
+        return f"report: {report}" if report.exists() else "report: none written (the plan has no report job)"
+    what = f"{len(summary.failed)} job(s) failed, {len(summary.blocked)} blocked (listed above)"
+    if report.exists():
+        return (f"report: {report} is partial or stale: {what}, so it lacks their results; fix them and rerun "
+                "the same command to complete it")
+    return f"report: not written: {what}; fix them and rerun the same command"
+
+
+def check_study(study: Path, cfg: StudyConfig) -> None:
+    """Every problem the dry run can find without computing, one line each under one ``error:`` line."""
+    from visae.study.validate import validate_study
+
+    problems = validate_study(cfg)
+    if problems:
+        typer.secho(f"error: {study}: {len(problems)} problem(s) found without computing; fix them in the YAML or "
+                    "with --set KEY=VALUE:", fg=typer.colors.RED, err=True)
+        for p in problems:
+            typer.echo(f"  {p}", err=True)
+        raise typer.Exit(code=2)
 
 
 def register(app: typer.Typer) -> None:

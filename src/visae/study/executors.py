@@ -35,6 +35,10 @@ class RunSummary:
     failed: dict[str, str] = field(default_factory=dict)
     blocked: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    messages: dict[str, str] = field(default_factory=dict)
+    """Failed job id → its error on one line, the whole message kept."""
+    logs: dict[str, Path] = field(default_factory=dict)
+    """Failed job id → its log file (the full traceback)."""
 
     @property
     def ok(self) -> bool:
@@ -47,17 +51,36 @@ class RunSummary:
         lines = [f"{len(self.ran)} job(s) run, {len(self.skipped)} already done, {len(self.failed)} failed, "
                  f"{len(self.blocked)} blocked, in {self.seconds:.1f} s"]
         for jid, err in self.failed.items():
-            last = err.strip().splitlines()[-1] if err.strip() else "(no message)"
-            lines.append(f"  FAILED {jobs[jid].label} [{jid}]: {last}")
+            message = self.messages.get(jid) or one_line(err)
+            log = f" (log: {self.logs[jid]})" if jid in self.logs else ""
+            lines.append(f"  FAILED {jobs[jid].label} [{jid}]: {message}{log}")
         for jid in self.blocked:
             lines.append(f"  blocked {jobs[jid].label} [{jid}] (an input failed)")
         return "\n".join(lines)
 
 
-def _log_failure(root: Path, job: Job, text: str) -> None:
+def one_line(error: BaseException | str) -> str:
+    """An error as one line with its whole message: ``Type: message`` (a visae error: the message alone).
+
+    From a traceback text, the exception part is everything after the last frame, so a message spanning
+    several lines keeps its first part."""
+    from visae.errors import VisaeError
+
+    if isinstance(error, BaseException):
+        text = str(error) if isinstance(error, VisaeError) else f"{type(error).__name__}: {error}"
+    else:
+        lines = error.strip().splitlines()
+        start = max((i + 1 for i, li in enumerate(lines) if li.startswith("  ")), default=0)
+        text = " ".join(lines[start:]) or "(no message)"
+    return " ".join(text.split()) or "(no message)"
+
+
+def _log_failure(root: Path, job: Job, text: str) -> Path:
     from visae.io import atomic_write_text
 
-    atomic_write_text(root / "logs" / f"{job.kind}-{job.id}.log", f"{job.label}\n{text}")
+    path = root / "logs" / f"{job.kind}-{job.id}.log"
+    atomic_write_text(path, f"{job.label}\n{text}")
+    return path
 
 
 def run_local(plan: Plan, root: Path, device: str = "auto", max_retries: int = 0,
@@ -82,15 +105,16 @@ def run_local(plan: Plan, root: Path, device: str = "auto", max_retries: int = 0
             say(f"run      {job.label}" + (f" (retry {attempt})" if attempt else ""))
             try:
                 execute(job, str(root), device, plugins)
-            except Exception:
+            except Exception as e:
                 err = traceback.format_exc()
                 if attempt < max_retries:
-                    say(f"retry    {job.label}: {err.strip().splitlines()[-1]}")
+                    say(f"retry    {job.label}: {one_line(e)}")
                     continue
-                _log_failure(root, job, err)
+                summary.logs[job.id] = _log_failure(root, job, err)
                 summary.failed[job.id] = err
+                summary.messages[job.id] = one_line(e)
                 bad.add(job.id)
-                say(f"FAILED   {job.label}: {err.strip().splitlines()[-1]}")
+                say(f"FAILED   {job.label}: {one_line(e)} (log: {summary.logs[job.id]})")
             else:
                 summary.ran.append(job.id)
                 say(f"done     {job.label} ({time.perf_counter() - t0:.1f} s)")
@@ -165,8 +189,9 @@ def run_ray(plan: Plan, root: Path, address: str | None = "local", device: str =
                 summary.ran.append(jid)
             elif all(job_done(jobs[d], root) for d in job.deps):
                 summary.failed[jid] = errors.get(jid, "job did not finish")
-                _log_failure(root, job, summary.failed[jid])
-                say(f"FAILED   {job.label}")
+                summary.messages[jid] = one_line(summary.failed[jid])
+                summary.logs[jid] = _log_failure(root, job, summary.failed[jid])
+                say(f"FAILED   {job.label}: {summary.messages[jid]} (log: {summary.logs[jid]})")
             else:
                 summary.blocked.append(jid)
     finally:
