@@ -156,6 +156,8 @@ def _data_problems(cfg: StudyConfig) -> list[str]:
              **{f"data.ood.{k}": v for k, v in cfg.data.ood.items()},
              **{f"data.task_sources.{k}": v for k, v in cfg.data.task_sources.items()}}
     for key, src in roles.items():
+        if src is None:  # no training images: every block evaluates existing checkpoints
+            continue
         kind, sep, arg = src.spec.partition(":")
         known_kind = (sep and arg and kind in SOURCES) or (not sep and src.spec in SOURCES)
         if not known_kind and not src.spec.startswith(("/", ".", "~")):
