@@ -233,7 +233,9 @@ def child(who: str, cache_dir: Path, sae_dir: Path, args: argparse.Namespace) ->
     if proc.returncode != 0:
         print(f"{who} on {cache_dir.name}: failed\n{proc.stderr[-3000:]}")
         return None
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"[{who} on {cache_dir.name}: {json.dumps(out)}]", flush=True)  # raw figures as soon as they exist
+    return out
 
 
 def main() -> None:
