@@ -156,3 +156,19 @@ def test_only_parameters_a_job_reads_enter_its_id(tmp_path: Path) -> None:
     assert {k for k in base if ids(browser_features=3)[k] != base[k]} == {"feature views", "report"}
     hyp = [{"id": "HX", "metric": "m1", "task": "task:x:raw", "threshold": 0.5}]
     assert {k for k in base if ids(hypotheses=hyp)[k] != base[k]} == {"analysis", "report"}
+
+
+def test_fixed_name_outputs_are_done_only_for_their_own_job(tmp_path: Path) -> None:
+    from visae.study.protocol import job_done, write_done
+
+    plan = plan_study(load_study_config(write_yaml(tmp_path, BASE)))
+    train = plan.of_kind("train")[0]
+    for out in train.outputs:  # SAEs trained by an earlier job (another grid): still done
+        write_done(tmp_path / out, {"job_id": "an-earlier-train-job", "kind": "sae"})
+    assert job_done(train, tmp_path)
+    for kind in ("collect", "analysis", "features", "report"):
+        job = plan.of_kind(kind)[0]
+        write_done(tmp_path / job.outputs[0], {"job_id": "an-earlier-" + kind})
+        assert not job_done(job, tmp_path), kind  # results/ of another plan must be redone
+        write_done(tmp_path / job.outputs[0], {"job_id": job.id})
+        assert job_done(job, tmp_path), kind

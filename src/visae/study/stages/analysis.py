@@ -24,7 +24,7 @@ class Params(StageParams):
 def plan(cfg: StudyConfig, collect: Job) -> Job:
     """The analysis job, after collect."""
     return make_job("analysis", "analysis", Params(hypotheses=list(cfg.hypotheses)), [collect],
-                    outputs=(ANALYSIS_DIR,))
+                    outputs=(ANALYSIS_DIR,), exact_done=True)
 
 
 def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:

@@ -55,14 +55,16 @@ class Stage(Generic[P]):
 
 
 def make_job(kind: str, label: str, params: StageParams, deps: list[Job], out_prefix: str | None = None,
-             outputs: tuple[str, ...] | None = None, wants_gpu: bool = False, **meta: Any) -> Job:
-    """A job of ``kind``; its output is ``<out_prefix>/<id>`` unless fixed ``outputs`` are given (then its
-    done.json must name it)."""
+             outputs: tuple[str, ...] | None = None, wants_gpu: bool = False, exact_done: bool = False,
+             **meta: Any) -> Job:
+    """A job of ``kind``; its output is ``<out_prefix>/<id>`` unless ``outputs`` are given. ``exact_done``:
+    outputs at fixed names (``results/`` …), done only when their done.json names this job; otherwise an
+    output with any done.json counts (a grown grid's train job finds its old SAEs done)."""
     data = params.model_dump(mode="json")
     jid = job_id(kind, data, deps)
     outs = outputs if outputs is not None else (f"{out_prefix}/{jid}",)
     return Job(id=jid, kind=kind, label=label, params=data, deps=tuple(d.id for d in deps), outputs=outs,
-               wants_gpu=wants_gpu, exact_done=outputs is not None and out_prefix is None, meta=meta)
+               wants_gpu=wants_gpu, exact_done=exact_done, meta=meta)
 
 
 class BackboneRef(StageParams):

@@ -61,7 +61,8 @@ def plan(saes: list[SAERecord], evals: list[Job], raws: list[Job], tasks: list[J
         raw=[RawOut(out=j.outputs[0], backbone=p.backbone, layer=p.layer) for j, p in raw_params],
         tasks=[TaskOut(out=j.outputs[0], backbone=p.backbone, layer=p.layer, task=p.task.name)
                for j, p in task_params])
-    return make_job("collect", "collect results", params, [*evals, *raws, *tasks], outputs=(RESULTS_DIR,))
+    return make_job("collect", "collect results", params, [*evals, *raws, *tasks], outputs=(RESULTS_DIR,),
+                    exact_done=True)
 
 
 def sae_entry(root: Path, s: SAERecord) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def plan(cfg: StudyConfig, saes: list[SAERecord], evals: list[Job], collect: Job
                         backbone=s.backbone, layer=s.layer, family=s.family, expansion=s.expansion, k=s.k)
              for s in saes]
     return make_job("features", "feature views", Params(saes=views, browser_features=cfg.browser_features),
-                    [collect], outputs=(FEATURES_DIR,), wants_gpu=True)
+                    [collect], outputs=(FEATURES_DIR,), wants_gpu=True, exact_done=True)
 
 
 def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:

@@ -24,7 +24,8 @@ class Params(StageParams):
 def plan(cfg: StudyConfig, analysis: Job, features: Job) -> Job:
     """The report job, after the analysis and the feature views."""
     params = Params(name=cfg.name, labels={b.name: b.display for b in cfg.backbones})
-    return make_job("report", "report", params, [analysis, features], outputs=(REPORT_DIR,))
+    return make_job("report", "report", params, [analysis, features], outputs=(REPORT_DIR,),
+                    exact_done=True)
 
 
 def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
