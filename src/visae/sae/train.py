@@ -302,15 +302,7 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
     run_record = {**{k: v for k, v in provenance.items() if k != "train_config"},
                   "settings": train_settings(cfg.to_dict())}
     _check_previous_run(out, run_record, dict(zip(names, specs, strict=True)), d_in, force)
-    mean_d = torch.as_tensor(cache_obj.mean_d, dtype=torch.float32)
-    trainees = []
-    for i, (spec, name) in enumerate(zip(specs, names, strict=True)):
-        init_seed = spec.seed if spec.seed is not None else cfg.seed + i
-        torch.manual_seed(init_seed)
-        sae = make_sae(spec.family, d_in, expansion=spec.expansion if spec.d_sae is None else None,
-                       d_sae=spec.d_sae, k=spec.k, **spec.hparams).to(device)
-        sae.set_normalization(mean_d, cache_obj.std)
-        trainees.append(_Trainee(spec, sae, cfg, name, init_seed))
+    trainees = _make_trainees(cache_obj, specs, names, cfg, device)
     n_per_epoch = cache_obj.n_batches(cfg.batch_size, 1)
     heldout_tail = _heldout_tail(cfg, n_per_epoch)
     trainable = n_per_epoch * cfg.epochs - heldout_tail
@@ -319,21 +311,10 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
         _note(f"train: steps={cfg.steps} is more than the cache holds ({trainable} batches of {cfg.batch_size} "
               f"tokens in {cfg.epochs} epoch(s), {heldout_tail} held out); capped at {trainable} steps. Raise "
               "epochs (--set epochs=N) to train longer")
-    start = 0
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RUN_FILE, run_record)
     remove_leftover_tmp(out, recursive=True)  # partial files of a killed run: never read, only reclaimed
-    state = _load_state(out)
-    _truncate_log(out / LOG_FILE, int(state["step"]) if state is not None else 0)
-    if state is not None:
-        saved = state["trainees"]
-        if set(saved) != set(names):
-            raise TrainStateMismatch(f"{out / STATE_FILE}: the saved run trained {sorted(saved)}, not {sorted(names)}; "
-                              f"use another --out folder")
-        for t in trainees:
-            t.load(saved[t.name])
-        torch.set_rng_state(state["rng"])
-        start = int(state["step"])
+    start = _resume(out, trainees, names)
     if start < total:
         on_gpu = device.type != "cpu"  # ship fp16 tokens, normalize on the device (half the copy, no CPU pass)
         sampled = cache_obj.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=True, epochs=cfg.epochs,
@@ -346,21 +327,62 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
             sampled.close()  # type: ignore[attr-defined]  # ends the sampler's reader thread
         _save_state(out, total, trainees, {})
     heldout_desc, held = _heldout(cache_obj, cfg, trainable)
-    paths = []
-    for t in trainees:
-        t.sae.eval()
-        info: dict[str, Any] = {"train_l0": t.sum_l0 / max(t.n_steps, 1), "steps": t.n_steps,
-                                "tokens": t.n_steps * cfg.batch_size, "heldout": heldout_desc,
-                                "init_seed": t.init_seed}
-        x_held = [h.to(device) for h in held]
-        if isinstance(t.sae, BatchTopKSAE):
-            info["calibration"] = calibrate_threshold(t.sae, x_held)
-        info["inference_l0"] = (sum(t.sae.inference_l0(h) * h.shape[0] for h in x_held)
-                                / max(sum(h.shape[0] for h in x_held), 1))
-        paths.append(save_sae(t.sae, safe_join(out, t.name), provenance={**provenance, **info}))
-        _append_jsonl(out / LOG_FILE, {"final": t.name, **info})
+    paths = [_finish_trainee(t, out, cfg, device, (heldout_desc, held), provenance) for t in trainees]
     atomic_write_json(out / "trained.json", {"saes": [str(p) for p in paths]})
     return paths
+
+
+def _make_trainees(cache_obj: TokenStream, specs: list[SAESpec], names: list[str], cfg: TrainConfig,
+                   device: torch.device) -> list[_Trainee]:
+    """A fresh SAE per spec, seeded (the spec's seed, else ``cfg.seed`` + its index) and normalized with
+    the stream's statistics."""
+    mean_d = torch.as_tensor(cache_obj.mean_d, dtype=torch.float32)
+    trainees = []
+    for i, (spec, name) in enumerate(zip(specs, names, strict=True)):
+        init_seed = spec.seed if spec.seed is not None else cfg.seed + i
+        torch.manual_seed(init_seed)
+        sae = make_sae(spec.family, cache_obj.d_model,
+                       expansion=spec.expansion if spec.d_sae is None else None,
+                       d_sae=spec.d_sae, k=spec.k, **spec.hparams).to(device)
+        sae.set_normalization(mean_d, cache_obj.std)
+        trainees.append(_Trainee(spec, sae, cfg, name, init_seed))
+    return trainees
+
+
+def _resume(out: Path, trainees: list[_Trainee], names: list[str]) -> int:
+    """Load the saved training state of ``out`` into ``trainees`` (and the RNG); return its step (0 when
+    none). The log keeps only the rows up to that step."""
+    state = _load_state(out)
+    _truncate_log(out / LOG_FILE, int(state["step"]) if state is not None else 0)
+    if state is None:
+        return 0
+    saved = state["trainees"]
+    if set(saved) != set(names):
+        raise TrainStateMismatch(f"{out / STATE_FILE}: the saved run trained {sorted(saved)}, "
+                                 f"not {sorted(names)}; use another --out folder")
+    for t in trainees:
+        t.load(saved[t.name])
+    torch.set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+def _finish_trainee(t: _Trainee, out: Path, cfg: TrainConfig, device: torch.device,
+                    heldout: tuple[str, list[torch.Tensor]], provenance: dict[str, Any]) -> Path:
+    """Calibrate (BatchTopK) and measure the inference L0 of a trained SAE on the held-out tokens, save
+    it under ``out`` with its provenance and log its final row; return its folder."""
+    heldout_desc, held = heldout
+    t.sae.eval()
+    info: dict[str, Any] = {"train_l0": t.sum_l0 / max(t.n_steps, 1), "steps": t.n_steps,
+                            "tokens": t.n_steps * cfg.batch_size, "heldout": heldout_desc,
+                            "init_seed": t.init_seed}
+    x_held = [h.to(device) for h in held]
+    if isinstance(t.sae, BatchTopKSAE):
+        info["calibration"] = calibrate_threshold(t.sae, x_held)
+    info["inference_l0"] = (sum(t.sae.inference_l0(h) * h.shape[0] for h in x_held)
+                            / max(sum(h.shape[0] for h in x_held), 1))
+    path = save_sae(t.sae, safe_join(out, t.name), provenance={**provenance, **info})
+    _append_jsonl(out / LOG_FILE, {"final": t.name, **info})
+    return path
 
 
 def training_stream(cache: Any) -> TokenStream:
