@@ -178,3 +178,33 @@ def test_the_checker_sees_cycles_and_back_edges() -> None:
     assert cycles(g) == [["visae.a", "visae.b", "visae.c"]]
     assert stage_of("visae.report.write") == "report" and stage_of("visae.study.cli") == "cli"
     assert RANK["study"] > RANK["report"] > RANK["analysis"] > RANK["results"]
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``file:line name (N lines)`` for each function or method of ``path`` longer than ``limit`` lines
+    (from ``def`` to its last line; decorators not counted)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    where = path.relative_to(SRC) if path.is_relative_to(SRC) else path
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            n_lines = (node.end_lineno or node.lineno) - node.lineno + 1
+            if n_lines > limit:
+                out.append(f"{where}:{node.lineno} {node.name} ({n_lines} lines)")
+    return out
+
+
+def test_no_function_over_80_lines() -> None:
+    bad = [row for path in modules().values() for row in long_functions(path)]
+    assert not bad, f"functions over {MAX_FUNCTION_LINES} lines (split them into helpers):\n" + "\n".join(bad)
+
+
+def test_the_length_check_sees_a_long_function(tmp_path: Path) -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(80))
+    (tmp_path / "m.py").write_text(f"@decorator\ndef long():\n{body}\n\n\ndef short():\n    pass\n")
+    rows = long_functions(tmp_path / "m.py", limit=80)
+    assert len(rows) == 1 and rows[0].endswith("long (81 lines)")
+    assert long_functions(tmp_path / "m.py", limit=81) == []
