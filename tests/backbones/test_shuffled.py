@@ -48,6 +48,11 @@ def test_wrapper_identity_and_registry() -> None:
     assert control_of("random-vit-s14") is not None and control_of("shuffled:random-vit-s14") == CONTROL
     with pytest.raises(ConfigError, match="name the backbone to wrap"):
         load_backbone("shuffled:")
+    import visae.study.testing  # noqa: F401  (registers tiny-vit-a)
+
+    wrapped = load_backbone("shuffled:tiny-vit-a", device="cpu")
+    assert isinstance(wrapped, ShuffledBackbone) and wrapped.name == "shuffled:tiny-vit-a"
+    assert wrapped.control == CONTROL and wrapped.layout.n_patches == 16
 
 
 NULL_DRAWS = 24
