@@ -170,3 +170,30 @@ def test_deleted_shard_is_rebuilt_on_rerun(bb, tmp_path):
     assert (path / "shard_00001.npy").read_bytes() == original
     c = open_cache(path, verify=True)
     assert c.n_images == 12 and (path / "progress.json").exists()
+
+
+def test_cli_weights_path_and_image_size_reach_the_backbone(bb, tmp_path, monkeypatch):
+    """The README's --weights-path and an --image-size option with help text; stdout is the folder alone."""
+    from typer.testing import CliRunner
+
+    from visae.cli import app
+
+    seen = {}
+
+    def load_backbone(name, device="auto", weights_path=None, image_size=None):
+        seen.update(name=name, weights_path=weights_path, image_size=image_size)
+        return bb
+
+    fake = types.ModuleType("visae.backbones.registry")
+    fake.load_backbone = load_backbone  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "visae.backbones.registry", fake)
+    help_text = CliRunner().invoke(app, ["cache", "--help"]).output
+    assert "--weights-path" in help_text and "--image-size" in help_text and "resolution" in help_text
+    weights = tmp_path / "w.safetensors"
+    r = CliRunner().invoke(app, ["cache", "--backbone", "tiny", "--source", "offline:faces", "--split", "test",
+                                 "--layer", "1", "--out", str(tmp_path / "c"), "--max-images", "4", "--num-workers",
+                                 "0", "--weights-path", str(weights), "--image-size", "32", "--set", "progress=false"])
+    assert r.exit_code == 0, r.output
+    assert seen == {"name": "tiny", "weights_path": str(weights), "image_size": 32}
+    folder = r.stdout.strip()
+    assert "\n" not in folder and "-faces-test-4-" in folder and (tmp_path / "c" / folder.split("/")[-1]).is_dir()
