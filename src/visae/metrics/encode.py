@@ -74,14 +74,14 @@ def inference_rule(sae: SAE) -> InferenceRule | None:
     enc = type(sae).encode
     if enc is BatchTopKSAE.encode and isinstance(sae, BatchTopKSAE):
         if not sae.calibrated:
-            return InferenceRule(k=int(sae.k or 1))
+            return InferenceRule(k=sae.k_per_token)
         return InferenceRule(threshold=float(sae.threshold.to(sae.W_enc.dtype).clamp_min(0.0)))
     if enc is JumpReLUSAE.encode and isinstance(sae, JumpReLUSAE):
         return InferenceRule(threshold=sae.threshold.detach().to(sae.W_enc.dtype))
     if enc is ReLUSAE.encode:
         return InferenceRule(threshold=0.0)
     if enc is TopKSAE.encode:
-        return InferenceRule(k=int(sae.k or 1))
+        return InferenceRule(k=sae.k_per_token)
     return None
 
 
