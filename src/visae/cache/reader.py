@@ -278,7 +278,7 @@ class ActivationCache:
                 n = os.preadv(fd, [view[done:]], offset + done)
                 if n <= 0:
                     raise CacheError(f"{p}: file ends early (read {done} of {want} bytes at offset {offset}); "
-                                     "delete the shard and rerun 'visae cache' to rebuild it")
+                                     "rerun 'visae cache' (the same command) with --verify to rebuild it")
                 done += n
         finally:
             os.close(fd)
@@ -298,7 +298,7 @@ class ActivationCache:
                 got = sha256_file(p)
                 if got != want:
                     raise CacheError(f"{name}: sha256 mismatch (manifest {want[:8]}…, file {got[:8]}…); "
-                                     "delete the shard and rerun 'visae cache' to rebuild it")
+                                     "rerun 'visae cache' (the same command) with --verify to rebuild it")
 
     def __repr__(self) -> str:
         m = self.manifest
