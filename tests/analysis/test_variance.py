@@ -86,3 +86,32 @@ def test_one_level_factor_gives_no_number() -> None:
     row = variance_decomposition(single).iloc[0]
     assert pd.isna(row["eta2_config"]) and "config has 1 level" in row["note"]
     assert pd.isna(row["f_backbone"]) and "no residual degrees of freedom" in row["note"]
+
+
+def test_seeds_separate_seed_noise_from_the_configuration_effect() -> None:
+    """Three seeds per cell: the interaction becomes estimable and the residual is the seed noise;
+    every share equals statsmodels' full-factorial anova_lm."""
+    rng = np.random.default_rng(5)
+    b_eff = dict(zip(BACKBONES, rng.normal(0, 1.0, 5), strict=True))
+    c_eff = dict(zip(CONFIGS, rng.normal(0, 0.5, 12), strict=True))
+    rows = [{"backbone": b, "family": "batchtopk", "expansion": e, "k": k, "layer": 11, "metric": "m1",
+             "seed": s, "value": b_eff[b] + c_eff[(e, k)] + rng.normal(0, 0.05) + rng.normal(0, 0.2)}
+            for b in BACKBONES for (e, k) in CONFIGS for s in (1, 2, 3)]
+    df = pd.DataFrame(rows)
+    ours = variance_decomposition(df).iloc[0]
+    table = anova_lm(smf.ols("value ~ C(backbone) + C(config) + C(backbone):C(config)", data=with_config(df)).fit())
+    total = table["sum_sq"].sum()
+    assert ours["n_seeds"] == 3 and ours["n_obs"] == 180
+    assert ours["eta2_backbone"] == pytest.approx(table.loc["C(backbone)", "sum_sq"] / total, abs=1e-10)
+    assert ours["eta2_config"] == pytest.approx(table.loc["C(config)", "sum_sq"] / total, abs=1e-10)
+    assert ours["eta2_interaction"] == pytest.approx(table.loc["C(backbone):C(config)", "sum_sq"] / total, abs=1e-10)
+    assert ours["eta2_seed"] == pytest.approx(table.loc["Residual", "sum_sq"] / total, abs=1e-10)
+    assert ours["p_config"] == pytest.approx(table.loc["C(config)", "PR(>F)"], rel=1e-6)
+    # the seed share is the within-cell sum of squares (closed form)
+    within = df.groupby(["backbone", "expansion", "k"])["value"].apply(lambda v: ((v - v.mean()) ** 2).sum()).sum()
+    assert ours["eta2_seed"] == pytest.approx(within / ((df["value"] - df["value"].mean()) ** 2).sum())
+
+
+def test_one_seed_per_cell_says_seed_noise_is_in_the_residual() -> None:
+    ours = variance_decomposition(study(2, 1.0, 0.5, 0.3)).iloc[0]
+    assert ours["n_seeds"] == 1 and ours["eta2_seed"] is None and "seed noise" in ours["note"]

@@ -172,3 +172,18 @@ def test_fixed_name_outputs_are_done_only_for_their_own_job(tmp_path: Path) -> N
         assert not job_done(job, tmp_path), kind  # results/ of another plan must be redone
         write_done(tmp_path / job.outputs[0], {"job_id": job.id})
         assert job_done(job, tmp_path), kind
+
+
+def test_seeds_train_in_the_same_job_and_leave_other_ids_alone(tmp_path: Path) -> None:
+    seeded = {**BASE, "saes": [{**BASE["saes"][0], "seeds": [1, 2, 3]}, *BASE["saes"][1:]]}
+    plan = plan_study(load_study_config(write_yaml(tmp_path, seeded)))
+    train_a = [j for j in plan.of_kind("train") if j.meta["backbone"] == "bb-a" and j.params["family"] == "batchtopk"]
+    members = train_a[0].params["saes"]
+    assert len(members) == 12 and sorted({m["seed"] for m in members}) == [1, 2, 3]  # 4 configs × 3 seeds, one pass
+    assert len({m["sae_id"] for m in members}) == 12
+    base = plan_study(load_study_config(write_yaml(tmp_path, BASE)))
+    jumprelu = {j.id for j in base.of_kind("train") if j.params["family"] == "jumprelu"}
+    assert jumprelu <= {j.id for j in plan.of_kind("train")}  # blocks without seeds keep their ids
+    bad = {**BASE, "saes": [{**BASE["saes"][0], "seeds": [1, 1]}]}
+    with pytest.raises(ConfigError, match="seeds"):
+        load_study_config(write_yaml(tmp_path, bad))

@@ -2,8 +2,11 @@
 
 Additive model without interaction, ``value ~ C(backbone) + C(config)`` with ``config`` = expansion × K as
 one factor (12 levels in the paper): with one SAE per cell the interaction is not estimable and is the
-residual. Sums of squares are sequential (Type I, backbone first), which is what ``statsmodels``'
-``anova_lm`` reports by default; on a complete grid they equal Type II and III. η² = SS_factor / SS_total.
+residual. When a study trains several seeds per configuration (``seeds:`` in an SAE block), cells hold
+replicates and the model gains the interaction, ``+ C(backbone):C(config)``: the residual is then the
+within-cell spread, i.e. seed noise (``eta2_seed``), separated from the hyper-parameter effect. Sums of
+squares are sequential (Type I, backbone first), which is what ``statsmodels``' ``anova_lm`` reports by
+default; on a complete grid they equal Type II and III. η² = SS_factor / SS_total.
 """
 
 from __future__ import annotations
@@ -18,13 +21,20 @@ from visae.results.schema import parse_task_metric, with_config
 
 COLUMNS = ["metric", "n_obs", "n_backbones", "n_configs", "eta2_backbone", "eta2_config", "eta2_resid",
            "ss_backbone", "ss_config", "ss_resid", "ss_total", "df_backbone", "df_config", "df_resid",
-           "f_backbone", "p_backbone", "f_config", "p_config", "note"]
+           "f_backbone", "p_backbone", "f_config", "p_config", "n_seeds", "eta2_interaction", "eta2_seed",
+           "ss_interaction", "df_interaction", "note"]
 
 
 def _dummies(levels: np.ndarray) -> np.ndarray:
     """Treatment-coded indicator columns (first level dropped)."""
     uniq = np.unique(levels)
     return (levels[:, None] == uniq[None, 1:]).astype(float)
+
+
+def _interaction(b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Products of the backbone and configuration indicator columns (the interaction's design)."""
+    db, dc = _dummies(b), _dummies(c)
+    return (db[:, :, None] * dc[:, None, :]).reshape(len(b), -1)
 
 
 def _rss(design: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -60,11 +70,23 @@ def anova_two_way(values: Sequence[float], backbone: Sequence[str], config: Sequ
     rss_bc, rank_bc = _rss(x_bc, y)
     ss_b, ss_c, ss_r = ss_total - rss_b, rss_b - rss_bc, rss_bc
     df_b, df_c, df_r = rank_b - 1, rank_bc - rank_b, len(y) - rank_bc
+    cells = pd.Series(1, index=pd.MultiIndex.from_arrays([b, c])).groupby(level=[0, 1]).size()
+    out["n_seeds"] = int(cells.max())
+    if cells.max() > 1:  # replicates: interaction estimable, the residual is within-cell (seed) noise
+        x_full = np.hstack([x_bc, _interaction(b, c)])
+        rss_full, rank_full = _rss(x_full, y)
+        out.update(ss_interaction=rss_bc - rss_full, df_interaction=rank_full - rank_bc)
+        ss_r, df_r = rss_full, len(y) - rank_full
     out.update(ss_total=ss_total, ss_resid=ss_r, df_resid=df_r)
     if ss_total <= 0:
         out["note"] = "zero total variance; η² is undefined"
         return out
     out["eta2_resid"] = ss_r / ss_total
+    if out["ss_interaction"] is not None:
+        out["eta2_interaction"] = float(out["ss_interaction"]) / ss_total  # type: ignore[arg-type]
+        out["eta2_seed"] = ss_r / ss_total
+    else:
+        notes.append("one SAE per (backbone, configuration): seed noise is part of the residual")
     for name, ss, df, levels in (("backbone", ss_b, df_b, n_b), ("config", ss_c, df_c, n_c)):
         if levels < 2:
             notes.append(f"{name} has {levels} level(s); its effect is not estimable")

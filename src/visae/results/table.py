@@ -19,9 +19,10 @@ from visae.results.layout import DETAILS_FILE, RESULTS_DIR, RESULTS_FILE
 from visae.results.schema import higher_is_better, m7_grid_metric, task_metric
 
 COLUMNS = ["backbone", "family", "expansion", "k", "layer", "metric", "value", "higher_is_better", "sae_id",
-           "grid", "l0", "sae_config"]
+           "grid", "l0", "sae_config", "seed", "ci_low", "ci_high"]
 _CURVE_FIELDS = ("curve", "auc_curve", "aucs")
-_SKIP_FIELDS = {"metric", "value", "higher_is_better", "note"}
+_INTERVAL_FIELDS = ("ci_low", "ci_high", "ci_level", "ci_method")
+_SKIP_FIELDS = {"metric", "value", "higher_is_better", "note", *_INTERVAL_FIELDS}
 
 
 def _num(x: Any) -> float | None:
@@ -82,6 +83,17 @@ def metric_rows(name: str, record: Mapping[str, Any]) -> list[tuple[str, float, 
     return rows
 
 
+def interval_of(record: Mapping[str, Any]) -> dict[str, float]:
+    """``ci_low``/``ci_high`` of a record's headline (NaN when it carries no interval)."""
+    result = record.get("result", {}) or {}
+    return {k: math.nan if _num(result.get(k)) is None else float(result[k]) for k in ("ci_low", "ci_high")}
+
+
+def _with_interval(rows: list[dict[str, Any]], name: str, record: Mapping[str, Any]) -> None:
+    for row in rows:
+        row.update(interval_of(record) if row["metric"] == name else {"ci_low": math.nan, "ci_high": math.nan})
+
+
 def is_detail(metric: str) -> bool:
     """Secondary numbers (``m2.mean_l0``, ``m6.datasets.dtd.preservation`` …) that stay out of the main table."""
     head = metric.split(":", 1)[0].split("@", 1)[0]
@@ -106,9 +118,12 @@ def sae_rows(eval_dir: Path, sae: Mapping[str, Any]) -> list[dict[str, Any]]:
     (sae_id, backbone, layer, family, expansion, k, grid, train)."""
     base = {"backbone": sae["backbone"], "family": sae["family"], "expansion": float(sae["expansion"]),
             "k": float(sae["k"]), "layer": int(sae["layer"]), "sae_id": sae["sae_id"], "grid": sae.get("grid", ""),
+            "seed": math.nan if sae.get("seed") is None else float(sae["seed"]),
             "sae_config": json.dumps({"family": sae["family"], "expansion": sae["expansion"], "k": sae["k"],
                                       "train": sae.get("train", {}),
-                                      **({"source": sae["source"]} if sae.get("source") else {})}, sort_keys=True)}
+                                      **({"source": sae["source"]} if sae.get("source") else {}),
+                                      **({"seed": sae["seed"]} if sae.get("seed") is not None else {})},
+                                     sort_keys=True)}
     l0 = math.nan
     rows: list[dict[str, Any]] = []
     for path in sorted(eval_dir.glob("*.json")):
@@ -116,10 +131,13 @@ def sae_rows(eval_dir: Path, sae: Mapping[str, Any]) -> list[dict[str, Any]]:
         if rec is None:
             continue
         name = str(rec.get("metric", path.stem))
-        for metric, value, hib in metric_rows(name, rec):
-            rows.append({**base, "metric": metric, "value": value, "higher_is_better": _direction(metric, hib)})
-            if metric in ("m2.mean_l0", "m2.l0") and math.isnan(l0):
-                l0 = value
+        record_rows = [{**base, "metric": metric, "value": value, "higher_is_better": _direction(metric, hib)}
+                       for metric, value, hib in metric_rows(name, rec)]
+        _with_interval(record_rows, name, rec)
+        rows.extend(record_rows)
+        for row in record_rows:
+            if row["metric"] in ("m2.mean_l0", "m2.l0") and math.isnan(l0):
+                l0 = row["value"]
     for r in rows:
         r["l0"] = l0
     return rows
@@ -127,9 +145,11 @@ def sae_rows(eval_dir: Path, sae: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def raw_rows(record: Mapping[str, Any], backbone: str, layer: int) -> list[dict[str, Any]]:
     """Rows of one raw-backbone diagnostic record (family ``raw``, no SAE)."""
-    return [{"backbone": backbone, "family": "raw", "expansion": math.nan, "k": math.nan, "layer": int(layer),
+    rows = [{"backbone": backbone, "family": "raw", "expansion": math.nan, "k": math.nan, "layer": int(layer),
              "metric": metric, "value": value, "sae_id": "", "grid": "", "higher_is_better": _direction(metric, hib),
-             "l0": math.nan, "sae_config": ""} for metric, value, hib in metric_rows("raw", record)]
+             "l0": math.nan, "sae_config": "", "seed": math.nan} for metric, value, hib in metric_rows("raw", record)]
+    _with_interval(rows, "raw", record)
+    return rows
 
 
 def task_record_rows(record: Mapping[str, Any], task: str, backbone: str, layer: int,

@@ -68,6 +68,9 @@ class SAEGrid(FrozenConfig):
     backbones: list[str] | None = Field(None, description="restrict to these backbone names (None: all)")
     layers: list[int] | None = Field(None, description="layers to train on (None: the study's main layers)")
     hparams: dict[str, Any] = Field(default_factory=dict, description="family hyper-parameters (JumpReLU bandwidth …)")
+    seeds: list[int] | None = Field(None, description="initialisation seeds: each configuration is trained once per "
+                                    "seed, all on the same pass (None: one SAE per configuration); the variance "
+                                    "decomposition then separates seed noise from the hyper-parameter effect")
     metrics: list[str] | None = Field(None, description="metrics of these SAEs (None: the study's 'metrics')")
     train: dict[str, Any] = Field(default_factory=dict, description="training settings that override the study's 'train'")
 
@@ -85,7 +88,11 @@ class SAEGrid(FrozenConfig):
                 if not getattr(self, key):
                     raise ValueError(f"{key}: must be a non-empty list of positive integers (or name existing "
                                      "SAEs with 'checkpoints')")
-        elif self.expansions or self.ks or self.train or self.hparams:
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError("seeds: must be a non-empty list of distinct integers")
+        if self.checkpoints is not None and self.seeds is not None:
+            raise ValueError("a block of existing 'checkpoints' trains nothing: drop seeds")
+        if self.checkpoints is not None and (self.expansions or self.ks or self.train or self.hparams):
             raise ValueError("a block of existing 'checkpoints' trains nothing: drop expansions, ks, train and "
                              "hparams (the checkpoints carry their own)")
         return self

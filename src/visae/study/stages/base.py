@@ -91,6 +91,8 @@ class SAERecord(StageParams):
     k: int = Field(description="K (target L0 for jumprelu/relu)")
     train: dict[str, Any] = Field(description="training settings")
     hparams: dict[str, Any] | None = Field(None, description="family hyper-parameters (absent when none)")
+    seed: int | None = Field(None, description="initialisation seed, when the block lists seeds (absent: "
+                             "the training seed plus the SAE's position in its group)")
     eval: str | None = Field(None, description="its evaluation folder")
     eval_job: str | None = Field(None, description="id of its evaluation job")
     source: str | None = Field(None, description="an existing checkpoint's reference (None: trained by the study)")

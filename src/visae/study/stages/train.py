@@ -3,6 +3,7 @@ over the training cache. Each SAE has its own folder and done.json, so a grown g
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from pathlib import Path
@@ -38,15 +39,16 @@ def _group_members(cfg: StudyConfig, backbone: BackboneSpec, layer: int, grids: 
         train_settings = {**cfg.train, **grid.train}
         key = hash_json({"family": grid.family, "train": train_settings, "hparams": grid.hparams})
         metrics = list(grid.metrics if grid.metrics is not None else cfg.metrics)
-        for expansion in grid.expansions:
-            for k in grid.ks:
-                sae_params = {"family": grid.family, "expansion": expansion, "k": k, "train": train_settings,
-                              **({"hparams": dict(grid.hparams)} if grid.hparams else {})}
-                sid = sae_id_for(sae_params, train_cache)
-                group = groups.setdefault(key, [])
-                if all(r.sae_id != sid for r in group):
-                    group.append(SAERecord(sae_id=sid, out=f"{SAES_DIR}/{sid}", grid=grid.name, backbone=backbone.name,
-                                           layer=layer, metrics=metrics, **sae_params))
+        seeds: list[int | None] = list(grid.seeds) if grid.seeds is not None else [None]
+        for expansion, k, seed in itertools.product(grid.expansions, grid.ks, seeds):
+            sae_params = {"family": grid.family, "expansion": expansion, "k": k, "train": train_settings,
+                          **({"hparams": dict(grid.hparams)} if grid.hparams else {}),
+                          **({"seed": seed} if seed is not None else {})}
+            sid = sae_id_for(sae_params, train_cache)
+            group = groups.setdefault(key, [])
+            if all(r.sae_id != sid for r in group):
+                group.append(SAERecord(sae_id=sid, out=f"{SAES_DIR}/{sid}", grid=grid.name, backbone=backbone.name,
+                                       layer=layer, metrics=metrics, **sae_params))
     return groups
 
 
@@ -82,8 +84,8 @@ def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
     if not todo:
         return {"trained": 0}
     cache = open_job_cache(root, p.cache)
-    specs = [SAESpec(family=m.family, expansion=m.expansion, k=m.k, hparams=dict(m.hparams or {}), name=m.sae_id)
-             for m in todo]
+    specs = [SAESpec(family=m.family, expansion=m.expansion, k=m.k, hparams=dict(m.hparams or {}), name=m.sae_id,
+                     seed=m.seed) for m in todo]
     settings = {"seed": p.seed, "progress": False, **p.train, "device": device}
     cfg = build_config(TrainConfig, settings, source=f"study train settings ({job.label})")
     work = root / TRAIN_DIR / job.id
