@@ -4,14 +4,17 @@ whose builder raises is caught, the study's own hypotheses reach it, and a headl
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import spearmanr
+from scipy.stats import sem, spearmanr
+from scipy.stats import t as t_dist
 
 # Helper modules beside the tests (importlib import mode puts no test folder on sys.path).
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "study")]
@@ -117,6 +120,16 @@ def test_report_tables_hold_the_results(study_dir: Path) -> None:
     rho, p = spearmanr(m3.to_numpy(), r1.reindex(m3.index).to_numpy())
     assert hyp.loc["H3-mine", "rho"] == f"{rho:.3f}" and hyp.loc["H3-mine", "p"] == f"{p:.3f}"
     assert hyp.loc["H3-mine", "n"] == "4"
+    # the exact permutation p: the share of the 4! pairings whose |ρ| reaches the observed one
+    y = r1.reindex(m3.index).to_numpy()
+    perms = [abs(spearmanr(m3.to_numpy(), y[list(o)])[0]) for o in itertools.permutations(range(4))]
+    assert hyp.loc["H3-mine", "p_exact"] == f"{np.mean(np.array(perms) >= abs(rho) - 1e-12):.3f}"
+    unc = tables["Uncertainty — headline metrics per backbone"]
+    got = unc[(unc["backbone"] == "BB-A") & (unc["metric"] == "m1")].iloc[0]["mean over SAEs [95 % t-interval]"]
+    vals = results[(results["metric"] == "m1") & (results["backbone"] == "bb-a") & (results["layer"] == 11)
+                   & (results["family"] == "batchtopk")]["value"].to_numpy(dtype=float)
+    low, high = t_dist.interval(0.95, len(vals) - 1, loc=vals.mean(), scale=sem(vals))
+    assert got == f"{vals.mean():.3f} [{low:.3f}, {high:.3f}] (n = {len(vals)})"
     variance = tables["Table 3 — η² per metric"].set_index("metric")
     n_m1 = len(results[(results["metric"] == "m1") & (results["family"] == "batchtopk") & (results["layer"] == 11)])
     assert variance.loc["m1", "n_obs"] == str(n_m1)

@@ -16,7 +16,7 @@ from visae.analysis.hypotheses import sae_metrics
 from visae.analysis.stats import Correlation, backbone_means, spearman
 from visae.results.schema import higher_is_better
 
-CONSISTENCY_COLUMNS = ["metric", "family_a", "family_b", "ranking_a", "ranking_b", "n", "rho", "p",
+CONSISTENCY_COLUMNS = ["metric", "family_a", "family_b", "ranking_a", "ranking_b", "n", "rho", "p", "p_exact",
                        "higher_is_better", "note"]
 
 
@@ -56,5 +56,6 @@ def rank_consistency(df: pd.DataFrame, family_a: str = "batchtopk", family_b: st
             note = f"no backbone has {metric} under both {family_a} and {family_b}"
         rows.append({"metric": metric, "family_a": family_a, "family_b": family_b,
                      "ranking_a": ", ".join(rank_a), "ranking_b": ", ".join(rank_b), "n": corr.n,
-                     "rho": corr.rho, "p": corr.p, "higher_is_better": hib, "note": note})
+                     "rho": corr.rho, "p": corr.p, "p_exact": corr.p_exact, "higher_is_better": hib,
+                     "note": note})
     return pd.DataFrame(rows, columns=CONSISTENCY_COLUMNS)

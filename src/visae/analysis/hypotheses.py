@@ -23,7 +23,7 @@ _TOL = 1e-9  # ρ = 0.6 computed in floating point must still meet a 0.6 thresho
 
 __all__ = ["PREREGISTERED", "Hypothesis", "correlation_matrix", "correlation_table", "evaluate_hypotheses"]
 
-HYPOTHESIS_COLUMNS = ["id", "metric", "task", "threshold", "n", "rho", "p", "verdict", "backbones", "note",
+HYPOTHESIS_COLUMNS = ["id", "metric", "task", "threshold", "n", "rho", "p", "p_exact", "verdict", "backbones", "note",
                       "description"]
 
 
@@ -56,7 +56,8 @@ def evaluate_hypotheses(df: pd.DataFrame, hypotheses: Sequence[Hypothesis] = PRE
             absent = [m for m in (h.metric, h.task) if m not in have]
             note = f"no rows for {', '.join(absent)}" if absent else "no backbone has both numbers"
         rows.append({"id": h.id, "metric": h.metric, "task": h.task, "threshold": h.threshold, "n": corr.n,
-                     "rho": corr.rho, "p": corr.p, "verdict": verdict(corr.rho, corr.p, h.threshold, h.alpha),
+                     "rho": corr.rho, "p": corr.p, "p_exact": corr.p_exact,
+                     "verdict": verdict(corr.rho, corr.p, h.threshold, h.alpha),
                      "backbones": ",".join(pair.index), "note": note, "description": h.description})
     return pd.DataFrame(rows, columns=HYPOTHESIS_COLUMNS)
 
@@ -81,8 +82,8 @@ def correlation_table(df: pd.DataFrame, metrics: Sequence[str] | None = None,
             pair = paired_means(df, metric, task)
             corr = spearman(pair["metric"].to_numpy(), pair["task"].to_numpy())
             rows.append({"metric": metric, "task": task, "n": corr.n, "rho": corr.rho, "p": corr.p,
-                         "note": corr.note})
-    return pd.DataFrame(rows, columns=["metric", "task", "n", "rho", "p", "note"])
+                         "p_exact": corr.p_exact, "note": corr.note})
+    return pd.DataFrame(rows, columns=["metric", "task", "n", "rho", "p", "p_exact", "note"])
 
 
 def correlation_matrix(table: pd.DataFrame) -> pd.DataFrame:

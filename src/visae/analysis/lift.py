@@ -10,7 +10,7 @@ from visae.analysis.stats import spearman
 from visae.results.schema import parse_task_metric, task_metric, with_config
 
 LIFT_COLUMNS = ["task", "backbone", "raw", "codes_mean", "lift_mean", "lift_std", "n_configs", "note"]
-LIFT_CORR_COLUMNS = ["task", "n", "rho", "p", "lowest_lift", "highest_lift", "note"]
+LIFT_CORR_COLUMNS = ["task", "n", "rho", "p", "p_exact", "lowest_lift", "highest_lift", "note"]
 
 
 def lifted_tasks(df: pd.DataFrame) -> list[str]:
@@ -60,7 +60,7 @@ def lift_correlation(lift: pd.DataFrame) -> pd.DataFrame:
         corr = spearman(sub["raw"].to_numpy(), sub["lift_mean"].to_numpy())
         lo = sub.loc[sub["lift_mean"].idxmin()] if len(sub) else None
         hi = sub.loc[sub["lift_mean"].idxmax()] if len(sub) else None
-        rows.append({"task": task, "n": corr.n, "rho": corr.rho, "p": corr.p,
+        rows.append({"task": task, "n": corr.n, "rho": corr.rho, "p": corr.p, "p_exact": corr.p_exact,
                      "lowest_lift": f"{lo['backbone']} {lo['lift_mean']:.2f}" if lo is not None else "",
                      "highest_lift": f"{hi['backbone']} {hi['lift_mean']:.2f}" if hi is not None else "",
                      "note": corr.note})

@@ -21,10 +21,46 @@ def _analysis_table(d: ReportData, name: str, why: str) -> pd.DataFrame:
 
 
 def table_variance(d: ReportData) -> pd.DataFrame:
-    """Table 3."""
+    """Table 3 (with the interaction and the seed share when the study trained several seeds)."""
     t = _analysis_table(d, "variance_decomposition", "needs ≥ 2 backbones × ≥ 2 configurations")
     t = t[t["metric"].isin([*HEADLINE, "raw"])]
-    return t[["metric", "n_obs", "eta2_backbone", "eta2_config", "eta2_resid", "p_backbone", "p_config", "note"]]
+    cols = ["metric", "n_obs", "eta2_backbone", "eta2_config", "eta2_resid", "p_backbone", "p_config", "note"]
+    if "eta2_seed" in t and t["eta2_seed"].notna().any():
+        cols[4:5] = ["eta2_interaction", "eta2_seed"]
+        cols.insert(2, "n_seeds")
+    return t[cols]
+
+
+def _interval_text(mean: float, low: float | None, high: float | None, n: int) -> str:
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{mean:.3f} (n = {n})"
+    return f"{mean:.3f} [{low:.3f}, {high:.3f}] (n = {n})"
+
+
+def table_uncertainty(d: ReportData) -> pd.DataFrame:
+    """Per backbone and headline metric: the mean over SAEs with its 95 % t-interval over SAEs, and the
+    median width of the per-SAE bootstrap intervals over images (how much the image sample alone moves a
+    number)."""
+    from visae.uncertainty import mean_interval
+
+    res = d.results[d.results["metric"].isin([*HEADLINE, "raw"])]
+    if d.layer is not None:
+        res = res[res["layer"] == d.layer]
+    if d.family is not None:
+        res = res[(res["family"] == d.family) | (res["metric"] == "raw")]
+    res = res[np.isfinite(res["value"].astype(float))]
+    if res.empty:
+        raise NotEnoughData("no headline metric values")
+    has_ci = {"ci_low", "ci_high"} <= set(res.columns)
+    rows = []
+    for (b, metric), g in res.groupby(["backbone", "metric"], sort=True):
+        values = g["value"].astype(float).to_numpy()
+        iv = mean_interval(values, 0.95)
+        width = (g["ci_high"].astype(float) - g["ci_low"].astype(float)).dropna() if has_ci else pd.Series([])
+        rows.append({"backbone": d.label(str(b)), "metric": metric,
+                     "mean over SAEs [95 % t-interval]": _interval_text(float(values.mean()), iv.low, iv.high, iv.n),
+                     "median bootstrap width over images": f"{width.median():.3f}" if len(width) else "—"})
+    return pd.DataFrame(rows)
 
 
 def table_raw(d: ReportData) -> pd.DataFrame:
@@ -103,7 +139,9 @@ def table_consistency(d: ReportData) -> pd.DataFrame:
 def table_hypotheses(d: ReportData) -> pd.DataFrame:
     """Hypothesis verdicts."""
     t = _analysis_table(d, "hypotheses", "no hypotheses evaluated")
-    cols = ["id", "metric", "task", "threshold", "n", "rho", "p", "verdict", "note"]
+    cols = ["id", "metric", "task", "threshold", "n", "rho", "p", "p_exact", "verdict", "note"]
+    if "p_exact" not in t:
+        cols.remove("p_exact")
     if "backbones" in t:  # the n backbones by display name (controls marked)
         t = t.assign(backbones=[", ".join(d.label(b) for b in str(v).split(",") if b) for v in t["backbones"].fillna("")])
         cols.insert(5, "backbones")

@@ -37,6 +37,10 @@ def _overview(r: Report, d: ReportData) -> None:
         r.raw(f"<p class='small'>{esc(n)}</p>")
     r.figure("Figure 1a — metric profile", "Per-backbone means over configurations, min–max normalized per metric "
              "across backbones; lower-is-better metrics (M2, M7) inverted so 1 is best.", lambda: F.fig_profile(d))
+    r.table("Uncertainty — headline metrics per backbone", "Mean over the SAEs of the main slice with a 95 % "
+            "Student-t interval over those SAEs; beside it, the median width of each SAE's 95 % Poisson bootstrap "
+            "interval over evaluation images (the image sample's share of the uncertainty).",
+            lambda: T.table_uncertainty(d))
     r.figure("Figure 1b — per-feature Moran's I", "Distribution of per-feature mean Moran's I of evaluable features "
              "(all SAEs of the main slice pooled) against the null −1/(P−1).", lambda: F.fig_moran_distributions(d))
 
