@@ -125,3 +125,15 @@ def test_evaluate_writes_intervals_and_turns_them_off(cache, tmp_path) -> None:
     without = evaluate(sae, cache, metrics=["m2"], device="cpu", bootstrap={"n_boot": 0})
     assert with_ci["m2"].value == pytest.approx(without["m2"].value)
     assert with_ci["m2"].ci_low is not None and without["m2"].ci_low is None
+
+
+def test_raw_diagnostic_interval_from_indexed_groups(cache) -> None:
+    from visae.metrics.raw_spatial import RawConfig, compute_raw
+
+    grid = (cache.layout.grid_h, cache.layout.grid_w)
+    groups = [(acts, grid, index) for index, acts in cache.iter_images(group_size=6)]
+    cfg = RawConfig(min_valid_images=5)
+    with_ci, _, _ = compute_raw(groups, cfg, bootstrap=BootstrapConfig(n_boot=40))
+    plain, _, _ = compute_raw([(a, g) for a, g, _ in groups], cfg)
+    assert with_ci.value == pytest.approx(plain.value)
+    assert plain.ci_low is None and with_ci.ci_low is not None and with_ci.ci_high is not None

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
 from visae.metrics.m1_spatial import MoranAccumulator, SpatialSummary, write_feature_table
+from visae.uncertainty import BootstrapConfig
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -83,19 +84,25 @@ def _summarize_raw(acc: MoranAccumulator, config: RawConfig) -> RawResult:
                                     f"{config.variance_eps}; lower raw.min_valid_images or use more images")
 
 
-def compute_raw(batches: Iterable[tuple[torch.Tensor, tuple[int, int]]], config: RawConfig | None = None,
-                input_scale: float = 1.0) -> tuple[RawResult, np.ndarray, np.ndarray]:
+def compute_raw(batches: Iterable[tuple[torch.Tensor, tuple[int, int]]
+                                 | tuple[torch.Tensor, tuple[int, int], np.ndarray]],
+                config: RawConfig | None = None, input_scale: float = 1.0,
+                bootstrap: BootstrapConfig | None = None) -> tuple[RawResult, np.ndarray, np.ndarray]:
     """Raw diagnostic over ``(acts_npd, grid_hw)`` groups: result, per-channel mean I and valid counts.
 
     ``input_scale`` is the factor that maps the given activations back to raw units (the SAE's std when
-    they were normalized), so that the variance rule is applied in raw units.
+    they were normalized), so that the variance rule is applied in raw units. Groups given as
+    ``(acts_npd, grid_hw, image_index_n)`` feed the ``bootstrap`` interval.
     """
     config = config or RawConfig()
     acc: RawAccumulator | None = None
-    for acts_npd, grid_hw in batches:
+    for group in batches:
+        acts_npd, grid_hw = group[0], group[1]
         if acc is None:
             acc = RawAccumulator(acts_npd.shape[-1], config, acts_npd.device, input_scale)
-        acc.update(acts_npd, grid_hw)
+            if bootstrap is not None:
+                acc.enable_bootstrap(bootstrap)
+        acc.update(acts_npd, grid_hw, group[2] if len(group) > 2 else None)
     if acc is None:
         raise ValueError("raw: no images were given")
     means, count = acc.feature_means()

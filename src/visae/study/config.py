@@ -17,6 +17,7 @@ from visae.config import FrozenConfig, build_config, read_yaml
 from visae.errors import ConfigError
 from visae.results.hypotheses import Hypothesis
 from visae.sae.existing import CheckpointSpec, ExistingSAE, expand, release_specs
+from visae.uncertainty import BootstrapConfig
 
 TEST_ROLE = "@test"
 """Suffix of the role of an OOD set's official test split (its own cache)."""
@@ -166,6 +167,8 @@ class StudyConfig(FrozenConfig):
     eval_group_size: int = Field(64, ge=1, description="images per encoding group in evaluation (paper Table 2)")
     browser_features: int = Field(64, ge=0, description="features per sort key in the feature browser")
     seed: int = Field(42, description="seed of every random choice (paper Table 1)")
+    bootstrap: BootstrapConfig | None = Field(None, description="intervals beside every headline metric: "
+                                              "n_boot, level, seed (None: 200 replicates, 95 %)")
     plugins: list[str] = Field(
         default_factory=list, description="modules imported before every job (they may register backbones, sources)")
 

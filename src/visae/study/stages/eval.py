@@ -26,7 +26,7 @@ from visae.study.stages.cache import backbone_ref
 class Params(StageParams):
     """One SAE's evaluation."""
 
-    omit_when_none = ("ood_test",)
+    omit_when_none = ("ood_test", "bootstrap")
 
     sae: str = Field(description="the SAE's folder")
     sae_id: str = Field(description="its content id")
@@ -39,6 +39,7 @@ class Params(StageParams):
     metric_configs: dict[str, dict[str, Any]] = Field(description="per-metric settings")
     group_size: int = Field(description="images per encoding group")
     seed: int = Field(description="the study's seed")
+    bootstrap: dict[str, Any] | None = Field(None, description="bootstrap settings (None: the defaults)")
 
 
 def evaluator_ref(cfg: StudyConfig, backbone: BackboneSpec) -> BackboneRef | None:
@@ -61,7 +62,8 @@ def plan(cfg: StudyConfig, backbone: BackboneSpec, layer: int, sae: SAERecord, t
                     ood={k: v.outputs[0] for k, v in ood.items()},
                     ood_test={k: v.outputs[0] for k, v in ood_tests.items()} or None,
                     backbone=backbone.name, evaluator=evaluator_ref(cfg, backbone), metrics=sae.metrics,
-                    metric_configs=cfg.metric_configs, group_size=cfg.eval_group_size, seed=cfg.seed)
+                    metric_configs=cfg.metric_configs, group_size=cfg.eval_group_size, seed=cfg.seed,
+                    bootstrap=cfg.bootstrap.to_dict() if cfg.bootstrap is not None else None)
     return make_job("eval", f"eval {backbone.name} L{layer} {sae.family} {sae.expansion}x k{sae.k}", params,
                     [train_job, eval_cache, *ood.values(), *ood_tests.values()], EVALS_DIR, wants_gpu=True,
                     backbone=backbone.name, layer=layer, sae_id=sae.sae_id)
@@ -96,7 +98,7 @@ def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
     for name, extra in study_metric_extras(p, root).items():
         configs[name] = {**extra, **configs.get(name, {})}
     results = evaluate(sae, cache, metrics=p.metrics, out_dir=root / job.outputs[0], configs=configs, device=device,
-                       group_size=p.group_size, backbone=p.backbone)
+                       group_size=p.group_size, backbone=p.backbone, bootstrap=p.bootstrap)
     return {"values": {k: v.value for k, v in results.items()}}
 
 
