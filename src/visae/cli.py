@@ -58,7 +58,8 @@ EXTRAS = {
 
 @app.command()
 def info() -> None:
-    """Version, device, installed extras, and the registered backbones, sources, SAE families, metrics, tasks."""
+    """Version, device, installed extras, and the registered backbones, sources, SAE families, metrics,
+    tasks."""
     import torch
 
     from visae.device import pick_device
