@@ -78,7 +78,8 @@ class Registry(Generic[T]):
         """Register ``"module:attr"``, imported on the first lookup of ``name``."""
         module, sep, attr = target.partition(":")
         if not sep or not module or not attr:
-            raise ConfigError(f"{self.kind} {name!r}: lazy target {target!r} must read 'package.module:attribute'")
+            raise ConfigError(f"{self.kind} {name!r}: lazy target {target!r} must read "
+                              "'package.module:attribute'")
         self._add(name, None, target, aliases, summary, overwrite)
 
     def register_package(self, package: str, entries: Iterable[tuple[str, str, str]]) -> None:
@@ -91,15 +92,18 @@ class Registry(Generic[T]):
         key = self._normalize(name)
         old = self._entries.get(key)
         if old is not None and not overwrite and not self._fulfils(old, value):
-            raise self.error(f"{self.kind} {name!r} is already registered ({old.target or _where(old.value)}); "
-                             "choose another name, or pass overwrite=True to replace it")
+            raise self.error(f"{self.kind} {name!r} is already registered "
+                             f"({old.target or _where(old.value)}); choose another name, or pass "
+                             "overwrite=True to replace it")
         if key in self._aliases and not overwrite:
-            raise self.error(f"{self.kind} {name!r} is already an alias of {self._aliases[key]!r}; choose another name")
+            raise self.error(f"{self.kind} {name!r} is already an alias of {self._aliases[key]!r}; choose "
+                             "another name")
         folded_aliases = [self._normalize(alias) for alias in aliases]
         for alias, folded in zip(aliases, folded_aliases, strict=True):
             owner = self._aliases.get(folded)
             if (folded in self._entries or (owner is not None and owner != key)) and not overwrite:
-                raise self.error(f"{self.kind} alias {alias!r} is already taken; choose another alias for {name!r}")
+                raise self.error(f"{self.kind} alias {alias!r} is already taken; choose another alias for "
+                                 f"{name!r}")
         if old is not None and old.target is not None and value is not None and not summary:
             summary = old.summary
         self._entries[key] = _Entry(key, value, target, summary)
