@@ -36,8 +36,8 @@ def load(pt_path: Path) -> SAE:
     mult = state.get("dictionary.multiplier", torch.tensor(0.0)).float()
     d_sae, d_in = dic_fd.shape
     if w_fd.shape != (d_sae, d_in) or b_f.shape != (d_sae,):
-        raise CheckpointError(f"{pt_path}: encoder weight {tuple(w_fd.shape)} / bias {tuple(b_f.shape)} do not "
-                              f"match the dictionary {tuple(dic_fd.shape)}")
+        raise CheckpointError(f"{pt_path}: encoder weight {tuple(w_fd.shape)} / bias {tuple(b_f.shape)} do "
+                              f"not match the dictionary {tuple(dic_fd.shape)}")
     k = _authors_k(pt_path, cfg, d_sae)
     threshold = cfg.get("threshold")
     if "_running_threshold" in state:

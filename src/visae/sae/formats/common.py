@@ -1,4 +1,5 @@
-"""What the checkpoint readers share: safe loading (safetensors, weights-only torch), tensor lookup, building."""
+"""What the checkpoint readers share: safe loading (safetensors, weights-only torch), tensor lookup,
+building."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 
 
 def build_sae(path: Path, family: str, d_in: Any, d_sae: Any, k: Any, hparams: dict[str, Any]) -> SAE:
-    """A fresh SAE of ``family`` with the given sizes; CheckpointError naming ``path`` when it cannot be built."""
+    """A fresh SAE of ``family`` with the given sizes; CheckpointError naming ``path`` when it cannot be
+    built."""
     try:
         return make_sae(family, int(d_in), d_sae=int(d_sae), k=None if k is None else int(k), **hparams)
     except (ConfigError, TypeError, ValueError) as e:
@@ -53,7 +55,8 @@ def safe_torch_load(data: bytes | Path, where: Path) -> Any:
         return torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{where}: refused to unpickle: the file holds objects other than tensors "
-                              f"(loading it could run code). Only plain state dicts are accepted. ({e})") from e
+                              "(loading it could run code). Only plain state dicts are accepted. "
+                              f"({e})") from e
     except Exception as e:
         raise CheckpointError(f"{where}: not a readable torch state dict: {e}") from e
 
@@ -72,7 +75,8 @@ def state_dict_of(obj: Any, where: Path) -> dict[str, torch.Tensor]:
 
 
 def get_tensor(state: dict[str, torch.Tensor], names: tuple[str, ...], where: Path) -> torch.Tensor:
-    """The first of ``names`` in ``state`` (also with a ``module.``/``sae.`` prefix); CheckpointError if none."""
+    """The first of ``names`` in ``state`` (also with a ``module.``/``sae.`` prefix); CheckpointError if
+    none."""
     for n in names:
         for key in (n, f"module.{n}", f"sae.{n}"):
             if key in state:

@@ -35,11 +35,13 @@ def load(folder: Path) -> SAE:
                      if name in recorded and recorded[name] != digest)
     missing = sorted(set(recorded) - set(located.provenance["files"]))
     if changed or missing:
-        raise CheckpointError(f"{folder / REFERENCE_FILE}: the checkpoint at {data['ref']} is not the one recorded "
-                              f"(changed: {', '.join(changed) or 'none'}; missing: {', '.join(missing) or 'none'}); "
-                              "delete this folder and rerun to evaluate the current files")
+        raise CheckpointError(f"{folder / REFERENCE_FILE}: the checkpoint at {data['ref']} is not the one "
+                              f"recorded (changed: {', '.join(changed) or 'none'}; missing: "
+                              f"{', '.join(missing) or 'none'}); delete this folder and rerun to evaluate "
+                              "the current files")
     return load_sae(located.path)
 
 
 FORMAT = CheckpointFormat("reference", (REFERENCE_FILE,), detect, load,
-                          "reference.json: a checkpoint elsewhere (a hub commit or a path) with its files' sha256")
+                          "reference.json: a checkpoint elsewhere (a hub commit or a path) with its "
+                          "files' sha256")

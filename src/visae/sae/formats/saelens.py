@@ -26,7 +26,8 @@ _SAELENS_FAMILY = {"standard": "relu", "relu": "relu", "jumprelu": "jumprelu", "
 
 
 def load(dir_path: Path) -> SAE:
-    """One of our families from a SAELens folder (b_dec folded into b_enc when SAELens does not subtract it)."""
+    """One of our families from a SAELens folder (b_dec folded into b_enc when SAELens does not subtract
+    it)."""
     cfg_path = dir_path / CONFIG
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
@@ -42,8 +43,10 @@ def load(dir_path: Path) -> SAE:
                               f"has no equivalent here; only 'none' is supported")
     w_path = dir_path / WEIGHTS
     state = load_safetensors(w_path)
-    W_enc, W_dec = get_tensor(state, ("W_enc",), w_path).float(), get_tensor(state, ("W_dec",), w_path).float()
-    b_enc, b_dec = get_tensor(state, ("b_enc",), w_path).float(), get_tensor(state, ("b_dec",), w_path).float()
+    W_enc, W_dec = get_tensor(state, ("W_enc",), w_path).float(), get_tensor(state, ("W_dec",),
+                                                                             w_path).float()
+    b_enc, b_dec = get_tensor(state, ("b_enc",), w_path).float(), get_tensor(state, ("b_dec",),
+                                                                             w_path).float()
     d_in, d_sae = W_enc.shape
     if "d_in" in cfg and int(cfg["d_in"]) != d_in:
         raise CheckpointError(f"{w_path}: W_enc has d_in={d_in} but {cfg_path.name} says d_in={cfg['d_in']}")
@@ -70,4 +73,5 @@ def load(dir_path: Path) -> SAE:
     return sae
 
 
-FORMAT = CheckpointFormat("saelens", (WEIGHTS, CONFIG), detect, load, "SAELens (sae_weights.safetensors + cfg.json)")
+FORMAT = CheckpointFormat("saelens", (WEIGHTS, CONFIG), detect, load,
+                          "SAELens (sae_weights.safetensors + cfg.json)")

@@ -29,8 +29,10 @@ def load(pt_path: Path) -> SAE:
         raise CheckpointError(f"{pt_path}: the first line is not a saev JSON header: {e}") from e
     cfg = header.get("cfg", header) if isinstance(header, dict) else {}
     state = state_dict_of(safe_torch_load(raw[newline + 1:], pt_path), pt_path)
-    W_enc, W_dec = get_tensor(state, ("W_enc",), pt_path).float(), get_tensor(state, ("W_dec",), pt_path).float()
-    b_enc, b_dec = get_tensor(state, ("b_enc",), pt_path).float(), get_tensor(state, ("b_dec",), pt_path).float()
+    W_enc, W_dec = get_tensor(state, ("W_enc",), pt_path).float(), get_tensor(state, ("W_dec",),
+                                                                              pt_path).float()
+    b_enc, b_dec = get_tensor(state, ("b_enc",), pt_path).float(), get_tensor(state, ("b_dec",),
+                                                                              pt_path).float()
     d_in, d_sae = W_enc.shape
     d_cfg = cfg.get("d_vit", cfg.get("d_model"))
     if d_cfg is not None and int(d_cfg) != d_in:
@@ -48,7 +50,8 @@ def load(pt_path: Path) -> SAE:
         sae.b_enc.copy_(b_enc + b_dec @ W_enc)  # saev encodes x, not x − b_dec
         sae.W_dec.copy_(W_dec)
         sae.b_dec.copy_(b_dec)
-    sae.hparams.update(source=f"saev schema {header.get('schema', 0)}", normalization="identity (raw activations)")
+    sae.hparams.update(source=f"saev schema {header.get('schema', 0)}",
+                       normalization="identity (raw activations)")
     return sae
 
 
