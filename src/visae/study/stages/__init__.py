@@ -36,7 +36,8 @@ STAGES: dict[str, Stage[Any]] = {m.STAGE.kind: m.STAGE for m in (
 """Every job kind's stage, by kind."""
 
 
-def run_job(job: Job, root: str | Path, device: str = "auto", plugins: tuple[str, ...] = ()) -> dict[str, Any]:
+def run_job(job: Job, root: str | Path, device: str = "auto",
+            plugins: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run ``job`` through the job protocol (skip when done, done.json last); the executors call this."""
     import_plugins(plugins)
     stage = STAGES.get(job.kind)

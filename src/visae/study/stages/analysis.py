@@ -28,7 +28,8 @@ def plan(cfg: StudyConfig, collect: Job) -> Job:
 
 
 def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
-    """Analyse ``results/results.parquet``; tables, ``analysis.md`` and ``notes.json`` to the output folder."""
+    """Analyse ``results/results.parquet``; tables, ``analysis.md`` and ``notes.json`` to the output
+    folder."""
     import pandas as pd
 
     from visae.analysis.run import AnalysisConfig, analyze, write_analysis

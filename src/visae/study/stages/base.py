@@ -95,7 +95,8 @@ class SAERecord(StageParams):
                              "the training seed plus the SAE's position in its group)")
     eval: str | None = Field(None, description="its evaluation folder")
     eval_job: str | None = Field(None, description="id of its evaluation job")
-    source: str | None = Field(None, description="an existing checkpoint's reference (None: trained by the study)")
+    source: str | None = Field(None,
+                               description="an existing checkpoint's reference (None: trained by the study)")
 
 
 def cache_path(root: Path, out: str) -> Path:
@@ -108,7 +109,8 @@ def cache_path(root: Path, out: str) -> Path:
         return folder
     found = sorted(p.parent for p in folder.glob("*/manifest.json"))
     if not found:
-        raise StudyError(f"{folder}: no activation cache inside (no */manifest.json); delete the folder and rerun")
+        raise StudyError(f"{folder}: no activation cache inside (no */manifest.json); delete the folder "
+                         "and rerun")
     return found[0]
 
 

@@ -48,7 +48,8 @@ def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
     out_dir = root / job.outputs[0]
     settings = {"progress": False, **p.settings}
     cache_dir = Path(build_cache(backbone, source, p.layer, out_dir, device=device, **settings))
-    return {"cache": str(cache_dir.relative_to(out_dir)) if cache_dir != out_dir else "", "n_images": len(source)}
+    return {"cache": str(cache_dir.relative_to(out_dir)) if cache_dir != out_dir else "",
+            "n_images": len(source)}
 
 
 STAGE = Stage("cache", Params, run)

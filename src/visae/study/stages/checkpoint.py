@@ -26,7 +26,8 @@ class Params(StageParams):
     sae: SAERecord = Field(description="the SAE record the plan gives it")
 
 
-def record(cfg: StudyConfig, backbone: BackboneSpec, layer: int, grid: SAEGrid, item: ExistingSAE) -> SAERecord:
+def record(cfg: StudyConfig, backbone: BackboneSpec, layer: int, grid: SAEGrid,
+           item: ExistingSAE) -> SAERecord:
     """The plan's record of one existing checkpoint (id from its reference, backbone and layer)."""
     family, expansion, k = describe(item)
     sid = hash_json({"v": PLAN_VERSION, "checkpoint": item.ref, "backbone": backbone.name, "layer": layer})
@@ -41,7 +42,8 @@ def plan(cfg: StudyConfig, backbone: BackboneSpec, layer: int, grid: SAEGrid, it
 
     precheck_backbone(item, where=f"saes[{grid.name}].checkpoints")
     rec = record(cfg, backbone, layer, grid, item)
-    return make_job("checkpoint", f"checkpoint {backbone.name} L{layer} {item.ref}", Params(ref=item.ref, sae=rec),
+    return make_job("checkpoint", f"checkpoint {backbone.name} L{layer} {item.ref}",
+                    Params(ref=item.ref, sae=rec),
                     [], outputs=(rec.out,), backbone=backbone.name, layer=layer, sae_id=rec.sae_id)
 
 

@@ -32,7 +32,8 @@ class Params(StageParams):
     sae_id: str = Field(description="its content id")
     cache: str = Field(description="the evaluation cache job's folder")
     ood: dict[str, str] = Field(description="M6: OOD set name → its cache job's folder")
-    ood_test: dict[str, str] | None = Field(None, description="M6: OOD set name → its test-split cache folder")
+    ood_test: dict[str, str] | None = Field(None,
+                                            description="M6: OOD set name → its test-split cache folder")
     backbone: str = Field(description="backbone name")
     evaluator: BackboneRef | None = Field(description="M5 evaluator backbone (None: M5 decides)")
     metrics: list[str] = Field(description="metrics to compute")
@@ -53,7 +54,8 @@ def evaluator_ref(cfg: StudyConfig, backbone: BackboneSpec) -> BackboneRef | Non
     return BackboneRef(name=name)
 
 
-def plan(cfg: StudyConfig, backbone: BackboneSpec, layer: int, sae: SAERecord, train_job: Job, eval_cache: Job,
+def plan(cfg: StudyConfig, backbone: BackboneSpec, layer: int, sae: SAERecord, train_job: Job,
+         eval_cache: Job,
          ood: dict[str, Job], ood_tests: dict[str, Job]) -> Job:
     """The evaluation job of one SAE (the OOD caches only when it computes M6)."""
     if "m6" not in sae.metrics:
@@ -92,12 +94,14 @@ def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
     """Every metric of one SAE in one encoding pass."""
     from visae.metrics.evaluate import evaluate
 
-    sae = root / p.sae  # a path: the results record its provenance (a reference folder's: repo, commit, hashes)
+    # a path: the results record its provenance (a reference folder's: repo, commit, hashes)
+    sae = root / p.sae
     cache = open_job_cache(root, p.cache)
     configs: dict[str, dict[str, Any]] = {k: dict(v) for k, v in p.metric_configs.items()}
     for name, extra in study_metric_extras(p, root).items():
         configs[name] = {**extra, **configs.get(name, {})}
-    results = evaluate(sae, cache, metrics=p.metrics, out_dir=root / job.outputs[0], configs=configs, device=device,
+    results = evaluate(sae, cache, metrics=p.metrics, out_dir=root / job.outputs[0], configs=configs,
+                       device=device,
                        group_size=p.group_size, backbone=p.backbone, bootstrap=p.bootstrap)
     return {"values": {k: v.value for k, v in results.items()}}
 

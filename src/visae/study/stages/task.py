@@ -33,7 +33,8 @@ class Params(StageParams):
     seed: int = Field(description="the study's seed")
 
 
-def plan(cfg: StudyConfig, backbone: BackboneSpec, layer: int, task: TaskSpec, cache: Job, val_cache: Job | None,
+def plan(cfg: StudyConfig, backbone: BackboneSpec, layer: int, task: TaskSpec, cache: Job,
+         val_cache: Job | None,
          saes: list[SAERecord], train_jobs: list[Job]) -> Job:
     """The job of ``task`` at one backbone and layer, on raw features and on the codes of ``saes``."""
     params = Params(task=task, cache=cache.outputs[0], val_cache=val_cache.outputs[0] if val_cache else None,

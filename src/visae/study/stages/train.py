@@ -1,5 +1,6 @@
 """``train`` jobs: one per (backbone, layer, family, training settings) — every SAE of the group in one pass
-over the training cache. Each SAE has its own folder and done.json, so a grown grid trains only the new ones."""
+over the training cache. Each SAE has its own folder and done.json, so a grown grid trains only the new
+ones."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def _group_members(cfg: StudyConfig, backbone: BackboneSpec, layer: int, grids: 
             sid = sae_id_for(sae_params, train_cache)
             group = groups.setdefault(key, [])
             if all(r.sae_id != sid for r in group):
-                group.append(SAERecord(sae_id=sid, out=f"{SAES_DIR}/{sid}", grid=grid.name, backbone=backbone.name,
+                group.append(SAERecord(sae_id=sid, out=f"{SAES_DIR}/{sid}", grid=grid.name,
+                                       backbone=backbone.name,
                                        layer=layer, metrics=metrics, **sae_params))
     return groups
 
@@ -84,7 +86,8 @@ def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
     if not todo:
         return {"trained": 0}
     cache = open_job_cache(root, p.cache)
-    specs = [SAESpec(family=m.family, expansion=m.expansion, k=m.k, hparams=dict(m.hparams or {}), name=m.sae_id,
+    specs = [SAESpec(family=m.family, expansion=m.expansion, k=m.k, hparams=dict(m.hparams or {}),
+                     name=m.sae_id,
                      seed=m.seed) for m in todo]
     settings = {"seed": p.seed, "progress": False, **p.train, "device": device}
     cfg = build_config(TrainConfig, settings, source=f"study train settings ({job.label})")
@@ -100,7 +103,8 @@ def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, out)
-        write_done(out, {"job_id": job.id, "kind": "sae", "sae_id": m.sae_id, "params": m.model_dump(mode="json")})
+        write_done(out,
+                   {"job_id": job.id, "kind": "sae", "sae_id": m.sae_id, "params": m.model_dump(mode="json")})
     shutil.rmtree(work, ignore_errors=True)
     return {"trained": len(todo)}
 
