@@ -16,8 +16,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def analyze(
         results: Annotated[Path, typer.Argument(help="results.parquet, or the study folder holding one.")],
-        out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: analysis/ beside the results).")] = None,
-        family: Annotated[str | None, typer.Option(help="Main SAE family (default: batchtopk if present).")] = None,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: analysis/ "
+                                                                     "beside the results).")] = None,
+        family: Annotated[str | None,
+                          typer.Option(help="Main SAE family (default: batchtopk if present).")] = None,
         layer: Annotated[int | None, typer.Option(help="Main layer (default: the most common).")] = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,

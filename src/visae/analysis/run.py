@@ -31,12 +31,16 @@ from visae.results.schema import primary_slice, select, validate_results
 class AnalysisConfig(FrozenConfig):
     """Which slice of the results each analysis reads; None picks it from the table."""
 
-    family: str | None = Field(None, description="main SAE family (None: batchtopk if present, else the most common)")
-    layer: int | None = Field(None, description="main layer (None: the layer with most rows of the main family)")
+    family: str | None = Field(None, description="main SAE family (None: batchtopk if present, else the "
+                                                 "most common)")
+    layer: int | None = Field(None,
+                              description="main layer (None: the layer with most rows of the main family)")
     compare_families: list[str] | None = Field(
-        None, description="families whose backbone rankings are compared with the main one (App. Q); None: all others")
+        None, description="families whose backbone rankings are compared with the main one (App. Q); None: "
+                          "all others")
     ablation_layers: list[int] | None = Field(
-        None, description="two layers for the layer ablation (App. D); None: the other layer present and the main one")
+        None, description="two layers for the layer ablation (App. D); None: the other layer present and "
+                          "the main one")
     subset_exclude: list[str] = Field(
         default_factory=lambda: ["mae"],
         description="backbones left out of the restricted variance decomposition (§5.7: non-MAE); a backbone "
@@ -63,7 +67,8 @@ def load_results(path: str | Path) -> pd.DataFrame:
 
         if Path(path).is_dir() and eval_records(Path(path)):
             raise StudyError(not_a_study(Path(path), "visae analyze"))
-        raise StudyError(f"{p}: results table not found; pass a results.parquet or the study folder holding one")
+        raise StudyError(f"{p}: results table not found; pass a results.parquet or the study folder "
+                         "holding one")
     try:
         df = pd.read_csv(p) if p.suffix == ".csv" else pd.read_parquet(p)
     except Exception as e:  # pyarrow raises several unrelated types for a bad file
@@ -96,7 +101,8 @@ def _exclude(backbones: list[str], patterns: list[str]) -> list[str]:
 
 
 def check_filters(df: pd.DataFrame, cfg: AnalysisConfig) -> None:
-    """ConfigError naming the filter (--family / --layer) and the values that exist when it leaves no SAE rows."""
+    """ConfigError naming the filter (--family / --layer) and the values that exist when it leaves no SAE
+    rows."""
     sae = df[~df["family"].isin(["", "raw"])]
     families = sorted(str(f) for f in sae["family"].unique())
     if cfg.family is not None and cfg.family not in families:
@@ -107,8 +113,8 @@ def check_filters(df: pd.DataFrame, cfg: AnalysisConfig) -> None:
         layers = sorted(int(x) for x in pool["layer"].dropna().unique())
         if cfg.layer not in layers:
             of = f" of family {cfg.family}" if cfg.family is not None else ""
-            raise ConfigError(f"--layer {cfg.layer}: no SAE results at that layer{of}; the table has layer(s) "
-                              f"{', '.join(map(str, layers)) or 'none'}")
+            raise ConfigError(f"--layer {cfg.layer}: no SAE results at that layer{of}; the table has "
+                              f"layer(s) {', '.join(map(str, layers)) or 'none'}")
 
 
 def analyze(df: pd.DataFrame, config: AnalysisConfig | None = None) -> dict[str, Any]:
@@ -120,8 +126,8 @@ def analyze(df: pd.DataFrame, config: AnalysisConfig | None = None) -> dict[str,
     layer = cfg.layer if cfg.layer is not None else auto_layer
     check_filters(df, cfg)
     main = select(df, family=family, layer=layer)
-    notes: list[str] = [f"main slice: family={family}, layer={layer}, {main['backbone'].nunique()} backbone(s), "
-                        f"{len(main)} row(s)"]
+    notes: list[str] = [f"main slice: family={family}, layer={layer}, {main['backbone'].nunique()} "
+                        f"backbone(s), {len(main)} row(s)"]
     out: dict[str, Any] = {}
     out["variance_decomposition"] = variance_decomposition(main)
     all_b = sorted(main["backbone"].unique())
@@ -138,7 +144,8 @@ def analyze(df: pd.DataFrame, config: AnalysisConfig | None = None) -> dict[str,
     out["codes_lift_correlation"] = lift_correlation(lift)
 
     families = sorted(set(df["family"]) - {"", "raw"})
-    others = cfg.compare_families if cfg.compare_families is not None else [f for f in families if f != family]
+    others = cfg.compare_families if cfg.compare_families is not None else [f for f in families
+                                                                            if f != family]
     if family is not None and others:
         layer_rows = select(df, layer=layer)
         out["rank_consistency"] = pd.concat([rank_consistency(layer_rows, family, other) for other in others],
@@ -165,7 +172,8 @@ def analyze(df: pd.DataFrame, config: AnalysisConfig | None = None) -> dict[str,
 
 
 TITLES = {
-    "variance_decomposition": "Variance decomposition (App. B, Table 3): η² of backbone, configuration, residual",
+    "variance_decomposition": "Variance decomposition (App. B, Table 3): η² of backbone, "
+                              "configuration, residual",
     "variance_decomposition_subset": "Variance decomposition on a backbone subset (§5.7)",
     "hypotheses": "Pre-registered hypotheses H1–H4 (§4.5)",
     "correlations": "Metric × task Spearman correlations (Fig. 2b, App. J)",

@@ -41,7 +41,8 @@ def spearman(x: np.ndarray | list[float], y: np.ndarray | list[float]) -> Correl
     x_n, y_n = x_n[ok], y_n[ok]
     n = len(x_n)
     if n < MIN_SPEARMAN_N:
-        return Correlation(None, None, n, f"n = {n} paired value(s); Spearman needs at least {MIN_SPEARMAN_N}")
+        return Correlation(None, None, n,
+                           f"n = {n} paired value(s); Spearman needs at least {MIN_SPEARMAN_N}")
     if np.ptp(x_n) == 0 or np.ptp(y_n) == 0:
         return Correlation(None, None, n, "one side is constant across backbones; ρ is undefined")
     with warnings.catch_warnings():

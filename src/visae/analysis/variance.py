@@ -44,7 +44,8 @@ def _rss(design: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     return float(resid @ resid), int(rank)
 
 
-def anova_two_way(values: Sequence[float], backbone: Sequence[str], config: Sequence[str]) -> dict[str, object]:
+def anova_two_way(values: Sequence[float], backbone: Sequence[str],
+                  config: Sequence[str]) -> dict[str, object]:
     """η², sums of squares, F and p of the additive two-way model for one metric.
 
     Returns every key of :data:`COLUMNS` except ``metric``; a quantity that cannot be computed is None and
