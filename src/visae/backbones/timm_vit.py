@@ -34,7 +34,8 @@ RANDOM_INIT_SEED = 0
 
 
 def timm_token_layout(model: nn.Module, name: str) -> TokenLayout:
-    """Prefix tokens (CLS, distillation, registers, in sequence order), patch grid and patch size of a timm ViT."""
+    """Prefix tokens (CLS, distillation, registers, in sequence order), patch grid and patch size of a timm
+    ViT."""
     names: list[str] = []
     if getattr(model, "cls_token", None) is not None:
         names.append("cls")
@@ -50,7 +51,8 @@ def timm_token_layout(model: nn.Module, name: str) -> TokenLayout:
             "this ViT variant's token layout is not supported")
     patch_embed = getattr(model, "patch_embed", None)
     if patch_embed is None or getattr(patch_embed, "grid_size", None) is None:
-        raise ConfigError(f"backbone {name}: the timm model has no patch_embed.grid_size; not a ViT with a fixed grid")
+        raise ConfigError(f"backbone {name}: the timm model has no patch_embed.grid_size; not a ViT with a "
+                          "fixed grid")
     grid_h, grid_w = (int(v) for v in patch_embed.grid_size)
     patch_h, patch_w = (int(v) for v in patch_embed.patch_size)
     if patch_h != patch_w:
@@ -76,7 +78,8 @@ def timm_embedding_kind(model: nn.Module) -> str:
     return f"'{pool}' pooling of the tokens{normed}{after}"
 
 
-def _filter_for(model: nn.Module) -> Callable[[dict[str, torch.Tensor], nn.Module], dict[str, torch.Tensor]] | None:
+def _filter_for(model: nn.Module) -> Callable[[dict[str, torch.Tensor], nn.Module],
+                                              dict[str, torch.Tensor]] | None:
     """The model module's timm ``checkpoint_filter_fn`` (format conversion, position-table resampling)."""
     module = importlib.import_module(type(model).__module__)
     filter_fn = getattr(module, "checkpoint_filter_fn", None)
@@ -107,7 +110,8 @@ class TimmViT(Backbone):
 
     def __init__(self, model: nn.Module, *, name: str, weights_id: str, device: torch.device) -> None:
         if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
-            raise ConfigError(f"backbone {name}: {type(model).__name__} is not a ViT (no .blocks / .patch_embed)")
+            raise ConfigError(f"backbone {name}: {type(model).__name__} is not a ViT (no .blocks / "
+                              ".patch_embed)")
         self.name = name
         self.weights_id = weights_id
         self.device = device
@@ -136,7 +140,8 @@ class TimmViT(Backbone):
         pretrained: bool = True,
         model_kwargs: Mapping[str, Any] | None = None,
     ) -> TimmViT:
-        """Build ``timm_name`` with hub weights (``pretrained``), a local ``weights_path``, or seeded random weights.
+        """Build ``timm_name`` with hub weights (``pretrained``), a local ``weights_path``, or seeded random
+        weights.
 
         ``weights_id``: ``timm:<arch>.<tag>`` (hub), the file's sha256, or ``timm:<arch>:random-seed0``;
         with ``model_kwargs`` a hash of them is appended.
@@ -161,7 +166,8 @@ class TimmViT(Backbone):
             where = "download its weights from the Hugging Face hub" if use_hub else "build it"
             raise CheckpointError(
                 f"backbone {name or timm_name}: timm could not {where} ({type(e).__name__}: {e}); "
-                "with no hub access pass weights_path=<local state dict>, or pretrained=False for random weights"
+                "with no hub access pass weights_path=<local state dict>, or pretrained=False for "
+                "random weights"
             ) from e
         if weights_path is not None:
             load_weights_file(model, weights_path)
