@@ -59,7 +59,8 @@ class _Decode(Dataset[tuple[int, Any, str | None]]):
             return index, None, f"{self.source.image_id(index)}: cannot preprocess image ({type(e).__name__}: {e})"
 
 
-def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], torch.Tensor | None,
+                                                                list[tuple[int, str]]]:
     good = [(i, t) for i, t, err in items if err is None]
     bad = [(i, err) for i, _t, err in items if err is not None]
     pixels = torch.stack([t for _, t in good]) if good else None
@@ -72,7 +73,8 @@ def read_journal(folder: Path, cache_hash: str) -> dict[str, Any]:
         state = json.loads((folder / JOURNAL).read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(state, dict) or state.get("hash") != cache_hash or not isinstance(state.get("shards"), list):
+    if not isinstance(state,
+                      dict) or state.get("hash") != cache_hash or not isinstance(state.get("shards"), list):
         return {}
     return state
 
@@ -92,9 +94,11 @@ class _Shard:
 class CacheBuild:
     """Build, resume or repair the cache of ``layer`` of ``backbone`` over ``source`` in ``folder``."""
 
-    def __init__(self, backbone: Backbone, source: ImageSource, layer: int, folder: Path, cfg: CacheConfig) -> None:
+    def __init__(self, backbone: Backbone, source: ImageSource, layer: int, folder: Path,
+                 cfg: CacheConfig) -> None:
         self.bb, self.src, self.layer, self.folder, self.cfg = backbone, source, layer, folder, cfg
-        self.key = cache_key(backbone, source, layer, cfg.keep_prefix, cfg.tokens_per_image, cfg.position_seed)
+        self.key = cache_key(backbone, source, layer, cfg.keep_prefix, cfg.tokens_per_image,
+                             cfg.position_seed)
         self.hash = hash_json(self.key)
         self.layout = backbone.layout
         self.d = backbone.d_model
@@ -140,7 +144,8 @@ class CacheBuild:
         if todo:
             self._compute(todo)
         if len(self.entries) != self.n_shards:
-            raise CacheError(f"{self.folder}: internal error: {len(self.entries)} of {self.n_shards} shards committed")
+            raise CacheError(f"{self.folder}: internal error: {len(self.entries)} of {self.n_shards} shards "
+                             "committed")
         if shards is None or "final" not in self.journal:
             self._finish()
 
@@ -185,11 +190,12 @@ class CacheBuild:
                 half_btd = tokens_btd.to(torch.float16)
                 finite_b = torch.isfinite(half_btd).flatten(1).all(dim=1)
                 if not bool(finite_b.all()):
-                    bad_ids = [self.src.image_id(good_idx[j]) for j in torch.nonzero(~finite_b).flatten().tolist()]
+                    bad_ids = [self.src.image_id(good_idx[j])
+                               for j in torch.nonzero(~finite_b).flatten().tolist()]
                     raise CacheError(
-                        f"{self.bb.name} layer {self.layer}: NaN/Inf activations (or beyond the float16 range) for "
-                        f"image(s) {', '.join(bad_ids[:10])}; nothing was written for shard {cur.k}. Check the "
-                        "images and the backbone's weights")
+                        f"{self.bb.name} layer {self.layer}: NaN/Inf activations (or beyond the float16 "
+                        f"range) for image(s) {', '.join(bad_ids[:10])}; nothing was written for shard "
+                        f"{cur.k}. Check the images and the backbone's weights")
                 patches = self._kept(half_btd[:, self.layout.n_prefix:], good_idx)
                 cur.stats.update(patches.reshape(-1, self.d))
                 cur.parts.append(patches.cpu().numpy())
@@ -238,9 +244,10 @@ class CacheBuild:
                                 (info.positions_file, entry.get("positions_sha256"), info.positions_sha256)):
             if name and want != got:
                 (self.folder / name).unlink(missing_ok=True)
-                raise CacheError(f"{self.folder / name}: the rebuilt shard differs from the one this cache recorded "
-                                 "(another device, torch or weights version made the rest); delete the folder "
-                                 f"{self.folder} and rerun 'visae cache' to rebuild the whole cache")
+                raise CacheError(f"{self.folder / name}: the rebuilt shard differs from the one this cache "
+                                 "recorded (another device, torch or weights version made the rest); delete "
+                                 f"the folder {self.folder} and rerun 'visae cache' to rebuild the "
+                                 "whole cache")
 
     def final_content(self) -> dict[str, Any]:
         """The final files' content, from the journal's entries (the manifest's ``created`` set now)."""
@@ -253,7 +260,8 @@ class CacheBuild:
                             f"(first error: {skipped[0]['error'] if skipped else 'no images'})")
         fields: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION, "hash": self.hash, "backbone": self.bb.name,
-            "weights_id": self.bb.weights_id, "control": getattr(self.bb, "control", None), "layer": self.layer,
+            "weights_id": self.bb.weights_id, "control": getattr(self.bb, "control", None),
+            "layer": self.layer,
             "source": self.key["source"], "layout": self.layout.to_dict(), "d_model": self.d,
             "n_patches": self.layout.n_patches, "dtype": "float16", "class_names": list(self.src.class_names),
             "preprocessing": self.key["preprocessing"], "shard_images": self.shard_images,
@@ -261,7 +269,8 @@ class CacheBuild:
             "has_prefix": bool(shards) and all(s.prefix_file for s in shards), "visae_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         if self.cfg.tokens_per_image is not None:
-            fields.update(schema_version=SUBSAMPLED_SCHEMA_VERSION, tokens_per_image=self.cfg.tokens_per_image,
+            fields.update(schema_version=SUBSAMPLED_SCHEMA_VERSION,
+                          tokens_per_image=self.cfg.tokens_per_image,
                           position_seed=self.cfg.position_seed)
         manifest = CacheManifest(**fields)
         return {"manifest": manifest.model_dump(mode="json"), "stats": self.stats.to_json()}
@@ -273,4 +282,5 @@ class CacheBuild:
         write_final_files(self.folder, final_files(self.entries, self.journal["final"]))
         skipped = self.journal["final"]["manifest"]["n_skipped"]
         if skipped and self.cfg.progress:
-            print(f"skipped {skipped} unreadable image(s); see {self.folder / 'skipped.json'}", file=sys.stderr)
+            print(f"skipped {skipped} unreadable image(s); see {self.folder / 'skipped.json'}",
+                  file=sys.stderr)

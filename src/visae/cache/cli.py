@@ -15,22 +15,29 @@ def register(app: typer.Typer) -> None:
 
     @app.command("cache")
     def cache_cmd(
-        backbone: Annotated[str | None, typer.Option("--backbone", "-b", help="Backbone registry or timm name.")] = None,
+        backbone: Annotated[str | None,
+                            typer.Option("--backbone", "-b", help="Backbone registry or timm name.")] = None,
         source: Annotated[str | None, typer.Option("--source", help="Image source spec, e.g. offline:digits, "
-                                                   "folder:/data/imagenet, hf:name[:split], fashion-mnist.")] = None,
+                                                   "folder:/data/imagenet, hf:name[:split], "
+                                                   "fashion-mnist.")] = None,
         layer: Annotated[int | None, typer.Option("--layer", "-l", help="0-based block to tap.")] = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="Root folder for caches.")] = None,
         split: Annotated[str | None, typer.Option("--split", help="train, val, test or all.")] = None,
-        max_images: Annotated[int | None, typer.Option("--max-images", help="Seeded stratified subset size.")] = None,
-        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per forward pass.")] = None,
+        max_images: Annotated[int | None,
+                              typer.Option("--max-images", help="Seeded stratified subset size.")] = None,
+        batch_size: Annotated[int | None,
+                              typer.Option("--batch-size", help="Images per forward pass.")] = None,
         device: Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = None,
         shard_images: Annotated[int | None, typer.Option("--shard-images", help="Images per shard.")] = None,
         on_bad_image: Annotated[str | None, typer.Option("--on-bad-image", help="skip or fail.")] = None,
-        num_workers: Annotated[int | None, typer.Option("--num-workers", help="Decoding worker processes.")] = None,
+        num_workers: Annotated[int | None,
+                               typer.Option("--num-workers", help="Decoding worker processes.")] = None,
         tokens_per_image: Annotated[int | None, typer.Option(
-            "--tokens-per-image", help="Training caches: keep this many seeded patch positions per image.")] = None,
+            "--tokens-per-image",
+            help="Training caches: keep this many seeded patch positions per image.")] = None,
         weights_path: Annotated[str | None, typer.Option(
-            "--weights-path", help="Local weights file for the backbone (safetensors or a weights-only torch file) "
+            "--weights-path",
+            help="Local weights file for the backbone (safetensors or a weights-only torch file) "
                                    "instead of its hub default.")] = None,
         image_size: Annotated[int | None, typer.Option(
             "--image-size", help="Input resolution in pixels (a multiple of the patch size; default: the "

@@ -39,8 +39,9 @@ def writer_lock(folder: Path) -> Iterator[None]:
             except (OSError, ValueError):
                 other = {}
             if isinstance(other, dict) and other and _holder_alive(other, me["host"]):
-                raise CacheError(f"{folder}: another 'visae cache' (pid {other.get('pid')} on {other.get('host')}) "
-                                 f"is writing this cache; wait for it, or delete {path} if it is gone") from None
+                raise CacheError(f"{folder}: another 'visae cache' (pid {other.get('pid')} on "
+                                 f"{other.get('host')}) is writing this cache; wait for it, or delete {path} "
+                                 "if it is gone") from None
             path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:

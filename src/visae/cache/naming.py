@@ -1,4 +1,5 @@
-"""What names a cache: its content key, the folder it lives in, and the backbone and source it is built from."""
+"""What names a cache: its content key, the folder it lives in, and the backbone and source it is built
+from."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def cache_key(backbone: Backbone, source: ImageSource, layer: int, keep_prefix: 
 
 
 def cache_dir_for(out_dir: Path, backbone: Backbone, source: ImageSource, layer: int,
-                  keep_prefix: bool = False, tokens_per_image: int | None = None, position_seed: int = 42) -> Path:
+                  keep_prefix: bool = False, tokens_per_image: int | None = None,
+                  position_seed: int = 42) -> Path:
     """``<out_dir>/<backbone>-L<layer>-<source>-<split>-<n images>[-t<T>]-<hash16>``, e.g.
     ``caches/dinov2-s14-offline-L11-fashion-mnist-train-2000-…``: readable, and unique by its hash."""
     h = hash_json(cache_key(backbone, source, layer, keep_prefix, tokens_per_image, position_seed))
@@ -55,7 +57,8 @@ def resolve_inputs(backbone: Backbone | str, source: ImageSource | str,
     if isinstance(backbone, str):
         from visae.backbones.registry import load_backbone
 
-        bb = load_backbone(backbone, device=cfg.device, weights_path=cfg.weights_path, image_size=cfg.image_size)
+        bb = load_backbone(backbone, device=cfg.device, weights_path=cfg.weights_path,
+                           image_size=cfg.image_size)
     else:
         bb = backbone
         _check_backbone_object(bb, cfg)
@@ -81,7 +84,8 @@ def _check_backbone_object(bb: Backbone, cfg: CacheConfig) -> None:
     if cfg.weights_path is not None:
         problems.append(f"weights_path={cfg.weights_path!r} (its weights are {bb.weights_id})")
     if cfg.image_size is not None and (cfg.image_size, cfg.image_size) != tuple(bb.layout.image_size):
-        problems.append(f"image_size={cfg.image_size} (it runs at {bb.layout.image_size[0]}×{bb.layout.image_size[1]})")
+        problems.append(f"image_size={cfg.image_size} (it runs at "
+                        f"{bb.layout.image_size[0]}×{bb.layout.image_size[1]})")
     if cfg.device not in ("", "auto"):
         want, have = pick_device(cfg.device), torch.device(bb.device)
         if want.type != have.type or (want.index or 0) != (have.index or 0):

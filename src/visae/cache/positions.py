@@ -24,16 +24,18 @@ def positions_file(k: int) -> str:
     return f"positions_{k:05d}.npy"
 
 
-def check_tokens_per_image(tokens_per_image: int | None, n_patches: int, what: str = "tokens_per_image") -> None:
+def check_tokens_per_image(tokens_per_image: int | None, n_patches: int,
+                           what: str = "tokens_per_image") -> None:
     """ConfigError unless ``tokens_per_image`` is None or lies in 1 … ``n_patches``."""
     if tokens_per_image is not None and not 1 <= tokens_per_image <= n_patches:
-        raise ConfigError(f"{what}={tokens_per_image}: the backbone has {n_patches} patch positions per image; "
-                          f"choose 1 … {n_patches}, or leave it unset to store every patch")
+        raise ConfigError(f"{what}={tokens_per_image}: the backbone has {n_patches} patch positions per "
+                          f"image; choose 1 … {n_patches}, or leave it unset to store every patch")
 
 
 def sample_positions(source_indices: Sequence[int], n_patches: int, tokens_per_image: int,
                      seed: int) -> np.ndarray:
-    """Sorted patch positions ``int16 [len(source_indices), T]``: image ``i`` draws from ``rng([seed, i])``."""
+    """Sorted patch positions ``int16 [len(source_indices), T]``: image ``i`` draws from ``rng([seed,
+    i])``."""
     check_tokens_per_image(tokens_per_image, n_patches)
     out = np.empty((len(source_indices), tokens_per_image), dtype=np.int16)
     for row, i in enumerate(source_indices):

@@ -30,7 +30,8 @@ def _read_json(path: Path, what: str) -> Any:
     except FileNotFoundError:
         raise CacheError(f"{path}: {what} is missing; rerun 'visae cache' to rebuild the cache") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CacheError(f"{path}: {what} is not valid JSON ({e}); rerun 'visae cache' to rebuild it") from None
+        raise CacheError(f"{path}: {what} is not valid JSON ({e}); rerun 'visae cache' to rebuild "
+                         "it") from None
 
 
 class ActivationCache:
@@ -44,16 +45,17 @@ class ActivationCache:
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
             if (self.path / "progress.json").is_file():
-                raise CacheError(f"{self.path}: the cache is incomplete (no manifest.json, progress.json present); "
-                                 "rerun the same 'visae cache' command to finish it")
-            raise CacheError(f"{self.path}: not an activation cache (no manifest.json); build one with 'visae cache'")
+                raise CacheError(f"{self.path}: the cache is incomplete (no manifest.json, progress.json "
+                                 "present); rerun the same 'visae cache' command to finish it")
+            raise CacheError(f"{self.path}: not an activation cache (no manifest.json); build one with "
+                             "'visae cache'")
         raw = _read_json(manifest_path, "manifest.json")
         if not isinstance(raw, dict):
             raise CacheError(f"{manifest_path}: expected a JSON object")
         version = raw.get("schema_version")
         if isinstance(version, int) and version > SUBSAMPLED_SCHEMA_VERSION:
-            raise CacheError(f"{manifest_path}: cache schema version {version} is newer than this visae supports "
-                             f"({SUBSAMPLED_SCHEMA_VERSION}); upgrade visae (pip install -U visae)")
+            raise CacheError(f"{manifest_path}: cache schema version {version} is newer than this visae "
+                             f"supports ({SUBSAMPLED_SCHEMA_VERSION}); upgrade visae (pip install -U visae)")
         try:
             self.manifest = CacheManifest.model_validate(raw)
         except ValidationError as e:
@@ -61,10 +63,12 @@ class ActivationCache:
         manifest = self.manifest
         self._layout = TokenLayout.from_dict(manifest.layout)
         if self._layout.n_patches != manifest.n_patches:
-            raise CacheError(f"{manifest_path}: layout has {self._layout.n_patches} patches, manifest says {manifest.n_patches}")
+            raise CacheError(f"{manifest_path}: layout has {self._layout.n_patches} patches, manifest says "
+                             f"{manifest.n_patches}")
         counts = [shard.n_images for shard in manifest.shards]
         if sum(counts) != manifest.n_images:
-            raise CacheError(f"{manifest_path}: shards hold {sum(counts)} images, manifest says {manifest.n_images}")
+            raise CacheError(f"{manifest_path}: shards hold {sum(counts)} images, manifest says "
+                             f"{manifest.n_images}")
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._labels = self._load_labels()
         ids = _read_json(self.path / "image_ids.json", "image_ids.json")
@@ -76,20 +80,24 @@ class ActivationCache:
             self._mean_d = np.asarray(stats["mean"], dtype=np.float32)
             self._std = float(stats["std"])
         except (KeyError, TypeError, ValueError):
-            raise CacheError(f"{self.path / 'stats.json'}: expected {{'mean': [...], 'std': float}}") from None
+            raise CacheError(f"{self.path / 'stats.json'}: expected {{'mean': [...], 'std': "
+                             f"float}}") from None
         if self._mean_d.shape != (manifest.d_model,):
-            raise CacheError(f"{self.path / 'stats.json'}: mean has {self._mean_d.size} values, expected {manifest.d_model}")
+            raise CacheError(f"{self.path / 'stats.json'}: mean has {self._mean_d.size} values, expected "
+                             f"{manifest.d_model}")
         self._mean_t = torch.from_numpy(self._mean_d)
         self._shards: list[np.ndarray | None] = [None] * len(manifest.shards)
         for info in manifest.shards:
             if (manifest.tokens_per_image is None) != (info.positions_file is None):
-                raise CacheError(f"{manifest_path}: shard {info.file} and tokens_per_image={manifest.tokens_per_image} "
-                                 "disagree on stored positions; the manifest is corrupt: rerun 'visae cache'")
+                raise CacheError(f"{manifest_path}: shard {info.file} and "
+                                 f"tokens_per_image={manifest.tokens_per_image} disagree on stored "
+                                 "positions; the manifest is corrupt: rerun 'visae cache'")
             for name in (info.file, info.prefix_file, info.positions_file):
                 # A manifest is data: its file names must be plain names inside this folder.
                 if name is not None and (name != Path(name).name or name in ("", ".", "..")):
-                    raise CacheError(f"{manifest_path}: shard file {name!r} is not a plain file name inside the "
-                                     "cache folder; refusing to read it (the manifest is corrupt or hostile)")
+                    raise CacheError(f"{manifest_path}: shard file {name!r} is not a plain file name inside "
+                                     "the cache folder; refusing to read it (the manifest is corrupt "
+                                     "or hostile)")
             if not (self.path / info.file).is_file():
                 raise CacheError(f"{self.path / info.file}: shard missing; rerun 'visae cache' to rebuild it")
         if verify:
@@ -100,7 +108,8 @@ class ActivationCache:
         try:
             labels = np.load(p, allow_pickle=False)
         except FileNotFoundError:
-            raise CacheError(f"{p}: labels.npy is missing; rerun 'visae cache' to rebuild the cache") from None
+            raise CacheError(f"{p}: labels.npy is missing; rerun 'visae cache' to rebuild the "
+                             "cache") from None
         except ValueError as e:
             raise CacheError(f"{p}: unreadable ({e}); rerun 'visae cache' to rebuild it") from None
         if labels.shape != (self.manifest.n_images,):
@@ -116,7 +125,8 @@ class ActivationCache:
             try:
                 arr = np.load(p, mmap_mode="r", allow_pickle=False)
             except ValueError as e:
-                raise CacheError(f"{p}: unreadable shard ({e}); delete it and rerun 'visae cache' to rebuild it") from None
+                raise CacheError(f"{p}: unreadable shard ({e}); delete it and rerun 'visae cache' to rebuild "
+                                 "it") from None
             want = (info.n_images, self.tokens_per_image, self.manifest.d_model)
             if arr.shape != want or arr.dtype != np.float16:
                 raise CacheError(f"{p}: shape {arr.shape} {arr.dtype}, manifest says {want} float16; "
@@ -154,12 +164,14 @@ class ActivationCache:
         if self.is_subsampled:
             m = self.manifest
             raise CacheError(
-                f"{self.path}: a training cache keeping {m.tokens_per_image} of {m.n_patches} patch positions per "
-                f"image (tokens_per_image={m.tokens_per_image}, position seed {m.position_seed}); {what} needs "
-                "every patch of each image: point it at a cache built without tokens_per_image")
+                f"{self.path}: a training cache keeping {m.tokens_per_image} of {m.n_patches} patch "
+                f"positions per image (tokens_per_image={m.tokens_per_image}, position seed "
+                f"{m.position_seed}); {what} needs every patch of each image: point it at a cache built "
+                "without tokens_per_image")
 
     def positions(self, start: int, stop: int) -> np.ndarray:
-        """Stored patch positions (int64 ``[n, T]``) of images ``start … stop-1`` (all of 0 … P-1 when full)."""
+        """Stored patch positions (int64 ``[n, T]``) of images ``start … stop-1`` (all of 0 … P-1 when
+        full)."""
         stop = min(stop, self.n_images)
         if not self.is_subsampled:
             return np.broadcast_to(np.arange(self.n_patches), (max(0, stop - start), self.n_patches)).copy()
@@ -277,8 +289,9 @@ class ActivationCache:
             while done < want:
                 n = os.preadv(fd, [view[done:]], offset + done)
                 if n <= 0:
-                    raise CacheError(f"{p}: file ends early (read {done} of {want} bytes at offset {offset}); "
-                                     "rerun 'visae cache' (the same command) with --verify to rebuild it")
+                    raise CacheError(f"{p}: file ends early (read {done} of {want} bytes at offset "
+                                     f"{offset}); rerun 'visae cache' (the same command) with --verify to "
+                                     "rebuild it")
                 done += n
         finally:
             os.close(fd)

@@ -55,7 +55,8 @@ def npy_problem(path: Path, shape: tuple[int, ...], sha256: str | None = None,
         size = path.stat().st_size
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read = np.lib.format.read_array_header_1_0 if version == (1,
+                                                                      0) else np.lib.format.read_array_header_2_0
             got_shape, fortran, dtype = read(f)
             offset = f.tell()
     except FileNotFoundError:
@@ -84,15 +85,18 @@ def journal_from_finals(folder: Path, cache_hash: str) -> dict[str, Any] | None:
         stats = json.loads((folder / "stats.json").read_text())
     except (OSError, ValueError, ValidationError):
         return None
-    if m.hash != cache_hash or m.shard_images is None or not isinstance(ids, list) or not isinstance(skipped, list):
+    if m.hash != cache_hash or m.shard_images is None or not isinstance(ids,
+                                                                        list) or not isinstance(skipped, list):
         return None
     if labels.shape != (m.n_images,) or len(ids) != m.n_images:
         return None
     entries, row = [], 0
     for k, info in enumerate(m.shards):
         rows = slice(row, row + info.n_images)
-        entries.append({**info.model_dump(mode="json"), "labels": [int(v) for v in labels[rows]], "ids": ids[rows],
-                        "skipped": [s for s in skipped if isinstance(s, dict) and s.get("index", -1) // m.shard_images == k]})
+        entries.append({**info.model_dump(mode="json"), "labels": [int(v) for v in labels[rows]],
+                        "ids": ids[rows],
+                        "skipped": [s for s in skipped if isinstance(s, dict)
+                                    and s.get("index", -1) // m.shard_images == k]})
         row += info.n_images
     journal: dict[str, Any] = {"hash": cache_hash, "shard_images": m.shard_images, "shards": entries,
                "final": {"manifest": raw, "stats": stats}}
@@ -115,9 +119,9 @@ def find_damage(job: CacheBuild, verify: bool = False) -> Damage | None:
         rebuilt = journal_from_finals(folder, job.hash)
         if rebuilt is None:
             bad = [n for n in FINAL_FILES if not (folder / n).is_file()] or ["its final files"]
-            raise CacheError(f"{folder}: {', '.join(bad)} missing or damaged, and the journal {JOURNAL} that could "
-                             f"rebuild them is missing or damaged too; delete the folder {folder} and rerun "
-                             "'visae cache' to rebuild the cache")
+            raise CacheError(f"{folder}: {', '.join(bad)} missing or damaged, and the journal {JOURNAL} that "
+                             f"could rebuild them is missing or damaged too; delete the folder {folder} and "
+                             "rerun 'visae cache' to rebuild the cache")
         journal, lost = rebuilt, True
     damage = Damage(journal, journal_lost=lost)
     for name, want in final_files(journal["shards"], journal["final"]).items():
@@ -137,9 +141,11 @@ def find_damage(job: CacheBuild, verify: bool = False) -> Damage | None:
 def _shard_problem(folder: Path, e: dict[str, Any], m: dict[str, Any], verify: bool) -> str | None:
     """What is wrong with shard entry ``e``'s files (tokens, prefix tokens, kept positions), or None."""
     n, d, t = e["n_images"], m["d_model"], m.get("tokens_per_image") or m["n_patches"]
-    files: list[tuple[str, tuple[int, ...], str | None, type]] = [(e["file"], (n, t, d), e["sha256"], np.float16)]
+    files: list[tuple[str, tuple[int, ...], str | None, type]] = [(e["file"], (n, t, d), e["sha256"],
+                                                                   np.float16)]
     if e.get("prefix_file"):
-        files.append((e["prefix_file"], (n, TokenLayout.from_dict(m["layout"]).n_prefix, d), e.get("prefix_sha256"),
+        files.append((e["prefix_file"], (n, TokenLayout.from_dict(m["layout"]).n_prefix, d),
+                      e.get("prefix_sha256"),
                       np.float16))
     if e.get("positions_file"):
         files.append((e["positions_file"], (n, t), e.get("positions_sha256"), np.int16))
@@ -151,7 +157,8 @@ def _shard_problem(folder: Path, e: dict[str, Any], m: dict[str, Any], verify: b
 
 
 def repair(job: CacheBuild, damage: Damage) -> None:
-    """Rebuild exactly what ``damage`` lists: shards first, then the final files (manifest last), the journal."""
+    """Rebuild exactly what ``damage`` lists: shards first, then the final files (manifest last), the
+    journal."""
     folder = job.folder
     if damage.journal_lost:
         job.journal, job.entries = damage.journal, damage.journal["shards"]

@@ -59,9 +59,9 @@ class TokenStream:
             m = c.manifest
             for field in ("d_model", "backbone", "weights_id", "layer"):
                 if getattr(m, field) != getattr(first, field):
-                    raise CacheError(f"{c.path}: {field} is {getattr(m, field)!r} but {self.caches[0].path} has "
-                                     f"{getattr(first, field)!r}; one training stream needs caches of the same "
-                                     "backbone, weights and layer")
+                    raise CacheError(f"{c.path}: {field} is {getattr(m, field)!r} but {self.caches[0].path} "
+                                     f"has {getattr(first, field)!r}; one training stream needs caches of "
+                                     "the same backbone, weights and layer")
         self.d_model = first.d_model
         self.n_tokens = sum(c.n_tokens for c in self.caches)
         self.mean_d, self.std = self._pooled_stats()
@@ -74,7 +74,8 @@ class TokenStream:
         n = np.array([c.n_tokens for c in self.caches], dtype=np.float64)
         means = np.stack([c.mean_d.astype(np.float64) for c in self.caches])
         mean = (n[:, None] * means).sum(0) / n.sum()
-        var = (n * (np.array([c.std for c in self.caches]) ** 2 + ((means - mean) ** 2).mean(1))).sum() / n.sum()
+        var = (n * (np.array([c.std for c in self.caches]) ** 2
+                    + ((means - mean) ** 2).mean(1))).sum() / n.sum()
         return mean.astype(np.float32), float(np.sqrt(var))
 
     @property
@@ -103,7 +104,8 @@ class TokenStream:
         for ci, c in enumerate(self.caches):
             per_chunk = max(1, CHUNK_TOKENS // max(1, c.tokens_per_image))
             for k, info in enumerate(c.manifest.shards):
-                out.extend((ci, k, r, min(info.n_images, r + per_chunk)) for r in range(0, info.n_images, per_chunk))
+                out.extend((ci, k, r, min(info.n_images, r + per_chunk))
+                           for r in range(0, info.n_images, per_chunk))
         return out
 
     def _chunk_tokens(self, ch: Chunk) -> int:
@@ -167,22 +169,25 @@ class TokenStream:
                     continue
                 for b in range(item.n_full):
                     if item.first_step + b >= start_step:
-                        yield self._to_torch(buf[item.perm[b * batch_size:(b + 1) * batch_size]], normalize, half)
+                        yield self._to_torch(buf[item.perm[b * batch_size:(b + 1) * batch_size]],
+                                             normalize, half)
         finally:
             buffers.close()  # type: ignore[attr-defined]
 
     def _to_torch(self, arr: np.ndarray, normalize: bool, half: bool = False) -> torch.Tensor:
-        """The batch as float32 (normalized), or as the stored float16 when ``half`` (no copy beyond the gather)."""
+        """The batch as float32 (normalized), or as the stored float16 when ``half`` (no copy beyond the
+        gather)."""
         src = torch.from_numpy(arr)
         if half:
             return src
         t = src.float()
         if normalize:
             t.sub_(self._mean_t).div_(self.std)
-        if not bool(torch.isfinite(t.sum())):  # any NaN/Inf makes the sum NaN/Inf; fp16 values cannot overflow it
-            raise CacheError(f"{', '.join(self.paths)}: the cache holds NaN/Inf activations (visae's writer never "
-                             "stores them: the files were altered or written by another tool); run open_cache(path, "
-                             "verify=True), delete bad shards and rerun 'visae cache'")
+        # any NaN/Inf makes the sum NaN/Inf; fp16 values cannot overflow it
+        if not bool(torch.isfinite(t.sum())):
+            raise CacheError(f"{', '.join(self.paths)}: the cache holds NaN/Inf activations (visae's writer "
+                             "never stores them: the files were altered or written by another tool); run "
+                             "open_cache(path, verify=True), delete bad shards and rerun 'visae cache'")
         return t
 
     def finish_on(self, batches: Iterator[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:
@@ -198,7 +203,8 @@ class TokenStream:
     def _load_mmap(self, carry: np.ndarray, window: list[Chunk]) -> np.ndarray:
         """Reference path: ``carry ++ window`` from memory-mapped slices."""
         d = self.d_model
-        return np.concatenate([carry, *(self.caches[ci].shard(k)[r0:r1].reshape(-1, d) for ci, k, r0, r1 in window)])
+        return np.concatenate([carry,
+                               *(self.caches[ci].shard(k)[r0:r1].reshape(-1, d) for ci, k, r0, r1 in window)])
 
     def _load_fast(self, carry: np.ndarray, window: list[Chunk]) -> np.ndarray:
         """Fast path: ``carry ++ window`` with one sequential ``preadv`` per chunk into one buffer."""

@@ -37,21 +37,26 @@ def save_npy(path: Path, arr: np.ndarray) -> str:
 
 def write_shard(dir_path: Path, k: int, acts_npd: np.ndarray, prefix_nkd: np.ndarray | None = None,
                 positions_nt: np.ndarray | None = None) -> ShardInfo:
-    """Write shard ``k`` (float16), optionally its prefix tokens and kept patch positions; return its entry."""
+    """Write shard ``k`` (float16), optionally its prefix tokens and kept patch positions; return its
+    entry."""
     info: dict[str, Any] = {"file": shard_file(k), "n_images": int(acts_npd.shape[0]),
-                            "sha256": save_npy(dir_path / shard_file(k), np.ascontiguousarray(acts_npd, np.float16))}
+                            "sha256": save_npy(dir_path / shard_file(k),
+                                               np.ascontiguousarray(acts_npd, np.float16))}
     if prefix_nkd is not None:
         info["prefix_file"] = prefix_file(k)
-        info["prefix_sha256"] = save_npy(dir_path / prefix_file(k), np.ascontiguousarray(prefix_nkd, np.float16))
+        info["prefix_sha256"] = save_npy(dir_path / prefix_file(k),
+                                         np.ascontiguousarray(prefix_nkd, np.float16))
     if positions_nt is not None:
         from visae.cache.positions import positions_file
 
         info["positions_file"] = positions_file(k)
-        info["positions_sha256"] = save_npy(dir_path / positions_file(k), np.ascontiguousarray(positions_nt, np.int16))
+        info["positions_sha256"] = save_npy(dir_path / positions_file(k),
+                                            np.ascontiguousarray(positions_nt, np.int16))
     return ShardInfo(**info)
 
 
-def write_final(dir_path: Path, *, manifest_fields: dict[str, Any], shards: list[ShardInfo], labels: np.ndarray,
+def write_final(dir_path: Path, *, manifest_fields: dict[str, Any], shards: list[ShardInfo],
+                labels: np.ndarray,
                 image_ids: list[str], stats: StreamingStats, skipped: list[dict[str, Any]]) -> CacheManifest:
     """Write labels, ids, stats, skipped list and, last, the manifest (the commit record)."""
     save_npy(dir_path / "labels.npy", np.asarray(labels, dtype=np.int64))
@@ -83,7 +88,8 @@ def json_bytes(obj: Any) -> bytes:
 def final_files(entries: list[dict[str, Any]], final: dict[str, Any]) -> dict[str, bytes]:
     """The bytes of every final file, from the journal's shard entries and final record."""
     buf = io.BytesIO()
-    np.save(buf, np.asarray([lab for e in entries for lab in e["labels"]], dtype=np.int64), allow_pickle=False)
+    np.save(buf, np.asarray([lab for e in entries for lab in e["labels"]], dtype=np.int64),
+            allow_pickle=False)
     return {"labels.npy": buf.getvalue(),
             "image_ids.json": json_bytes([i for e in entries for i in e["ids"]]),
             "stats.json": json_bytes(final["stats"]),

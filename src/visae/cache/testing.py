@@ -44,7 +44,8 @@ def write_synthetic_cache(dir: Path | str, acts_npd: np.ndarray, labels: np.ndar
     tpi = None
     if positions_nt is not None:
         positions_nt = np.asarray(positions_nt)
-        if positions_nt.shape != (n, p) or (p and (positions_nt.min() < 0 or positions_nt.max() >= layout.n_patches)):
+        if positions_nt.shape != (n, p) or (p and (positions_nt.min() < 0
+                                                   or positions_nt.max() >= layout.n_patches)):
             raise CacheError(f"positions_nt must be [{n}, {p}] positions in 0..{layout.n_patches - 1}")
         tpi, p = p, layout.n_patches
     if p != layout.n_patches:
@@ -76,7 +77,8 @@ def write_synthetic_cache(dir: Path | str, acts_npd: np.ndarray, labels: np.ndar
         "class_names": list(class_names), "preprocessing": {"synthetic": True},
     }
     if tpi is not None:
-        fields.update(schema_version=SUBSAMPLED_SCHEMA_VERSION, tokens_per_image=tpi, position_seed=position_seed)
+        fields.update(schema_version=SUBSAMPLED_SCHEMA_VERSION, tokens_per_image=tpi,
+                      position_seed=position_seed)
     write_final(dir_path, manifest_fields=fields, shards=shards, labels=labels, image_ids=list(ids),
                 stats=stats, skipped=[])
     return dir_path
@@ -99,7 +101,8 @@ class TinyViTBackbone(Backbone):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=img_size,
-                                           patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=2,
+                                           patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+                                           num_heads=2,
                                            num_classes=0)
         self.device = pick_device(device)
         self.model.eval().to(self.device)

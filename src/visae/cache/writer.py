@@ -44,7 +44,8 @@ def _say(cfg: CacheConfig, msg: str) -> None:
 
 def build_cache(backbone: Backbone | str, source: ImageSource | str, layer: int, out_dir: Path | str,
                 config: CacheConfig | None = None, **kwargs: Any) -> Path:
-    """Cache the patch tokens of ``layer`` of ``backbone`` over ``source`` under ``out_dir``; return the folder.
+    """Cache the patch tokens of ``layer`` of ``backbone`` over ``source`` under ``out_dir``; return the
+    folder.
 
     ``backbone`` is a registry/timm name or a :class:`Backbone`; ``source`` a spec or an
     :class:`ImageSource`. Other settings come from ``config`` or keyword arguments (fields of
@@ -61,12 +62,14 @@ def build_cache(backbone: Backbone | str, source: ImageSource | str, layer: int,
     bb, src = resolve_inputs(backbone, source, cfg)
     bb.check_layer(layer)
     check_tokens_per_image(cfg.tokens_per_image, bb.layout.n_patches)
-    folder = cache_dir_for(Path(out_dir), bb, src, layer, cfg.keep_prefix, cfg.tokens_per_image, cfg.position_seed)
+    folder = cache_dir_for(Path(out_dir), bb, src, layer, cfg.keep_prefix, cfg.tokens_per_image,
+                           cfg.position_seed)
     if folder.is_dir():
         damage = find_damage(CacheBuild(bb, src, layer, folder, cfg), cfg.verify)
         read_only = not os.access(folder, os.W_OK)
         if damage is not None and (not damage or (read_only and not damage.files and not damage.shards)):
-            _say(cfg, f"cache exists: {folder}")  # (a read-only cache written before the journal: left as it is)
+            # (a read-only cache written before the journal: left as it is)
+            _say(cfg, f"cache exists: {folder}")
             return folder
     folder.mkdir(parents=True, exist_ok=True)
     with writer_lock(folder):
