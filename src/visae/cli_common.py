@@ -16,7 +16,8 @@ from visae.errors import VisaeError, VisaeWarning
 
 C = TypeVar("C", bound=FrozenConfig)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file with the stage's settings.")]
+ConfigOpt = Annotated[Path | None,
+                      typer.Option("--config", "-c", help="YAML file with the stage's settings.")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override one setting: key=value (repeatable; dotted keys for nested)."),
@@ -27,7 +28,8 @@ def resolve_config(cls: type[C], config: Path | None, overrides: list[str] | Non
                    base: dict[str, Any] | None = None) -> C:
     """YAML file, then explicit CLI options (``base``, None values dropped), then ``--set`` overrides."""
     data = {k: v for k, v in (base or {}).items() if v is not None}
-    return load_config(cls, config, overrides, base=None) if not data else _merge(cls, config, data, overrides)
+    return load_config(cls, config, overrides,
+                       base=None) if not data else _merge(cls, config, data, overrides)
 
 
 def _merge(cls: type[C], config: Path | None, data: dict[str, Any], overrides: list[str] | None) -> C:
