@@ -41,7 +41,8 @@ def resolve_root(root: Path) -> Path:
 
 
 def read_class_names(root: Path) -> list[str]:
-    """The 150 class names from ``objectInfo150.csv`` (first name of each ``Name`` entry), or ``class_<i>``."""
+    """The 150 class names from ``objectInfo150.csv`` (first name of each ``Name`` entry), or
+    ``class_<i>``."""
     path = root / "objectInfo150.csv"
     names = [f"class_{i}" for i in range(1, N_CLASSES + 1)]
     if path.is_file():

@@ -65,7 +65,8 @@ class PackageRecord:
 
 # ----------------------------------------------------------------------------------------- apt config
 def parse_stanzas(text: str) -> list[dict[str, str]]:
-    """RFC-822-style stanzas (deb822 sources, Packages, Release) as dicts; continuation lines joined by '\\n'."""
+    """RFC-822-style stanzas (deb822 sources, Packages, Release) as dicts; continuation lines joined by
+    '\\n'."""
     out: list[dict[str, str]] = []
     cur: dict[str, str] = {}
     last = ""
@@ -148,7 +149,8 @@ def host_arch() -> str:
         except (OSError, subprocess.SubprocessError):
             pass
     m = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386", "ppc64le": "ppc64el"}.get(m, m)
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386",
+            "ppc64le": "ppc64el"}.get(m, m)
 
 
 # -------------------------------------------------------------------------------------- downloading
@@ -364,7 +366,8 @@ def extract_deb(deb: bytes, folder_in_package: str, dest: Path) -> list[Path]:
 def fetch_package_files(package: str, folder_in_package: str, dest: Path, *, use_apt: bool = True,
                         etc: Path | None = None, arch: str | None = None,
                         log: Callable[[str], None] = lambda s: None) -> list[Path]:
-    """Fetch ``package``'s ``.deb`` (apt-get download, else apt's mirrors) and extract one folder into ``dest``.
+    """Fetch ``package``'s ``.deb`` (apt-get download, else apt's mirrors) and extract one folder into
+    ``dest``.
 
     OSError lists every route tried and why it failed.
     """

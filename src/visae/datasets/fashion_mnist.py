@@ -77,7 +77,8 @@ def read_idx(path: Path) -> np.ndarray:
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims))
     if len(raw) - offset != expected:
-        raise DataError(f"{path}: truncated IDX file ({len(raw) - offset} bytes of data, expected {expected})")
+        raise DataError(f"{path}: truncated IDX file ({len(raw) - offset} bytes of data, expected "
+                        f"{expected})")
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
@@ -136,9 +137,10 @@ def fetch_fashion_mnist(force: bool = False, log: Callable[[str], None] = _log) 
                 log(f"fashion-mnist: IDX files in {found}")
                 return found
     raise DataError(
-        f"fashion-mnist: the IDX files are not on this machine and fetching them failed ({'; '.join(problems)}); "
-        "connect to the Debian mirror or the internet and run 'visae data fetch fashion-mnist', or install the "
-        f"Debian package '{DEBIAN_PACKAGE}', or set VISAE_FASHION_MNIST_DIR to a folder with the four IDX files")
+        "fashion-mnist: the IDX files are not on this machine and fetching them failed "
+        f"({'; '.join(problems)}); connect to the Debian mirror or the internet and run 'visae data fetch "
+        f"fashion-mnist', or install the Debian package '{DEBIAN_PACKAGE}', or set VISAE_FASHION_MNIST_DIR "
+        "to a folder with the four IDX files")
 
 
 def open_fashion_mnist(split: str = "train") -> ArraySource:

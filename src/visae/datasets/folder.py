@@ -54,7 +54,8 @@ class FolderSource(ListedSource):
             files.extend(found)
             labels.extend([label] * len(found))
         if not files:
-            raise DataError(f"{self.dir}: the class folders hold no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise DataError(f"{self.dir}: the class folders hold no image files "
+                            f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
         super().__init__(self.spec, split, self.dir, files, labels, classes)
         self.root = Path(root).expanduser()
 

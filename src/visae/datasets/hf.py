@@ -48,7 +48,8 @@ def _load(name: str) -> Any:
                            or (p / "state.json").is_file()):
             return datasets.load_from_disk(str(p))
         return datasets.load_dataset(str(p) if p.exists() else name)
-    except Exception as e:  # datasets raises many kinds (FileNotFoundError, ConnectionError, DatasetNotFoundError)
+    # datasets raises many kinds (FileNotFoundError, ConnectionError, DatasetNotFoundError)
+    except Exception as e:
         raise DataError(f"hf:{name}: cannot load the dataset ({type(e).__name__}: {e})") from None
 
 
@@ -85,7 +86,8 @@ class HFSource(ImageSource):
         else:
             label_col = next((c for c in ("label", "labels") if c in features), None)
             if label_col is None:
-                raise DataError(f"hf:{name}: no ClassLabel or 'label' column (features: {', '.join(features)})")
+                raise DataError(f"hf:{name}: no ClassLabel or 'label' column (features: "
+                                f"{', '.join(features)})")
             values = list(ds[label_col])
             uniq = sorted(set(values))
             self.class_names = [str(v) for v in uniq]

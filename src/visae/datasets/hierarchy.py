@@ -93,7 +93,8 @@ class Hierarchy:
         return out
 
     def sibling_groups(self, class_names: list[str], min_size: int = 3) -> list[list[int]]:
-        """Class-index lists of the sibling groups present in ``class_names`` (≥ ``min_size`` classes each)."""
+        """Class-index lists of the sibling groups present in ``class_names`` (≥ ``min_size`` classes
+        each)."""
         return [idx for _, idx in self.named_sibling_groups(class_names, min_size)]
 
     def coverage(self, class_names: list[str], min_size: int = 3) -> int:
@@ -119,9 +120,10 @@ def parse_hierarchy(data: Any, source: str) -> Hierarchy:
         raise ConfigError(f"{source}: 'group_info' must be an object {{group name: {{depth: 1, ...}}}}")
     extra = set(data) - {"name", "groups", "aliases", "provenance", "group_info"}
     if extra:
-        raise ConfigError(f"{source}: unknown keys {sorted(extra)}; allowed: name, groups, aliases, provenance, "
-                          "group_info")
-    return Hierarchy(name=str(data.get("name", Path(source).stem)), groups={str(k): list(v) for k, v in groups.items()},
+        raise ConfigError(f"{source}: unknown keys {sorted(extra)}; allowed: name, groups, aliases, "
+                          "provenance, group_info")
+    return Hierarchy(name=str(data.get("name", Path(source).stem)),
+                     groups={str(k): list(v) for k, v in groups.items()},
                      aliases=dict(aliases), provenance=dict(data.get("provenance", {})),
                      group_info={str(k): dict(v) for k, v in info.items()})
 
@@ -142,8 +144,8 @@ def package_hierarchy(name: str) -> Hierarchy:
     """A hierarchy shipped with visae (``imagenet``, ``imagenet_authors``, ``fashion_mnist``)."""
     key = name.replace("-", "_").lower()
     if key not in PACKAGE_HIERARCHIES:
-        raise ConfigError(f"hierarchy {name!r}: not shipped with visae; choose one of {list(PACKAGE_HIERARCHIES)}, "
-                          "'auto', or the path of a JSON file")
+        raise ConfigError(f"hierarchy {name!r}: not shipped with visae; choose one of "
+                          f"{list(PACKAGE_HIERARCHIES)}, 'auto', or the path of a JSON file")
     text = resources.files("visae").joinpath("data", f"{key}_siblings.json").read_text(encoding="utf-8")
     return parse_hierarchy(json.loads(text), f"visae/data/{key}_siblings.json")
 

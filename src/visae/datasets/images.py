@@ -86,7 +86,8 @@ def load_image_file(path: Path | str) -> Image.Image:
                 img.load()
                 return to_rgb(img).copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DataError(f"{path}: image too large ({e}); resize it or raise PIL.Image.MAX_IMAGE_PIXELS") from None
+        raise DataError(f"{path}: image too large ({e}); resize it or raise "
+                        "PIL.Image.MAX_IMAGE_PIXELS") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:

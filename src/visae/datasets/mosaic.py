@@ -6,7 +6,8 @@ pixel its texture (1 brick, 2 grass, 3 gravel; 0 is never used), so segmentation
 a known ground truth — the offline stand-in for ADE20K in H1. The image label (for stratified subsets and
 class-level metrics) is the texture covering most pixels.
 
-200 mosaics from a fixed seed; ``train`` is the first 160, ``test`` and ``val`` the last 40, ``all`` every one.
+200 mosaics from a fixed seed; ``train`` is the first 160, ``test`` and ``val`` the last 40, ``all`` every
+one.
 Image ids are ``mosaic/<index>``; masks are served for any id, whatever the split
 (:meth:`TextureMosaicSource.load_mask_by_id`, the segmentation task's mask interface).
 """
@@ -30,13 +31,17 @@ SEED = 0
 
 
 @functools.lru_cache(maxsize=1)
-def make_mosaics(n: int = N_MOSAICS, size: int = SIZE, seed: int = SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(images [n, size, size] uint8, masks [n, size, size] uint8 in 1…3, offsets [n, 3, 2])``, deterministic
-    in ``seed``; ``offsets[i, t]`` is the top-left corner of the crop of photo ``t`` that mosaic ``i`` shows."""
+def make_mosaics(n: int = N_MOSAICS, size: int = SIZE,
+                 seed: int = SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(images [n, size, size] uint8, masks [n, size, size] uint8 in 1…3, offsets [n, 3, 2])``,
+    deterministic
+    in ``seed``; ``offsets[i, t]`` is the top-left corner of the crop of photo ``t`` that mosaic ``i``
+    shows."""
     try:
         from skimage import data
     except ImportError:
-        raise DataError("texture-mosaic needs scikit-image; install it with: pip install 'visae[offline]'") from None
+        raise DataError("texture-mosaic needs scikit-image; install it with: pip install "
+                        "'visae[offline]'") from None
     photos = [np.asarray(getattr(data, name)(), dtype=np.uint8) for name in TEXTURES]
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
@@ -48,7 +53,8 @@ def make_mosaics(n: int = N_MOSAICS, size: int = SIZE, seed: int = SEED) -> tupl
         centres = rng.uniform(0, size, (k, 2))
         kinds = rng.permutation(len(TEXTURES))[: min(k, len(TEXTURES))]
         region_texture = np.r_[kinds, rng.integers(0, len(TEXTURES), k - len(kinds))]
-        nearest = np.argmin((yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2, axis=-1)
+        nearest = np.argmin((yy[..., None] - centres[:, 0]) ** 2
+                            + (xx[..., None] - centres[:, 1]) ** 2, axis=-1)
         mask = region_texture[nearest]
         for t, photo in enumerate(photos):
             r, c = (int(v) for v in rng.integers(0, photo.shape[0] - size, 2))
@@ -63,7 +69,8 @@ class TextureMosaicSource(ImageSource):
 
     def __init__(self, split: str = "train") -> None:
         images, masks, _ = make_mosaics()
-        ranges = {"train": range(N_TRAIN), "test": range(N_TRAIN, N_MOSAICS), "val": range(N_TRAIN, N_MOSAICS),
+        ranges = {"train": range(N_TRAIN), "test": range(N_TRAIN, N_MOSAICS),
+                  "val": range(N_TRAIN, N_MOSAICS),
                   "all": range(N_MOSAICS)}
         if split not in ranges:
             raise DataError(f"texture-mosaic: unknown split {split!r}; use train, val, test or all")
@@ -72,7 +79,8 @@ class TextureMosaicSource(ImageSource):
         self.index = np.asarray(ranges[split], dtype=np.int64)
         self._images, self._masks = images, masks
         self.class_names = list(TEXTURES)
-        counts = np.stack([(masks[self.index] == t + 1).sum(axis=(1, 2)) for t in range(len(TEXTURES))], axis=1)
+        counts = np.stack([(masks[self.index] == t + 1).sum(axis=(1, 2))
+                           for t in range(len(TEXTURES))], axis=1)
         self._labels = counts.argmax(axis=1).astype(np.int64)
 
     def __len__(self) -> int:

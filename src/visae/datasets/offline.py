@@ -94,7 +94,8 @@ OFFLINE_SETS: dict[str, Callable[[], ArraySource]] = {
 def open_offline(name: str, split: str = "train") -> ImageSource:
     """One split of an offline set (see the module docstring for the split rule)."""
     if name not in OFFLINE_SETS:
-        raise DataError(f"offline:{name}: unknown offline set; choose one of {', '.join(sorted(OFFLINE_SETS))}")
+        raise DataError(f"offline:{name}: unknown offline set; choose one of "
+                        f"{', '.join(sorted(OFFLINE_SETS))}")
     full = OFFLINE_SETS[name]()
     if split == "all":
         return full

@@ -54,7 +54,8 @@ def open_inat(root: Path | str, split: str = "train") -> ListedSource:
         if js.is_file():
             cls, f, lab = _inat_json(js)
         else:
-            cls, f, lab = _class_folders(_need(root / name, f"{name}.json or the {name}/ class folders"), root)
+            cls, f, lab = _class_folders(_need(root / name,
+                                               f"{name}.json or the {name}/ class folders"), root)
         if class_names is None:
             class_names = cls
         elif cls != class_names:
@@ -71,7 +72,8 @@ def _inat_json(path: Path) -> tuple[list[str], list[str], list[int]]:
         images = {im["id"]: im["file_name"] for im in doc["images"]}
         annotations = doc["annotations"]
     except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: not an iNaturalist COCO-style file (images, annotations, categories): {e}") from e
+        raise DataError(f"{path}: not an iNaturalist COCO-style file (images, annotations, categories): "
+                        f"{e}") from e
     index = {c["id"]: i for i, c in enumerate(cats)}
     class_names = [str(c.get("image_dir_name") or c.get("name") or c["id"]) for c in cats]
     pairs = sorted((images[a["image_id"]], index[a["category_id"]]) for a in annotations)

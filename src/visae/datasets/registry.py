@@ -36,7 +36,8 @@ SOURCES: Registry[SourceOpener] = Registry("image source", error=DataError)
 
 @overload
 def register_source(name: str, opener: None = None, *, usage: str | Sequence[str] | None = None,
-                    aliases: Sequence[str] = (), overwrite: bool = False) -> Callable[[SourceOpener], SourceOpener]: ...
+                    aliases: Sequence[str] = (),
+                    overwrite: bool = False) -> Callable[[SourceOpener], SourceOpener]: ...
 
 
 @overload
@@ -44,11 +45,14 @@ def register_source(name: str, opener: SourceOpener | str, *, usage: str | Seque
                     aliases: Sequence[str] = (), overwrite: bool = False) -> None: ...
 
 
-def register_source(name: str, opener: SourceOpener | str | None = None, *, usage: str | Sequence[str] | None = None,
-                    aliases: Sequence[str] = (), overwrite: bool = False) -> Callable[[SourceOpener], SourceOpener] | None:
+def register_source(name: str, opener: SourceOpener | str | None = None, *,
+                    usage: str | Sequence[str] | None = None,
+                    aliases: Sequence[str] = (),
+                    overwrite: bool = False) -> Callable[[SourceOpener], SourceOpener] | None:
     """Make specs ``name:ARG`` open with ``opener(ARG, split)`` (a callable, or ``"module:attr"`` imported
     on first use); without ``opener``, a decorator. ``usage`` lists the spec patterns shown to users
-    (default ``name:PATH``); a pattern without ``:`` (``fashion-mnist``) means the source takes no argument."""
+    (default ``name:PATH``); a pattern without ``:`` (``fashion-mnist``) means the source takes no
+    argument."""
     patterns = [usage] if isinstance(usage, str) else list(usage or [f"{name}:PATH"])
     summary = ", ".join(patterns)
     if opener is None:
@@ -91,8 +95,10 @@ def _register_defaults() -> None:
 
     register_source("folder", "visae.datasets.folder:open_folder", usage="folder:PATH")
     register_source("hf", "visae.datasets.hf:HFSource", usage="hf:NAME_OR_PATH[:SPLIT]")
-    register_source("fashion-mnist", _open_fashion_mnist, usage="fashion-mnist", aliases=("fashion_mnist", "fmnist"))
-    register_source("offline", "visae.datasets.offline:open_offline", usage=[f"offline:{n}" for n in OFFLINE_SETS])
+    register_source("fashion-mnist", _open_fashion_mnist, usage="fashion-mnist",
+                    aliases=("fashion_mnist", "fmnist"))
+    register_source("offline", "visae.datasets.offline:open_offline",
+                    usage=[f"offline:{n}" for n in OFFLINE_SETS])
     register_source("inat", "visae.datasets.ood:open_inat")
     register_source("cub", "visae.datasets.ood:open_cub")
     register_source("dtd", "visae.datasets.ood:open_dtd_spec", usage="dtd:PATH[?fold=N]")

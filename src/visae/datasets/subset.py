@@ -35,7 +35,8 @@ def stratified_split(labels: np.ndarray, test_fraction: float = OFFLINE_TEST_FRA
     return np.nonzero(train_mask)[0], test_idx
 
 
-def subset_indices(labels: np.ndarray, max_images: int, seed: int = 42, stratified: bool = True) -> np.ndarray:
+def subset_indices(labels: np.ndarray, max_images: int, seed: int = 42,
+                   stratified: bool = True) -> np.ndarray:
     """Sorted indices of a seeded subset of ``max_images`` items.
 
     Stratified: each class gets a share proportional to its size (largest remainders get the rounding,
@@ -63,7 +64,8 @@ def subset_tag(max_images: int, seed: int, stratified: bool) -> str:
     return f"{'stratified' if stratified else 'random'}-{max_images}-seed{seed}"
 
 
-def take_subset(source: ImageSource, max_images: int | None, seed: int = 42, stratified: bool = True) -> ImageSource:
+def take_subset(source: ImageSource, max_images: int | None, seed: int = 42,
+                stratified: bool = True) -> ImageSource:
     """``source`` itself, or a seeded subset of ``max_images`` items whose spec records the subset."""
     if max_images is None or max_images >= len(source):
         return source
