@@ -14,7 +14,8 @@ def parse_device(requested: str) -> torch.device:
     try:
         return torch.device(requested)
     except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"device {requested!r}: not a device name; use auto, cpu, cuda, cuda:1 or mps") from None
+        raise ConfigError(f"device {requested!r}: not a device name; use auto, cpu, cuda, cuda:1 or "
+                          "mps") from None
 
 
 def check_device_string(value: str) -> str:
@@ -35,18 +36,19 @@ def _check_available(dev: torch.device, requested: str) -> None:
             raise ConfigError(f"device {requested!r}: this machine cannot serve it ({why}); {_FIX}")
         n = torch.cuda.device_count()
         if dev.index is not None and dev.index >= n:
-            raise ConfigError(f"device {requested!r}: this machine has {n} CUDA device(s), cuda:0 … cuda:{n - 1}; "
-                              f"pick one of them or {_FIX}")
+            raise ConfigError(f"device {requested!r}: this machine has {n} CUDA device(s), cuda:0 … "
+                              f"cuda:{n - 1}; pick one of them or {_FIX}")
     elif dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise ConfigError(f"device {requested!r}: this machine cannot serve it (Apple MPS is not available); {_FIX}")
+            raise ConfigError(f"device {requested!r}: this machine cannot serve it (Apple MPS is not "
+                              f"available); {_FIX}")
     elif dev.type not in ("cpu", "meta"):
         module = getattr(torch, dev.type, None)
         available = getattr(module, "is_available", None)
         if callable(available) and not available():
-            raise ConfigError(f"device {requested!r}: this machine cannot serve it ({dev.type} is not available); "
-                              f"{_FIX}")
+            raise ConfigError(f"device {requested!r}: this machine cannot serve it ({dev.type} is not "
+                              f"available); {_FIX}")
 
 
 def pick_device(requested: str | torch.device | None = "auto") -> torch.device:
