@@ -115,7 +115,8 @@ class ImageLookup:
         return img.convert("RGB") if isinstance(img, Image.Image) else None
 
 
-def overlay(image: Image.Image | None, map_hw: np.ndarray, size: int = 64, vmax: float | None = None) -> Image.Image:
+def overlay(image: Image.Image | None, map_hw: np.ndarray, size: int = 64,
+            vmax: float | None = None) -> Image.Image:
     """The image (center-cropped square, resized) with the activation map as a translucent heat-map."""
     from matplotlib import colormaps
 

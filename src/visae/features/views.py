@@ -88,7 +88,8 @@ def _grid_features(t: pd.DataFrame) -> tuple[int, int]:
 
 def activation_grid(views: Sequence[SAEView], backbones: Sequence[str], family: str | None, layer: int | None,
                     scans: Scans, n_top: int = 5) -> dict[str, Any]:
-    """Fig. 5 cells per backbone: ``{backbone: {"sae": {...}, "features": [{role, feature, moran, img}]}}``."""
+    """Fig. 5 cells per backbone: ``{backbone: {"sae": {...}, "features": [{role, feature, moran,
+    img}]}}``."""
     cells: dict[str, Any] = {}
     for b in backbones:
         view = _pick(views, b, family, layer)
@@ -122,7 +123,8 @@ def _rounded(x: float) -> float | None:
     return None if not np.isfinite(x) else round(float(x), 4)
 
 
-def browser_entry(view: SAEView, scans: Scans, per_key: int = 64, n_top: int = 5, size: int = 56) -> dict[str, Any]:
+def browser_entry(view: SAEView, scans: Scans, per_key: int = 64, n_top: int = 5,
+                  size: int = 56) -> dict[str, Any]:
     """One SAE of the feature browser: its top features by Moran's I, M5 and frequency, with image strips."""
     sae, cache = view.open()
     scan = scans.get(view, sae, cache, n_top)
@@ -134,7 +136,8 @@ def browser_entry(view: SAEView, scans: Scans, per_key: int = 64, n_top: int = 5
         order = valid[np.argsort(-key[valid], kind="stable")][:per_key]
         chosen.extend(int(f) for f in order if int(f) not in chosen)
     strips = feature_strips(sae, cache, scan, chosen, scans.device, ImageLookup(cache), size=size)
-    feats = [{"f": f, "moran": _rounded(moran[f]), "m5": _rounded(ms[f]), "freq": round(float(scan.frequency_f[f]), 4),
+    feats = [{"f": f, "moran": _rounded(moran[f]), "m5": _rounded(ms[f]),
+              "freq": round(float(scan.frequency_f[f]), 4),
               "img": strips.get(f, "")} for f in chosen]
     rec = view.record
     return {"id": rec["sae_id"], **{k: rec[k] for k in ("backbone", "layer", "family", "expansion", "k")},
