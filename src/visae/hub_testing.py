@@ -168,5 +168,6 @@ def write_authors_repo(cache_dir: Path | str, repo_id: str, configs: Sequence[tu
     return write_hub_repo(cache_dir, repo_id, files, revision=revision)
 
 
-__all__ = ["authors_config_name", "authors_sae_files", "hub_cache_dir", "timm_hub_location", "use_offline_hub",
+__all__ = ["authors_config_name", "authors_sae_files", "hub_cache_dir", "timm_hub_location",
+           "use_offline_hub",
            "write_authors_repo", "write_hub_repo", "write_timm_weights"]
