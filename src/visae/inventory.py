@@ -49,7 +49,8 @@ def _cache_entry(dir_path: Path) -> Entry:
     return Entry("cache", dir_path, backbone=str(m.get("backbone", "?")), layer=str(m.get("layer", "?")),
                  source=str(src.get("spec", "?")), split=str(src.get("split", "?")),
                  n_images=str(m.get("n_images", "?")),
-                 details=f"d={m.get('d_model', '?')} patches={m.get('n_patches', '?')} hash={str(m.get('hash', ''))[:10]}",
+                 details=f"d={m.get('d_model', '?')} patches={m.get('n_patches', '?')} "
+                         f"hash={str(m.get('hash', ''))[:10]}",
                  extra={"hash": m.get("hash")})
 
 
@@ -118,7 +119,8 @@ def scan(root: Path | str) -> list[Entry]:
     for dir_name, subdirs, files in os.walk(root_path):
         here = Path(dir_name)
         names = set(files)
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and len(here.parts) - base_depth < MAX_DEPTH)
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")
+                            and len(here.parts) - base_depth < MAX_DEPTH)
         if "manifest.json" in names and any(f.startswith("shard_") for f in names):
             found.append(_cache_entry(here))
             subdirs[:] = []
