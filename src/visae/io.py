@@ -61,9 +61,9 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 def _disk_full(path: Path, err: OSError) -> Exception:
     from visae.errors import DiskFullError
 
-    exc = DiskFullError(f"{path}: the disk is full ({os.strerror(err.errno or errno.ENOSPC)}) while writing this "
-                        "file; it was not written, files already complete are intact. Free some space and rerun "
-                        "the same command to continue")
+    exc = DiskFullError(f"{path}: the disk is full ({os.strerror(err.errno or errno.ENOSPC)}) while writing "
+                        "this file; it was not written, files already complete are intact. Free some space "
+                        "and rerun the same command to continue")
     exc.errno = err.errno
     return exc
 
@@ -108,7 +108,8 @@ def _pid_alive(pid: int) -> bool:
 def remove_leftover_tmp(folder: Path | str, recursive: bool = False) -> list[Path]:
     """Delete temporary files (``<name>.tmp-<pid>…``) left in ``folder`` by writers that were killed.
 
-    A file whose pid is alive on this machine (this process included) is kept: it may be being written. Readers never
+    A file whose pid is alive on this machine (this process included) is kept: it may be being written.
+    Readers never
     open these names; this only reclaims their space. Returns the files removed.
     """
     folder = Path(folder)
