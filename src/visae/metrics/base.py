@@ -103,7 +103,8 @@ class Metric(ABC, Generic[ConfigT]):
 
     def __init__(self, config: ConfigT, ctx: EvalContext) -> None:
         if not isinstance(config, self.config_cls):
-            raise TypeError(f"{self.name}: expected a {self.config_cls.__name__}, got {type(config).__name__}")
+            raise TypeError(f"{self.name}: expected a {self.config_cls.__name__}, got "
+                            f"{type(config).__name__}")
         self.config: ConfigT = config
         self.ctx = ctx
 

@@ -18,7 +18,8 @@ _COMMON_FIELDS = {"metric", "value", "higher_is_better", "note"}
 
 
 def parse_metric_names(text: str) -> list[str]:
-    """``"m1, m2,raw"`` → ``["m1", "m2", "raw"]`` (order kept, duplicates dropped); unknown names are errors."""
+    """``"m1, m2,raw"`` → ``["m1", "m2", "raw"]`` (order kept, duplicates dropped); unknown names are
+    errors."""
     from visae.metrics.base import METRICS
 
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
@@ -26,7 +27,8 @@ def parse_metric_names(text: str) -> list[str]:
         raise ConfigError("--metrics: no metric named; give e.g. --metrics m1,m2,raw")
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise ConfigError(f"--metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS.names())}")
+        raise ConfigError(f"--metrics: unknown metric(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(METRICS.names())}")
     return names
 
 
@@ -46,7 +48,8 @@ def metric_configs(metrics: Sequence[str], config_path: Path | None = None,
                               f"({', '.join(METRICS.names())}), e.g. 'm1.min_valid_images=20'")
         if not isinstance(section, Mapping):
             raise ConfigError(f"{source}: section {key!r} must be a mapping of settings, got {section!r}")
-    built = {name: build_config(metric_class(name).config_cls, dict(data.get(name, {})), source=f"{source} [{name}]")
+    built = {name: build_config(metric_class(name).config_cls, dict(data.get(name, {})),
+                                source=f"{source} [{name}]")
              for name in dict.fromkeys([*metrics, *data])}  # sections of metrics not run are validated too
     return {name: built[name] for name in metrics}
 
@@ -94,7 +97,8 @@ def images_cache(images: str, sae: str | None, backbone: str | None, layer: int 
                           "--backbone dinov2-b14 --layer 11")
     root = cache_root if cache_root is not None else visae_home() / "caches"
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the results table
-        folder = build_cache(backbone, images, int(layer), root, split=split, max_images=max_images, device=device)
+        folder = build_cache(backbone, images, int(layer), root, split=split, max_images=max_images,
+                             device=device)
     typer.echo(f"evaluation cache: {folder}", err=True)
     return folder
 
@@ -104,26 +108,53 @@ def register(app: typer.Typer) -> None:
 
     @app.command("eval")
     def eval_command(
-        sae: Annotated[str | None, typer.Option("--sae", help="SAE checkpoint folder, or hub repo REPO[:SUBFOLDER][@REVISION] (not needed for --metrics raw).")] = None,
-        cache: Annotated[Path | None, typer.Option("--cache", help="Evaluation activation cache folder (or give --images).")] = None,
-        metrics: Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated metrics: m1,m2,raw,m3 … m7.")] = "m1,m2",
-        out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for <metric>.json and per-feature tables.")] = None,
-        group_size: Annotated[int, typer.Option("--group-size", min=1, help="Images per encoding group (paper Table 2: 64); reduced automatically to bound memory.")] = 64,
+        sae: Annotated[str | None,
+                       typer.Option("--sae",
+                                    help="SAE checkpoint folder, or hub repo REPO[:SUBFOLDER][@REVISION] "
+                                         "(not needed for --metrics raw).")] = None,
+        cache: Annotated[Path | None, typer.Option("--cache", help="Evaluation activation cache folder (or "
+                                                                   "give --images).")] = None,
+        metrics: Annotated[str, typer.Option("--metrics", "-m",
+                                             help="Comma-separated metrics: m1,m2,raw,m3 … m7.")] = "m1,m2",
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for <metric>.json and "
+                                                                     "per-feature tables.")] = None,
+        group_size: Annotated[int,
+                              typer.Option("--group-size", min=1,
+                                           help="Images per encoding group (paper Table 2: 64); reduced "
+                                                "automatically to bound memory.")] = 64,
         device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")] = "auto",
-        backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone name: for --images, the backbone to cache them with (default: the SAE's); else for evaluator pairing (default: the cache's).")] = None,
+        backbone: Annotated[str | None,
+                            typer.Option("--backbone",
+                                         help="Backbone name: for --images, the backbone to cache them with "
+                                              "(default: the SAE's); else for evaluator pairing (default: "
+                                              "the cache's).")] = None,
         subfolder: SubfolderOpt = None,
         revision: RevisionOpt = None,
-        images: Annotated[str | None, typer.Option("--images", help="Image source spec (folder:PATH, offline:digits …) to cache and evaluate on in one go, instead of --cache.")] = None,
-        layer: Annotated[int | None, typer.Option("--layer", "-l", help="With --images: the block to tap (default: the SAE's).")] = None,
-        split: Annotated[str, typer.Option("--split", help="With --images: train, val, test or all.")] = "val",
-        max_images: Annotated[int | None, typer.Option("--max-images", help="With --images: a seeded stratified subset of this size.")] = None,
-        cache_root: Annotated[Path | None, typer.Option("--cache-root", help="With --images: root folder of the evaluation caches (default: $VISAE_HOME/caches).")] = None,
-        strict: Annotated[bool, typer.Option("--strict", help="Refuse an SAE trained on another backbone or layer than the cache's (default: warn).")] = False,
-        force: Annotated[bool, typer.Option("--force", help="Replace results of another SAE or cache in --out (default: refuse).")] = False,
+        images: Annotated[str | None,
+                          typer.Option("--images",
+                                       help="Image source spec (folder:PATH, offline:digits …) to cache and "
+                                            "evaluate on in one go, instead of --cache.")] = None,
+        layer: Annotated[int | None, typer.Option("--layer", "-l", help="With --images: the block to tap "
+                                                                        "(default: the SAE's).")] = None,
+        split: Annotated[str,
+                         typer.Option("--split", help="With --images: train, val, test or all.")] = "val",
+        max_images: Annotated[int | None,
+                              typer.Option("--max-images", help="With --images: a seeded stratified subset "
+                                                                "of this size.")] = None,
+        cache_root: Annotated[Path | None,
+                              typer.Option("--cache-root",
+                                           help="With --images: root folder of the evaluation caches "
+                                                "(default: $VISAE_HOME/caches).")] = None,
+        strict: Annotated[bool,
+                          typer.Option("--strict", help="Refuse an SAE trained on another backbone or layer "
+                                                        "than the cache's (default: warn).")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Replace results of another SAE or cache in "
+                                                            "--out (default: refuse).")] = False,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:
-        """Evaluate one SAE on one cache (or on --images, cached first) in a single encoding pass; print a table
+        """Evaluate one SAE on one cache (or on --images, cached first) in a single encoding pass; print a
+        table
         and write a JSON per metric (value, every summary number, the config and the inputs' hashes)."""
         from visae.metrics.evaluate import evaluate
 
@@ -133,8 +164,8 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("give the evaluation images as --cache FOLDER (from 'visae cache') or as "
                               "--images SPEC with --backbone and --layer, one of the two")
         if sae is None and names != ["raw"]:
-            raise ConfigError(f"--sae: metrics {', '.join(n for n in names if n != 'raw')} need an SAE; without "
-                              "one only the raw-backbone diagnostic runs (--metrics raw)")
+            raise ConfigError(f"--sae: metrics {', '.join(n for n in names if n != 'raw')} need an SAE; "
+                              "without one only the raw-backbone diagnostic runs (--metrics raw)")
         sae_arg = None if sae is None else sae_reference(sae, subfolder, revision)
         if cache is None:
             cache = images_cache(str(images), sae_arg, backbone, layer, split, max_images, cache_root, device)

@@ -186,7 +186,8 @@ class EmbeddingStore:
 
     # --- use ---------------------------------------------------------------------------------------
     def get(self, image_index_n: np.ndarray, embedder: ImageEmbedder) -> np.ndarray:
-        """Embeddings of the cache images at ``image_index_n`` (float32 ``[n, E]``), computing missing rows."""
+        """Embeddings of the cache images at ``image_index_n`` (float32 ``[n, E]``), computing missing
+        rows."""
         index_n = np.asarray(image_index_n, dtype=np.int64)
         if index_n.size and (index_n.min() < 0 or index_n.max() >= len(self.image_ids)):
             raise CacheError(f"{self.json_path}: image index out of range 0..{len(self.image_ids) - 1}")
@@ -195,7 +196,8 @@ class EmbeddingStore:
             part = missing[start:start + self.save_every]
             emb = np.asarray(embedder(part), dtype=np.float32)
             if emb.ndim != 2 or emb.shape[0] != len(part):
-                raise DataError(f"embedder {self.evaluator!r} returned shape {emb.shape} for {len(part)} images")
+                raise DataError(f"embedder {self.evaluator!r} returned shape {emb.shape} for "
+                                f"{len(part)} images")
             if self.emb_ne is None or self.emb_ne.shape[1] != emb.shape[1]:
                 self.emb_ne = np.zeros((len(self.image_ids), emb.shape[1]), dtype=np.float32)
                 self.filled_n[:] = False

@@ -31,7 +31,8 @@ CPU_CHUNK_ROWS = 1024
 GPU_CHUNK_ROWS = 16384
 
 
-def _coo(rows_n: torch.Tensor, cols_n: torch.Tensor, vals_n: torch.Tensor, n_rows: int, n_cols: int) -> SparseCodes:
+def _coo(rows_n: torch.Tensor, cols_n: torch.Tensor, vals_n: torch.Tensor, n_rows: int,
+         n_cols: int) -> SparseCodes:
     return SparseCodes(rows_n, cols_n, vals_n, row_offsets(rows_n, n_rows), n_rows, n_cols, 0.0)
 
 
@@ -55,7 +56,8 @@ def dense_to_sparse(codes_tf: torch.Tensor) -> SparseCodes:
 
 @dataclass(frozen=True)
 class InferenceRule:
-    """How a known family turns pre-activations into codes: ``pre · 1[pre > threshold]`` or per-token top-k."""
+    """How a known family turns pre-activations into codes: ``pre · 1[pre > threshold]`` or per-token
+    top-k."""
 
     threshold: float | torch.Tensor | None = None
     """Scalar or per-feature ``[F]`` threshold (None: top-k)."""
@@ -110,7 +112,8 @@ def sparse_encode(sae: SAE, x_td: torch.Tensor, rule: InferenceRule | None = Non
             c = select_topk(pre, rule.k)
             parts.append((c.rows_n + r0, c.cols_n, c.vals_n.to(pre.dtype)))
             continue
-        idx, vals = _flat_select(pre, lambda a: (a.reshape(-1, n_cols) > thr_np).reshape(-1), lambda t: (t.view(-1, n_cols) > thr).view(-1))
+        idx, vals = _flat_select(pre, lambda a: (a.reshape(-1, n_cols) > thr_np).reshape(-1),
+                                 lambda t: (t.view(-1, n_cols) > thr).view(-1))
         parts.append((idx // n_cols + r0, idx % n_cols, vals))
     if not parts:
         empty = torch.empty(0, dtype=torch.int64, device=x_td.device)
@@ -182,7 +185,8 @@ class EncodedBatch:
         return self._keys
 
     def pooled_codes(self) -> SparseCodes:
-        """Max over patches of the codes, sparse ``[n, F]`` (rows are images), equal to ``codes_npf.amax(1)``."""
+        """Max over patches of the codes, sparse ``[n, F]`` (rows are images), equal to
+        ``codes_npf.amax(1)``."""
         if self._pooled is None:
             self._pooled = pool_sparse(self.codes, self.image_feature_keys(), self.n_images, self.n_patches)
         return self._pooled
@@ -202,7 +206,8 @@ def pool_sparse(codes: SparseCodes, keys_n: torch.Tensor, n_images: int, n_patch
     return _coo(idx // n_cols, idx % n_cols, v, n_images, n_cols)
 
 
-def auto_group_size(n_patches: int, d_sae: int, requested: int, budget_bytes: int = DEFAULT_GROUP_BYTES) -> int:
+def auto_group_size(n_patches: int, d_sae: int, requested: int,
+                    budget_bytes: int = DEFAULT_GROUP_BYTES) -> int:
     """Images per group: the requested size, reduced so that dense codes fit in ``budget_bytes``."""
     fit = max(1, budget_bytes // max(1, n_patches * d_sae * 4))
     return max(1, min(requested, fit))
@@ -210,7 +215,8 @@ def auto_group_size(n_patches: int, d_sae: int, requested: int, budget_bytes: in
 
 def sparse_group_size(n_patches: int, d_in: int, l0: float, requested: int,
                       budget_bytes: int = DEFAULT_GROUP_BYTES) -> int:
-    """Images per group when codes stay sparse: activations, reconstruction and ~``l0`` entries per token fit."""
+    """Images per group when codes stay sparse: activations, reconstruction and ~``l0`` entries per token
+    fit."""
     per_token = 3 * d_in * 4 + max(1.0, l0) * 24
     fit = int(budget_bytes // max(1.0, n_patches * per_token))
     return max(1, min(requested, fit))
@@ -228,7 +234,8 @@ def encode_stream(sae: SAE, cache: ActivationCache, group_size: int = 64,
     if sae.d_in != cache.d_model:
         from visae.errors import CheckpointError
 
-        raise CheckpointError(f"SAE d_in {sae.d_in} does not match the cache's width {cache.d_model} ({cache.path})")
+        raise CheckpointError(f"SAE d_in {sae.d_in} does not match the cache's width {cache.d_model} "
+                              f"({cache.path})")
     device = device or next(sae.parameters()).device
     sae = sae.to(device).eval()
     layout = cache.layout
@@ -266,7 +273,8 @@ def _csr(pooled: SparseCodes) -> sp.csr_matrix:
     crow = np.zeros(pooled.n_rows + 1, dtype=np.int64)
     crow[:-1] = pooled.offsets_b.cpu().numpy()
     crow[-1] = pooled.nnz
-    return sp.csr_matrix((pooled.vals_n.float().cpu().numpy(), pooled.cols_n.cpu().numpy().astype(np.int32), crow),
+    return sp.csr_matrix((pooled.vals_n.float().cpu().numpy(),
+                          pooled.cols_n.cpu().numpy().astype(np.int32), crow),
                          shape=(pooled.n_rows, pooled.n_cols))
 
 

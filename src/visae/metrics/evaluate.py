@@ -39,12 +39,14 @@ def evaluate(
     force: bool = False,
     bootstrap: BootstrapConfig | Mapping[str, Any] | None = None,
 ) -> dict[str, MetricResult]:
-    """Compute ``metrics`` for ``sae`` on ``cache``; write ``<out_dir>/<metric>.json`` when ``out_dir`` is given.
+    """Compute ``metrics`` for ``sae`` on ``cache``; write ``<out_dir>/<metric>.json`` when ``out_dir`` is
+    given.
 
     Every metric shares one streaming pass over the cache: codes are computed once per evaluation.
     ``sae=None`` runs the raw-backbone diagnostic alone (``metrics=["raw"]``). An SAE trained on another
     backbone or layer than the cache's is a VisaeWarning (``strict``: a ConfigError). An ``out_dir`` holding
-    results of another SAE or cache is refused with an OutputConflictError unless ``force`` (they are replaced).
+    results of another SAE or cache is refused with an OutputConflictError unless ``force`` (they are
+    replaced).
     ``bootstrap`` sets the intervals beside each headline (default: 200 Poisson replicates over images,
     95 %; ``{"n_boot": 0}`` turns them off).
     """
@@ -94,7 +96,8 @@ def _stream(instances: list[Metric[Any]], ctx: EvalContext, group_size: int) -> 
         return None
     # Codes stay sparse unless a metric declares that it reads the dense [n, P, F] view.
     dense = any(getattr(metric, "needs_dense_codes", False) for metric in instances)
-    for batch in encode_stream(ctx.sae, ctx.cache, group_size=group_size, device=ctx.device, dense_codes=dense):
+    for batch in encode_stream(ctx.sae, ctx.cache, group_size=group_size, device=ctx.device,
+                               dense_codes=dense):
         for metric in streaming:
             metric.update(batch)
         if collector is not None:
@@ -107,7 +110,8 @@ def write_result(path: Path, result: MetricResult, config: MetricConfig, ctx: Ev
     """One metric's result record (visae.results.record): value, every summary number, config, inputs."""
     write_result_record(
         path, result.metric, result.value, result.model_dump(mode="json"), config.to_dict(),
-        inputs={"sae": ctx.sae_id, "sae_hash": ctx.extras.get("sae_hash", ""), "cache": ctx.cache.manifest.hash,
+        inputs={"sae": ctx.sae_id, "sae_hash": ctx.extras.get("sae_hash", ""),
+                "cache": ctx.cache.manifest.hash,
                 "cache_path": str(ctx.cache.path), "backbone": ctx.backbone,
                 "sae_provenance": ctx.extras.get("sae_provenance") or None},
         seconds={"finalize": seconds, "total": stream_seconds})
@@ -167,7 +171,8 @@ def trained_on(sae: SAE | str | Path | None) -> dict[str, Any]:
     except (OSError, yaml.YAMLError):
         cfg = None
     prov = cfg.get("provenance") if isinstance(cfg, dict) else None
-    out: dict[str, Any] = {k: prov[k] for k in ("backbone", "layer") if k in prov} if isinstance(prov, dict) else {}
+    out: dict[str, Any] = {k: prov[k] for k in ("backbone", "layer")
+                           if k in prov} if isinstance(prov, dict) else {}
     if "layer" not in out and isinstance(prov, dict) and isinstance(prov.get("cache"), str):
         try:  # older checkpoints: read the training cache's manifest when it is still there
             manifest = json.loads((Path(prov["cache"]) / "manifest.json").read_text(encoding="utf-8"))
@@ -201,8 +206,8 @@ def check_pairing(sae: SAE | str | Path | None, cache: ActivationCache, strict: 
     if canonical(str(origin["backbone"])) == canonical(m.backbone) and same_layer:
         return None
     at = f"{origin['backbone']}" + (f" layer {origin['layer']}" if "layer" in origin else "")
-    message = (f"SAE {sae} was trained on {at} activations, but the cache {cache.path} holds {m.backbone} layer "
-               f"{m.layer}; its codes there mean little. Evaluate on a cache of {at}")
+    message = (f"SAE {sae} was trained on {at} activations, but the cache {cache.path} holds {m.backbone} "
+               f"layer {m.layer}; its codes there mean little. Evaluate on a cache of {at}")
     if strict:
         raise ConfigError(message + " (refused: --strict)")
     import warnings
@@ -227,7 +232,8 @@ def _record_inputs(path: Path) -> dict[str, Any] | None:
 
 def check_previous_results(out_dir: Path, sae_hash: str, cache_hash: str, force: bool = False) -> list[Path]:
     """Refuse an output folder holding metric results of another SAE or cache, unless ``force``: then those
-    results (``<metric>.json`` and the metric's tables ``<metric>_*``) are removed. Returns what was removed."""
+    results (``<metric>.json`` and the metric's tables ``<metric>_*``) are removed. Returns what was
+    removed."""
     if not out_dir.is_dir():
         return []
     stale: list[tuple[Path, str]] = []
@@ -246,8 +252,9 @@ def check_previous_results(out_dir: Path, sae_hash: str, cache_hash: str, force:
         from visae.errors import OutputConflictError
 
         record, diff = stale[0]
-        raise OutputConflictError(f"{out_dir}: holds results of another SAE or cache ({record.name}: {diff}); pass "
-                                  "--force (force=True) to replace them, or write to another --out folder")
+        raise OutputConflictError(f"{out_dir}: holds results of another SAE or cache ({record.name}: "
+                                  f"{diff}); pass --force (force=True) to replace them, or write to another "
+                                  "--out folder")
     removed = []
     for record, _ in stale:
         for p in [record, *out_dir.glob(f"{record.stem}_*")]:

@@ -1,4 +1,5 @@
-"""M1 — spatial coherence: mean per-feature Moran's I of SAE codes on the patch grid (paper §4.1, eq. 2–3, App. F).
+"""M1 — spatial coherence: mean per-feature Moran's I of SAE codes on the patch grid (paper §4.1, eq. 2–3,
+App. F).
 
 A feature's map on one image is its code over the P = H × W patches (row-major). Moran's I uses binary
 queen (8-neighbour) weights and the P / ΣW normalization of eq. 2 (no row standardization). A feature is
@@ -53,7 +54,8 @@ def morans_i(maps: torch.Tensor) -> torch.Tensor:
     """Moran's I of every map in ``maps [..., H, W]`` with binary queen weights (paper eq. 2).
 
     ``I = P/ΣW · Σ_pq w_pq z_p z_q / Σ_p z_p²`` with ``z`` the map minus its mean. The neighbour sum is
-    a separable 3 × 3 box sum (a W × W band product and a one-row shift), never a P × P matrix. Computed in float64 for float64 input, float32
+    a separable 3 × 3 box sum (a W × W band product and a one-row shift), never a P × P matrix. Computed in
+    float64 for float64 input, float32
     otherwise; NaN where a map is constant. Works on any device, batched over the leading dimensions.
     """
     if maps.ndim < 2:

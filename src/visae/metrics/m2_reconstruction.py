@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 class M2Config(MetricConfig):
     """Settings for M2; defaults are the paper's Table 2."""
 
-    dead_threshold: float = Field(0.0, ge=0, allow_inf_nan=False, description="a feature is dead if its activation never exceeds this "
+    dead_threshold: float = Field(0.0, ge=0, allow_inf_nan=False,
+                                  description="a feature is dead if its activation never exceeds this "
                                   "on the evaluation set (paper: never active, i.e. 0)")
 
 
@@ -75,7 +76,8 @@ class M2Accumulator:
             self.boot_tokens_b = torch.zeros(config.n_boot, dtype=torch.float64)
             self.boot_sum_db = torch.zeros((self.sum_d.shape[0], config.n_boot), dtype=torch.float64)
 
-    def _add_replicates(self, image_index_n: np.ndarray, err_npd: torch.Tensor, centred_npd: torch.Tensor) -> None:
+    def _add_replicates(self, image_index_n: np.ndarray, err_npd: torch.Tensor,
+                        centred_npd: torch.Tensor) -> None:
         assert self.boot is not None
         w_nb = torch.from_numpy(poisson_weights(image_index_n, self.boot.n_boot, self.boot.seed)).double()
         n_patches = err_npd.shape[1]

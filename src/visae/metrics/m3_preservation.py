@@ -1,4 +1,5 @@
-"""M3 — downstream preservation (paper §4.2, Table 2): acc(φ(â)) / acc(φ(a)) for one probe φ trained on raw features.
+"""M3 — downstream preservation (paper §4.2, Table 2): acc(φ(â)) / acc(φ(a)) for one probe φ trained on raw
+features.
 
 Image features are max-pooled over patches (in the SAE's normalized input space). The evaluation cache is
 split 80/20, stratified, seed 42; one multinomial logistic probe (lbfgs, C = 1, max_iter = 1000, no class
@@ -24,7 +25,8 @@ from visae.uncertainty import BootstrapConfig, poisson_weights, ratio_interval
 class M3Config(MetricConfig):
     """Settings for M3; defaults are the paper's Table 2."""
 
-    test_size: float = Field(0.2, gt=0, lt=1, description="held-out fraction, stratified (paper Table 2: 0.2)")
+    test_size: float = Field(0.2, gt=0, lt=1,
+                             description="held-out fraction, stratified (paper Table 2: 0.2)")
     seed: int = Field(42, description="split seed (paper Table 2: 42)")
     probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=1000),
                                description="the probe (paper Table 2: lbfgs, C = 1, max_iter = 1000)")
@@ -53,7 +55,8 @@ def compute_m3(acts_nd: np.ndarray, recon_nd: np.ndarray, labels_n: np.ndarray,
     acc_raw, acc_recon = float(right_raw.mean()), float(right_recon.mean())
     value = acc_recon / acc_raw if acc_raw > 0 else None
     result = M3Result(metric="m3", value=value, higher_is_better=True,
-                      note="" if value is not None else "the raw probe has accuracy 0: the ratio is undefined",
+                      note="" if value is not None
+                      else "the raw probe has accuracy 0: the ratio is undefined",
                       acc_raw=acc_raw, acc_recon=acc_recon, n_train=len(train), n_test=len(test),
                       n_classes=len(probe.classes), probe_converged=probe.converged)
     if bootstrap is None or bootstrap.n_boot == 0 or value is None:

@@ -1,4 +1,5 @@
-"""M4 — sparse probing (paper §4.3, Table 2): mean one-vs-rest AUC of logistic probes on the top-k SAE features.
+"""M4 — sparse probing (paper §4.3, Table 2): mean one-vs-rest AUC of logistic probes on the top-k SAE
+features.
 
 Codes are max-pooled over patches. The evaluation cache is split 80/20, stratified, seed 42. With the
 default ``ranking="global"`` the features are ranked once by descending multi-class ANOVA F
@@ -45,13 +46,17 @@ PAPER_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 class M4Config(MetricConfig):
     """Settings for M4; defaults are the paper's Table 2."""
 
-    ks: list[Annotated[int, Field(ge=1)]] = Field(list(PAPER_KS), min_length=1, description="feature budgets, each ≥ 1 (paper Table 2: 1, 2, 4, …, 1024); "
+    ks: list[Annotated[int, Field(ge=1)]] = Field(list(PAPER_KS), min_length=1,
+                                                  description="feature budgets, each ≥ 1 (paper Table 2: 1, "
+                                                              "2, 4, …, 1024); "
                           "budgets above the dictionary size are skipped")
     headline_k: int = Field(128, ge=1, description="the budget reported as M4 (paper §4.3: 128)")
     ranking: Literal["global", "per_class"] = Field(
-        "global", description="'global': one multi-class f_classif ranking and multinomial probes (paper Table 2); "
+        "global",
+        description="'global': one multi-class f_classif ranking and multinomial probes (paper Table 2); "
         "'per_class': binary class-vs-rest ranking and probe per class")
-    test_size: float = Field(0.2, gt=0, lt=1, description="held-out fraction, stratified (paper Table 2: 0.2)")
+    test_size: float = Field(0.2, gt=0, lt=1,
+                             description="held-out fraction, stratified (paper Table 2: 0.2)")
     seed: int = Field(42, description="split seed (paper Table 2: 42)")
     probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=500),
                                description="the probe (paper Table 2: lbfgs, C = 1, max_iter = 500)")
@@ -61,9 +66,11 @@ class M4Config(MetricConfig):
 
 
 class M4Result(MetricResult):
-    """M4: ``value`` = mean one-vs-rest AUC at ``headline_k`` (higher: concepts readable from few features)."""
+    """M4: ``value`` = mean one-vs-rest AUC at ``headline_k`` (higher: concepts readable from few
+    features)."""
 
-    headline_k: int = Field(description="the budget of ``value`` (min of the configured k and the dictionary size)")
+    headline_k: int = Field(description="the budget of ``value`` (min of the configured k and the "
+                                        "dictionary size)")
     curve: dict[str, float | None] = Field(description="k → mean AUC, every budget evaluated")
     ranking: str = Field(description="'global' or 'per_class'")
     n_train: int = Field(description="images the probes were trained on")
@@ -74,7 +81,8 @@ class M4Result(MetricResult):
 
 def sparse_probe_curve(codes_tr: ArrayLike, y_tr: np.ndarray, codes_te: ArrayLike, y_te: np.ndarray,
                        ks: list[int], probe: ProbeConfig, ranking: str = "global",
-                       warm_start: bool = True, scores_at: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+                       warm_start: bool = True,
+                       scores_at: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
                        ) -> dict[int, float]:
     """Mean one-vs-rest AUC on the held-out rows for every budget k (≤ the number of features).
 
@@ -148,12 +156,14 @@ def compute_m4(codes_nf: ArrayLike, labels_n: np.ndarray, config: M4Config | Non
     empty = (np.zeros((0, 0)), np.zeros(0))
     scores_at: dict[int, tuple[np.ndarray, np.ndarray]] | None = {head: empty} if boot else None
     curve = sparse_probe_curve(codes[train], labels_n[train], codes[test], labels_n[test], ks,
-                               config.probe, config.ranking, warm_start=config.warm_start, scores_at=scores_at)
+                               config.probe, config.ranking, warm_start=config.warm_start,
+                               scores_at=scores_at)
     value = curve.get(head)
     value = None if value is None or math.isnan(value) else value
     note = "" if head == config.headline_k else f"the dictionary has only {n_features} features: headline at k={head}"
     if value is None:
-        note = "; ".join(filter(None, [note, f"the AUC at k={head} is undefined: no class has both positive and "
+        note = "; ".join(filter(None,
+                                [note, f"the AUC at k={head} is undefined: no class has both positive and "
                                              "negative held-out images (use more images or classes)"]))
     result = M4Result(metric="m4", value=value, higher_is_better=True, note=note, headline_k=head,
                       curve={str(k): (None if math.isnan(v) else v) for k, v in curve.items()},

@@ -140,7 +140,8 @@ class StreamingTopN:
         changed = torch.nonzero(batch_max_f > kth_f).squeeze(1)
         if changed.numel() == 0:
             return
-        keys_cn = torch.cat([self.keys_fk[changed], _pack_keys(pooled_nf[:, changed].T, index_n[None, :])], dim=1)
+        keys_cn = torch.cat([self.keys_fk[changed],
+                             _pack_keys(pooled_nf[:, changed].T, index_n[None, :])], dim=1)
         self.keys_fk[changed] = torch.topk(keys_cn, self.top_n, dim=1, sorted=True).values
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -259,7 +260,8 @@ def compute_m5(top_values_kf: np.ndarray, top_index_kf: np.ndarray, min_f: np.nd
     n_top = top_values_kf.shape[0]
     live_f = max_f > 0
     scored = sample_features(live_f, config.max_features, config.seed)
-    base = {"metric": "m5", "higher_is_better": True, "evaluator": evaluator, "embedding_kind": embedding_kind,
+    base = {"metric": "m5", "higher_is_better": True, "evaluator": evaluator,
+            "embedding_kind": embedding_kind,
             "n_features": n_feat, "n_live": int(live_f.sum()), "n_scored": len(scored), "top_n": n_top}
     empty = pd.DataFrame(columns=["feature", "ms", "ms_within", "ms_between", "rho_within",
                                   "top_images", "top_activations", "top_weights", "n_top"])
@@ -381,7 +383,8 @@ class M5Monosemanticity(Metric[M5Config]):
         from visae.backbones.registry import load_backbone
 
         backbone = load_backbone(self.evaluator, device=str(self.ctx.device),
-                                 weights_path=self.config.evaluator_weights, image_size=self.config.evaluator_image_size)
+                                 weights_path=self.config.evaluator_weights,
+                                 image_size=self.config.evaluator_image_size)
         cache = self.ctx.cache
         if backbone.weights_id == cache.manifest.weights_id and not self.config.allow_same_backbone:
             raise ConfigError(f"metrics.m5.evaluator: {self.evaluator!r} has the same weights as the cache's "

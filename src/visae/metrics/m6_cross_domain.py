@@ -41,7 +41,8 @@ class OODDataset(FrozenConfig):
 
     name: str = Field(description="dataset name in the result (inat, cub, dtd …)")
     train_cache: str = Field(description="cache folder of the dataset's training split")
-    test_cache: str | None = Field(None, description="cache folder of its test split; None: split train_cache "
+    test_cache: str | None = Field(None,
+                                   description="cache folder of its test split; None: split train_cache "
                                    "80/20, stratified, seed 42")
 
 
@@ -49,16 +50,19 @@ class M6Config(MetricConfig):
     """Settings for M6; defaults are the paper's Table 2 / App. L."""
 
     datasets: list[OODDataset] = Field(
-        default_factory=list, description="out-of-domain caches: a list of {name, train_cache, test_cache}, or a "
+        default_factory=list,
+        description="out-of-domain caches: a list of {name, train_cache, test_cache}, or a "
         "mapping name → cache path / {train_cache, test_cache}")
-    headline: str | None = Field(None, description="dataset whose preservation is M6's value (default: the first; "
+    headline: str | None = Field(None,
+                                 description="dataset whose preservation is M6's value (default: the first; "
                                  "the paper reports iNaturalist)")
     sparse_k: int = Field(128, ge=1, description="budget of the sparse code probe (paper §4.3: 128)")
     code_probe: bool = Field(True, description="also train a probe on all (dense) code features (App. L)")
     test_size: float = Field(0.2, gt=0, lt=1, description="held-out fraction when a dataset has one cache")
     seed: int = Field(42, description="split seed when a dataset has one cache")
     group_size: int = Field(64, ge=1, description="images per encoding group")
-    warm_start: bool = Field(True, description="start the reconstruction probe from the raw probe's weights and the "
+    warm_start: bool = Field(True, description="start the reconstruction probe from the raw probe's "
+                                               "weights and the "
                              "all-codes probe from the top-k probe's (same objectives, fewer iterations)")
     probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=500),
                                description="the probes (paper App. L: lbfgs, C = 1, max_iter = 500)")
@@ -82,7 +86,8 @@ class M6Config(MetricConfig):
     def _check(self) -> M6Config:
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
-            raise ValueError(f"datasets: two datasets share a name ({', '.join(names)}); give each its own name")
+            raise ValueError(f"datasets: two datasets share a name ({', '.join(names)}); give each "
+                             "its own name")
         if self.headline is not None and names and self.headline not in names:
             raise ValueError(f"headline {self.headline!r} is not among the datasets ({', '.join(names)})")
         return self
@@ -97,7 +102,8 @@ class M6DatasetResult(BaseModel):
     acc_recon: float = Field(description="test accuracy of the probe on reconstructed features")
     acc_codes: float | None = Field(description="test accuracy of the probe on all code features")
     preservation: float | None = Field(description="acc_recon / acc_raw")
-    sparse_auc: float | None = Field(description="mean one-vs-rest AUC of the code probe on the top-k features")
+    sparse_auc: float | None = Field(description="mean one-vs-rest AUC of the code probe on the "
+                                                 "top-k features")
     sparse_k: int = Field(description="k of sparse_auc (min of the configured k and the dictionary size)")
     n_train: int = Field(description="training images")
     n_test: int = Field(description="test images")
@@ -179,7 +185,8 @@ def compute_m6(ctx: EvalContext, config: M6Config) -> M6Result:
     if out[head].preservation is None:
         note = "; ".join(filter(None, [note, f"{head}: the raw probe has accuracy 0, so preservation "
                                              "acc_recon / acc_raw is undefined"]))
-    return M6Result(metric="m6", value=out[head].preservation, higher_is_better=True, note=note, headline=head,
+    return M6Result(metric="m6", value=out[head].preservation, higher_is_better=True, note=note,
+                    headline=head,
                     datasets=out)
 
 

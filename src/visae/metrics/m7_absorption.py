@@ -38,19 +38,26 @@ TASKS_TABLE = "m7_tasks.parquet"
 class M7Config(MetricConfig):
     """Settings for M7; defaults are the paper's Table 2."""
 
-    hierarchy: str = Field("auto", description="'auto' (the shipped hierarchy matching the cache's class names: "
-                           "ImageNet wnids/lemmas → 'imagenet', or Fashion-MNIST), a shipped name ('imagenet': the "
-                           "paper-literal depth-1 WordNet siblings, the default; 'imagenet-authors': the authors' "
-                           "release, depth-1 + depth-2 groups; 'fashion_mnist') or the path of a hierarchy JSON file "
-                           "(format: visae.datasets.hierarchy)")
+    hierarchy: str = Field("auto",
+                           description="'auto' (the shipped hierarchy matching the cache's class names: "
+                           "ImageNet wnids/lemmas → 'imagenet', or Fashion-MNIST), a shipped name "
+                           "('imagenet': the paper-literal depth-1 WordNet siblings, the default; "
+                           "'imagenet-authors': the authors' release, depth-1 + depth-2 groups; "
+                           "'fashion_mnist') or the path of a hierarchy JSON file (format: "
+                           "visae.datasets.hierarchy)")
     min_group_size: int = Field(3, ge=2, description="smallest sibling group used (paper Table 2: 3)")
     alpha: float = Field(0.8, ge=0, le=1, description="absorbed needs F1(k=1) < alpha (paper §4.4: 0.8)")
     beta: float = Field(0.5, ge=0, le=1, description="absorbed needs F1(k=4) > beta (paper §4.4: 0.5)")
     k_small: int = Field(1, ge=1, description="the single-feature budget (paper: 1)")
     k_large: int = Field(4, ge=1, description="the small-set budget (paper: 4)")
-    alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.7, 0.8, 0.9], description="sensitivity grid α values (paper App. N)")
-    betas: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.3, 0.5, 0.7], description="sensitivity grid β values (paper App. N)")
-    test_size: float = Field(0.2, gt=0, lt=1, description="held-out fraction, stratified (paper Table 2: 0.2)")
+    alphas: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.7, 0.8, 0.9],
+                                                              description="sensitivity grid α values "
+                                                                          "(paper App. N)")
+    betas: list[Annotated[float, Field(ge=0, le=1)]] = Field([0.3, 0.5, 0.7],
+                                                             description="sensitivity grid β values "
+                                                                         "(paper App. N)")
+    test_size: float = Field(0.2, gt=0, lt=1,
+                             description="held-out fraction, stratified (paper Table 2: 0.2)")
     seed: int = Field(42, description="split seed (paper Table 2: 42)")
     probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=500),
                                description="the probe (paper Table 2: lbfgs, C = 1, max_iter = 500)")
@@ -87,7 +94,8 @@ class M7Result(MetricResult):
 
 
 def absorption_tasks(codes_nf: ArrayLike, labels_n: np.ndarray, groups: list[list[int]],
-                     config: M7Config | None = None, group_names: list[str] | None = None) -> list[dict[str, object]]:
+                     config: M7Config | None = None,
+                     group_names: list[str] | None = None) -> list[dict[str, object]]:
     """One record per eligible class-vs-siblings task: group, class, features used, F1 at both budgets."""
     config = config or M7Config()
     codes = sp.csr_matrix(codes_nf) if sp.issparse(codes_nf) else np.asarray(codes_nf)
@@ -125,8 +133,10 @@ def absorption_rate(f1_small: np.ndarray, f1_large: np.ndarray, alpha: float, be
     return float(np.mean((f1_small < alpha) & (f1_large > beta)))
 
 
-def compute_m7(codes_nf: ArrayLike, labels_n: np.ndarray, groups: list[list[int]], config: M7Config | None = None,
-               group_names: list[str] | None = None, hierarchy_name: str = "") -> tuple[M7Result, list[dict[str, object]]]:
+def compute_m7(codes_nf: ArrayLike, labels_n: np.ndarray, groups: list[list[int]],
+               config: M7Config | None = None,
+               group_names: list[str] | None = None,
+               hierarchy_name: str = "") -> tuple[M7Result, list[dict[str, object]]]:
     """M7 and its per-task records on image-level codes, for sibling ``groups`` of class indices."""
     config = config or M7Config()
     tasks = absorption_tasks(codes_nf, labels_n, groups, config, group_names)
@@ -181,8 +191,8 @@ class M7Absorption(Metric[M7Config]):
                                   f"{self.config.min_group_size} classes matches the cache's class names "
                                   f"({', '.join(class_names[:5])} …); check the names in the hierarchy file")
             return M7Result(metric="m7", value=None, higher_is_better=False,
-                            note="no shipped hierarchy matches the cache's class names; set m7.hierarchy to a "
-                                 "hierarchy JSON file", n_tasks=0, n_absorbed=0, n_groups=0, hierarchy="",
+                            note="no shipped hierarchy matches the cache's class names; set m7.hierarchy to "
+                                 "a hierarchy JSON file", n_tasks=0, n_absorbed=0, n_groups=0, hierarchy="",
                             mean_f1_k1=None, mean_f1_k4=None, grid=[])
         result, tasks = compute_m7(pooled.codes_nf, pooled.labels_n, [g for _, g in named], self.config,
                                    [n for n, _ in named], hierarchy.name if hierarchy else "")

@@ -4,7 +4,8 @@ The probe is the paper's (Table 2, App. C): L2-regularized logistic regression, 
 weighting, multinomial for more than two classes. Two engines minimise the *same* objective,
 ``C · Σ_i logloss_i + ½‖W‖²`` (intercepts not penalized), selected by ``ProbeConfig.engine``:
 
-- ``"sklearn"``: :class:`sklearn.linear_model.LogisticRegression` with ``solver="lbfgs"`` (the paper's CPU path);
+- ``"sklearn"``: :class:`sklearn.linear_model.LogisticRegression` with ``solver="lbfgs"`` (the paper's CPU
+  path);
 - ``"torch"``: full-batch L-BFGS (``torch.optim.LBFGS``, strong-Wolfe line search) for multinomial probes and
   a damped Newton method for binary probes, on any device; suited to many classes and to GPUs.
 
@@ -43,12 +44,17 @@ class ProbeConfig(FrozenConfig):
     engine: Literal["sklearn", "torch"] = Field(
         "sklearn", description="'sklearn' (LogisticRegression, lbfgs; the paper's CPU path) or 'torch' "
         "(full-batch L-BFGS / Newton on the selected device; same objective)")
-    C: float = Field(1.0, gt=0, description="inverse L2 strength: objective C·Σ logloss + ½‖W‖² (paper App. C: 1.0)")
-    max_iter: int = Field(1000, ge=1, description="solver iteration cap (paper Table 2: 1000 for M3, 500 for M4/M6/M7)")
-    tol: float = Field(1e-4, gt=0, description="convergence tolerance on the gradient (sklearn's default 1e-4)")
+    C: float = Field(1.0, gt=0,
+                     description="inverse L2 strength: objective C·Σ logloss + ½‖W‖² (paper App. C: 1.0)")
+    max_iter: int = Field(1000, ge=1,
+                          description="solver iteration cap (paper Table 2: 1000 for M3, 500 for M4/M6/M7)")
+    tol: float = Field(1e-4, gt=0,
+                       description="convergence tolerance on the gradient (sklearn's default 1e-4)")
     standardize: bool = Field(
-        False, description="also apply a StandardScaler fitted on the probe's training split to every input of the "
-        "probe (default off: inputs are already in the cache-normalized space of paper App. C, as in the paper)")
+        False,
+        description="also apply a StandardScaler fitted on the probe's training split to every input of the "
+        "probe (default off: inputs are already in the cache-normalized space of paper App. C, as in "
+        "the paper)")
     device: str = Field("auto", description="torch engine only: 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
 
     _device = field_validator("device")(check_device_string)
@@ -62,8 +68,10 @@ def probe_config(max_iter: int) -> ProbeConfig:
 # --- splits and ranking ------------------------------------------------------------------------------------
 
 
-def stratified_split(labels_n: np.ndarray, test_size: float = 0.2, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified train/test indices (paper Table 2: 80/20, seed 42), as ``sklearn.model_selection.train_test_split``.
+def stratified_split(labels_n: np.ndarray, test_size: float = 0.2,
+                     seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/test indices (paper Table 2: 80/20, seed 42), as
+    ``sklearn.model_selection.train_test_split``.
 
     Classes with a single image cannot be split: they go to the training side.
     """
@@ -75,8 +83,8 @@ def stratified_split(labels_n: np.ndarray, test_size: float = 0.2, seed: int = 4
     single = np.isin(labels_n, classes[counts < 2])
     rest = index_n[~single]
     if len(rest) < 2:
-        raise DataError(f"stratified_split: {len(labels_n)} labelled images with {len(classes)} classes: too few "
-                        "to split; evaluate on more images")
+        raise DataError(f"stratified_split: {len(labels_n)} labelled images with {len(classes)} classes: too "
+                        "few to split; evaluate on more images")
     n_classes_rest = len(np.unique(labels_n[rest]))
     n_test = max(math.ceil(test_size * len(rest)), n_classes_rest)
     if len(rest) - n_test < n_classes_rest:
@@ -97,7 +105,8 @@ def f_scores(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
 
     from sklearn.feature_selection import f_classif
 
-    x64 = x_nf.astype(np.float64) if sp.issparse(x_nf) else np.asarray(x_nf, dtype=np.float64)  # float32 cancels
+    # float32 cancels
+    x64 = x_nf.astype(np.float64) if sp.issparse(x_nf) else np.asarray(x_nf, dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constant features: 0/0 and a UserWarning, handled below
         f, _ = f_classif(x64, y_n)
@@ -136,7 +145,8 @@ def f_one_vs_rest(x_nf: ArrayLike, y_n: np.ndarray, classes: np.ndarray, chunk: 
         cls = np.asarray(classes[s:s + chunk])
         member = (y_n[None, :] == cls[:, None]).astype(np.float64)  # [c, n]
         n_c = member.sum(axis=1, keepdims=True)
-        s_c = np.asarray(member @ x_csr if not sp.issparse(x_csr) else (sp.csr_matrix(member) @ x_csr).toarray())
+        s_c = np.asarray(member @ x_csr if not sp.issparse(x_csr)
+                         else (sp.csr_matrix(member) @ x_csr).toarray())
         n_r = n - n_c
         with np.errstate(divide="ignore", invalid="ignore"):
             ss_between = s_c**2 / n_c + (total_f - s_c) ** 2 / n_r - total_f**2 / n
@@ -226,7 +236,8 @@ class LinearProbe:
 
 def _warm_coef(init: LinearProbe | None, classes: np.ndarray, d: int,
                init_cols: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-    """``init``'s weights placed at columns ``init_cols`` (default: the first ones) of ``d``, zeros elsewhere."""
+    """``init``'s weights placed at columns ``init_cols`` (default: the first ones) of ``d``, zeros
+    elsewhere."""
     if init is None or not np.array_equal(init.classes, classes):
         return None
     d_init = init.coef_kd.shape[1]
@@ -252,9 +263,11 @@ def fit_probe(x_nd: ArrayLike, y_n: np.ndarray, config: ProbeConfig | None = Non
     y_n = np.asarray(y_n)
     classes = np.unique(y_n)
     if len(classes) < 2:
-        raise DataError(f"fit_probe: the training labels hold {len(classes)} class; a probe needs at least two")
+        raise DataError(f"fit_probe: the training labels hold {len(classes)} class; a probe needs at "
+                        "least two")
     if not np.all(np.isfinite(x_nd)):
-        raise DataError("fit_probe: probe inputs contain NaN or Inf; check the activation cache (visae cache verify)")
+        raise DataError("fit_probe: probe inputs contain NaN or Inf; check the activation cache (visae "
+                        "cache verify)")
     scaler = Standardizer.fit(x_nd, config.standardize)
     xs = scaler.apply(x_nd)
     y_idx = np.searchsorted(classes, y_n)
@@ -267,13 +280,15 @@ def fit_probe(x_nd: ArrayLike, y_n: np.ndarray, config: ProbeConfig | None = Non
 
 
 def _fit_sklearn(xs: np.ndarray, y_idx: np.ndarray, config: ProbeConfig,
-                 warm: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int, bool]:
+                 warm: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray,
+                                                                             np.ndarray, int, bool]:
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    clf = LogisticRegression(C=config.C, solver="lbfgs", max_iter=config.max_iter, tol=config.tol, class_weight=None,
+    clf = LogisticRegression(C=config.C, solver="lbfgs", max_iter=config.max_iter, tol=config.tol,
+                             class_weight=None,
                              warm_start=warm is not None)
     if warm is not None:  # sklearn's warm start reads these attributes
         clf.coef_, clf.intercept_ = warm
@@ -281,7 +296,8 @@ def _fit_sklearn(xs: np.ndarray, y_idx: np.ndarray, config: ProbeConfig,
         warnings.simplefilter("always", ConvergenceWarning)
         clf.fit(xs, y_idx)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    return (clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64), int(np.max(clf.n_iter_)), converged)
+    return (clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64),
+            int(np.max(clf.n_iter_)), converged)
 
 
 def _fit_torch(xs: np.ndarray, y_idx: np.ndarray, n_classes: int, config: ProbeConfig,
@@ -298,8 +314,10 @@ def _fit_torch(xs: np.ndarray, y_idx: np.ndarray, n_classes: int, config: ProbeC
 
 
 def _lbfgs_multinomial(x: torch.Tensor, y: torch.Tensor, n_classes: int, config: ProbeConfig,
-                       warm: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int, bool]:
-    """Minimise (C·Σ CE + ½‖W‖²)/n — the sklearn objective divided by n, which leaves the minimiser unchanged."""
+                       warm: tuple[np.ndarray,
+                                   np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, int, bool]:
+    """Minimise (C·Σ CE + ½‖W‖²)/n — the sklearn objective divided by n, which leaves the minimiser
+    unchanged."""
     n, d = x.shape
     w = torch.zeros(n_classes, d, device=x.device, dtype=torch.float32)
     b = torch.zeros(n_classes, device=x.device, dtype=torch.float32)
@@ -321,7 +339,8 @@ def _lbfgs_multinomial(x: torch.Tensor, y: torch.Tensor, n_classes: int, config:
 
     opt.step(closure)
     n_iter = int(opt.state[opt._params[0]].get("n_iter", 0))
-    return (w.detach().double().cpu().numpy(), b.detach().double().cpu().numpy(), n_iter, n_iter < config.max_iter)
+    return (w.detach().double().cpu().numpy(), b.detach().double().cpu().numpy(), n_iter,
+            n_iter < config.max_iter)
 
 
 @torch.no_grad()
@@ -357,7 +376,8 @@ def newton_binary(x_bnd: torch.Tensor, y_bn: torch.Tensor, C: float = 1.0, max_i
         if not bool(active.any()):
             break
         s = (p * (1 - p)).float()
-        hess = C * ((xa * s[:, :, None]).transpose(1, 2) @ xa).double() + torch.diag_embed(reg.expand(bsz, -1))
+        hess = C * ((xa * s[:, :, None]).transpose(1,
+                                                   2) @ xa).double() + torch.diag_embed(reg.expand(bsz, -1))
         hess = hess + 1e-10 * torch.eye(d + 1, device=dev, dtype=torch.float64)
         step = torch.linalg.solve(hess, grad.unsqueeze(-1)).squeeze(-1)
         step = torch.where(active[:, None], step, torch.zeros_like(step))
@@ -385,7 +405,8 @@ def newton_binary(x_bnd: torch.Tensor, y_bn: torch.Tensor, C: float = 1.0, max_i
 
 
 def binary_auc(y_n: np.ndarray, score_n: np.ndarray) -> float:
-    """ROC AUC of scores for a 0/1 target (Mann–Whitney with average ranks; = ``roc_auc_score``); NaN if one class."""
+    """ROC AUC of scores for a 0/1 target (Mann–Whitney with average ranks; = ``roc_auc_score``); NaN if one
+    class."""
     from scipy.stats import rankdata
 
     y = np.asarray(y_n).astype(bool)
@@ -406,7 +427,8 @@ def ovr_auc(y_n: np.ndarray, proba_nk: np.ndarray, classes: np.ndarray) -> np.nd
 
 
 def binary_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """F1 of the positive class (label 1), 0 when there are no predicted or true positives (sklearn's zero_division=0)."""
+    """F1 of the positive class (label 1), 0 when there are no predicted or true positives (sklearn's
+    zero_division=0)."""
     t = np.asarray(y_true).astype(bool)
     p = np.asarray(y_pred).astype(bool)
     tp = int(np.sum(t & p))
