@@ -53,7 +53,8 @@ saeSel.addEventListener('change',render);keySel.addEventListener('change',render
 def browser_page(d: ReportData) -> str:
     """``features.html``: every SAE the features job viewed, its features sortable by Moran's I, M5 and
     frequency (a note when the features job has not run)."""
-    entries = [{**e, "label": f"{d.label(e['backbone'])} L{e['layer']} {e['family']} {e['expansion']}× K={e['k']}"}
+    entries = [{**e,
+                "label": f"{d.label(e['backbone'])} L{e['layer']} {e['family']} {e['expansion']}× K={e['k']}"}
                for e in d.browser.get("saes", [])]
     payload = json.dumps({"saes": entries}).replace("</", "<\\/")
     page = BROWSER_TEMPLATE.replace("/*DATA*/null", payload).replace("/*CSS*/", CSS)

@@ -95,7 +95,8 @@ def study_names(root: Path) -> tuple[str, dict[str, str]]:
 
 
 def control_backbones(names: list[str]) -> dict[str, str]:
-    """The controls among backbone names (:func:`visae.backbones.registry.control_of`) → what each controls for."""
+    """The controls among backbone names (:func:`visae.backbones.registry.control_of`) → what each controls
+    for."""
     from visae.backbones.registry import control_of
 
     out = {}
@@ -127,5 +128,7 @@ def load_report_data(root: Path, labels: dict[str, str] | None = None) -> Report
     return ReportData(root=root, results=df, details=det, analysis=read_analysis(root / ANALYSIS_DIR),
                       family=family, layer=layer, labels=dict(labels or {}),
                       saes=list(_json(root / RESULTS_DIR / SAE_INDEX_FILE).get("saes", [])),
-                      fig5=_json(root / FEATURES_DIR / FIG5_FILE), browser=_json(root / FEATURES_DIR / BROWSER_FILE),
-                      controls=control_backbones([*dict.fromkeys([*(labels or {}), *df.get("backbone", [])])]))
+                      fig5=_json(root / FEATURES_DIR / FIG5_FILE),
+                      browser=_json(root / FEATURES_DIR / BROWSER_FILE),
+                      controls=control_backbones([*dict.fromkeys([*(labels or {}),
+                                                                  *df.get("backbone", [])])]))

@@ -98,7 +98,8 @@ def fig_moran_distributions(d: ReportData) -> Figure:
     """Fig. 1b: per-feature Moran's I distribution per backbone against the spatial-random null."""
     scores = {b: v for b, v in m1_feature_scores(d).items() if len(v[0])}
     if not scores:
-        raise NotEnoughData("no per-feature Moran's I (m1_features.parquet with evaluable features) in the main slice")
+        raise NotEnoughData("no per-feature Moran's I (m1_features.parquet with evaluable features) in the "
+                            "main slice")
     backbones = [b for b in d.backbones() if b in scores] + [b for b in scores if b not in d.labels]
     backbones = list(dict.fromkeys(backbones))
     fig, ax = plt.subplots(figsize=(7.5, 3.6))
@@ -114,7 +115,8 @@ def fig_moran_distributions(d: ReportData) -> Figure:
         if np.isfinite(null):
             ax.hlines(null, i + 0.6, i + 1.4, colors="k", linestyles="--", linewidth=1,
                       label="null E[I] = −1/(P−1)" if i == 0 else "_nolegend_")
-    ax.set_xticks(np.arange(1, len(backbones) + 1), [f"{d.label(b)}\n(n={len(scores[b][0])})" for b in backbones])
+    ax.set_xticks(np.arange(1, len(backbones) + 1),
+                  [f"{d.label(b)}\n(n={len(scores[b][0])})" for b in backbones])
     ax.set_ylabel("per-feature mean Moran's I")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
@@ -188,7 +190,8 @@ def fig_variance(d: ReportData) -> Figure:
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     x = np.arange(len(var))
     bottom = np.zeros(len(var))
-    for col, label, color in (("eta2_backbone", "backbone", "#1f77b4"), ("eta2_config", "configuration", "#ff7f0e"),
+    for col, label, color in (("eta2_backbone", "backbone", "#1f77b4"),
+                              ("eta2_config", "configuration", "#ff7f0e"),
                               ("eta2_resid", "residual", "#bbbbbb")):
         vals = var[col].astype(float).fillna(0).to_numpy()
         ax.bar(x, vals, bottom=bottom, label=label, color=color)
@@ -205,7 +208,8 @@ def fig_layer_ablation(d: ReportData) -> Figure:
     """Fig. 4: each metric at the two layers, per backbone."""
     abl = d.analysis.get("layer_ablation")
     if not isinstance(abl, pd.DataFrame) or abl.empty:
-        raise NotEnoughData("needs SAEs of the main family at two layers (a layer ablation block in the study)")
+        raise NotEnoughData("needs SAEs of the main family at two layers (a layer ablation block in "
+                            "the study)")
     abl = _headline_only(abl)
     layer_cols = [c for c in abl.columns if c.startswith("layer_")]
     metrics = [m for m in HEADLINE if m in set(abl["metric"])]
@@ -226,7 +230,8 @@ def fig_layer_ablation(d: ReportData) -> Figure:
 
 
 def fig_probing_curves(d: ReportData) -> Figure:
-    """Fig. 6: sparse-probing AUC against the feature budget k, one panel per backbone, one line per config."""
+    """Fig. 6: sparse-probing AUC against the feature budget k, one panel per backbone, one line per
+    config."""
     main = d.main
     curve = main[main["metric"].str.startswith("m4@k=")].copy()
     if curve.empty:
@@ -262,7 +267,8 @@ def fig_task_panels(d: ReportData) -> Figure:
     tasks = sorted(corr["task"].unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(2.8 * len(tasks), 3), squeeze=False, sharey=True)
     for ax, t in zip(axes[0], tasks, strict=True):
-        sub = corr[corr["task"] == t].set_index("metric").reindex([m for m in HEADLINE if m in set(corr["metric"])])
+        sub = corr[corr["task"] == t].set_index("metric").reindex([m for m in HEADLINE
+                                                                   if m in set(corr["metric"])])
         rho = sub["rho"].astype(float).fillna(0)
         ax.bar(range(len(rho)), rho, color=["#1f77b4" if r >= 0 else "#d62728" for r in rho])
         ax.set_xticks(range(len(rho)), [m.upper() for m in rho.index], fontsize=7)

@@ -15,7 +15,8 @@ def activation_grid(d: ReportData) -> str:
     if not d.fig5:
         raise NotEnoughData("the study's features job has not run (features/fig5.json is missing)")
     cells = d.fig5.get("cells") or {}
-    backbones = [b for b in d.backbones(d.main) if b in cells] + [b for b in cells if b not in d.backbones(d.main)]
+    backbones = [b for b in d.backbones(d.main) if b in cells] + [b for b in cells
+                                                                  if b not in d.backbones(d.main)]
     if not backbones:
         raise NotEnoughData("no SAE of the main slice has per-feature Moran's I (m1 with write_features)")
     head = "".join(

@@ -129,5 +129,5 @@ class Report:
         """The whole page."""
         nav = " ".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in self.toc)
         return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
-                f"<style>{CSS}</style></head><body><main><h1>{esc(title)}</h1><p class='small'>{esc(subtitle)}</p>"
-                f"<nav>{nav}</nav>{''.join(self.parts)}</main></body></html>")
+                f"<style>{CSS}</style></head><body><main><h1>{esc(title)}</h1><p "
+                f"class='small'>{esc(subtitle)}</p><nav>{nav}</nav>{''.join(self.parts)}</main></body></html>")

@@ -58,7 +58,8 @@ def table_uncertainty(d: ReportData) -> pd.DataFrame:
         iv = mean_interval(values, 0.95)
         width = (g["ci_high"].astype(float) - g["ci_low"].astype(float)).dropna() if has_ci else pd.Series([])
         rows.append({"backbone": d.label(str(b)), "metric": metric,
-                     "mean over SAEs [95 % t-interval]": _interval_text(float(values.mean()), iv.low, iv.high, iv.n),
+                     "mean over SAEs [95 % "
+                     "t-interval]": _interval_text(float(values.mean()), iv.low, iv.high, iv.n),
                      "median bootstrap width over images": f"{width.median():.3f}" if len(width) else "—"})
     return pd.DataFrame(rows)
 
@@ -83,7 +84,8 @@ def table_raw(d: ReportData) -> pd.DataFrame:
         null, z = detail("raw.null_expectation"), detail("raw.z")
         near = (abs(z) < 2) if math.isfinite(z) else False
         tiny = math.isfinite(null) and abs(mean_i - null) < 0.01
-        verdict = "null-indistinguishable" if near else ("near-null effect size" if tiny else "strongly non-random")
+        verdict = "null-indistinguishable" if near else ("near-null effect size" if tiny
+                                                         else "strongly non-random")
         rows.append({"backbone": d.label(b), "mean raw I": mean_i, "null E[I]": null, "raw z": z,
                      "conclusion": verdict})
     return pd.DataFrame(rows)
@@ -110,7 +112,8 @@ def table_m6(d: ReportData) -> pd.DataFrame:
             if f == "acc_raw":
                 row["raw"] = f"{v.mean():.3f}" if len(v) else "—"
             else:
-                row[f.replace("acc_", "")] = (f"{v.mean():.3f}" + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
+                row[f.replace("acc_", "")] = (f"{v.mean():.3f}"
+                                              + (f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else "")
                                               if len(v) else "—")
         rows.append(row)
     return pd.DataFrame(rows)
@@ -121,7 +124,8 @@ def table_m7(d: ReportData) -> pd.DataFrame:
     t = _analysis_table(d, "m7_sensitivity", "no M7 α × β grid rows (m7:alpha=…:beta=…)")
     t = t.rename(columns={c: d.label(c) for c in t.columns if c in d.labels})
     if "lowest" in t:
-        t["lowest"] = [", ".join(d.label(x.strip()) for x in str(v).split(",") if x.strip()) for v in t["lowest"]]
+        t["lowest"] = [", ".join(d.label(x.strip()) for x in str(v).split(",") if x.strip())
+                       for v in t["lowest"]]
     return t
 
 
@@ -132,7 +136,8 @@ def table_lift(d: ReportData) -> pd.DataFrame:
 
 def table_consistency(d: ReportData) -> pd.DataFrame:
     """Table 9."""
-    t = _analysis_table(d, "rank_consistency", "needs two SAE families on the same backbones (e.g. a jumprelu block)")
+    t = _analysis_table(d, "rank_consistency",
+                        "needs two SAE families on the same backbones (e.g. a jumprelu block)")
     return t[t["metric"].isin(HEADLINE)] if t["metric"].isin(HEADLINE).any() else t
 
 
@@ -143,6 +148,7 @@ def table_hypotheses(d: ReportData) -> pd.DataFrame:
     if "p_exact" not in t:
         cols.remove("p_exact")
     if "backbones" in t:  # the n backbones by display name (controls marked)
-        t = t.assign(backbones=[", ".join(d.label(b) for b in str(v).split(",") if b) for v in t["backbones"].fillna("")])
+        t = t.assign(backbones=[", ".join(d.label(b) for b in str(v).split(",") if b)
+                                for v in t["backbones"].fillna("")])
         cols.insert(5, "backbones")
     return t[cols]

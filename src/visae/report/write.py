@@ -26,28 +26,33 @@ def _overview(r: Report, d: ReportData) -> None:
         r.raw(note("the study has no results yet (results/results.parquet is missing or empty)"))
     r.section("overview", "Overview")
     n_saes = d.results["sae_id"].replace("", np.nan).nunique() if "sae_id" in d.results else 0
-    r.raw(f"<p>{n_saes} SAE(s), {d.results['backbone'].nunique() if len(d.results) else 0} backbone(s); main slice: "
-          f"family <b>{esc(d.family)}</b>, layer <b>{esc(d.layer)}</b>. Feature browser: "
+    r.raw(f"<p>{n_saes} SAE(s), {d.results['backbone'].nunique() if len(d.results) else 0} backbone(s); main "
+          f"slice: family <b>{esc(d.family)}</b>, layer <b>{esc(d.layer)}</b>. Feature browser: "
           f"<a href='{BROWSER_PAGE}'>{BROWSER_PAGE}</a>.</p>")
     if d.controls:
         items = "".join(f"<li><b>{esc(d.label(b))}</b>: {esc(what)}</li>" for b, what in d.controls.items())
-        r.raw(f"<p>Controls (marked as such in every table and figure; they count in the cross-backbone n):</p>"
-              f"<ul class='small'>{items}</ul>")
+        r.raw("<p>Controls (marked as such in every table and figure; they count in the cross-backbone "
+              f"n):</p><ul class='small'>{items}</ul>")
     for n in d.analysis.get("notes", []):
         r.raw(f"<p class='small'>{esc(n)}</p>")
-    r.figure("Figure 1a — metric profile", "Per-backbone means over configurations, min–max normalized per metric "
-             "across backbones; lower-is-better metrics (M2, M7) inverted so 1 is best.", lambda: F.fig_profile(d))
+    r.figure("Figure 1a — metric profile",
+             "Per-backbone means over configurations, min–max normalized per metric "
+             "across backbones; lower-is-better metrics (M2, M7) inverted so 1 is best.",
+             lambda: F.fig_profile(d))
     r.table("Uncertainty — headline metrics per backbone", "Mean over the SAEs of the main slice with a 95 % "
-            "Student-t interval over those SAEs; beside it, the median width of each SAE's 95 % Poisson bootstrap "
-            "interval over evaluation images (the image sample's share of the uncertainty).",
+            "Student-t interval over those SAEs; beside it, the median width of each SAE's 95 % Poisson "
+            "bootstrap interval over evaluation images (the image sample's share of the uncertainty).",
             lambda: T.table_uncertainty(d))
-    r.figure("Figure 1b — per-feature Moran's I", "Distribution of per-feature mean Moran's I of evaluable features "
-             "(all SAEs of the main slice pooled) against the null −1/(P−1).", lambda: F.fig_moran_distributions(d))
+    r.figure("Figure 1b — per-feature Moran's I",
+             "Distribution of per-feature mean Moran's I of evaluable features "
+             "(all SAEs of the main slice pooled) against the null −1/(P−1).",
+             lambda: F.fig_moran_distributions(d))
 
 
 def _metrics_sections(r: Report, d: ReportData) -> None:
     r.section("dissociations", "Metric dissociations")
-    r.figure("Figure 2a — FVU vs preservation", "One point per SAE configuration.", lambda: F.fig_fvu_preservation(d))
+    r.figure("Figure 2a — FVU vs preservation", "One point per SAE configuration.",
+             lambda: F.fig_fvu_preservation(d))
     r.figure("Figure 2b — metric × task correlations", "Cross-backbone Spearman ρ of per-backbone means.",
              lambda: F.fig_correlation_heatmap(d))
     r.section("variance", "Variance decomposition")
@@ -61,8 +66,8 @@ def _metrics_sections(r: Report, d: ReportData) -> None:
     r.table("Table 4 — raw-backbone Moran's I", "Moran's I on raw activation channels (App. G).",
             lambda: T.table_raw(d))
     r.html("Figure 5 — activation maps", "Per backbone (SAE nearest 16× K=192): the evaluable feature whose "
-           "Moran's I is closest to the mean, and one from the top 5 %, with its top images and patch activation "
-           "overlays.", lambda: activation_grid(d))
+           "Moran's I is closest to the mean, and one from the top 5 %, with its top images and patch "
+           "activation overlays.", lambda: activation_grid(d))
     r.section("probing", "Concept detection")
     r.figure("Figure 6 — sparse probing curves", "M4 AUC against the number of features k.",
              lambda: F.fig_probing_curves(d))
@@ -81,8 +86,10 @@ def _task_sections(r: Report, d: ReportData) -> None:
             lambda: T.table_lift(d))
     r.table("Table 9 — cross-family rank consistency", "App. Q.", lambda: T.table_consistency(d))
     r.section("guide", "Practitioner guide")
-    r.table("Backbone per task (App. P, Fig. 8)", "Best backbone by mean task score; supporting metric = highest |ρ| "
-            "with the task across backbones. Read with the sample size in mind.", lambda: practitioner_guide(d))
+    r.table("Backbone per task (App. P, Fig. 8)",
+            "Best backbone by mean task score; supporting metric = highest |ρ| "
+            "with the task across backbones. Read with the sample size in mind.",
+            lambda: practitioner_guide(d))
 
 
 def build_report(d: ReportData) -> Report:
@@ -104,7 +111,8 @@ def write_report(study_dir: Path | str, out_dir: Path | str | None = None, name:
 
     root = Path(study_dir).resolve()
     if not root.is_dir():
-        raise StudyError(f"{root}: study folder not found" if not root.exists() else not_a_study(root, "visae report"))
+        raise StudyError(f"{root}: study folder not found" if not root.exists()
+                         else not_a_study(root, "visae report"))
     if not is_study(root) and any(root.iterdir()):  # an empty folder is a study not run yet: notes, no error
         raise StudyError(not_a_study(root, "visae report"))
     if out_dir is not None:
@@ -117,7 +125,8 @@ def write_report(study_dir: Path | str, out_dir: Path | str | None = None, name:
     d = load_report_data(root, labels)
     r = build_report(d)
     index = out / REPORT_PAGE
-    atomic_write_text(index, r.render(f"visae report — {name}", f"study folder {root}; written {time.strftime('%Y-%m-%d %H:%M')}"))
+    atomic_write_text(index, r.render(f"visae report — {name}",
+                                      f"study folder {root}; written {time.strftime('%Y-%m-%d %H:%M')}"))
     features = out / BROWSER_PAGE
     atomic_write_text(features, browser_page(d))
     return {"report": index, "features": features}
