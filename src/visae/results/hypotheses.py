@@ -17,7 +17,8 @@ class Hypothesis(FrozenConfig):
     id: str = Field(description="short name, e.g. H1")
     metric: str = Field(description="SAE-internal metric (tidy-table name), averaged over configurations")
     task: str = Field(description="downstream metric name, e.g. task:segmentation_miou:raw")
-    threshold: float = Field(description="confirmation threshold on Spearman ρ, fixed in advance (paper §4.5)")
+    threshold: float = Field(description="confirmation threshold on Spearman ρ, fixed in advance "
+                                         "(paper §4.5)")
     alpha: float = Field(0.05, description="significance level for a 'confirmed' verdict")
     description: str = Field("", description="the hypothesis in words")
 
@@ -30,5 +31,6 @@ PREREGISTERED: tuple[Hypothesis, ...] = (
     Hypothesis(id="H3", metric="m3", task="task:retrieval_r1:raw", threshold=0.6,
                description="M3 preservation → image-image retrieval R@1 on held-out ImageNet (paper §4.5)"),
     Hypothesis(id="H4", metric="m4", task="task:inat_sparse_auc128:codes", threshold=0.7,
-               description="M4 ImageNet sparse probing → iNaturalist sparse probing AUC at k = 128 (paper §4.5)"),
+               description="M4 ImageNet sparse probing → iNaturalist sparse probing AUC at k = 128 "
+                           "(paper §4.5)"),
 )

@@ -144,7 +144,8 @@ def select(df: pd.DataFrame, family: str | None = None, layer: int | None = None
     """
     keep = pd.Series(True, index=df.index)
     if family is not None:
-        is_raw_task = df["metric"].map(lambda m: (p := parse_task_metric(m)) is not None and p.features == "raw")
+        is_raw_task = df["metric"].map(lambda m: (p := parse_task_metric(m)) is not None
+                                       and p.features == "raw")
         keep &= (df["family"] == family) | is_raw_task
     if layer is not None:
         keep &= df["layer"] == layer

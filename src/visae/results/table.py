@@ -43,9 +43,11 @@ def _flatten(prefix: str, obj: Any, out: dict[str, float]) -> None:
 
 def _m4_curve_rows(val: Any) -> list[tuple[str, float, bool | None]]:
     if isinstance(val, dict):
-        return [(f"m4@k={int(float(k))}", float(auc), True) for k, auc in val.items() if _num(auc) is not None]
+        return [(f"m4@k={int(float(k))}", float(auc), True) for k, auc in val.items()
+                if _num(auc) is not None]
     return [(f"m4@k={int(item['k'])}", float(item["auc"]), True) for item in val
-            if isinstance(item, dict) and _num(item.get("k")) is not None and _num(item.get("auc")) is not None]
+            if isinstance(item, dict) and _num(item.get("k")) is not None
+            and _num(item.get("auc")) is not None]
 
 
 def _m7_grid_rows(val: Any) -> list[tuple[str, float, bool | None]]:
@@ -91,11 +93,13 @@ def interval_of(record: Mapping[str, Any]) -> dict[str, float]:
 
 def _with_interval(rows: list[dict[str, Any]], name: str, record: Mapping[str, Any]) -> None:
     for row in rows:
-        row.update(interval_of(record) if row["metric"] == name else {"ci_low": math.nan, "ci_high": math.nan})
+        row.update(interval_of(record) if row["metric"] == name
+                   else {"ci_low": math.nan, "ci_high": math.nan})
 
 
 def is_detail(metric: str) -> bool:
-    """Secondary numbers (``m2.mean_l0``, ``m6.datasets.dtd.preservation`` …) that stay out of the main table."""
+    """Secondary numbers (``m2.mean_l0``, ``m6.datasets.dtd.preservation`` …) that stay out of the main
+    table."""
     head = metric.split(":", 1)[0].split("@", 1)[0]
     return "." in head
 
@@ -117,7 +121,8 @@ def sae_rows(eval_dir: Path, sae: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Rows of every result record in one SAE's evaluation folder; ``sae`` is its index entry
     (sae_id, backbone, layer, family, expansion, k, grid, train)."""
     base = {"backbone": sae["backbone"], "family": sae["family"], "expansion": float(sae["expansion"]),
-            "k": float(sae["k"]), "layer": int(sae["layer"]), "sae_id": sae["sae_id"], "grid": sae.get("grid", ""),
+            "k": float(sae["k"]), "layer": int(sae["layer"]), "sae_id": sae["sae_id"],
+            "grid": sae.get("grid", ""),
             "seed": math.nan if sae.get("seed") is None else float(sae["seed"]),
             "sae_config": json.dumps({"family": sae["family"], "expansion": sae["expansion"], "k": sae["k"],
                                       "train": sae.get("train", {}),
@@ -146,8 +151,10 @@ def sae_rows(eval_dir: Path, sae: Mapping[str, Any]) -> list[dict[str, Any]]:
 def raw_rows(record: Mapping[str, Any], backbone: str, layer: int) -> list[dict[str, Any]]:
     """Rows of one raw-backbone diagnostic record (family ``raw``, no SAE)."""
     rows = [{"backbone": backbone, "family": "raw", "expansion": math.nan, "k": math.nan, "layer": int(layer),
-             "metric": metric, "value": value, "sae_id": "", "grid": "", "higher_is_better": _direction(metric, hib),
-             "l0": math.nan, "sae_config": "", "seed": math.nan} for metric, value, hib in metric_rows("raw", record)]
+             "metric": metric, "value": value, "sae_id": "", "grid": "",
+             "higher_is_better": _direction(metric, hib),
+             "l0": math.nan, "sae_config": "", "seed": math.nan} for metric, value,
+            hib in metric_rows("raw", record)]
     _with_interval(rows, "raw", record)
     return rows
 
@@ -160,7 +167,8 @@ def task_record_rows(record: Mapping[str, Any], task: str, backbone: str, layer:
         sid = row.get("sae_id") or ""
         meta = saes.get(sid)
         rows.append({
-            "backbone": backbone, "layer": int(layer), "metric": task_metric(str(row.get("metric", task)), row["features"]),
+            "backbone": backbone, "layer": int(layer),
+            "metric": task_metric(str(row.get("metric", task)), row["features"]),
             "value": math.nan if row.get("value") is None else float(row["value"]),
             "higher_is_better": True, "sae_id": sid,
             "family": meta["family"] if meta else "raw",
@@ -193,8 +201,8 @@ def read_results(study_dir: Path | str, details: bool = False) -> pd.DataFrame:
     except Exception as e:  # pyarrow raises several unrelated types for a damaged file
         from visae.errors import StudyError
 
-        raise StudyError(f"{path}: cannot read the results table ({type(e).__name__}: {e}); delete it and rerun "
-                         "'visae study run' on the study's YAML to collect it again") from None
+        raise StudyError(f"{path}: cannot read the results table ({type(e).__name__}: {e}); delete it and "
+                         "rerun 'visae study run' on the study's YAML to collect it again") from None
 
 
 def eval_records(folder: Path) -> list[str]:
@@ -211,13 +219,14 @@ def not_a_study(folder: Path, command: str) -> str:
     """Why ``folder`` is not a study folder, for ``command``'s error: what it holds and what is expected."""
     from visae.results.layout import STUDY_YAML
 
-    expected = (f"'{command}' needs a study folder, the out_dir of 'visae study run' (it holds {STUDY_YAML} and "
-                f"{RESULTS_DIR}/{RESULTS_FILE})")
+    expected = (f"'{command}' needs a study folder, the out_dir of 'visae study run' (it holds {STUDY_YAML} "
+                f"and {RESULTS_DIR}/{RESULTS_FILE})")
     records = eval_records(folder) if folder.is_dir() else []
     if records:
         return (f"{folder}: holds 'visae eval' results of one SAE ({', '.join(records[:4])}), not a study; "
                 f"{expected}. Cross-backbone analyses and the report compare many SAEs: run them as a study "
-                "(see studies/demo.yaml); one SAE's numbers are in those JSON files and in the 'visae eval' table")
+                "(see studies/demo.yaml); one SAE's numbers are in those JSON files and in the 'visae "
+                "eval' table")
     return f"{folder}: not a study folder (no {STUDY_YAML}, no {RESULTS_DIR}/{RESULTS_FILE}); {expected}"
 
 
