@@ -1,4 +1,5 @@
-"""The SAE interface shared by every family: pre-encoder bias, unit-norm decoder rows, stored normalization."""
+"""The SAE interface shared by every family: pre-encoder bias, unit-norm decoder rows, stored
+normalization."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ class SAE(nn.Module):
     def __init__(self, d_in: int, d_sae: int, k: int | None = None, **hparams: Any) -> None:
         super().__init__()
         if self.needs_k and (k is None or k < 1):
-            raise ConfigError(f"{self.family}: k (active features per token) must be a positive integer, got {k!r}")
+            raise ConfigError(f"{self.family}: k (active features per token) must be a positive integer, "
+                              f"got {k!r}")
         self.d_in = d_in
         self.d_sae = d_sae
         self.k = k

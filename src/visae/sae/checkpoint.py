@@ -108,7 +108,8 @@ def _load_state(path: Path, sae: SAE, state: dict[str, torch.Tensor]) -> None:
     for name, t in state.items():
         if tuple(t.shape) != tuple(own[name].shape):
             raise CheckpointError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, expected "
-                                  f"{tuple(own[name].shape)} for {sae.family} d_in={sae.d_in} d_sae={sae.d_sae}")
+                                  f"{tuple(own[name].shape)} for {sae.family} d_in={sae.d_in} "
+                                  f"d_sae={sae.d_sae}")
     sae.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
 
 
@@ -134,7 +135,8 @@ def _load_ours(dir_path: Path) -> SAE:
 
 
 # --- entry point ------------------------------------------------------------------------------------------
-def load_sae(path_or_hub_id: Path | str, subfolder: str | None = None, device: str | torch.device | None = None,
+def load_sae(path_or_hub_id: Path | str, subfolder: str | None = None,
+             device: str | torch.device | None = None,
              revision: str | None = None) -> SAE:
     """Load an SAE from a folder/file (ours, the authors' release, SAELens, saev) or a Hub repo.
 
@@ -163,13 +165,16 @@ def _dispatch(path: Path) -> SAE:
         fmt, target = found
         return fmt.load(target)
     if path.is_file():
-        raise CheckpointError(f"{path}: unknown checkpoint file (expected a folder, {WEIGHTS_FILE} or sae.pt)")
+        raise CheckpointError(f"{path}: unknown checkpoint file (expected a folder, {WEIGHTS_FILE} "
+                              "or sae.pt)")
     looked_for = [f"{WEIGHTS_FILE}+{CONFIG_FILE}", *("+".join(f.files) for f in CHECKPOINT_FORMATS.values())]
-    raise CheckpointError(f"{path}: no SAE checkpoint found (looked for {', '.join(dict.fromkeys(looked_for))})")
+    raise CheckpointError(f"{path}: no SAE checkpoint found (looked for "
+                          f"{', '.join(dict.fromkeys(looked_for))})")
 
 
 def load_sae_with_provenance(ref: SAERef | str | Path, subfolder: str | None = None,
-                             revision: str | None = None, device: str | None = None) -> tuple[SAE, dict[str, Any]]:
+                             revision: str | None = None,
+                             device: str | None = None) -> tuple[SAE, dict[str, Any]]:
     """``(SAE, provenance)``: :func:`load_sae` plus where the files came from and their hashes
     (:func:`visae.sae.hub.locate_sae`)."""
     from visae.sae.hub import locate_sae, read_reference

@@ -25,18 +25,23 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def train(
-        cache: Annotated[list[Path], typer.Option("--cache", help="Activation cache folder (from 'visae cache'); "
+        cache: Annotated[list[Path],
+                         typer.Option("--cache", help="Activation cache folder (from 'visae cache'); "
                                                   "repeat it to train on several caches as one stream.")],
-        out: Annotated[Path, typer.Option("--out", help="Output folder: one sub-folder per SAE, log, state.")],
-        family: Annotated[str, typer.Option(help="SAE family: batchtopk, topk, jumprelu, relu.")] = "batchtopk",
+        out: Annotated[Path,
+                       typer.Option("--out", help="Output folder: one sub-folder per SAE, log, state.")],
+        family: Annotated[str,
+                          typer.Option(help="SAE family: batchtopk, topk, jumprelu, relu.")] = "batchtopk",
         expansion: Annotated[str, typer.Option(help="Expansion factors, comma-separated.")] = "8,16,32",
-        k: Annotated[str | None, typer.Option("--k", help="K values, comma-separated (default: the paper's 64,128,192,256).")] = None,
+        k: Annotated[str | None, typer.Option("--k", help="K values, comma-separated (default: the paper's "
+                                                          "64,128,192,256).")] = None,
         steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Tokens per step (paper: 8192).")] = None,
         dtype: Annotated[str | None, typer.Option(help="fp32 or bf16.")] = None,
         device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 …")] = None,
         force: Annotated[bool, typer.Option("--force", help="Replace SAEs in OUT trained on another cache or "
-                                                            "with other settings (default: refuse).")] = False,
+                                                            "with other settings (default: "
+                                                            "refuse).")] = False,
         config: ConfigOpt = None,
         set_: SetOpt = None,
     ) -> None:

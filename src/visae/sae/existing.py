@@ -37,13 +37,16 @@ class CheckpointSpec(FrozenConfig):
 
     backbone: str = Field(description="backbone the SAEs were trained on (a study backbone name)")
     repo: str | None = Field(None, description="Hugging Face repo id, e.g. visaebench/clip-vitb16-saes")
-    path: str | None = Field(None, description="local folder holding one SAE, or one SAE folder per configuration")
-    ref: str | None = Field(None, description="one reference as on the CLI: REPO[:SUBFOLDER][@REVISION] or a path")
+    path: str | None = Field(None,
+                             description="local folder holding one SAE, or one SAE folder per configuration")
+    ref: str | None = Field(None,
+                            description="one reference as on the CLI: REPO[:SUBFOLDER][@REVISION] or a path")
     revision: str | None = Field(None, description="hub branch, tag or commit (default: main)")
     subfolders: list[str] | None = Field(
         None, description="configurations to use (None: all; the authors' repos: their 12 configurations)")
     layer: int | None = Field(None, ge=0, description="layer the SAEs read (None: the study's main layer)")
-    family: str | None = Field(None, description="SAE family, when neither the folder name nor its config says")
+    family: str | None = Field(None,
+                               description="SAE family, when neither the folder name nor its config says")
     expansion: int | None = Field(None, ge=1, description="d_sae / d_model, when the name does not say")
     k: int | None = Field(None, ge=1, description="K (target L0), when the name does not say")
 
@@ -145,8 +148,8 @@ def describe(sae: ExistingSAE) -> tuple[str, int, int]:
             expansion = expansion or (round(float(cfg["expansion"])) if cfg.get("expansion") else None)
             k = k or cfg.get("k")
     if family is None or expansion is None or k is None:
-        raise ConfigError(f"checkpoint {sae.ref}: cannot tell its family, expansion and K (its name is not like "
-                          "batchtopk_16x_k128); set family, expansion and k in its checkpoints entry")
+        raise ConfigError(f"checkpoint {sae.ref}: cannot tell its family, expansion and K (its name is not "
+                          "like batchtopk_16x_k128); set family, expansion and k in its checkpoints entry")
     return str(family), int(expansion), int(k)
 
 
@@ -190,8 +193,9 @@ def check_backbone(sae: ExistingSAE, path: Path, where: str = "") -> str | None:
     found = checkpoint_backbone(path, sae.parsed)
     if found is not None and _canonical(found) != _canonical(sae.backbone):
         at = f"{where}: " if where else ""
-        raise ConfigError(f"{at}checkpoint {sae.ref} was trained on backbone {found!r}, but the block gives it "
-                          f"backbone {sae.backbone!r}; list it under backbone {found!r} or pick another checkpoint")
+        raise ConfigError(f"{at}checkpoint {sae.ref} was trained on backbone {found!r}, but the block gives "
+                          f"it backbone {sae.backbone!r}; list it under backbone {found!r} or pick another "
+                          "checkpoint")
     return found
 
 

@@ -45,7 +45,8 @@ def find_saes(sae_dir: Path) -> list[Path]:
     """``sae_dir`` itself when it is a checkpoint, else its immediate subfolders that are, in name order."""
     if checkpoint_files(sae_dir):
         return [sae_dir]
-    found = sorted(p for p in sae_dir.iterdir() if p.is_dir() and checkpoint_files(p)) if sae_dir.is_dir() else []
+    found = sorted(p for p in sae_dir.iterdir() if p.is_dir()
+                   and checkpoint_files(p)) if sae_dir.is_dir() else []
     if not found:
         raise CheckpointError(f"{sae_dir}: no SAE checkpoint in it or its subfolders (a 'visae train' output "
                               "folder, or one SAE folder with model.safetensors + config.yaml)")
@@ -206,7 +207,8 @@ def _metrics_table(items: list[Exported]) -> list[str]:
                 "`visae eval --sae <folder> --cache <cache> --out <folder>/eval`, then export again."]
     lines = ["| configuration | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for it in items:
-        lines.append(f"| {it.name} | " + " | ".join(_fmt((it.metrics.get(n) or {}).get("value")) for n in names)
+        lines.append(f"| {it.name} | "
+                     + " | ".join(_fmt((it.metrics.get(n) or {}).get("value")) for n in names)
                      + " |")
     caches = sorted({str(m.get("cache")) for it in items for m in it.metrics.values() if m.get("cache")})
     lines += ["", f"Evaluation cache(s) (content hash): {', '.join(f'`{c}`' for c in caches)}."]
@@ -228,18 +230,22 @@ def model_card(items: list[Exported], repo_id: str | None, single: bool) -> str:
     from huggingface_hub import ModelCardData
 
     ctx = _training_context(items[0])
-    data = ModelCardData(library_name="visae", tags=["sparse-autoencoder", "vision-transformer", "interpretability",
+    data = ModelCardData(library_name="visae",
+                         tags=["sparse-autoencoder", "vision-transformer", "interpretability",
                                                        "visae"], base_model=_base_model(ctx["backbone"]))
     repo = repo_id or "<org>/<repo>"
     first = "" if single else items[0].name
     load = f'visae.load_sae("{repo}"' + (f', subfolder="{first}")' if first else ")")
     where = (f"`{ctx['backbone']}`, block {ctx['layer']}" if ctx["backbone"] else "an unrecorded backbone")
-    data_desc = (f" on `{ctx['source']}` (split {ctx['split']}, {ctx['n_images']} images)" if ctx["source"] else "")
-    body = [f"# Sparse autoencoders: {ctx['backbone'] or 'ViT'} layer {ctx['layer'] if ctx['layer'] is not None else '?'}",
+    data_desc = (f" on `{ctx['source']}` (split {ctx['split']}, {ctx['n_images']} images)"
+                 if ctx["source"] else "")
+    body = [f"# Sparse autoencoders: {ctx['backbone'] or 'ViT'} layer "
+            f"{ctx['layer'] if ctx['layer'] is not None else '?'}",
             "", f"{len(items)} sparse autoencoder(s) on the patch-token activations of {where}{data_desc}, "
             f"exported by visae {__version__}." + ("" if single else " One subfolder per configuration."),
             "", "## Load", "", "```python", "import visae", "", f"sae = {load}", "```", "",
-            f"Command line: `visae eval --sae {repo}{':' + first if first else ''} --cache <activation cache>`",
+            f"Command line: `visae eval --sae {repo}{':' + first if first else ''} --cache "
+            "<activation cache>`",
             "", "## Configurations", "", *_config_table(items), "", "## Metrics (ViSAEBench)", "",
             *_metrics_table(items), "", "## Provenance", "", *_provenance(items),
             "## Config", "", "Each `config.yaml` holds the settings below plus the activation normalization "

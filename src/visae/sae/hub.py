@@ -32,7 +32,8 @@ RELEASE_REPOS: dict[str, str] = {
 
 RELEASE_EXPANSIONS = (8, 16, 32)
 RELEASE_KS = (64, 128, 192, 256)
-RELEASE_CONFIGS: tuple[str, ...] = tuple(f"batchtopk_{e}x_k{k}" for e in RELEASE_EXPANSIONS for k in RELEASE_KS)
+RELEASE_CONFIGS: tuple[str, ...] = tuple(f"batchtopk_{e}x_k{k}" for e in RELEASE_EXPANSIONS
+                                         for k in RELEASE_KS)
 """The twelve configurations of each release repo (expansion × K)."""
 
 OURS = ("model.safetensors", "config.yaml")
@@ -90,7 +91,8 @@ def parse_sae_ref(text: str | Path, subfolder: str | None = None, revision: str 
     m = _REF.fullmatch(raw)
     if m is None:
         raise CheckpointError(f"SAE {raw!r}: no such file or folder, and not a hub reference "
-                              f"(ORG/NAME[:SUBFOLDER][@REVISION], e.g. {RELEASE_REPOS['clip-b16']}:batchtopk_16x_k128)")
+                              "(ORG/NAME[:SUBFOLDER][@REVISION], e.g. "
+                              f"{RELEASE_REPOS['clip-b16']}:batchtopk_16x_k128)")
     return SAERef(m["repo"], _merge("subfolder", m["sub"], subfolder, raw),
                   _merge("revision", m["rev"], revision, raw), hub=True)
 
@@ -199,7 +201,8 @@ def list_configurations(repo_id: str, revision: str | None = None) -> list[str]:
             from huggingface_hub import HfApi
 
             return configurations(HfApi().list_repo_files(repo_id, revision=revision))
-        except Exception as e:  # any hub/network failure (httpx, HTTP, validation): the cache may still know it
+        # any hub/network failure (httpx, HTTP, validation): the cache may still know it
+        except Exception as e:
             online_error: Exception | None = e
     else:
         online_error = None
@@ -232,8 +235,9 @@ def _missing_config_message(repo_id: str, subfolder: str, revision: str | None, 
     rev = f" (revision {revision!r})" if revision else ""
     listed = ", ".join(c for c in existing) if existing else "none"
     where = "cached locally" if _offline() else "in the repo"
-    return (f"hub repo {repo_id!r}{rev} has no configuration {subfolder!r}; configurations {where}: {listed}; "
-            f"pass one with --subfolder or {repo_id}:<configuration> (list them with 'visae ls {repo_id}')")
+    return (f"hub repo {repo_id!r}{rev} has no configuration {subfolder!r}; configurations {where}: "
+            f"{listed}; pass one with --subfolder or {repo_id}:<configuration> (list them with 'visae ls "
+            f"{repo_id}')")
 
 
 def _snapshot(ref: SAERef) -> Path:
@@ -244,12 +248,12 @@ def _snapshot(ref: SAERef) -> Path:
         return Path(snapshot_download(repo_id=ref.target, revision=ref.revision, allow_patterns=patterns))
     except Exception as e:  # the hub client's errors (HTTP, offline, validation) become one clear message
         if type(e).__name__ == "IncompleteSnapshotError":
-            raise CheckpointError(f"hub repo {ref.target!r}, subfolder {ref.subfolder!r}: the local cache holds "
-                                  f"only part of it and the hub cannot be reached ({e}); download it with "
-                                  "network access") from e
+            raise CheckpointError(f"hub repo {ref.target!r}, subfolder {ref.subfolder!r}: the local cache "
+                                  f"holds only part of it and the hub cannot be reached ({e}); download it "
+                                  "with network access") from e
         if type(e).__name__ == "RevisionNotFoundError":
-            raise CheckpointError(f"hub repo {ref.target!r}: no revision {ref.revision!r}; give a branch, tag "
-                                  "or commit that exists (default: main)") from e
+            raise CheckpointError(f"hub repo {ref.target!r}: no revision {ref.revision!r}; give a branch, "
+                                  "tag or commit that exists (default: main)") from e
         cached = _cached_repo(ref.target) if ref.revision else None
         if cached is not None:
             refs = sorted({r for rev in cached.revisions for r in rev.refs})
@@ -280,9 +284,9 @@ def _locate_hub(ref: SAERef, hash_files: bool) -> LocatedSAE:
             existing = configurations(_local_files(root))
         if ref.subfolder:
             raise CheckpointError(_missing_config_message(ref.target, ref.subfolder, ref.revision, existing))
-        raise CheckpointError(f"hub repo {ref.target!r}: no SAE checkpoint at the repo root; it holds one per "
-                              f"configuration: {', '.join(existing) or 'none found'}; pass one with --subfolder "
-                              f"or {ref.target}:<configuration>")
+        raise CheckpointError(f"hub repo {ref.target!r}: no SAE checkpoint at the repo root; it holds one "
+                              f"per configuration: {', '.join(existing) or 'none found'}; pass one with "
+                              f"--subfolder or {ref.target}:<configuration>")
     prov = {"kind": "hub", "repo": ref.target, "subfolder": ref.subfolder, "revision": ref.revision or "main",
             "commit": root.name, "files": file_hashes(path) if hash_files else {}, "ref": str(ref)}
     return LocatedSAE(ref, path, prov)
@@ -350,7 +354,8 @@ def read_reference(folder: Path | str) -> dict[str, Any] | None:
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not readable JSON ({e}); delete the folder and rerun") from e
     if not isinstance(data, dict) or not isinstance(data.get("ref"), str):
-        raise CheckpointError(f"{path}: expected {{'ref': ..., 'provenance': ...}}; delete the folder and rerun")
+        raise CheckpointError(f"{path}: expected {{'ref': ..., 'provenance': ...}}; delete the folder "
+                              "and rerun")
     return data
 
 
@@ -364,6 +369,8 @@ def is_hub_id(text: str) -> bool:
     return _REF.fullmatch(text) is not None and _HUB_ID.match(text) is not None
 
 
-__all__ = ["OURS", "RELEASE_CONFIGS", "RELEASE_REPOS", "LocatedSAE", "SAERef", "cached_repos", "checkpoint_files", "checkpoint_folder",
-           "checkpoint_markers", "configurations", "file_hashes", "is_hub_id", "list_configurations", "locate_sae",
+__all__ = ["OURS", "RELEASE_CONFIGS", "RELEASE_REPOS", "LocatedSAE", "SAERef", "cached_repos",
+           "checkpoint_files", "checkpoint_folder",
+           "checkpoint_markers", "configurations", "file_hashes", "is_hub_id", "list_configurations",
+           "locate_sae",
            "parse_sae_ref", "read_reference", "release_backbone", "write_reference"]

@@ -49,8 +49,10 @@ def register(app: typer.Typer) -> None:
 
     @app.command("ls")
     def ls_command(
-        target: Annotated[str, typer.Argument(help="A folder (lists its caches and SAEs) or a hub repo ORG/NAME "
-                                                   "(lists its SAE configurations; offline: from the local cache).")],
+        target: Annotated[str,
+                          typer.Argument(help="A folder (lists its caches and SAEs) or a hub repo ORG/NAME "
+                                                   "(lists its SAE configurations; offline: from the local "
+                                                   "cache).")],
         revision: RevisionOpt = None,
     ) -> None:
         """List activation caches and SAEs under a folder, or the SAE configurations of a hub repo."""
@@ -77,14 +79,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export")
     def export_command(
-        sae_dir: Annotated[str, typer.Argument(help="One SAE folder, a 'visae train' output folder (a grid), or a "
-                                                    "hub repo REPO[:SUBFOLDER][@REVISION] (converted to visae's format).")],
+        sae_dir: Annotated[str,
+                           typer.Argument(help="One SAE folder, a 'visae train' output folder (a grid), or a "
+                                                    "hub repo REPO[:SUBFOLDER][@REVISION] (converted to "
+                                                    "visae's format).")],
         out: Annotated[Path, typer.Argument(help="New folder to write the hub repo's files into.")],
         results: Annotated[list[Path] | None, typer.Option(
             "--results", help="Folder of 'visae eval' results for the model card's metrics (repeatable; "
                               "SAE_DIR is always searched).")] = None,
-        repo_id: Annotated[str | None, typer.Option("--repo-id", help="Repo name used in the card's examples.")] = None,
-        force: Annotated[bool, typer.Option("--force", help="Write into a non-empty OUT, replacing the exported files.")] = False,
+        repo_id: Annotated[str | None,
+                           typer.Option("--repo-id", help="Repo name used in the card's examples.")] = None,
+        force: Annotated[bool, typer.Option("--force", help="Write into a non-empty OUT, replacing the "
+                                                            "exported files.")] = False,
     ) -> None:
         """Write the folder a hub repo would hold: checkpoint(s), one subfolder per configuration for a grid,
         and a model card (README.md) with the config, metrics and provenance."""

@@ -27,7 +27,8 @@ _SQRT2 = math.sqrt(2.0)
 
 
 def kernel(u: torch.Tensor, name: Kernel) -> torch.Tensor:
-    """A unit-mass density kernel: rectangle ``1[|u| ≤ ½]`` or Silverman ``½ e^{−|u|/√2} sin(|u|/√2 + π/4)``."""
+    """A unit-mass density kernel: rectangle ``1[|u| ≤ ½]`` or Silverman ``½ e^{−|u|/√2} sin(|u|/√2 +
+    π/4)``."""
     if name == "rectangle":
         return (u.abs() <= 0.5).to(u.dtype)
     if name == "silverman":
@@ -51,7 +52,8 @@ class JumpReLUFn(torch.autograd.Function):
     """``pre · H(pre − θ)`` with the straight-through threshold gradient."""
 
     @staticmethod
-    def forward(ctx: Any, pre: torch.Tensor, theta: torch.Tensor, bandwidth: float, kern: str) -> torch.Tensor:
+    def forward(ctx: Any, pre: torch.Tensor, theta: torch.Tensor, bandwidth: float,
+                kern: str) -> torch.Tensor:
         ctx.save_for_backward(pre, theta)
         ctx.bandwidth, ctx.kern = bandwidth, kern
         return pre * (pre > theta)
@@ -69,7 +71,8 @@ class StepFn(torch.autograd.Function):
     """``H(pre − θ)`` with the straight-through threshold gradient (no gradient to ``pre``)."""
 
     @staticmethod
-    def forward(ctx: Any, pre: torch.Tensor, theta: torch.Tensor, bandwidth: float, kern: str) -> torch.Tensor:
+    def forward(ctx: Any, pre: torch.Tensor, theta: torch.Tensor, bandwidth: float,
+                kern: str) -> torch.Tensor:
         ctx.save_for_backward(pre, theta)
         ctx.bandwidth, ctx.kern = bandwidth, kern
         return (pre > theta).to(pre.dtype)

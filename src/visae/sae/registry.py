@@ -12,7 +12,8 @@ from visae.registry import Registry
 from visae.sae.family import TrainableSAE
 
 SAE_FAMILIES: Registry[type[TrainableSAE]] = Registry("SAE family", normalize=str.lower)
-SAE_FAMILIES.register_lazy("batchtopk", "visae.sae.batchtopk:BatchTopKSAE", aliases=("batch_topk", "batch-topk"),
+SAE_FAMILIES.register_lazy("batchtopk", "visae.sae.batchtopk:BatchTopKSAE",
+                           aliases=("batch_topk", "batch-topk"),
                            summary="BatchTopK (Bussmann et al. 2024), inference at a calibrated threshold")
 SAE_FAMILIES.register_lazy("topk", "visae.sae.topk:TopKSAE", aliases=("top_k", "top-k"),
                            summary="TopK (Gao et al. 2024): K largest per token")

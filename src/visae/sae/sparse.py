@@ -97,7 +97,8 @@ def select_batch_topk(pre_bf: torch.Tensor, k: int) -> SparseCodes:
                          redo=lambda: _candidates(pre_bf, 0, 0.0))
 
 
-def _candidates(pre_bf: torch.Tensor, row0: int, cut: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _candidates(pre_bf: torch.Tensor, row0: int, cut: float) -> tuple[torch.Tensor, torch.Tensor,
+                                                                      torch.Tensor]:
     mask = pre_bf > max(cut, 0.0)
     nz = mask.nonzero()
     return nz[:, 0] + row0, nz[:, 1], pre_bf[mask]
@@ -221,7 +222,8 @@ def encode_select(x_bd: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, 
             parts.append((c.rows_n + row0, c.cols_n, c.vals_n))
     rows_n, cols_n, vals_n = (torch.cat([p[i] for p in parts]) for i in range(3))
     if not batch:
-        return SparseCodes(rows_n, cols_n, _wide(vals_n), row_offsets(rows_n, n_rows), n_rows, n_cols, 0.0), xc_bd
+        return SparseCodes(rows_n, cols_n, _wide(vals_n), row_offsets(rows_n, n_rows), n_rows,
+                           n_cols, 0.0), xc_bd
 
     def redo() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         again = [_candidates(torch.addmm(b, xs[r:r + chunk_rows], W), r, 0.0)

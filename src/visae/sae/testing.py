@@ -37,7 +37,8 @@ class ReluSAE(SAE):
 
 
 def make_identity(sae: SAE) -> SAE:
-    """Set ``sae`` (d_sae = 2·d_in) to codes = relu([x, −x]) and decoder [I; −I]: it reconstructs x exactly."""
+    """Set ``sae`` (d_sae = 2·d_in) to codes = relu([x, −x]) and decoder [I; −I]: it reconstructs x
+    exactly."""
     eye = torch.eye(sae.d_in)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))

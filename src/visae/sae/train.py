@@ -56,11 +56,13 @@ class TrainStateMismatch(ConfigError):
 class SAESpec(FrozenConfig):
     """One SAE configuration of a grid."""
 
-    family: str = Field("batchtopk", description="SAE family: batchtopk (paper default), topk, jumprelu, relu")
+    family: str = Field("batchtopk",
+                        description="SAE family: batchtopk (paper default), topk, jumprelu, relu")
     expansion: float | None = Field(None, gt=0, allow_inf_nan=False,
                                     description="d_sae as a multiple of d_in (paper: 8, 16, 32)")
     d_sae: int | None = Field(None, ge=1, description="dictionary size; overrides expansion when given")
-    k: int | None = Field(None, ge=1, description="active features per token (TopK/BatchTopK; JumpReLU's target L0)")
+    k: int | None = Field(None, ge=1,
+                          description="active features per token (TopK/BatchTopK; JumpReLU's target L0)")
     hparams: dict[str, Any] = Field(default_factory=dict,
                                     description="family hyper-parameters (l1_coeff, bandwidth, kernel …)")
     seed: int | None = Field(None, description="initialisation seed of this SAE (default: the training seed "
@@ -95,9 +97,13 @@ class TrainConfig(FrozenConfig):
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas, each in [0, 1)")
     batch_size: int = Field(8192, ge=1, description="patch tokens per step (paper Table 1)")
     epochs: int = Field(1, ge=1, description="passes over the cache (paper Table 1: 1)")
-    steps: int | None = Field(None, ge=1, description="stop after this many steps (default: the whole epochs)")
+    steps: int | None = Field(None, ge=1,
+                              description="stop after this many steps (default: the whole epochs)")
     seed: int = Field(42, description="seed of initialisation and the token sampler (paper Table 1)")
-    dtype: Literal["fp32", "bf16"] = Field("fp32", description="encoder matmul precision: fp32, or bf16 (mixed precision; fast on GPUs, very slow on CPUs without bf16 matrix units)")
+    dtype: Literal["fp32", "bf16"] = Field("fp32",
+                                           description="encoder matmul precision: fp32, or bf16 (mixed "
+                                                       "precision; fast on GPUs, very slow on CPUs without "
+                                                       "bf16 matrix units)")
     device: str = Field("auto", description="torch device; auto = CUDA, then MPS, then CPU")
     checkpoint_every: int = Field(500, ge=1, description="steps between resumable checkpoints")
     log_every: int = Field(10, ge=1, description="steps between lines of train_log.jsonl")
@@ -106,7 +112,8 @@ class TrainConfig(FrozenConfig):
                                    description="a feature is dead after this many tokens without firing")
     aux_k: int | None = Field(None, ge=1, description="AuxK: dead features used by the auxiliary loss "
                                                       "(Gao et al. 2024; e.g. 512); None disables it")
-    aux_coeff: float = Field(1 / 32, ge=0, allow_inf_nan=False, description="weight of the AuxK loss (Gao et al.: 1/32)")
+    aux_coeff: float = Field(1 / 32, ge=0, allow_inf_nan=False,
+                             description="weight of the AuxK loss (Gao et al.: 1/32)")
     heldout: Literal["tail", "validation"] = Field(
         "tail", description="held-out tokens for the BatchTopK inference threshold (paper App. E): "
                             "'tail' = the last heldout_batches batches of the training stream, never trained "
@@ -121,7 +128,8 @@ class TrainConfig(FrozenConfig):
     def _check(self) -> TrainConfig:
         bad = [b for b in self.betas if not 0 <= b < 1]
         if bad:
-            raise ValueError(f"betas {list(self.betas)}: each Adam beta must lie in [0, 1), e.g. betas=[0.9, 0.999]")
+            raise ValueError(f"betas {list(self.betas)}: each Adam beta must lie in [0, 1), e.g. "
+                             "betas=[0.9, 0.999]")
         if self.heldout == "validation" and not self.validation_cache:
             raise ValueError("heldout='validation' needs validation_cache")
         return self
@@ -147,7 +155,8 @@ class _Trainee:
         self.n_steps = 0
 
     def state(self) -> dict[str, Any]:
-        return {"model": self.sae.state_dict(), "opt": self.opt.state_dict(), "since_fired": self.since_fired_f,
+        return {"model": self.sae.state_dict(), "opt": self.opt.state_dict(),
+                "since_fired": self.since_fired_f,
                 "sum_l0": self.sum_l0, "n_steps": self.n_steps}
 
     def load(self, st: dict[str, Any]) -> None:
@@ -269,8 +278,8 @@ def _load_state(out_dir: Path) -> dict[str, Any] | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
     except Exception as e:  # unpickling refused, truncated or not a torch file
-        raise CheckpointError(f"{path}: unreadable training state ({type(e).__name__}: {str(e)[:200]}); delete it "
-                              "to restart training from step 0") from None
+        raise CheckpointError(f"{path}: unreadable training state ({type(e).__name__}: {str(e)[:200]}); "
+                              "delete it to restart training from step 0") from None
 
 
 def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str,
@@ -297,7 +306,8 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
     one = len(cache_obj.caches) == 1
     provenance = {"cache": cache_obj.paths[0] if one else cache_obj.paths,
                   "cache_hash": cache_obj.hashes[0] if one else cache_obj.hashes, "seed": cfg.seed,
-                  "backbone": cache_obj.caches[0].manifest.backbone, "layer": cache_obj.caches[0].manifest.layer,
+                  "backbone": cache_obj.caches[0].manifest.backbone,
+                  "layer": cache_obj.caches[0].manifest.layer,
                   "train_config": cfg.to_dict()}
     run_record = {**{k: v for k, v in provenance.items() if k != "train_config"},
                   "settings": train_settings(cfg.to_dict())}
@@ -308,15 +318,16 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
     trainable = n_per_epoch * cfg.epochs - heldout_tail
     total = min(cfg.steps, trainable) if cfg.steps else trainable
     if cfg.steps and cfg.steps > trainable:
-        _note(f"train: steps={cfg.steps} is more than the cache holds ({trainable} batches of {cfg.batch_size} "
-              f"tokens in {cfg.epochs} epoch(s), {heldout_tail} held out); capped at {trainable} steps. Raise "
-              "epochs (--set epochs=N) to train longer")
+        _note(f"train: steps={cfg.steps} is more than the cache holds ({trainable} batches of "
+              f"{cfg.batch_size} tokens in {cfg.epochs} epoch(s), {heldout_tail} held out); capped at "
+              f"{trainable} steps. Raise epochs (--set epochs=N) to train longer")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RUN_FILE, run_record)
     remove_leftover_tmp(out, recursive=True)  # partial files of a killed run: never read, only reclaimed
     start = _resume(out, trainees, names)
     if start < total:
-        on_gpu = device.type != "cpu"  # ship fp16 tokens, normalize on the device (half the copy, no CPU pass)
+        # ship fp16 tokens, normalize on the device (half the copy, no CPU pass)
+        on_gpu = device.type != "cpu"
         sampled = cache_obj.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=True, epochs=cfg.epochs,
                                           start_step=start, half=on_gpu)
         batches = cache_obj.finish_on(sampled, device) if on_gpu else sampled
@@ -441,8 +452,10 @@ def _previous_runs(out: Path, specs: dict[str, SAESpec], d_in: int) -> list[tupl
     return found
 
 
-def _check_previous_run(out: Path, new: dict[str, Any], specs: dict[str, SAESpec], d_in: int, force: bool) -> None:
-    """Refuse to train into a folder whose SAEs or run used another cache or other settings (unless ``force``)."""
+def _check_previous_run(out: Path, new: dict[str, Any], specs: dict[str, SAESpec], d_in: int,
+                        force: bool) -> None:
+    """Refuse to train into a folder whose SAEs or run used another cache or other settings (unless
+    ``force``)."""
     for where, old in _previous_runs(out, specs, d_in):
         diffs = []
         if old.get("cache_hash") not in (None, new["cache_hash"]):
@@ -457,7 +470,8 @@ def _check_previous_run(out: Path, new: dict[str, Any], specs: dict[str, SAESpec
         if not force:
             raise OutputConflictError(
                 f"{out}: holds an SAE run trained on another cache or with other settings ({where}: "
-                f"{'; '.join(diffs)}); pass --force (force=True) to replace it, or train into another --out folder")
+                f"{'; '.join(diffs)}); pass --force (force=True) to replace it, or train into another "
+                "--out folder")
         for leftover in (STATE_FILE, LOG_FILE, RUN_FILE, "trained.json"):
             (out / leftover).unlink(missing_ok=True)
         return
@@ -474,12 +488,14 @@ def _heldout_tail(cfg: TrainConfig, n_per_epoch: int) -> int:
     if cfg.epochs > 1 or cfg.heldout_batches < n_per_epoch:
         return cfg.heldout_batches
     if n_per_epoch < 2:
-        raise ConfigError(f"the cache has only {n_per_epoch} batch(es) of {cfg.batch_size} tokens: nothing to train "
-                          "on after holding out the threshold's batches; use a smaller batch_size (--set "
-                          "batch_size=…), a bigger cache, or heldout='validation' with validation_cache")
+        raise ConfigError(f"the cache has only {n_per_epoch} batch(es) of {cfg.batch_size} tokens: nothing "
+                          "to train on after holding out the threshold's batches; use a smaller batch_size "
+                          "(--set batch_size=…), a bigger cache, or heldout='validation' with "
+                          "validation_cache")
     tail = max(1, n_per_epoch // 4)
     _note(f"train: the cache has only {n_per_epoch} batches of {cfg.batch_size} tokens; holding out {tail} "
-          f"(not heldout_batches={cfg.heldout_batches}) for the threshold, training on the other {n_per_epoch - tail}")
+          f"(not heldout_batches={cfg.heldout_batches}) for the threshold, training on the other "
+          f"{n_per_epoch - tail}")
     return tail
 
 
