@@ -38,7 +38,8 @@ def _run(study: Path, overrides: list[str] | None, executor: str, address: str |
     cfg = load_study_config(study, overrides)
     if dry_run:
         check_study(study, cfg)
-    plan, summary = run_study(cfg, executor=executor, address=address, dry_run=dry_run, max_retries=max_retries,
+    plan, summary = run_study(cfg, executor=executor, address=address, dry_run=dry_run,
+                              max_retries=max_retries,
                               on_event=lambda s: typer.echo(s, err=True))
     if summary is None:
         typer.echo(describe_plan(plan, Path(cfg.out_dir)))
@@ -55,8 +56,8 @@ def report_line(report: Path, summary: RunSummary) -> str:
         return f"report: {report}" if report.exists() else "report: none written (the plan has no report job)"
     what = f"{len(summary.failed)} job(s) failed, {len(summary.blocked)} blocked (listed above)"
     if report.exists():
-        return (f"report: {report} is partial or stale: {what}, so it lacks their results; fix them and rerun "
-                "the same command to complete it")
+        return (f"report: {report} is partial or stale: {what}, so it lacks their results; fix them and "
+                "rerun the same command to complete it")
     return f"report: not written: {what}; fix them and rerun the same command"
 
 
@@ -66,8 +67,8 @@ def check_study(study: Path, cfg: StudyConfig) -> None:
 
     problems = validate_study(cfg)
     if problems:
-        typer.secho(f"error: {study}: {len(problems)} problem(s) found without computing; fix them in the YAML or "
-                    "with --set KEY=VALUE:", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {study}: {len(problems)} problem(s) found without computing; fix them in the "
+                    "YAML or with --set KEY=VALUE:", fg=typer.colors.RED, err=True)
         for p in problems:
             typer.echo(f"  {p}", err=True)
         raise typer.Exit(code=2)
@@ -75,7 +76,8 @@ def check_study(study: Path, cfg: StudyConfig) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``study run``, ``study status`` and ``demo``."""
-    study_app = typer.Typer(help="Run a whole study (cache → train → evaluate → analyse → report), resumable.",
+    study_app = typer.Typer(help="Run a whole study (cache → train → evaluate → analyse → report), "
+                                 "resumable.",
                             no_args_is_help=True)
 
     @study_app.command("run")
@@ -83,15 +85,19 @@ def register(app: typer.Typer) -> None:
         study: Annotated[Path, typer.Argument(help="study YAML (see studies/paper.yaml, studies/demo.yaml)")],
         overrides: SetOpt = None,
         executor: Annotated[str, typer.Option(help="'local' (in process) or 'ray'")] = "local",
-        address: Annotated[str | None, typer.Option(help="Ray address; 'local' starts a local instance")] = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan and what exists; run nothing")] = False,
-        max_retries: Annotated[int | None, typer.Option(help="retries of a failing job (local 0, ray 2)")] = None,
+        address: Annotated[str | None,
+                           typer.Option(help="Ray address; 'local' starts a local instance")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run",
+                                              help="print the plan and what exists; run nothing")] = False,
+        max_retries: Annotated[int | None,
+                               typer.Option(help="retries of a failing job (local 0, ray 2)")] = None,
     ) -> None:
         """Plan the study and run every job that is not done yet."""
         run_guarded(_run, study, overrides, executor, address, dry_run, max_retries)
 
     @study_app.command("status")
-    def status_cmd(study: Annotated[Path, typer.Argument(help="study YAML")], overrides: SetOpt = None) -> None:
+    def status_cmd(study: Annotated[Path, typer.Argument(help="study YAML")],
+                   overrides: SetOpt = None) -> None:
         """Show which jobs are done and which remain."""
         from visae.study.config import load_study_config
         from visae.study.run import study_status

@@ -26,13 +26,16 @@ TEST_ROLE = "@test"
 class SourceSpec(FrozenConfig):
     """One image source, as understood by ``visae.open_source``."""
 
-    spec: str = Field(description="source spec, e.g. 'offline:fashion-mnist' or 'imagefolder:/data/imagenet/val'")
+    spec: str = Field(description="source spec, e.g. 'offline:fashion-mnist' or "
+                                  "'imagefolder:/data/imagenet/val'")
     split: str = Field("train", description="split of the source to read")
     max_images: int | None = Field(None, ge=1, description="use at most this many images (None: all)")
     seed: int = Field(42, description="seed of the subset draw when max_images is set")
     test_split: str | None = Field(
-        None, description="OOD sets only: the official test split, cached separately; M6 trains its probes on "
-                          "'split' and tests on this one (None: M6 makes a stratified 80/20 split of 'split')")
+        None,
+        description="OOD sets only: the official test split, cached separately; M6 trains its probes on "
+                          "'split' and tests on this one (None: M6 makes a stratified 80/20 split "
+                          "of 'split')")
 
 
 class BackboneSpec(FrozenConfig):
@@ -40,7 +43,8 @@ class BackboneSpec(FrozenConfig):
 
     name: str = Field(description="registry or timm name, e.g. 'dinov2-b14' or 'dinov2-s14-offline'")
     weights_path: str | None = Field(None, description="local weights file (None: the registry default)")
-    image_size: int | None = Field(None, ge=14, description="input resolution (None: the backbone's native size)")
+    image_size: int | None = Field(None, ge=14,
+                                   description="input resolution (None: the backbone's native size)")
     evaluator: str | None = Field(
         None, description="M5 evaluator backbone (None: the study's 'evaluators' map, paper Table 5)")
     label: str | None = Field(None, description="display name in the report (None: the name)")
@@ -55,25 +59,33 @@ class SAEGrid(FrozenConfig):
     """One block of SAEs: a family × expansion factors × K trained on some backbones and layers, or existing
     checkpoints (``checkpoints``) that are evaluated without training."""
 
-    name: str = Field("main", description="tag of this block in the results ('main', 'jumprelu', 'layer-ablation')")
-    family: str = Field("batchtopk", description="SAE family (visae.sae.registry): batchtopk, topk, jumprelu, relu")
+    name: str = Field("main",
+                      description="tag of this block in the results ('main', 'jumprelu', 'layer-ablation')")
+    family: str = Field("batchtopk",
+                        description="SAE family (visae.sae.registry): batchtopk, topk, jumprelu, relu")
     expansions: list[int] = Field(
         default_factory=list, description="dictionary sizes as multiples of d_model (paper: 8, 16, 32); "
                                           "empty for a block of existing checkpoints")
     ks: list[int] = Field(
-        default_factory=list, description="sparsity K (target L0 for jumprelu/relu); paper: 64, 128, 192, 256; "
+        default_factory=list,
+        description="sparsity K (target L0 for jumprelu/relu); paper: 64, 128, 192, 256; "
                                           "empty for a block of existing checkpoints")
     checkpoints: Literal["release"] | list[CheckpointSpec] | None = Field(
-        None, description="existing SAEs to evaluate instead of training: 'release' (the authors' 12 per backbone "
+        None,
+        description="existing SAEs to evaluate instead of training: 'release' (the authors' 12 per backbone "
                           "on the hub) or a list of {backbone, repo | path | ref, subfolders, revision}")
     backbones: list[str] | None = Field(None, description="restrict to these backbone names (None: all)")
     layers: list[int] | None = Field(None, description="layers to train on (None: the study's main layers)")
-    hparams: dict[str, Any] = Field(default_factory=dict, description="family hyper-parameters (JumpReLU bandwidth …)")
-    seeds: list[int] | None = Field(None, description="initialisation seeds: each configuration is trained once per "
-                                    "seed, all on the same pass (None: one SAE per configuration); the variance "
-                                    "decomposition then separates seed noise from the hyper-parameter effect")
+    hparams: dict[str, Any] = Field(default_factory=dict,
+                                    description="family hyper-parameters (JumpReLU bandwidth …)")
+    seeds: list[int] | None = Field(None, description="initialisation seeds: each configuration is "
+                                                      "trained once per "
+                                    "seed, all on the same pass (None: one SAE per configuration); the "
+                                    "variance decomposition then separates seed noise from the "
+                                    "hyper-parameter effect")
     metrics: list[str] | None = Field(None, description="metrics of these SAEs (None: the study's 'metrics')")
-    train: dict[str, Any] = Field(default_factory=dict, description="training settings that override the study's 'train'")
+    train: dict[str, Any] = Field(default_factory=dict,
+                                  description="training settings that override the study's 'train'")
 
     @field_validator("expansions", "ks")
     @classmethod
@@ -87,15 +99,15 @@ class SAEGrid(FrozenConfig):
         if self.checkpoints is None:
             for key in ("expansions", "ks"):
                 if not getattr(self, key):
-                    raise ValueError(f"{key}: must be a non-empty list of positive integers (or name existing "
-                                     "SAEs with 'checkpoints')")
+                    raise ValueError(f"{key}: must be a non-empty list of positive integers (or name "
+                                     "existing SAEs with 'checkpoints')")
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
             raise ValueError("seeds: must be a non-empty list of distinct integers")
         if self.checkpoints is not None and self.seeds is not None:
             raise ValueError("a block of existing 'checkpoints' trains nothing: drop seeds")
         if self.checkpoints is not None and (self.expansions or self.ks or self.train or self.hparams):
-            raise ValueError("a block of existing 'checkpoints' trains nothing: drop expansions, ks, train and "
-                             "hparams (the checkpoints carry their own)")
+            raise ValueError("a block of existing 'checkpoints' trains nothing: drop expansions, ks, train "
+                             "and hparams (the checkpoints carry their own)")
         return self
 
     @property
@@ -122,7 +134,8 @@ class DataConfig(FrozenConfig):
     ood: dict[str, SourceSpec] = Field(
         default_factory=dict, description="M6 cross-domain sets by name (paper: inat, cub, dtd)")
     task_sources: dict[str, SourceSpec] = Field(
-        default_factory=dict, description="extra image sets that downstream tasks refer to by name (e.g. ade20k)")
+        default_factory=dict,
+        description="extra image sets that downstream tasks refer to by name (e.g. ade20k)")
 
 
 class TaskSpec(FrozenConfig):
@@ -147,30 +160,39 @@ class StudyConfig(FrozenConfig):
     layers: list[int] = Field([11], description="main layers (0-based block index; paper: 11)")
     saes: list[SAEGrid] = Field(description="SAE blocks of the grid")
     data: DataConfig = Field(description="image sets")
-    cache: dict[str, Any] = Field(default_factory=dict, description="settings passed to build_cache (batch size, dtype …)")
+    cache: dict[str, Any] = Field(default_factory=dict,
+                                  description="settings passed to build_cache (batch size, dtype …)")
     train_cache: dict[str, Any] = Field(
-        default_factory=dict, description="build_cache settings of the SAE training caches only, over 'cache' "
-                                          "(e.g. tokens_per_image: 1 keeps one seeded patch per training image)")
+        default_factory=dict,
+        description="build_cache settings of the SAE training caches only, over 'cache' "
+                                          "(e.g. tokens_per_image: 1 keeps one seeded patch per "
+                                          "training image)")
     train: dict[str, Any] = Field(
-        default_factory=dict, description="visae.sae.train.TrainConfig fields shared by every SAE (paper Table 1)")
+        default_factory=dict,
+        description="visae.sae.train.TrainConfig fields shared by every SAE (paper Table 1)")
     metrics: list[str] = Field(
         ["m1", "m2", "m3", "m4", "m5", "m6", "m7"], description="metrics computed for every SAE (one pass)")
     metric_configs: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-metric settings by name (paper Table 2 defaults otherwise)")
-    raw_diagnostic: bool = Field(True, description="compute the raw-backbone Moran's I (App. G) per backbone/layer")
+    raw_diagnostic: bool = Field(True,
+                                 description="compute the raw-backbone Moran's I (App. G) per backbone/layer")
     evaluators: dict[str, str] = Field(
-        default_factory=dict, description="M5 evaluator backbone per backbone (empty: the registry's paper Table 5 pairing)")
+        default_factory=dict,
+        description="M5 evaluator backbone per backbone (empty: the registry's paper Table 5 pairing)")
     tasks: list[TaskSpec] = Field(
-        default_factory=list, description="downstream tasks (hypotheses, correlations), run at the main layers")
+        default_factory=list,
+        description="downstream tasks (hypotheses, correlations), run at the main layers")
     hypotheses: list[Hypothesis] = Field(
         default_factory=list, description="pre-registered hypotheses (empty: the paper's H1–H4, §4.5)")
-    eval_group_size: int = Field(64, ge=1, description="images per encoding group in evaluation (paper Table 2)")
+    eval_group_size: int = Field(64, ge=1,
+                                 description="images per encoding group in evaluation (paper Table 2)")
     browser_features: int = Field(64, ge=0, description="features per sort key in the feature browser")
     seed: int = Field(42, description="seed of every random choice (paper Table 1)")
     bootstrap: BootstrapConfig | None = Field(None, description="intervals beside every headline metric: "
                                               "n_boot, level, seed (None: 200 replicates, 95 %)")
     plugins: list[str] = Field(
-        default_factory=list, description="modules imported before every job (they may register backbones, sources)")
+        default_factory=list,
+        description="modules imported before every job (they may register backbones, sources)")
 
     @field_validator("backbones", mode="before")
     @classmethod
@@ -187,7 +209,8 @@ class StudyConfig(FrozenConfig):
         for grid in self.saes:
             for b in grid.backbones or []:
                 if b not in names:
-                    raise ValueError(f"saes[{grid.name}].backbones: {b!r} is not one of the study's backbones {names}")
+                    raise ValueError(f"saes[{grid.name}].backbones: {b!r} is not one of the study's "
+                                     f"backbones {names}")
             if grid.trains and self.data.train is None:
                 raise ValueError(f"data.train: missing; the block saes[{grid.name}] trains SAEs on it")
             _check_checkpoints(grid, grid.backbones or names, names)
@@ -222,20 +245,21 @@ class StudyConfig(FrozenConfig):
 
 
 def _check_checkpoints(grid: SAEGrid, block_backbones: list[str], names: list[str]) -> None:
-    """Every checkpoint spec names a study backbone the block covers; 'release' covers only the paper's five."""
+    """Every checkpoint spec names a study backbone the block covers; 'release' covers only the paper's
+    five."""
     if grid.checkpoints == "release":
         from visae.sae.hub import RELEASE_REPOS
 
         missing = [b for b in block_backbones if b not in RELEASE_REPOS]
         if missing:
             raise ValueError(f"saes[{grid.name}].checkpoints: the authors' release has no SAEs for "
-                             f"{', '.join(missing)} (it covers {', '.join(RELEASE_REPOS)}); restrict the block "
-                             "with 'backbones' or list the checkpoints")
+                             f"{', '.join(missing)} (it covers {', '.join(RELEASE_REPOS)}); restrict the "
+                             "block with 'backbones' or list the checkpoints")
         return
     for i, spec in enumerate(grid.checkpoints or []):
         if spec.backbone not in block_backbones:
-            raise ValueError(f"saes[{grid.name}].checkpoints[{i}].backbone: {spec.backbone!r} is not one of the "
-                             f"block's backbones {block_backbones if grid.backbones else names}")
+            raise ValueError(f"saes[{grid.name}].checkpoints[{i}].backbone: {spec.backbone!r} is not one of "
+                             f"the block's backbones {block_backbones if grid.backbones else names}")
 
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -327,7 +351,8 @@ def check_inputs_exist(cfg: StudyConfig) -> None:
             problems.append(f"backbones[{i}].weights_path: {b.weights_path} does not exist")
     if problems:
         raise ConfigError("study inputs missing:\n  " + "\n  ".join(problems)
-                          + "\nset the paths in the YAML, the ${...} environment variables, or --set key=path")
+                          + "\nset the paths in the YAML, the ${...} environment variables, or "
+                            "--set key=path")
 
 
 def spec_path(spec: str) -> Path | None:

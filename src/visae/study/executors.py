@@ -134,7 +134,8 @@ def _ray_execute(execute: Execute, job: Job, root: str, device: str, plugins: tu
 def run_ray(plan: Plan, root: Path, address: str | None = "local", device: str = "auto", max_retries: int = 2,
             on_event: EventFn | None = None, init_kwargs: dict[str, Any] | None = None,
             plugins: tuple[str, ...] = (), execute: Execute = run_job) -> RunSummary:
-    """Submit every missing job as a Ray task (upstream ObjectRefs as arguments), wait, and read back outcomes.
+    """Submit every missing job as a Ray task (upstream ObjectRefs as arguments), wait, and read back
+    outcomes.
 
     ``address``: 'local' starts a local Ray instance; otherwise the address of a running cluster
     ('auto', 'ray://host:10001', …). The study folder must be on a path every node sees.

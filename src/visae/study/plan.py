@@ -81,7 +81,8 @@ class _Planner:
             self.caches[key] = self.add(cache.plan(self.cfg, backbone, layer, role))
         return self.caches[key]
 
-    def ood_caches(self, backbone: BackboneSpec, layer: int, grids: list[SAEGrid]) -> tuple[dict[str, Job], dict[str, Job]]:
+    def ood_caches(self, backbone: BackboneSpec, layer: int,
+                   grids: list[SAEGrid]) -> tuple[dict[str, Job], dict[str, Job]]:
         """The OOD caches (and official test-split caches) of a pair whose SAEs compute M6."""
         ood: dict[str, Job] = {}
         tests: dict[str, Job] = {}

@@ -14,4 +14,5 @@ def import_plugins(plugins: list[str] | tuple[str, ...] = ()) -> None:
         try:
             importlib.import_module(name)
         except ImportError as e:
-            raise StudyError(f"plugins: cannot import {name!r} ({e}); install it or fix the study's 'plugins'") from e
+            raise StudyError(f"plugins: cannot import {name!r} ({e}); install it or fix the study's "
+                             "'plugins'") from e

@@ -43,7 +43,8 @@ def output_done(root: Path, output: str, job_id: str | None = None) -> bool:
 
 
 def job_done(job: Job, root: Path | str) -> bool:
-    """True when every output folder of ``job`` holds its done.json (naming the job, for fixed-name outputs)."""
+    """True when every output folder of ``job`` holds its done.json (naming the job, for fixed-name
+    outputs)."""
     root = Path(root)
     return all(output_done(root, out, job.id if job.exact_done else None) for out in job.outputs)
 

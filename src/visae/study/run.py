@@ -48,7 +48,8 @@ def run_study(cfg: StudyConfig, executor: str = "local", address: str | None = N
               check_inputs: bool = True, execute: Execute = run_job) -> tuple[Plan, RunSummary | None]:
     """Plan ``cfg`` and run what is missing (nothing when ``dry_run``); the summary lists failures.
 
-    ``execute`` runs one job (default :func:`visae.study.stages.run_job`; tests wrap it to inject failures)."""
+    ``execute`` runs one job (default :func:`visae.study.stages.run_job`; tests wrap it to inject
+    failures)."""
     root = Path(cfg.out_dir)
     plan = plan_study(cfg)
     if dry_run:
@@ -60,7 +61,8 @@ def run_study(cfg: StudyConfig, executor: str = "local", address: str | None = N
     with study_lock(root):
         atomic_write_text(root / STUDY_YAML, dump_study_yaml(cfg))
         if executor == "local":
-            summary = run_local(plan, root, device=cfg.device, max_retries=0 if max_retries is None else max_retries,
+            summary = run_local(plan, root, device=cfg.device, max_retries=0 if max_retries is None
+                                else max_retries,
                                 on_event=on_event, plugins=tuple(cfg.plugins), execute=execute)
         else:
             summary = run_ray(plan, root, address=address or "local", device=cfg.device,

@@ -79,7 +79,8 @@ def _metric_problems(cfg: StudyConfig) -> list[str]:
                 for i, m in enumerate(grid.metrics or []) if m not in METRICS]
     for name, section in cfg.metric_configs.items():
         if name not in METRICS:
-            out.append(f"metric_configs.{name}: unknown metric; sections are metric names ({', '.join(known)})")
+            out.append(f"metric_configs.{name}: unknown metric; sections are metric names "
+                       f"({', '.join(known)})")
             continue
         out += _model_problems(METRICS[name].config_cls, section, f"metric_configs.{name}")
     return out
@@ -161,7 +162,8 @@ def _data_problems(cfg: StudyConfig) -> list[str]:
         kind, sep, arg = src.spec.partition(":")
         known_kind = (sep and arg and kind in SOURCES) or (not sep and src.spec in SOURCES)
         if not known_kind and not src.spec.startswith(("/", ".", "~")):
-            out.append(f"{key}.spec: unknown image source {src.spec!r}; use one of {', '.join(known_sources())}")
+            out.append(f"{key}.spec: unknown image source {src.spec!r}; use one of "
+                       f"{', '.join(known_sources())}")
         for field in ("split", "test_split"):
             value = getattr(src, field)
             if value is not None and value not in SPLITS:
@@ -207,8 +209,8 @@ def _hypothesis_problems(cfg: StudyConfig) -> list[str]:
                        f"{', '.join(sorted(metrics))})")
         parsed = parse_task_metric(h.task)
         if parsed is None:
-            out.append(f"hypotheses[{i}].task: {h.task!r} is not a task metric; write task:<task>_<metric>:raw "
-                       "or :codes, e.g. task:retrieval_r1:raw")
+            out.append(f"hypotheses[{i}].task: {h.task!r} is not a task metric; write "
+                       "task:<task>_<metric>:raw or :codes, e.g. task:retrieval_r1:raw")
         elif task_names and not any(h.task.startswith(f"task:{n}") for n in task_names):
             out.append(f"hypotheses[{i}].task: {h.task!r} names no task of this study (tasks: "
                        f"{', '.join(sorted(task_names))})")
