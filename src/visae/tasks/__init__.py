@@ -38,7 +38,8 @@ def task_config(name: str, config: TaskConfig | Mapping[str, Any] | None = None)
     spec = TASKS[name]
     if isinstance(config, TaskConfig):
         if not isinstance(config, spec.config_cls):
-            raise ConfigError(f"task {name}: expected a {spec.config_cls.__name__}, got {type(config).__name__}")
+            raise ConfigError(f"task {name}: expected a {spec.config_cls.__name__}, got "
+                              f"{type(config).__name__}")
         return config
     return build_config(spec.config_cls, {**spec.defaults, **dict(config or {})}, source=f"tasks.{name}")
 
@@ -51,7 +52,8 @@ def _open_caches(caches: CacheArg) -> ActivationCache | dict[str, ActivationCach
 
 def _inputs(caches: ActivationCache | dict[str, ActivationCache], sae_id: str) -> dict[str, Any]:
     group = caches if isinstance(caches, dict) else {"cache": caches}
-    return {"sae": sae_id, **{k: {"hash": c.manifest.hash, "path": str(c.path), "backbone": c.manifest.backbone}
+    return {"sae": sae_id,
+            **{k: {"hash": c.manifest.hash, "path": str(c.path), "backbone": c.manifest.backbone}
                               for k, c in group.items()}}
 
 
@@ -91,7 +93,8 @@ def task_rows(name: str, caches: CacheArg, saes: Mapping[str, SAE], config: Mapp
     first = next(iter(saes.values()), None)
     rows: list[dict[str, Any]] = []
     if "raw" in cfg.features:
-        rows += run_task(name, first, opened, cfg.model_copy(update={"features": ["raw"]}), device=device).rows("")
+        rows += run_task(name, first, opened, cfg.model_copy(update={"features": ["raw"]}),
+                         device=device).rows("")
     sae_kinds = [k for k in cfg.features if k != "raw"]
     if sae_kinds:
         for sae_id, sae in saes.items():
@@ -100,4 +103,5 @@ def task_rows(name: str, caches: CacheArg, saes: Mapping[str, SAE], config: Mapp
     return rows
 
 
-__all__ = ["TASKS", "TASK_NAMES", "TaskConfig", "TaskResult", "TaskSpec", "run_task", "task_config", "task_rows"]
+__all__ = ["TASKS", "TASK_NAMES", "TaskConfig", "TaskResult", "TaskSpec", "run_task", "task_config",
+           "task_rows"]

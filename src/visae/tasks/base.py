@@ -34,8 +34,10 @@ class TaskConfig(FrozenConfig):
 
     features: list[str] = Field(
         default_factory=lambda: ["raw", "codes"],
-        description="feature kinds to evaluate: raw, codes, recon (codes/recon need an SAE; paper App. O uses raw and codes)")
-    group_size: int = Field(64, ge=1, description="images encoded per group (memory bound, as in the metrics)")
+        description="feature kinds to evaluate: raw, codes, recon (codes/recon need an SAE; paper App. O "
+                    "uses raw and codes)")
+    group_size: int = Field(64, ge=1,
+                            description="images encoded per group (memory bound, as in the metrics)")
     seed: int = Field(42, description="seed of every split and subsample (paper Table 2: 42)")
 
 
@@ -49,14 +51,16 @@ class TaskResult(MetricResult):
     n_eval: int = Field(description="evaluation items (queries, images or patches)")
 
     def rows(self, sae_id: str = "") -> list[dict[str, Any]]:
-        """Rows ``{metric, features, value, sae_id}`` (metric without the ``task:`` prefix and feature suffix)."""
+        """Rows ``{metric, features, value, sae_id}`` (metric without the ``task:`` prefix and feature
+        suffix)."""
         from visae.results.schema import parse_task_metric
 
         out = []
         for name, value in self.scores.items():
             parsed = parse_task_metric(name)
             if parsed is not None:
-                out.append({"metric": parsed.task, "features": parsed.features, "value": value, "sae_id": sae_id})
+                out.append({"metric": parsed.task, "features": parsed.features, "value": value,
+                            "sae_id": sae_id})
         return out
 
 
@@ -135,5 +139,6 @@ def write_task_result(out_dir: Path | str, result: TaskResult, config: FrozenCon
     from visae.io import safe_join
 
     path = safe_join(out_dir, f"task_{result.task}.json")  # the task name comes from a config file
-    return write_result_record(path, result.metric, result.value, result.model_dump(mode="json"), config.to_dict(),
+    return write_result_record(path, result.metric, result.value, result.model_dump(mode="json"),
+                               config.to_dict(),
                                inputs, seconds={"total": time.perf_counter() - started})

@@ -38,11 +38,15 @@ from visae.tasks.registry import TaskSpec
 class ClassificationConfig(TaskConfig):
     """Settings of the classification task."""
 
-    name: str = Field("classification", description="dataset name used in metric names, e.g. cub → task:cub_acc:raw")
-    sparse_k: int | None = Field(128, ge=1, description="sparse-probing budget on codes (paper H4: 128); None skips it")
-    test_size: float = Field(0.2, gt=0, lt=1, description="single-cache mode: stratified test fraction (paper Table 2: 0.2)")
+    name: str = Field("classification",
+                      description="dataset name used in metric names, e.g. cub → task:cub_acc:raw")
+    sparse_k: int | None = Field(128, ge=1,
+                                 description="sparse-probing budget on codes (paper H4: 128); None skips it")
+    test_size: float = Field(0.2, gt=0, lt=1,
+                             description="single-cache mode: stratified test fraction (paper Table 2: 0.2)")
     probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=500),
-                               description="logistic probe settings (paper Table 2: lbfgs, C = 1, max_iter 500 for M6)")
+                               description="logistic probe settings (paper Table 2: lbfgs, C = 1, max_iter "
+                                           "500 for M6)")
 
 
 def live_columns(x_train: sp.csr_matrix) -> np.ndarray:
@@ -50,7 +54,8 @@ def live_columns(x_train: sp.csr_matrix) -> np.ndarray:
     return np.flatnonzero(np.diff(sp.csc_matrix(x_train).indptr) > 0)
 
 
-def probe_accuracy(x_train: np.ndarray | sp.csr_matrix, y_train: np.ndarray, x_test: np.ndarray | sp.csr_matrix,
+def probe_accuracy(x_train: np.ndarray | sp.csr_matrix, y_train: np.ndarray,
+                   x_test: np.ndarray | sp.csr_matrix,
                    y_test: np.ndarray, probe: ProbeConfig) -> float:
     """Test accuracy of the paper's probe trained on ``x_train`` (sparse inputs: live columns only)."""
     if sp.issparse(x_train):
@@ -61,7 +66,8 @@ def probe_accuracy(x_train: np.ndarray | sp.csr_matrix, y_train: np.ndarray, x_t
     return fit_probe(np.asarray(x_train), y_train, probe).accuracy(np.asarray(x_test), y_test)
 
 
-def sparse_probe_auc(x_train: np.ndarray | sp.csr_matrix, y_train: np.ndarray, x_test: np.ndarray | sp.csr_matrix,
+def sparse_probe_auc(x_train: np.ndarray | sp.csr_matrix, y_train: np.ndarray,
+                     x_test: np.ndarray | sp.csr_matrix,
                      y_test: np.ndarray, k: int, probe: ProbeConfig) -> tuple[float | None, int]:
     """Mean one-vs-rest test AUC of a probe on the top-``k`` features by ANOVA F, and the k actually used."""
     ranked = rank_features(x_train, y_train)
@@ -92,7 +98,8 @@ def run_classification(sae: SAE | None, caches: ActivationCache | Mapping[str, A
     else:
         test_key = "test" if "test" in caches else "val"
         if "train" not in caches or test_key not in caches:
-            raise ConfigError(f"classification caches: need keys 'train' and 'test' (or 'val'), got {sorted(caches)}")
+            raise ConfigError("classification caches: need keys 'train' and 'test' (or 'val'), got "
+                              f"{sorted(caches)}")
         train = pooled_features(caches["train"], sae, kinds, device, config.group_size)
         test = pooled_features(caches[test_key], sae, kinds, device, config.group_size)
         y_train, y_test = caches["train"].labels, caches[test_key].labels
@@ -103,13 +110,17 @@ def run_classification(sae: SAE | None, caches: ActivationCache | Mapping[str, A
         scores[f"task:{config.name}_acc:{kind}"] = probe_accuracy(train[kind], y_train, test[kind], y_test,
                                                                   config.probe)
     if config.sparse_k is not None and "codes" in kinds:
-        auc, used = sparse_probe_auc(train["codes"], y_train, test["codes"], y_test, config.sparse_k, config.probe)
+        auc, used = sparse_probe_auc(train["codes"], y_train, test["codes"], y_test, config.sparse_k,
+                                     config.probe)
         scores[f"task:{config.name}_sparse_auc{config.sparse_k}:codes"] = auc
         if used < config.sparse_k:
             notes.append(f"sparse probing used {used} live features (< k = {config.sparse_k})")
-    protocol = (f"{split}: {len(y_train)} train / {len(y_test)} test images; logistic probe on max-pooled features"
-                + (f"; sparse probe on the top {config.sparse_k} codes by ANOVA F" if config.sparse_k else ""))
-    return TaskResult(metric=f"task:{config.name}", task=config.name, value=headline(scores, f"{config.name}_acc"),
+    protocol = (f"{split}: {len(y_train)} train / {len(y_test)} test images; logistic probe on "
+                "max-pooled features"
+                + (f"; sparse probe on the top {config.sparse_k} codes by ANOVA F"
+                   if config.sparse_k else ""))
+    return TaskResult(metric=f"task:{config.name}", task=config.name,
+                      value=headline(scores, f"{config.name}_acc"),
                       higher_is_better=True, scores=scores, protocol=protocol, n_train=len(y_train),
                       n_eval=len(y_test), note="; ".join(notes))
 

@@ -23,7 +23,8 @@ Runner = Callable[["SAE | None", Any, Any, "torch.device"], "TaskResult"]
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: the config class it validates, the function that runs it, defaults under the user's settings."""
+    """One task: the config class it validates, the function that runs it, defaults under the user's
+    settings."""
 
     config_cls: type[TaskConfig]
     runner: Runner

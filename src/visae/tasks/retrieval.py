@@ -33,10 +33,14 @@ class RetrievalConfig(TaskConfig):
     """Settings of the retrieval task."""
 
     protocol: Literal["leave_one_out", "split"] = Field(
-        "leave_one_out", description="leave_one_out: every image queries all others; split: stratified queries vs gallery")
-    query_fraction: float = Field(0.2, gt=0, lt=1, description="split protocol: fraction of images used as queries")
-    ks: list[int] = Field(default_factory=lambda: [1, 5, 10], description="recall cut-offs (paper App. P: R@1, R@5, R@10)")
-    query_chunk: int = Field(1024, ge=1, description="queries scored at once (memory: chunk × gallery similarities)")
+        "leave_one_out",
+        description="leave_one_out: every image queries all others; split: stratified queries vs gallery")
+    query_fraction: float = Field(0.2, gt=0, lt=1,
+                                  description="split protocol: fraction of images used as queries")
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10],
+                          description="recall cut-offs (paper App. P: R@1, R@5, R@10)")
+    query_chunk: int = Field(1024, ge=1,
+                             description="queries scored at once (memory: chunk × gallery similarities)")
 
 
 def _normalize_rows(x: np.ndarray | sp.csr_matrix) -> np.ndarray | sp.csr_matrix:

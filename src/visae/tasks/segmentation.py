@@ -40,15 +40,21 @@ class SegmentationConfig(TaskConfig):
     """Settings of the segmentation task."""
 
     source: str | None = Field(
-        None, description="image source with masks, e.g. 'ade20k:/data/ADEChallengeData2016' (None: the cache's own source)")
-    n_classes: int = Field(150, ge=1, description="segmentation classes 1 … n_classes; 0 is the ignore index (ADE20K: 150)")
+        None, description="image source with masks, e.g. 'ade20k:/data/ADEChallengeData2016' (None: the "
+                          "cache's own source)")
+    n_classes: int = Field(150, ge=1, description="segmentation classes 1 … n_classes; 0 is the ignore index "
+                                                  "(ADE20K: 150)")
     geometry: Literal["auto", "center_crop", "squash"] = Field(
         "auto", description="how masks map onto the patch grid: auto (from the cache's preprocessing), "
-        "center_crop (shorter side resized, centre cropped) or squash (whole image resized to the input size)")
+        "center_crop (shorter side resized, centre cropped) or squash (whole image resized to the "
+        "input size)")
     min_labelled_fraction: float = Field(
-        0.5, ge=0, le=1, description="a patch is ignored when fewer than this fraction of its pixels are labelled")
-    max_train_patches: int = Field(262144, ge=1, description="labelled training patches the head sees (seeded sample)")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="single-cache mode: fraction of images held out for scoring")
+        0.5, ge=0, le=1,
+        description="a patch is ignored when fewer than this fraction of its pixels are labelled")
+    max_train_patches: int = Field(262144, ge=1,
+                                   description="labelled training patches the head sees (seeded sample)")
+    val_fraction: float = Field(0.2, gt=0, lt=1,
+                                description="single-cache mode: fraction of images held out for scoring")
     epochs: int = Field(20, ge=1, description="passes of the head's optimizer over the training patches")
     batch_size: int = Field(1024, ge=1, description="patches per optimizer step")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the linear head")
@@ -72,7 +78,8 @@ def crop_box(h: int, w: int, preprocessing: Mapping[str, Any], out_hw: tuple[int
     pre = preprocessing
     mode = geometry
     if mode == "auto":
-        centred = "resize_shorter" in pre or ("crop_pct" in pre and pre.get("crop_mode", "center") != "squash")
+        centred = "resize_shorter" in pre or ("crop_pct" in pre
+                                              and pre.get("crop_mode", "center") != "squash")
         mode = "center_crop" if centred else "squash"
     pct = float(pre.get("crop_pct") or 1.0)
     if mode == "center_crop" and (oh == ow or "resize_shorter" in pre):
@@ -87,9 +94,11 @@ def crop_box(h: int, w: int, preprocessing: Mapping[str, Any], out_hw: tuple[int
     return top / fy, left / fx, (top + oh) / fy, (left + ow) / fx
 
 
-def mask_to_patch_labels(mask_hw: np.ndarray, grid_hw: tuple[int, int], box: tuple[float, float, float, float],
+def mask_to_patch_labels(mask_hw: np.ndarray, grid_hw: tuple[int, int],
+                         box: tuple[float, float, float, float],
                          n_classes: int, min_labelled_fraction: float = 0.5) -> np.ndarray:
-    """Majority class of the labelled pixels under each patch, row-major ``[grid_h · grid_w]`` (0 = ignored)."""
+    """Majority class of the labelled pixels under each patch, row-major ``[grid_h · grid_w]`` (0 =
+    ignored)."""
     gh, gw = grid_hw
     h, w = mask_hw.shape
     y0, x0, y1, x1 = box
@@ -113,7 +122,8 @@ def open_mask_source(spec: str) -> MaskSource:
     """A mask source from a spec (``ade20k:<path>``, or any registered source with ``load_mask_by_id``)."""
     from visae.datasets.registry import open_source
 
-    spec = spec.split("#", 1)[0]  # a subset's spec ("ade20k:/root#stratified-500-seed42") names the same masks
+    # a subset's spec ("ade20k:/root#stratified-500-seed42") names the same masks
+    spec = spec.split("#", 1)[0]
     src = open_source(spec)
     if not hasattr(src, "load_mask_by_id"):
         raise ConfigError(f"segmentation source {spec!r} has no masks; use ade20k:<path>")
@@ -248,7 +258,8 @@ def miou_from_confusion(conf_cc: np.ndarray) -> tuple[float | None, np.ndarray]:
     return (float(np.nanmean(iou)) if np.any(union > 0) else None), iou
 
 
-def score_heads(cache: ActivationCache, sae: SAE | None, heads: Mapping[str, LinearHead], labels_np: np.ndarray,
+def score_heads(cache: ActivationCache, sae: SAE | None, heads: Mapping[str, LinearHead],
+                labels_np: np.ndarray,
                 images: np.ndarray, n_classes: int, config: SegmentationConfig,
                 device: torch.device) -> dict[str, np.ndarray]:
     """Confusion matrices ``[C+1, C+1]`` of every head over the labelled patches of ``images``."""
@@ -272,7 +283,8 @@ def score_heads(cache: ActivationCache, sae: SAE | None, heads: Mapping[str, Lin
 
 def run_segmentation(sae: SAE | None, caches: ActivationCache | Mapping[str, ActivationCache],
                      config: SegmentationConfig, device: torch.device) -> TaskResult:
-    """mIoU of a linear head on patch features (raw / codes / recon), trained and scored as described above."""
+    """mIoU of a linear head on patch features (raw / codes / recon), trained and scored as described
+    above."""
     kinds = check_features(config.features, sae)
     if isinstance(caches, ActivationCache):
         train_cache = val_cache = caches
@@ -286,7 +298,8 @@ def run_segmentation(sae: SAE | None, caches: ActivationCache | Mapping[str, Act
     else:
         val_key = "val" if "val" in caches else "test"
         if "train" not in caches or val_key not in caches:
-            raise ConfigError(f"segmentation caches: need keys 'train' and 'val' (or 'test'), got {sorted(caches)}")
+            raise ConfigError("segmentation caches: need keys 'train' and 'val' (or 'test'), got "
+                              f"{sorted(caches)}")
         train_cache, val_cache = caches["train"], caches[val_key]
         train_images, val_images = np.arange(train_cache.n_images), np.arange(val_cache.n_images)
         split_note = f"train cache {train_cache.n_images} images, val cache {val_cache.n_images} images"
@@ -303,15 +316,18 @@ def run_segmentation(sae: SAE | None, caches: ActivationCache | Mapping[str, Act
         miou, _ = miou_from_confusion(conf[kind])
         scores[f"task:segmentation_miou:{kind}"] = miou
         total = conf[kind][1:, 1:].sum()
-        scores[f"task:segmentation_acc:{kind}"] = float(np.trace(conf[kind][1:, 1:]) / total) if total else None
+        scores[f"task:segmentation_acc:{kind}"] = float(np.trace(conf[kind][1:,
+                                                                            1:]) / total) if total else None
         if miou is None:
             notes.append(f"{kind}: no labelled validation patches")
-    protocol = (f"{split_note}; masks downsampled to the {val_cache.layout.grid_h}×{val_cache.layout.grid_w} patch "
-                f"grid by majority; linear head (AdamW, {config.epochs} epochs) on {len(train_y)} labelled patches; "
-                "mIoU at the patch grid over classes present in truth or prediction")
+    protocol = (f"{split_note}; masks downsampled to the {val_cache.layout.grid_h}×{val_cache.layout.grid_w} "
+                f"patch grid by majority; linear head (AdamW, {config.epochs} epochs) on {len(train_y)} "
+                "labelled patches; mIoU at the patch grid over classes present in truth or prediction")
     n_eval = int((val_labels[val_images] > 0).sum())
-    return TaskResult(metric="task:segmentation", task="segmentation", value=headline(scores, "segmentation_miou"),
-                      higher_is_better=True, scores=scores, protocol=protocol, n_train=len(train_y), n_eval=n_eval,
+    return TaskResult(metric="task:segmentation", task="segmentation",
+                      value=headline(scores, "segmentation_miou"),
+                      higher_is_better=True, scores=scores, protocol=protocol, n_train=len(train_y),
+                      n_eval=n_eval,
                       note="; ".join(notes))
 
 
