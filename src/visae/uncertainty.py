@@ -28,7 +28,8 @@ _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 class BootstrapConfig(FrozenConfig):
     """Settings of the bootstrap intervals reported beside every headline metric."""
 
-    n_boot: int = Field(200, ge=0, le=100_000, description="bootstrap replicates over images (0: no intervals)")
+    n_boot: int = Field(200, ge=0, le=100_000,
+                        description="bootstrap replicates over images (0: no intervals)")
     level: float = Field(0.95, gt=0.0, lt=1.0, description="two-sided coverage of the percentile interval")
     seed: int = Field(0, ge=0, description="seed of the replicate weights (independent of the SAE seed)")
 
@@ -99,7 +100,8 @@ def weighted_replicates(values_n: np.ndarray, index_n: np.ndarray, config: Boots
     w = poisson_weights(index_n, config.n_boot, config.seed).astype(np.float64)
     total = w.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, (np.asarray(values_n, dtype=float) @ w) / np.maximum(total, 1e-300), np.nan)
+        return np.where(total > 0,
+                        (np.asarray(values_n, dtype=float) @ w) / np.maximum(total, 1e-300), np.nan)
 
 
 def mean_interval(values: np.ndarray | list[float], level: float = 0.95) -> Interval:
