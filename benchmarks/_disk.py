@@ -1,4 +1,5 @@
-"""Benchmark helpers: write a synthetic on-disk cache shard by shard, and drop a folder's pages (cold reads)."""
+"""Benchmark helpers: write a synthetic on-disk cache shard by shard, and drop a folder's pages (cold
+reads)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from visae.cache.store import write_final, write_shard
 
 def write_disk_cache(folder: Path, n_images: int, grid: int, d: int, tokens_per_image: int | None = None,
                      shard_images: int = 256, n_classes: int = 10, seed: int = 0) -> Path:
-    """A complete cache of Gaussian fp16 tokens (``grid``² patches, width ``d``), written one shard at a time."""
+    """A complete cache of Gaussian fp16 tokens (``grid``² patches, width ``d``), written one shard at a
+    time."""
     layout = TokenLayout(("cls",), grid, grid, 16)
     p = layout.n_patches
     t = tokens_per_image or p
@@ -30,7 +32,8 @@ def write_disk_cache(folder: Path, n_images: int, grid: int, d: int, tokens_per_
         stats.update(block.reshape(-1, d))
         pos = None if tokens_per_image is None else sample_positions(range(s0, s0 + n), p, t, seed)
         shards.append(write_shard(folder, k, block, None, pos))
-    fields = {"schema_version": 1, "hash": f"bench-{n_images}-{grid}-{d}-{tokens_per_image}", "backbone": "bench",
+    fields = {"schema_version": 1, "hash": f"bench-{n_images}-{grid}-{d}-{tokens_per_image}",
+              "backbone": "bench",
               "weights_id": "random", "layer": 0, "source": {"spec": "bench"}, "layout": layout.to_dict(),
               "d_model": d, "n_patches": p, "class_names": [f"c{i}" for i in range(n_classes)]}
     if tokens_per_image is not None:
