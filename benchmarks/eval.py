@@ -46,13 +46,16 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Path]:
     import visae
     from visae.sae.train import SAESpec, TrainConfig
 
-    cache_dir = visae.build_cache("dinov2-s14-offline", "offline:digits", layer=11, out_dir=BENCH_DIR / "caches",
+    cache_dir = visae.build_cache("dinov2-s14-offline", "offline:digits", layer=11,
+                                  out_dir=BENCH_DIR / "caches",
                                   max_images=args.images, device=args.device, progress=False)
     name = f"batchtopk_8x_k{args.k}_s{args.train_steps}"
     sae_dir = BENCH_DIR / "saes" / Path(cache_dir).name / name
     if not (sae_dir / "config.yaml").is_file():
-        visae.train_saes(cache_dir, SAESpec(family="batchtopk", expansion=8, k=args.k, name=name), sae_dir.parent,
-                         TrainConfig(steps=args.train_steps, batch_size=2048, heldout_batches=2, device=args.device, progress=False,
+        visae.train_saes(cache_dir, SAESpec(family="batchtopk", expansion=8, k=args.k, name=name),
+                         sae_dir.parent,
+                         TrainConfig(steps=args.train_steps, batch_size=2048, heldout_batches=2,
+                                     device=args.device, progress=False,
                                      checkpoint_every=10**6))
     return Path(cache_dir), sae_dir
 
@@ -103,11 +106,13 @@ def run_peer(cache_dir: Path, sae_dir: Path, device: str) -> dict[str, Any]:
     _, traced = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return {"seconds": seconds, "cpu_s": cpu, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
-            "tracemalloc_peak_mb": traced / 2**20, "m1": r1.value, "m1_n_eval": r1.metadata["num_evaluable_features"],
+            "tracemalloc_peak_mb": traced / 2**20, "m1": r1.value,
+            "m1_n_eval": r1.metadata["num_evaluable_features"],
             "fvu": r2.value, "l0": r2.metadata["l0"], "dead": r2.metadata.get("dead_features")}
 
 
-# --- M3 / M4 / M6 / M7 (probe metrics) ---------------------------------------------------------------------------
+# --- M3 / M4 / M6 / M7 (probe metrics)
+# ---------------------------------------------------------------------------
 PROBE_GROUPS = ([0, 6, 8, 9], [1, 4, 7], [2, 3, 5])
 """Timing-only sibling groups over the first ten classes (offline:digits has no real hierarchy)."""
 
@@ -152,7 +157,8 @@ def run_ours_probes(cache_dir: Path, sae_dir: Path, device: str) -> dict[str, An
 
 
 def run_peer_probes(cache_dir: Path, sae_dir: Path, device: str) -> dict[str, Any]:
-    """visaebench 0.1.0 DownstreamPreservation + SparseProbing (the paper's 11 budgets) + CrossDomainGeneralization
+    """visaebench 0.1.0 DownstreamPreservation + SparseProbing (the paper's 11 budgets) +
+    CrossDomainGeneralization
     (the same cache as its out-of-domain set) + FeatureAbsorption on the same data."""
     import torch
     from visaebench.metrics.concept_detection.cross_domain import CrossDomainGeneralization
@@ -201,26 +207,29 @@ def report_probes(cache_dir: Path, sae_dir: Path, device: str) -> None:
     print(f"{'':12} {'M3+M4+M6+M7 s':>14} {'peak RSS MB':>12} {'(+ over start)':>15} {'tracemalloc MB':>15} "
           f"{'M3':>7} {'M4':>7} {'M6':>7} {'M7':>7}")
     for who, r in out.items():
-        print(f"{who:12} {r['seconds']:14.2f} {r['peak_rss_mb']:12.0f} {r['peak_rss_mb'] - r['rss_before_mb']:15.0f} "
-              f"{r['tracemalloc_peak_mb']:15.1f} {r['m3']!s:>7.7} {r['m4']!s:>7.7} {r['m6']!s:>7.7} {r['m7']!s:>7.7}")
+        print(f"{who:12} {r['seconds']:14.2f} {r['peak_rss_mb']:12.0f} "
+              f"{r['peak_rss_mb'] - r['rss_before_mb']:15.0f} {r['tracemalloc_peak_mb']:15.1f} "
+              f"{r['m3']!s:>7.7} {r['m4']!s:>7.7} {r['m6']!s:>7.7} {r['m7']!s:>7.7}")
     if len(out) == 2:
         print(f"speed-up ours vs peer (M3+M4+M6+M7): "
               f"{out['peer-probes']['seconds'] / out['ours-probes']['seconds']:.2f}× wall, "
               f"{out['peer-probes']['cpu_s'] / out['ours-probes']['cpu_s']:.2f}× CPU time "
               f"({out['ours-probes']['cpu_s']:.1f} vs {out['peer-probes']['cpu_s']:.1f} CPU s)")
-        print("note: both sides probe the paper's 11 M4 budgets (1 … 1024). The peer's M4 value is an accuracy-curve "
-              "area, its M6 a composite (FVU, coverage, overlap, one k=128 probe; ours: raw, recon, all-codes and "
-              "top-128 probes) and its M7 an overlap/F1-gap rate, not the paper's F1(1) < α, F1(4) > β criterion, "
-              "so only the timings are comparable.")
+        print("note: both sides probe the paper's 11 M4 budgets (1 … 1024). The peer's M4 value is an "
+              "accuracy-curve area, its M6 a composite (FVU, coverage, overlap, one k=128 probe; ours: raw, "
+              "recon, all-codes and top-128 probes) and its M7 an overlap/F1-gap rate, not the paper's F1(1) "
+              "< α, F1(4) > β criterion, so only the timings are comparable.")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=512, help="cache a stratified subset of this many images")
+    parser.add_argument("--images", type=int, default=512,
+                        help="cache a stratified subset of this many images")
     parser.add_argument("--k", type=int, default=64, help="BatchTopK k")
     parser.add_argument("--train-steps", type=int, default=100, help="SAE training steps (batch 2048 tokens)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--run", choices=["ours", "peer", "ours-probes", "peer-probes"], help=argparse.SUPPRESS)
+    parser.add_argument("--run", choices=["ours", "peer", "ours-probes", "peer-probes"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--probes-only", action="store_true", help="only the M3/M4/M6/M7 comparison")
     parser.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sae-dir", type=Path, help=argparse.SUPPRESS)
@@ -253,12 +262,13 @@ def main() -> None:
     print(f"{'':6} {'M1+M2 s':>9} {'peak RSS MB':>12} {'(+ over start)':>15} {'tracemalloc MB':>15} "
           f"{'M1':>8} {'N_eval':>7} {'FVU':>8} {'L0':>7} {'dead':>5}")
     for who, r in out.items():
-        print(f"{who:6} {r['seconds']:9.2f} {r['peak_rss_mb']:12.0f} {r['peak_rss_mb'] - r['rss_before_mb']:15.0f} "
-              f"{r['tracemalloc_peak_mb']:15.1f} {r['m1']:8.4f} {r['m1_n_eval']:7d} {r['fvu']:8.4f} {r['l0']:7.1f} "
-              f"{r['dead']!s:>5}")
+        print(f"{who:6} {r['seconds']:9.2f} {r['peak_rss_mb']:12.0f} "
+              f"{r['peak_rss_mb'] - r['rss_before_mb']:15.0f} {r['tracemalloc_peak_mb']:15.1f} "
+              f"{r['m1']:8.4f} {r['m1_n_eval']:7d} {r['fvu']:8.4f} {r['l0']:7.1f} {r['dead']!s:>5}")
     if len(out) == 2:
         print(f"speed-up ours vs peer: {out['peer']['seconds'] / out['ours']['seconds']:.2f}×; "
-              f"peak RSS growth ratio: {(out['peer']['peak_rss_mb'] - out['peer']['rss_before_mb']) / max(1.0, out['ours']['peak_rss_mb'] - out['ours']['rss_before_mb']):.2f}×")
+              "peak RSS growth ratio: "
+              f"{(out['peer']['peak_rss_mb'] - out['peer']['rss_before_mb']) / max(1.0, out['ours']['peak_rss_mb'] - out['ours']['rss_before_mb']):.2f}×")
         print("note: visaebench's FVU uses one scalar mean over all dims and subtracts the mean residual "
               "(Var(x − x̂)/Var(x)); ours is eq. 4 with the per-dimension mean, so the two can differ.")
     report_probes(cache_dir, sae_dir, args.device)
