@@ -1,4 +1,5 @@
-"""M1–M4 of one SAE at the paper's width: visae beside visaebench 0.1.0, the encoder-GEMM floor, private memory.
+"""M1–M4 of one SAE at the paper's width: visae beside visaebench 0.1.0, the encoder-GEMM floor, private
+memory.
 
 Builds (once, under ``.visae-bench/full/``) synthetic ViT-B-like caches — ``N`` images × 196 patches × 768,
 float16, ``--classes`` labelled classes whose images are sums of class-typical dictionary atoms on smooth
@@ -78,7 +79,8 @@ def make_atoms(d: int, n_atoms: int, seed: int) -> np.ndarray:
 
 def synthetic_images(rng: np.random.Generator, labels: np.ndarray, atoms: np.ndarray, grid: int,
                      per_image: int = 12) -> np.ndarray:
-    """``[n, P, D]`` float16: each image sums ``per_image`` atoms (half typical of its class) on blobs, + noise."""
+    """``[n, P, D]`` float16: each image sums ``per_image`` atoms (half typical of its class) on blobs, +
+    noise."""
     n, (n_atoms, d) = len(labels), atoms.shape
     yy, xx = np.mgrid[0:grid, 0:grid]
     out = np.empty((n, grid * grid, d), dtype=np.float16)
@@ -161,7 +163,8 @@ def cpu_seconds() -> float:
 
 
 def gemm_rate(d: int, f: int, rows: int = 4096, reps: int = 3) -> tuple[float, float]:
-    """Best fp32 GEMM rate of ``[rows, d] @ [d, f]`` over a few tries: FLOP per wall second and per CPU second."""
+    """Best fp32 GEMM rate of ``[rows, d] @ [d, f]`` over a few tries: FLOP per wall second and per CPU
+    second."""
     import torch
 
     x, w = torch.randn(rows, d), torch.randn(d, f) / d**0.5
@@ -184,13 +187,16 @@ def run_ours(cache_dir: Path, sae_dir: Path, device: str, group_size: int, floor
     rate, rate_cpu = gemm_rate(sae.d_in, sae.d_sae) if floor else (float("nan"), float("nan"))
     with PeakSampler() as mem:
         t0, c0 = time.perf_counter(), cpu_seconds()
-        res = visae.evaluate(sae, cache, metrics=["m1", "m2", "m3", "m4"], device=device, group_size=group_size)
+        res = visae.evaluate(sae, cache, metrics=["m1", "m2", "m3", "m4"], device=device,
+                             group_size=group_size)
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     tokens = cache.n_images * cache.layout.n_patches
-    return {"seconds": seconds, "cpu_s": cpu, "anon_start_mb": mem.start, "anon_peak_mb": mem.peak, "gemm_flops": rate,
+    return {"seconds": seconds, "cpu_s": cpu, "anon_start_mb": mem.start, "anon_peak_mb": mem.peak,
+            "gemm_flops": rate,
             "floor_s": tokens * 2 * sae.d_in * sae.d_sae / rate, "gemm_flops_cpu": rate_cpu,
             "floor_cpu_s": tokens * 2 * sae.d_in * sae.d_sae / rate_cpu, "n_images": cache.n_images,
-            "m1": res["m1"].value, "m1_n_eval": res["m1"].n_eval, "fvu": res["m2"].value, "l0": res["m2"].mean_l0,
+            "m1": res["m1"].value, "m1_n_eval": res["m1"].n_eval, "fvu": res["m2"].value,
+            "l0": res["m2"].mean_l0,
             "m3": res["m3"].value, "m4": res["m4"].value}
 
 
@@ -215,13 +221,15 @@ def run_peer(cache_dir: Path, sae_dir: Path, device: str) -> dict[str, Any]:
                                  max_active_fraction=1.0, min_images_per_feature=50, max_features=10**9,
                                  max_images_per_feature=10**9, batch_size=512, image_batch_size=64)
         r1 = m1.compute(sae, acts, device=device, mean=mean, std=std)
-        r2 = FVU(batch_size=512).compute(sae, acts.reshape(-1, acts.shape[-1]), device=device, mean=mean, std=std,
+        r2 = FVU(batch_size=512).compute(sae, acts.reshape(-1, acts.shape[-1]), device=device,
+                                         mean=mean, std=std,
                                          dict_size=sae.d_sae)
         kw = {"device": device, "labels": labels, "mean": mean, "std": std, "seed": 42}
         r3 = DownstreamPreservation(max_iter=1000).compute(sae, acts, **kw)
         r4 = SparseProbing(k_values=PAPER_KS).compute(sae, acts, **kw)
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-    return {"seconds": seconds, "cpu_s": cpu, "anon_start_mb": mem.start, "anon_peak_mb": mem.peak, "n_images": cache.n_images,
+    return {"seconds": seconds, "cpu_s": cpu, "anon_start_mb": mem.start, "anon_peak_mb": mem.peak,
+            "n_images": cache.n_images,
             "m1": r1.value, "m1_n_eval": r1.metadata["num_evaluable_features"], "fvu": r2.value,
             "l0": r2.metadata["l0"], "m3": r3.value, "m4": r4.value}
 
@@ -240,8 +248,10 @@ def child(who: str, cache_dir: Path, sae_dir: Path, args: argparse.Namespace) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1000, help="cache size of the visae-vs-visaebench comparison")
-    parser.add_argument("--sizes", default="1000,2000,4000,8000", help="cache sizes of the memory rows (ours)")
+    parser.add_argument("--images", type=int, default=1000,
+                        help="cache size of the visae-vs-visaebench comparison")
+    parser.add_argument("--sizes", default="1000,2000,4000,8000",
+                        help="cache sizes of the memory rows (ours)")
     parser.add_argument("--d", type=int, default=768)
     parser.add_argument("--grid", type=int, default=14, help="patch grid side (14: 196 patches)")
     parser.add_argument("--expansion", type=int, default=8)
@@ -272,8 +282,8 @@ def report(args: argparse.Namespace) -> None:
     caches = {n: build_cache(n, args, atoms) for n in sizes}
     sae_dir = build_sae(caches[args.images], args, atoms)
     f = args.d * args.expansion
-    print(f"SAE BatchTopK d {args.d}, F {f}, K {args.k}; {args.grid * args.grid} patches; {args.classes} classes; "
-          f"device {args.device}")
+    print(f"SAE BatchTopK d {args.d}, F {f}, K {args.k}; {args.grid * args.grid} patches; {args.classes} "
+          f"classes; device {args.device}")
     ours = child("ours", caches[args.images], sae_dir, args)
     peer = None if args.no_peer else child("peer", caches[args.images], sae_dir, args)
     print(f"\nM1–M4 at {args.images} images:")
@@ -281,17 +291,18 @@ def report(args: argparse.Namespace) -> None:
           f"{'M3':>7} {'M4':>7}")
     for who, r in (("ours", ours), ("peer", peer)):
         if r is not None:
-            print(f"{who:6} {r['seconds']:9.2f} {r['cpu_s']:9.2f} {r['anon_peak_mb'] - r['anon_start_mb']:9.0f} "
-                  f"{r['m1']:8.4f} "
+            print(f"{who:6} {r['seconds']:9.2f} {r['cpu_s']:9.2f} "
+                  f"{r['anon_peak_mb'] - r['anon_start_mb']:9.0f} {r['m1']:8.4f} "
                   f"{r['m1_n_eval']:7d} {r['fvu']:8.4f} {r['l0']:6.1f} {r['m3']:7.4f} {r['m4']:7.4f}")
     if ours is not None:
-        print(f"encoder-GEMM floor: {ours['floor_s']:.2f} s at the measured {ours['gemm_flops'] / 1e9:.1f} GFLOP/s "
-              f"→ ours at {100 * ours['floor_s'] / ours['seconds']:.0f} % of the floor; in CPU time "
+        print(f"encoder-GEMM floor: {ours['floor_s']:.2f} s at the measured {ours['gemm_flops'] / 1e9:.1f} "
+              f"GFLOP/s → ours at {100 * ours['floor_s'] / ours['seconds']:.0f} % of the floor; in CPU time "
               f"{ours['floor_cpu_s']:.2f} CPU s → {100 * ours['floor_cpu_s'] / ours['cpu_s']:.0f} %")
     if ours is not None and peer is not None:
         print(f"speed-up ours vs visaebench: {peer['seconds'] / ours['seconds']:.2f}× wall, "
               f"{peer['cpu_s'] / ours['cpu_s']:.2f}× CPU time")
-    print("(M3/M4 values differ by design: visaebench mean-pools for M3 and reports accuracy-curve area for M4.)")
+    print("(M3/M4 values differ by design: visaebench mean-pools for M3 and reports accuracy-curve "
+          "area for M4.)")
     print("\nprivate anonymous memory of visae.evaluate (M1–M4), by cache size:")
     print(f"{'images':>7} {'seconds':>9} {'start MB':>9} {'peak MB':>8} {'+ over start':>13}")
     for n in sizes:
