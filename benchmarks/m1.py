@@ -1,4 +1,5 @@
-"""Moran's I throughput: visae's separable box-sum kernel vs esda map by map vs the dense P × P weight-matrix form.
+"""Moran's I throughput: visae's separable box-sum kernel vs esda map by map vs the dense P × P weight-matrix
+form.
 
 Prints maps/s for each from one run on the same random maps, checks they agree, and the ratios
 (goals: ≥ 100× esda, ≥ 3× the dense form).
@@ -62,7 +63,8 @@ def main() -> None:
     parser.add_argument("--esda-maps", type=int, default=300, help="maps scored one by one with esda")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable on a shared machine)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: stable on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     h, w = args.grid
