@@ -54,7 +54,8 @@ def main() -> None:
     torch_s = (time.perf_counter() - t0) / (args.repeats * args.batch)
 
     model = onnx.load(str(find_offline_onnx()))
-    names = [n.output[0] for n in model.graph.node if n.name in {f"/backbone/encoder/layer.{i}/Add_1" for i in range(12)}]
+    names = [n.output[0] for n in model.graph.node
+             if n.name in {f"/backbone/encoder/layer.{i}/Add_1" for i in range(12)}]
     for name in names:
         model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
