@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 
-def gaussian_classes(n_classes: int, per_class: int, dim: int, sep: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def gaussian_classes(n_classes: int, per_class: int, dim: int, sep: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``per_class`` draws of N(μ_c, I) per class, μ_c ~ N(0, sep²·I): classes overlap for small ``sep``."""
     rng = np.random.default_rng(seed)
     means = rng.normal(scale=sep, size=(n_classes, dim)).astype(np.float32)
@@ -48,7 +49,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=50, help="images per class (ImageNet val: 50)")
     parser.add_argument("--dim", type=int, default=256, help="feature dimension")
     parser.add_argument("--sep", type=float, default=0.25, help="sd of the class means (overlap: small)")
-    parser.add_argument("--max-iter", type=int, default=500, help="solver iteration cap (paper M4/M6/M7: 500)")
+    parser.add_argument("--max-iter", type=int, default=500,
+                        help="solver iteration cap (paper M4/M6/M7: 500)")
     parser.add_argument("--engines", default="sklearn,torch")
     parser.add_argument("--device", default="cpu", help="torch engine device")
     args = parser.parse_args()
@@ -57,12 +59,13 @@ def main() -> None:
 
     from visae.metrics.probes import stratified_split
 
-    print(f"dim {args.dim}, {args.per_class} per class, sep {args.sep}, max_iter {args.max_iter}, torch device "
-          f"{args.device}, {torch.get_num_threads()} CPU threads")
+    print(f"dim {args.dim}, {args.per_class} per class, sep {args.sep}, max_iter {args.max_iter}, torch "
+          f"device {args.device}, {torch.get_num_threads()} CPU threads")
     wx, wy = gaussian_classes(3, 20, 8, 1.0, seed=0)
     for engine in args.engines.split(","):  # first calls pay imports and thread start-up: not timed
         run_engine(engine, wx, wy, wx, wy, 20, args.device)
-    print(f"{'classes':>7} {'engine':>8} {'seconds':>9} {'iters':>6} {'s/iter':>8} {'conv':>5} {'acc':>7} {'AUC':>7}")
+    print(f"{'classes':>7} {'engine':>8} {'seconds':>9} {'iters':>6} {'s/iter':>8} {'conv':>5} {'acc':>7} "
+          f"{'AUC':>7}")
     for n_classes in (int(c) for c in args.classes.split(",")):
         x, y = gaussian_classes(n_classes, args.per_class, args.dim, args.sep, seed=n_classes)
         tr, te = stratified_split(y)
@@ -70,12 +73,14 @@ def main() -> None:
         for engine in args.engines.split(","):
             r = out[engine] = run_engine(engine, x[tr], y[tr], x[te], y[te], args.max_iter, args.device)
             print(f"{n_classes:7d} {engine:>8} {r['seconds']:9.2f} {r['iters']:6d} "
-                  f"{r['seconds'] / max(1, r['iters']):8.4f} {r['converged']!s:>5} {r['acc']:7.4f} {r['auc']:7.4f}")
+                  f"{r['seconds'] / max(1, r['iters']):8.4f} {r['converged']!s:>5} {r['acc']:7.4f} "
+                  f"{r['auc']:7.4f}")
         if {"sklearn", "torch"} <= set(out):
             a, b = out["sklearn"], out["torch"]
             print(f"{'':7} torch vs sklearn: {a['seconds'] / b['seconds']:.2f}× faster "
-                  f"({a['seconds'] / max(1, a['iters']) / (b['seconds'] / max(1, b['iters'])):.2f}× per iteration); "
-                  f"Δacc {100 * (b['acc'] - a['acc']):+.2f} points, ΔAUC {b['auc'] - a['auc']:+.4f}")
+                  f"({a['seconds'] / max(1, a['iters']) / (b['seconds'] / max(1, b['iters'])):.2f}× per "
+                  f"iteration); Δacc {100 * (b['acc'] - a['acc']):+.2f} points, ΔAUC "
+                  f"{b['auc'] - a['auc']:+.4f}")
 
 
 if __name__ == "__main__":
