@@ -72,7 +72,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--grid", type=int, default=14, help="patch grid side (14: 196 patches)")
     ap.add_argument("--d", type=int, default=768)
-    ap.add_argument("--tokens-per-image", type=int, default=None, help="write a training cache keeping T tokens")
+    ap.add_argument("--tokens-per-image", type=int, default=None,
+                    help="write a training cache keeping T tokens")
     ap.add_argument("--batch", type=int, default=8192)
     ap.add_argument("--expansion", type=int, default=8)
     ap.add_argument("--k", type=int, default=64)
@@ -84,7 +85,8 @@ def main() -> None:
     a = ap.parse_args()
     print(f"conditions: {machine_line()}")
     with tempfile.TemporaryDirectory(prefix="visae-sampler-") as tmp:
-        cache_dir = a.cache or write_disk_cache(Path(tmp) / "cache", a.images, a.grid, a.d, a.tokens_per_image)
+        cache_dir = a.cache or write_disk_cache(Path(tmp) / "cache", a.images, a.grid, a.d,
+                                                a.tokens_per_image)
         c = open_cache(cache_dir)
         size = sum((cache_dir / s.file).stat().st_size for s in c.manifest.shards)
         print(f"cache: {c.n_images} images × {c.tokens_per_image} tokens × D {c.d_model} fp16, "
@@ -95,11 +97,14 @@ def main() -> None:
         fast = max(fast, sampler_rate(cache_dir, a.batch, True, a.max_batches)[0])
         bytes_tok = 2 * c.d_model
         consume = step_rate(c.d_model, a.expansion, a.k, a.step_batch or a.batch, a.device, a.dtype, a.steps)
-    print(f"disk, cold sequential read (limit): {disk / bytes_tok:12.0f} tokens/s  ({disk / 2**20:7.0f} MiB/s)")
-    print(f"visae sampler, cold ({n} tokens):  {fast:12.0f} tokens/s  ({fast * bytes_tok / 2**20:7.0f} MiB/s, "
-          f"{100 * fast * bytes_tok / disk:.0f} % of the disk)")
-    print(f"reference path (mmap), cold:        {ref:12.0f} tokens/s  (sampler / reference {fast / ref:.2f} x)")
-    print(f"training step d {c.d_model} {a.expansion}x K {a.k} {a.dtype} on {a.device}: {consume:9.0f} tokens/s")
+    print(f"disk, cold sequential read (limit): {disk / bytes_tok:12.0f} tokens/s  "
+          f"({disk / 2**20:7.0f} MiB/s)")
+    print(f"visae sampler, cold ({n} tokens):  {fast:12.0f} tokens/s  ({fast * bytes_tok / 2**20:7.0f} "
+          f"MiB/s, {100 * fast * bytes_tok / disk:.0f} % of the disk)")
+    print(f"reference path (mmap), cold:        {ref:12.0f} tokens/s  (sampler / reference "
+          f"{fast / ref:.2f} x)")
+    print(f"training step d {c.d_model} {a.expansion}x K {a.k} {a.dtype} on {a.device}: "
+          f"{consume:9.0f} tokens/s")
     print(f"sampler / training step:            {fast / consume:12.1f} x  (goal ≥ 3 x)")
 
 
