@@ -70,7 +70,8 @@ def _child(fn: Callable[..., Any], kwargs: dict[str, Any], conn: Any) -> None:
 
 
 def measure(fn: Callable[..., Any], **kwargs: Any) -> dict[str, float]:
-    """Run ``fn(**kwargs)`` in a forked child, then the callable it returns (timed); wall time of that call and
+    """Run ``fn(**kwargs)`` in a forked child, then the callable it returns (timed); wall time of that call
+    and
     the child's peak private memory over its start."""
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe()
@@ -83,7 +84,8 @@ def measure(fn: Callable[..., Any], **kwargs: Any) -> dict[str, float]:
     return dict(out)
 
 
-# --- the three stages (run in children) ----------------------------------------------------------------------
+# --- the three stages (run in children)
+# ----------------------------------------------------------------------
 
 def _backbone(device: str, tiny: bool) -> Any:
     from visae.cache.testing import TinyViTBackbone
@@ -99,7 +101,8 @@ def stage_cache(n_images: int, out: str, device: str, tiny: bool) -> Callable[[]
 
     bb = _backbone(device, tiny)
     return lambda: build_cache(bb, "offline:digits", bb.n_blocks - 1, Path(out) / f"c{n_images}",
-                               max_images=n_images, batch_size=16, num_workers=0, progress=False, shard_images=256)
+                               max_images=n_images, batch_size=16, num_workers=0, progress=False,
+                               shard_images=256)
 
 
 def stage_prepare(folder: str, n_images: int, d: int, n_classes: int) -> None:
@@ -117,7 +120,8 @@ def stage_train(cache: str, tokens: int, d_sae: int, batch: int, device: str, ou
 
     cfg = TrainConfig(batch_size=batch, steps=max(1, tokens // batch), heldout_batches=1, progress=False,
                       device=device, checkpoint_every=10**9)
-    return lambda: train_saes(cache, SAESpec(family="batchtopk", d_sae=d_sae, k=min(64, d_sae // 4)), out, cfg)
+    return lambda: train_saes(cache,
+                              SAESpec(family="batchtopk", d_sae=d_sae, k=min(64, d_sae // 4)), out, cfg)
 
 
 def stage_eval(cache: str, d_sae: int, device: str) -> Callable[[], Any]:
@@ -137,7 +141,8 @@ def stage_eval(cache: str, d_sae: int, device: str) -> Callable[[], Any]:
     return lambda: evaluate(sae.eval(), c, metrics=["m1", "m2", "m3", "m4"], device=device)
 
 
-# --- sizes, fits, projection ---------------------------------------------------------------------------------
+# --- sizes, fits, projection
+# ---------------------------------------------------------------------------------
 
 def sizes(tiny: bool) -> dict[str, Any]:
     """Base point and the three sizes of each factor (the base is the middle or first size)."""
@@ -159,7 +164,8 @@ def exponent(xs: list[float], ys: list[float]) -> float:
 def fixed_and_exponent(xs: list[float], ys: list[float]) -> tuple[float, float]:
     """``y ≈ a + b·x^e`` through three sizes in geometric progression (ratio r): ``r^e = (y3 − y2)/(y2 − y1)``
     and ``a = y1 − (y2 − y1)/(r^e − 1)``, ``a`` clamped to [0, 0.9·min y]; then ``e`` is refitted as the
-    slope of log(y − a) on log x. Where the costs do not grow (noise), ``a = 0`` and ``e`` is the plain slope."""
+    slope of log(y − a) on log x. Where the costs do not grow (noise), ``a = 0`` and ``e`` is the plain
+    slope."""
     a = 0.0
     if len(xs) == 3 and ys[2] > ys[1] > ys[0]:
         r = math.sqrt(xs[2] / xs[0])
@@ -176,15 +182,18 @@ def run_all(device: str, tiny: bool) -> dict[str, Any]:
     res: dict[str, Any] = {"device": device, "tiny": tiny, "sizes": s, "cache": {}, "train": {}, "eval": {}}
     with tempfile.TemporaryDirectory(prefix="visae-scale-") as tmp:
         root = Path(tmp)
-        res["cache"]["N"] = [(n, *_pair(measure(stage_cache, n_images=n, out=str(root / "cache"), device=device,
+        res["cache"]["N"] = [(n,
+                              *_pair(measure(stage_cache, n_images=n, out=str(root / "cache"), device=device,
                                                 tiny=tiny))) for n in s["cache_n"]]
         big = max(s["train_n"]) // 196 + 2
         measure(stage_prepare, folder=str(root / "train"), n_images=big, d=s["d"], n_classes=4)
         n0, f0 = s["train_base"]
         tr = dict(cache=str(root / "train"), batch=s["batch"], device=device)
-        res["train"]["N"] = [(n, *_pair(measure(stage_train, tokens=n, d_sae=f0, out=str(root / f"t{n}"), **tr)))
+        res["train"]["N"] = [(n,
+                              *_pair(measure(stage_train, tokens=n, d_sae=f0, out=str(root / f"t{n}"), **tr)))
                              for n in s["train_n"]]
-        res["train"]["F"] = [(f, *_pair(measure(stage_train, tokens=n0, d_sae=f, out=str(root / f"tf{f}"), **tr)))
+        res["train"]["F"] = [(f, *_pair(measure(stage_train, tokens=n0, d_sae=f,
+                                                out=str(root / f"tf{f}"), **tr)))
                              for f in s["train_f"]]
         en, ef, ec = s["eval_base"]
         res["eval"]["N"] = [(n, *_pair(_eval(root, n, ef, ec, s["d"], device))) for n in s["eval_n"]]
@@ -278,7 +287,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (checks the script in seconds)")
-    ap.add_argument("--json", type=Path, help="also write the measurements here (gpu.sh: gpu-figures/scale.json)")
+    ap.add_argument("--json", type=Path,
+                    help="also write the measurements here (gpu.sh: gpu-figures/scale.json)")
     ap.add_argument("--gpu-figures", type=Path, help="a --json file from a GPU run: fills the GPU column")
     ap.add_argument("--from-json", type=Path, help="report a saved run instead of measuring")
     a = ap.parse_args()
