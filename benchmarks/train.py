@@ -39,7 +39,8 @@ def _time(fn, steps: int) -> float:
 
 def gemm_rate(b: int, d: int, f: int, steps: int, dtype: torch.dtype = torch.float32) -> float:
     """Measured FLOP/s of the encoder-shaped GEMM."""
-    x, w, bias = (torch.randn(b, d, device=DEVICE, dtype=dtype), torch.randn(d, f, device=DEVICE, dtype=dtype),
+    x, w, bias = (torch.randn(b, d, device=DEVICE, dtype=dtype),
+                  torch.randn(d, f, device=DEVICE, dtype=dtype),
                   torch.zeros(f, device=DEVICE, dtype=dtype))
     return 2 * b * d * f / _time(lambda: torch.addmm(bias, x, w), steps)
 
@@ -129,8 +130,9 @@ def grid_from_disk(d: int, batch: int, steps: int, device: str, threads_note: st
     print(f"  12 passes (one SAE each):    {sep:8.1f} s   ratio {sep / one:.2f} x  (goal ≥ 3 x)")
     print(f"  one pass's reading alone R:  {r:8.1f} s   (cold read, shuffle, fp32, normalize); training C ≈ "
           f"{c:.1f} s")
-    print(f"  model (12R + C) / (R + C):   {(12 * r + c) / (r + c):8.2f} x; the ratio reaches 3 x once R ≥ 0.22 C, "
-          "i.e. where reading the cache costs a fifth of training all 12 (GPU-speed training, or a slow disk)")
+    print(f"  model (12R + C) / (R + C):   {(12 * r + c) / (r + c):8.2f} x; the ratio reaches 3 x once R ≥ "
+          "0.22 C, i.e. where reading the cache costs a fifth of training all 12 (GPU-speed training, or a "
+          "slow disk)")
 
 
 def main() -> None:
@@ -160,7 +162,8 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other jobs share this machine), "
           f"device {DEVICE}" + (f" ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else ""))
     if a.grid_only:
-        grid_from_disk(a.grid_d, a.grid_batch, a.grid_steps, a.device, f"load average {os.getloadavg()[0]:.1f}")
+        grid_from_disk(a.grid_d, a.grid_batch, a.grid_steps, a.device,
+                       f"load average {os.getloadavg()[0]:.1f}")
         return
     print(f"setting: d={d} F={f} K={k} batch={b} fp32 Adam; median of {a.steps} steps after a warm-up")
     # Interleave the measurements so that load changes hit all of them alike.
