@@ -25,7 +25,8 @@ BACKBONES = ["clip", "deit", "dinov2", "mae", "siglip"]
 CONFIGS = [(16, 64), (16, 128), (32, 64)]
 
 
-def sae_rows(metric: str, by_backbone: dict[str, float], family: str = "batchtopk", layer: int = 11) -> list[dict]:
+def sae_rows(metric: str, by_backbone: dict[str, float], family: str = "batchtopk",
+             layer: int = 11) -> list[dict]:
     """Rows for every configuration whose per-backbone mean is exactly ``by_backbone``."""
     return [{"backbone": b, "family": family, "expansion": e, "k": k, "layer": layer, "metric": metric,
              "value": v + 0.01 * (j - 1)} for b, v in by_backbone.items() for j, (e, k) in enumerate(CONFIGS)]
@@ -43,7 +44,8 @@ def ranks(order: list[int]) -> dict[str, float]:
 
 def planted_study() -> pd.DataFrame:
     base = [1, 2, 3, 4, 5]
-    rows = sae_rows("m1", ranks(base)) + raw_rows("task:segmentation_miou:raw", ranks([1, 2, 3, 5, 4]))  # ρ 0.9
+    # ρ 0.9
+    rows = sae_rows("m1", ranks(base)) + raw_rows("task:segmentation_miou:raw", ranks([1, 2, 3, 5, 4]))
     rows += sae_rows("m5", ranks(base)) + raw_rows("task:cub_acc:raw", ranks([3, 1, 5, 2, 4]))  # ρ 0.3
     rows += sae_rows("m3", ranks(base)) + raw_rows("task:retrieval_r1:raw", ranks([3, 2, 1, 4, 5]))  # ρ 0.6
     return pd.DataFrame(rows)
@@ -98,7 +100,8 @@ def test_codes_lift_inversion_is_found() -> None:
 
 
 def test_layer_ablation() -> None:
-    rows = sae_rows("m4", {"clip": 0.6, "dinov2": 0.7}, layer=3) + sae_rows("m4", {"clip": 0.8, "dinov2": 0.9})
+    rows = sae_rows("m4", {"clip": 0.6, "dinov2": 0.7}, layer=3) + sae_rows("m4",
+                                                                            {"clip": 0.8, "dinov2": 0.9})
     rows += sae_rows("m4", {"siglip": 0.85})
     out = layer_ablation(pd.DataFrame(rows), layers=(3, 11)).set_index("backbone")
     assert out.loc["clip", "difference"] == pytest.approx(0.2)

@@ -15,7 +15,8 @@ BACKBONES = ["clip", "deit", "dinov2", "mae", "siglip"]
 CONFIGS = [(e, k) for e in (8, 16, 32) for k in (64, 128, 192, 256)]
 
 
-def study(seed: int, backbone_sd: float, config_sd: float, noise_sd: float, metric: str = "m1") -> pd.DataFrame:
+def study(seed: int, backbone_sd: float, config_sd: float, noise_sd: float,
+          metric: str = "m1") -> pd.DataFrame:
     """A 5 × 12 grid: value = backbone effect + configuration effect + noise."""
     rng = np.random.default_rng(seed)
     b_eff = dict(zip(BACKBONES, rng.normal(0, backbone_sd, len(BACKBONES)), strict=True))
@@ -99,16 +100,19 @@ def test_seeds_separate_seed_noise_from_the_configuration_effect() -> None:
             for b in BACKBONES for (e, k) in CONFIGS for s in (1, 2, 3)]
     df = pd.DataFrame(rows)
     ours = variance_decomposition(df).iloc[0]
-    table = anova_lm(smf.ols("value ~ C(backbone) + C(config) + C(backbone):C(config)", data=with_config(df)).fit())
+    table = anova_lm(smf.ols("value ~ C(backbone) + C(config) + C(backbone):C(config)",
+                             data=with_config(df)).fit())
     total = table["sum_sq"].sum()
     assert ours["n_seeds"] == 3 and ours["n_obs"] == 180
     assert ours["eta2_backbone"] == pytest.approx(table.loc["C(backbone)", "sum_sq"] / total, abs=1e-10)
     assert ours["eta2_config"] == pytest.approx(table.loc["C(config)", "sum_sq"] / total, abs=1e-10)
-    assert ours["eta2_interaction"] == pytest.approx(table.loc["C(backbone):C(config)", "sum_sq"] / total, abs=1e-10)
+    assert ours["eta2_interaction"] == pytest.approx(table.loc["C(backbone):C(config)",
+                                                               "sum_sq"] / total, abs=1e-10)
     assert ours["eta2_seed"] == pytest.approx(table.loc["Residual", "sum_sq"] / total, abs=1e-10)
     assert ours["p_config"] == pytest.approx(table.loc["C(config)", "PR(>F)"], rel=1e-6)
     # the seed share is the within-cell sum of squares (closed form)
-    within = df.groupby(["backbone", "expansion", "k"])["value"].apply(lambda v: ((v - v.mean()) ** 2).sum()).sum()
+    within = df.groupby(["backbone", "expansion",
+                         "k"])["value"].apply(lambda v: ((v - v.mean()) ** 2).sum()).sum()
     assert ours["eta2_seed"] == pytest.approx(within / ((df["value"] - df["value"].mean()) ** 2).sum())
 
 
