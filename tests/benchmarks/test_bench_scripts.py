@@ -1,4 +1,5 @@
-"""The benchmark scripts themselves: the scale model's fits, the disk helpers, and gpu.sh rehearsed on the CPU."""
+"""The benchmark scripts themselves: the scale model's fits, the disk helpers, and gpu.sh rehearsed on the
+CPU."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def test_scale_projection_of_a_linear_workload():
     # cost = per-unit × size, no fixed part: the projection is exactly per-unit × the paper's sizes
     res = {"sizes": s, "cache": {"N": [(n, 0.5 * n, 10.0) for n in s["cache_n"]]},
            "train": {"N": [(n, 1e-3 * n, 10.0) for n in s["train_n"]],
-                     "F": [(f, 1e-3 * s["train_base"][0] * f / s["train_base"][1], 10.0) for f in s["train_f"]]},
+                     "F": [(f, 1e-3 * s["train_base"][0] * f / s["train_base"][1], 10.0)
+                           for f in s["train_f"]]},
            "eval": {"N": [(n, 0.1 * n, 10.0) for n in s["eval_n"]],
                     "F": [(f, 0.1 * s["eval_base"][0] * f / s["eval_base"][1], 10.0) for f in s["eval_f"]],
                     "C": [(c, 0.1 * s["eval_base"][0] * c / s["eval_base"][2], 10.0) for c in s["eval_c"]]}}
@@ -43,7 +45,8 @@ def test_scale_projection_of_a_linear_workload():
     paper = scale.PAPER
     assert p["cache"] == pytest.approx(5 * 0.5 * (paper["train_images"] + paper["val_images"]), rel=1e-6)
     f0 = s["train_base"][1]
-    assert p["train"] == pytest.approx(5 * 4 * sum(1e-3 * paper["train_tokens"] * w / f0 for w in paper["widths"]),
+    assert p["train"] == pytest.approx(5 * 4 * sum(1e-3 * paper["train_tokens"] * w / f0
+                                                   for w in paper["widths"]),
                                        rel=1e-6)
     _, ef, ec = s["eval_base"]
     assert p["eval"] == pytest.approx(5 * 4 * sum(0.1 * paper["val_images"] * (w / ef) * (paper["classes"] / ec)
@@ -54,7 +57,8 @@ def test_disk_cache_helper_and_cold_pages(tmp_path):
     disk = _load("_disk")
     from visae.cache.reader import open_cache
 
-    c = open_cache(disk.write_disk_cache(tmp_path / "c", 10, 2, 8, tokens_per_image=3, shard_images=4), verify=True)
+    c = open_cache(disk.write_disk_cache(tmp_path / "c", 10, 2, 8, tokens_per_image=3, shard_images=4),
+                   verify=True)
     assert (c.n_images, c.tokens_per_image, c.n_patches, c.d_model) == (10, 3, 4, 8)
     assert disk.drop_pages(tmp_path / "c") > 0
     assert disk.cold_read_rate(tmp_path / "c") > 0
