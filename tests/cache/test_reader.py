@@ -62,7 +62,8 @@ def test_stats_equal_numpy_on_stored_values(cache_dir, acts):
 def test_sampler_covers_every_token_once_per_epoch(cache_dir, acts, drop_last):
     c = open_cache(cache_dir)
     stored = acts.astype(np.float16).astype(np.float32).reshape(-1, 5)
-    batches = list(c.token_sampler(16, seed=1, normalize=False, epochs=2, drop_last=drop_last, buffer_tokens=40))
+    batches = list(c.token_sampler(16, seed=1, normalize=False, epochs=2, drop_last=drop_last,
+                                   buffer_tokens=40))
     assert len(batches) == c.n_batches(16, epochs=2, drop_last=drop_last)
     per_epoch = len(batches) // 2
     for e in range(2):

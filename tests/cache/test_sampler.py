@@ -1,4 +1,5 @@
-"""The token stream: fast path == reference path, every token once per epoch, several caches, training caches."""
+"""The token stream: fast path == reference path, every token once per epoch, several caches, training
+caches."""
 
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def test_several_caches_one_stream_every_token_once(two):
     stream = TokenStream(list(two))
     stored = _stored(*two)
     assert stream.n_tokens == 37 * 6 + 29 * 2 == len(stored)
-    batches = list(stream.token_sampler(16, seed=2, normalize=False, epochs=2, drop_last=False, buffer_tokens=40))
+    batches = list(stream.token_sampler(16, seed=2, normalize=False, epochs=2, drop_last=False,
+                                        buffer_tokens=40))
     per_epoch = len(batches) // 2
     for e in range(2):
         got = torch.cat(batches[e * per_epoch:(e + 1) * per_epoch]).numpy()
@@ -96,7 +98,8 @@ def test_training_cache_is_refused_by_whole_image_readers(two):
     b = two[1]
     assert b.is_subsampled and b.tokens_per_image == 2 and b.n_patches == 6 and b.n_tokens == 58
     assert np.array_equal(b.positions(3, 12), sample_positions(range(3, 12), 6, 2, seed=3))
-    with pytest.raises(CacheError, match=r"keeping 2 of 6 patch positions .*tokens_per_image=2.*without tokens_per_image"):
+    with pytest.raises(CacheError, match=r"keeping 2 of 6 patch positions .*tokens_per_image=2.*without "
+                                         r"tokens_per_image"):
         next(b.iter_images())
     with pytest.raises(CacheError, match="M1"):
         b.require_full_grid("M1")

@@ -58,13 +58,15 @@ def test_training_cache_keeps_the_seeded_positions_of_the_full_cache(bb, tmp_pat
             assert (t_path / f).read_bytes() == (again / f).read_bytes(), f
     # losing a positions file is repaired like a lost shard
     (t_path / "positions_00001.npy").unlink()
-    assert writer.build_cache(bb, src, 1, tmp_path / "out", tokens_per_image=5, position_seed=9, **kw) == t_path
+    assert writer.build_cache(bb, src, 1, tmp_path / "out", tokens_per_image=5, position_seed=9,
+                              **kw) == t_path
     assert open_cache(t_path, verify=True).n_tokens == 100
 
 
 def test_too_many_tokens_per_image_is_a_config_error(bb, tmp_path):
     with pytest.raises(ConfigError, match=r"tokens_per_image=17: the backbone has 16 patch positions"):
-        writer.build_cache(bb, "offline:faces", 0, tmp_path, tokens_per_image=17, max_images=4, progress=False,
+        writer.build_cache(bb, "offline:faces", 0, tmp_path, tokens_per_image=17, max_images=4,
+                           progress=False,
                            num_workers=0)
 
 
@@ -74,7 +76,8 @@ def test_cli_tokens_per_image(bb, tmp_path, monkeypatch):
     from visae.cli import app
 
     monkeypatch.setattr("visae.backbones.registry.load_backbone", lambda *a, **k: bb)
-    res = CliRunner().invoke(app, ["cache", "--backbone", "tiny", "--source", "offline:faces", "--max-images", "6",
+    res = CliRunner().invoke(app,
+                             ["cache", "--backbone", "tiny", "--source", "offline:faces", "--max-images", "6",
                                    "--layer", "0", "--out", str(tmp_path), "--num-workers", "0",
                                    "--tokens-per-image", "3"])
     assert res.exit_code == 0, res.output

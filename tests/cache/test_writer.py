@@ -64,7 +64,8 @@ def test_round_trip_skip_and_stats(bb, tree, tmp_path, capsys):
     stored = got.astype(np.float64).reshape(-1, bb.d_model)
     assert np.allclose(c.mean_d, stored.mean(0), atol=1e-6)
     assert c.std == pytest.approx(np.sqrt(((stored - stored.mean(0)) ** 2).mean()), rel=1e-10)
-    assert (path / "progress.json").exists() and not (path / ".lock").exists()  # the journal stays, for repairs
+    # the journal stays, for repairs
+    assert (path / "progress.json").exists() and not (path / ".lock").exists()
     # a second run does nothing
     before = (path / "manifest.json").stat().st_mtime_ns
     capsys.readouterr()
@@ -127,7 +128,8 @@ def test_nan_activations_name_the_image(bb, tmp_path, monkeypatch):
 
     monkeypatch.setattr(bb, "block_outputs", bad_outputs)
     with pytest.raises(CacheError, match=r"NaN/Inf.*" + src.image_id(11)):
-        writer.build_cache(bb, src, 0, tmp_path / "n", batch_size=4, shard_images=5, num_workers=0, progress=False)
+        writer.build_cache(bb, src, 0, tmp_path / "n", batch_size=4, shard_images=5, num_workers=0,
+                           progress=False)
     folder = next((tmp_path / "n").iterdir())
     assert (folder / "shard_00001.npy").exists() and not (folder / "shard_00002.npy").exists()
 
@@ -147,7 +149,8 @@ def test_cli(bb, tmp_path, monkeypatch):
     fake = types.ModuleType("visae.backbones.registry")
     fake.load_backbone = lambda name, device="auto", weights_path=None, image_size=None: bb  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "visae.backbones.registry", fake)
-    args = ["cache", "--backbone", "tiny", "--source", "offline:faces", "--layer", "1", "--out", str(tmp_path),
+    args = ["cache", "--backbone", "tiny", "--source", "offline:faces", "--layer", "1", "--out",
+            str(tmp_path),
             "--max-images", "6", "--num-workers", "0", "--set", "shard_images=4"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -190,9 +193,12 @@ def test_cli_weights_path_and_image_size_reach_the_backbone(bb, tmp_path, monkey
     help_text = CliRunner().invoke(app, ["cache", "--help"]).output
     assert "--weights-path" in help_text and "--image-size" in help_text and "resolution" in help_text
     weights = tmp_path / "w.safetensors"
-    r = CliRunner().invoke(app, ["cache", "--backbone", "tiny", "--source", "offline:faces", "--split", "test",
-                                 "--layer", "1", "--out", str(tmp_path / "c"), "--max-images", "4", "--num-workers",
-                                 "0", "--weights-path", str(weights), "--image-size", "32", "--set", "progress=false"])
+    r = CliRunner().invoke(app,
+                           ["cache", "--backbone", "tiny", "--source", "offline:faces", "--split", "test",
+                                 "--layer", "1", "--out", str(tmp_path / "c"), "--max-images", "4",
+                            "--num-workers",
+                                 "0", "--weights-path", str(weights), "--image-size", "32", "--set",
+                            "progress=false"])
     assert r.exit_code == 0, r.output
     assert seen == {"name": "tiny", "weights_path": str(weights), "image_size": 32}
     folder = r.stdout.strip()
