@@ -15,7 +15,8 @@ import torch
 DEVICE = os.environ.get("VISAE_CUDA_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(),
-                                 reason="no CUDA device (set VISAE_CUDA_TEST_DEVICE=cpu to rehearse on the CPU)")]
+                                 reason="no CUDA device (set VISAE_CUDA_TEST_DEVICE=cpu to rehearse on "
+                                        "the CPU)")]
 DEV = torch.device(DEVICE)
 
 
