@@ -22,7 +22,8 @@ def write_ade20k(root: Path, n_train: int = 3, n_val: int = 2, size: tuple[int, 
         (root / "annotations" / sub).mkdir(parents=True, exist_ok=True)
         for i in range(1, n + 1):
             stem = f"{prefix}_{i:08d}"
-            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / "images" / sub / f"{stem}.jpg")
+            Image.fromarray(rng.integers(0, 255, (*size, 3),
+                                         dtype=np.uint8)).save(root / "images" / sub / f"{stem}.jpg")
             mask = (masks or {}).get(stem)
             if mask is None:
                 mask = rng.integers(0, 151, size, dtype=np.uint8)

@@ -1,4 +1,5 @@
-"""Fetching Fashion-MNIST without root: apt config parsing, a fake mirror (file:// URLs), the real one (slow)."""
+"""Fetching Fashion-MNIST without root: apt config parsing, a fake mirror (file:// URLs), the real one
+(slow)."""
 
 from __future__ import annotations
 
@@ -100,8 +101,9 @@ def bare_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_apt_sources_both_formats(tmp_path: Path) -> None:
     etc = tmp_path / "etc"
     (etc / "sources.list.d").mkdir(parents=True)
-    (etc / "sources.list").write_text("# deb http://old/ x main\ndeb [arch=amd64 signed-by=/k.gpg] http://a/debian "
-                                      "bookworm main contrib\ndeb-src http://a/debian bookworm main\n")
+    (etc / "sources.list").write_text("# deb http://old/ x main\ndeb [arch=amd64 signed-by=/k.gpg] "
+                                      "http://a/debian bookworm main contrib\ndeb-src http://a/debian "
+                                      "bookworm main\n")
     (etc / "sources.list.d" / "b.sources").write_text(
         "Types: deb deb-src\nURIs: http://b/debian\nSuites: bookworm bookworm-updates\nComponents: main\n"
         "Signed-By: /usr/share/keyrings/k.gpg\n\nTypes: deb\nURIs: http://c/\nSuites: x\nComponents: main\n"
@@ -121,7 +123,8 @@ def test_fetch_from_a_fake_mirror(tmp_path: Path, bare_home: Path, monkeypatch: 
     assert fm.find_idx_dir() is None
     folder = fm.fetch_fashion_mnist(log=lambda s: None)
     assert folder == bare_home / "datasets" / "fashion-mnist"
-    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{k}.gz" for k in arrays)  # the doc file is not
+    # the doc file is not
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{k}.gz" for k in arrays)
     from visae.datasets.registry import open_source
 
     src = open_source("fashion-mnist", "test")  # no fetch again: the copy is found
@@ -130,7 +133,8 @@ def test_fetch_from_a_fake_mirror(tmp_path: Path, bare_home: Path, monkeypatch: 
     np.testing.assert_array_equal(np.asarray(src.load(3).convert("L")), arrays["t10k-images-idx3-ubyte"][3])
 
 
-def test_open_source_fetches_on_first_use(tmp_path: Path, bare_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_open_source_fetches_on_first_use(tmp_path: Path, bare_home: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     deb, _ = fake_deb()
     monkeypatch.setattr(debian, "APT_ETC", fake_mirror(tmp_path, deb))
     from visae.datasets.registry import open_source
@@ -151,7 +155,8 @@ def test_a_tampered_deb_is_refused(tmp_path: Path, bare_home: Path, monkeypatch:
         (bare_home / "datasets" / "fashion-mnist").iterdir())
 
 
-def test_a_tampered_index_is_refused(tmp_path: Path, bare_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_tampered_index_is_refused(tmp_path: Path, bare_home: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     deb, _ = fake_deb()
     etc = fake_mirror(tmp_path, deb)
     index = tmp_path / "mirror" / "dists" / "testing" / "main" / "binary-all" / "Packages.xz"
@@ -191,7 +196,8 @@ def test_ar_reader_refuses_a_non_deb() -> None:
 
 
 def test_cli_unknown_dataset_is_one_error_line() -> None:
-    r = subprocess.run([sys.executable, "-m", "visae", "data", "fetch", "imagenet"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "visae", "data", "fetch", "imagenet"],
+                       capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert "fashion-mnist" in r.stderr and "Traceback" not in r.stderr
 
@@ -208,7 +214,8 @@ def _mirror_reachable() -> bool:
 
 @pytest.mark.slow
 def test_real_fetch_from_this_machines_mirror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real .deb from the mirror apt is configured with, into an empty VISAE_HOME (installed copy ignored)."""
+    """The real .deb from the mirror apt is configured with, into an empty VISAE_HOME (installed copy
+    ignored)."""
     if not _mirror_reachable():
         pytest.skip("no apt mirror reachable from this machine")
     monkeypatch.setenv("VISAE_HOME", str(tmp_path))

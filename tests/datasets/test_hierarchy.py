@@ -10,7 +10,8 @@ import pytest
 from visae.datasets.hierarchy import load_hierarchy, package_hierarchy, read_hierarchy_file
 from visae.errors import ConfigError
 
-FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+           "Ankle boot"]
 
 
 def imagenet_wnids() -> list[str]:
@@ -26,7 +27,8 @@ def test_imagenet_groups_are_wordnet_siblings_with_provenance() -> None:
     assert len(groups) == h.provenance["n_groups"] > 50
     assert all(len(g) >= 3 for g in groups)
     assert "WordNet 3.0" in h.provenance["source"] and h.provenance["script"] == "scripts/build_imagenet_hierarchy.py"
-    # WordNet 3.0: Persian, Siamese, Egyptian cat and tabby/tiger cat share the hypernym domestic cat (n02121808)
+    # WordNet 3.0: Persian, Siamese, Egyptian cat and tabby/tiger cat share the hypernym domestic cat
+    # (n02121808)
     cats = next(m for name, m in h.groups.items() if name.endswith("(n02121808)"))
     assert {"n02123394", "n02123597", "n02124075"} <= set(cats)
     # lemma names resolve through the aliases
@@ -134,7 +136,8 @@ def test_authors_set_equals_the_release_group_by_group() -> None:
     h = package_hierarchy("imagenet_authors")
     ours = {h.group_info[g]["synset"]: (h.depth_of(g), sorted(m)) for g, m in h.groups.items()}
     assert ours.keys() == theirs.keys()  # the same 139 WordNet synsets (nltk names)
-    assert {name: ours[name] for name in theirs if ours[name] != theirs[name]} == {}  # same depth, same classes
+    # same depth, same classes
+    assert {name: ours[name] for name in theirs if ours[name] != theirs[name]} == {}
     assert (pairs["num_sibling_groups"], pairs["depth_1_groups"], pairs["depth_2_groups"]) == (139, 92, 47)
     # 'num_pairs' (1012) is not what the groups hold: its (class, group) pairs are the 830 class slots
     slots = sum(len(g["class_indices"]) for g in pairs["sibling_groups"].values())

@@ -24,7 +24,8 @@ def test_splits_ids_labels_and_masks() -> None:
             mask = masks.load_mask_by_id(src.image_id(i))
             assert set(np.unique(mask)) <= {1, 2, 3}
             assert src.label(i) == np.bincount(mask.ravel(), minlength=4)[1:].argmax()
-    assert np.mean([len(np.unique(masks.load_mask_by_id(f"mosaic/{i:03d}"))) >= 2 for i in range(N_MOSAICS)]) > 0.95
+    assert np.mean([len(np.unique(masks.load_mask_by_id(f"mosaic/{i:03d}"))) >= 2
+                    for i in range(N_MOSAICS)]) > 0.95
     with pytest.raises(DataError, match="no mosaic"):
         masks.load_mask_by_id("mosaic/x")
 
@@ -42,7 +43,8 @@ def test_pixels_come_from_the_photo_the_mask_names() -> None:
             assert np.array_equal(photo[r:r + 112, c:c + 112][region], images[i][region])
             others = [p[o[0]:o[0] + 112, o[1]:o[1] + 112] for p, o in zip(photos, offsets[i], strict=True)]
             if region.sum() > 100:  # and not the other photos' pixels
-                assert all(not np.array_equal(x[region], images[i][region]) for k, x in enumerate(others) if k != t)
+                assert all(not np.array_equal(x[region], images[i][region]) for k,
+                           x in enumerate(others) if k != t)
 
 
 def test_masks_map_to_patch_labels() -> None:

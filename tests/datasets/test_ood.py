@@ -18,7 +18,8 @@ def img(path) -> None:
 
 
 def test_inat_json_and_folders(tmp_path) -> None:
-    cats = [{"id": 5, "name": "B b", "image_dir_name": "00001_B_b"}, {"id": 2, "name": "A a", "image_dir_name": "00000_A_a"}]
+    cats = [{"id": 5, "name": "B b", "image_dir_name": "00001_B_b"},
+            {"id": 2, "name": "A a", "image_dir_name": "00000_A_a"}]
     for split, rows in (("train", [(1, 2), (2, 5), (3, 5)]), ("val", [(9, 2)])):
         images, anns = [], []
         for iid, cid in rows:
@@ -27,7 +28,8 @@ def test_inat_json_and_folders(tmp_path) -> None:
             img(tmp_path / fn)
             images.append({"id": iid, "file_name": fn})
             anns.append({"id": iid, "image_id": iid, "category_id": cid})
-        (tmp_path / f"{split}.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        (tmp_path / f"{split}.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                            "categories": cats}))
     s = open_inat(tmp_path, "train")
     assert s.class_names == ["00000_A_a", "00001_B_b"] and len(s) == 3
     assert s.labels.tolist() == [0, 1, 1] and s.load(0).mode == "RGB"

@@ -20,9 +20,12 @@ def tree(tmp_path):
     (root / "n01443537").mkdir()
     rng = np.random.default_rng(0)
     for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / "n01440764" / f"a{i}.png")
-        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / "n01443537" / f"b{i}.JPEG")
-    Image.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8), mode="L").save(root / "n01443537" / "gray.png")
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3),
+                                     dtype=np.uint8)).save(root / "n01440764" / f"a{i}.png")
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3),
+                                     dtype=np.uint8)).save(root / "n01443537" / f"b{i}.JPEG")
+    Image.fromarray(rng.integers(0, 255, (9, 9), dtype=np.uint8),
+                    mode="L").save(root / "n01443537" / "gray.png")
     Image.new("CMYK", (8, 8), (0, 255, 0, 0)).save(root / "n01443537" / "cmyk.jpg")
     arr16 = np.full((6, 6), 65535, dtype=np.uint16)
     arr16[0, 0] = 257 * 10
@@ -116,7 +119,8 @@ def test_stratified_split_and_subset():
 
 
 @pytest.mark.parametrize(("spec", "n_all", "n_classes"), [
-    ("offline:digits", 1797, 10), ("offline:faces", 200, 2), ("offline:textures", 300, 3), ("offline:mnist", 5000, 10),
+    ("offline:digits", 1797, 10), ("offline:faces", 200, 2), ("offline:textures", 300, 3),
+    ("offline:mnist", 5000, 10),
 ])
 def test_offline_sets(spec, n_all, n_classes):
     tr = open_source(spec, "train")
@@ -142,13 +146,15 @@ def test_offline_content():
     digits = open_source("offline:digits", "all")
     from sklearn.datasets import load_digits
     d = load_digits()
-    assert np.array_equal(np.asarray(digits.load(7))[:, :, 1], np.rint(d.images[7] * 255 / 16).astype(np.uint8))
+    assert np.array_equal(np.asarray(digits.load(7))[:, :, 1],
+                          np.rint(d.images[7] * 255 / 16).astype(np.uint8))
     tex = open_source("offline:textures", "all")
     assert tex.load(0).size == (48, 48) and tex.class_names == ["brick", "grass", "gravel"]
     assert np.array_equal(np.asarray(tex.load(1))[:, :, 2], data.brick()[:48, 48:96])
 
 
-@pytest.mark.skipif(find_idx_dir() is None, reason="Fashion-MNIST not on this machine (make test fetches it: visae data fetch fashion-mnist)")
+@pytest.mark.skipif(find_idx_dir() is None, reason="Fashion-MNIST not on this machine (make test fetches it: "
+                                                   "visae data fetch fashion-mnist)")
 def test_fashion_mnist_idx():
     tr = open_source("fashion-mnist", "train")
     te = open_source("fashion-mnist", "test")
@@ -180,7 +186,8 @@ def test_hf_saved_dataset(tmp_path):
     ds.save_to_disk(str(tmp_path / "ds"))
     src = open_source(f"hf:{tmp_path / 'ds'}", "val")
     assert len(src) == 2 and src.class_names == ["cat", "dog"] and src.image_id(1) == "validation/000001"
-    assert list(src.labels) == [1, 0] and src.load(1).mode == "RGB" and src.load(1).getpixel((0, 0)) == (40, 40, 40)
+    assert list(src.labels) == [1,
+                                0] and src.load(1).mode == "RGB" and src.load(1).getpixel((0, 0)) == (40, 40, 40)
     assert len(open_source(f"hf:{tmp_path / 'ds'}:train")) == 4
 
 
@@ -213,7 +220,8 @@ def test_register_source_plugin_and_duplicates():
     def open_planted(argument: str, split: str) -> ArraySource:
         n = int(argument)
         images = np.zeros((n, 8, 8), dtype=np.uint8)
-        return ArraySource(f"planted:{n}", split, images, np.arange(n) % 2, ["a", "b"], [str(i) for i in range(n)])
+        return ArraySource(f"planted:{n}", split, images, np.arange(n) % 2, ["a", "b"],
+                           [str(i) for i in range(n)])
 
     try:
         src = open_source("planted:6", "test", max_images=4, seed=0)
