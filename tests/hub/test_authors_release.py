@@ -72,7 +72,8 @@ def test_load_by_repo_and_subfolder(release: Path) -> None:
 def test_revision_selects_the_commit(release: Path, hub_cache: Path) -> None:
     files = {f"batchtopk_8x_k64/{k}": v for k, v in authors_sae_files(D, 8, 64, seed=99).items()}
     snap = write_hub_repo(hub_cache, REPO, files, revision="v2")
-    main, v2 = load_sae(f"{REPO}:batchtopk_8x_k64"), load_sae(REPO, subfolder="batchtopk_8x_k64", revision="v2")
+    main, v2 = load_sae(f"{REPO}:batchtopk_8x_k64"), load_sae(REPO, subfolder="batchtopk_8x_k64",
+                                                              revision="v2")
     assert not torch.equal(main.W_enc, v2.W_enc)
     assert locate_sae(f"{REPO}:batchtopk_8x_k64@v2").provenance["commit"] == snap.name
     assert list_configurations(REPO, "v2") == ["batchtopk_8x_k64"]
@@ -123,11 +124,13 @@ def test_cli_eval_by_repo_and_subfolder(release: Path, cache_dir: Path, tmp_path
 
 def test_cli_errors_name_repo_subfolder_and_configurations(release: Path, cache_dir: Path) -> None:
     runner = CliRunner()
-    res = runner.invoke(app, ["eval", "--sae", REPO, "--subfolder", "batchtopk_4x_k8", "--cache", str(cache_dir)])
+    res = runner.invoke(app,
+                        ["eval", "--sae", REPO, "--subfolder", "batchtopk_4x_k8", "--cache", str(cache_dir)])
     assert res.exit_code == 2
     line = _error_line(res.output)
     assert REPO in line and "batchtopk_4x_k8" in line and "batchtopk_8x_k64, batchtopk_16x_k128" in line
-    res = runner.invoke(app, ["eval", "--sae", "visaebench/nope-saes:batchtopk_8x_k64", "--cache", str(cache_dir)])
+    res = runner.invoke(app,
+                        ["eval", "--sae", "visaebench/nope-saes:batchtopk_8x_k64", "--cache", str(cache_dir)])
     assert res.exit_code == 2
     line = _error_line(res.output)
     assert "visaebench/nope-saes" in line and "batchtopk_8x_k64" in line

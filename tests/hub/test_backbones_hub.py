@@ -34,7 +34,8 @@ def images(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
         (tmp_path / "imgs" / c).mkdir(parents=True)
-        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / "0.png")
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3),
+                                     dtype=np.uint8)).save(tmp_path / "imgs" / c / "0.png")
     return tmp_path / "imgs"
 
 
@@ -53,11 +54,13 @@ def test_paper_backbone_loads_from_hub_and_caches(short: str, hub_cache: Path, i
     # the hub file's weights were loaded (DINOv2's 37×37 position table resampled to 16×16 for 224 px)
     torch.testing.assert_close(bb.model.blocks[11].mlp.fc2.weight, state["blocks.11.mlp.fc2.weight"])
     assert tuple(bb.model.pos_embed.shape[1:]) == (grid * grid + len(prefix), 768)
-    path = build_cache(bb, f"folder:{images}", 11, tmp_path / "caches", batch_size=2, num_workers=0, progress=False)
+    path = build_cache(bb, f"folder:{images}", 11, tmp_path / "caches", batch_size=2, num_workers=0,
+                       progress=False)
     cache = open_cache(path, verify=True)
     m = cache.manifest
     assert (m.backbone, m.weights_id, m.layer, m.d_model) == (short, f"timm:{timm_name}", 11, 768)
-    assert (tuple(m.layout["prefix_names"]), m.layout["grid_h"], m.layout["grid_w"], m.layout["patch_size"]) == \
+    assert (tuple(m.layout["prefix_names"]), m.layout["grid_h"], m.layout["grid_w"],
+            m.layout["patch_size"]) == \
         (prefix, grid, grid, patch)
     assert m.n_patches == grid * grid
     pre = m.preprocessing

@@ -41,7 +41,8 @@ def _card(path: Path) -> Any:
     return ModelCard.load(path)
 
 
-def test_export_grid_with_metrics_loads_back(grid: tuple[Path, Path], tmp_path: Path, hub_cache: Path) -> None:
+def test_export_grid_with_metrics_loads_back(grid: tuple[Path, Path], tmp_path: Path,
+                                             hub_cache: Path) -> None:
     grid_dir, cache = grid
     runner = CliRunner()
     res = runner.invoke(app, ["eval", "--sae", str(grid_dir / "batchtopk_2x_k4"), "--cache", str(cache),
@@ -118,7 +119,8 @@ def test_export_a_hub_repo_converts_every_configuration(tmp_path: Path, hub_cach
     snap = write_authors_repo(hub_cache, "visaebench/clip-vitb16-saes", [(2, 4), (4, 8)], d_in=D)
     res = CliRunner().invoke(app, ["export", "visaebench/clip-vitb16-saes", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["README.md", "batchtopk_2x_k4", "batchtopk_4x_k8"]
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["README.md", "batchtopk_2x_k4",
+                                                                  "batchtopk_4x_k8"]
     x = torch.randn(3, D)
     for name in ("batchtopk_2x_k4", "batchtopk_4x_k8"):
         torch.testing.assert_close(load_sae(tmp_path / "o" / name)(x).recon_nd,

@@ -20,7 +20,8 @@ def test_hub_client_reads_the_written_cache(hub_cache: Path) -> None:
     info = scan_cache_dir(hub_cache)
     assert info.warnings == []
     (repo,) = info.repos
-    assert repo.repo_id == "org/repo" and {f.file_name for f in next(iter(repo.revisions)).files} == {"x.txt", "b.txt"}
+    assert repo.repo_id == "org/repo" and {f.file_name
+                                           for f in next(iter(repo.revisions)).files} == {"x.txt", "b.txt"}
     # a second commit under another revision leaves main alone
     snap2 = write_hub_repo(hub_cache, "org/repo", {"b.txt": b"v2"}, revision="v2")
     assert Path(hf_hub_download("org/repo", "b.txt", revision="v2")).read_bytes() == b"v2"

@@ -1,4 +1,5 @@
-"""Reference folders (``reference.json``): load what they point at, pinned to the commit; refuse changed files."""
+"""Reference folders (``reference.json``): load what they point at, pinned to the commit; refuse changed
+files."""
 
 from __future__ import annotations
 

@@ -61,7 +61,8 @@ def test_release_study_end_to_end(hub_cache: Path, tmp_path: Path) -> None:
     assert {"m1", "m2", "m3", "m4", "m5", "m6", "raw", "task:retrieval_r1:codes"} <= set(df["metric"])
     m2 = df[df["metric"] == "m2"]
     assert sorted(zip(m2["backbone"], m2["expansion"], m2["k"], strict=True)) == [
-        ("tiny-vit-a", 2.0, 4.0), ("tiny-vit-a", 4.0, 8.0), ("tiny-vit-b", 2.0, 4.0), ("tiny-vit-b", 4.0, 8.0)]
+        ("tiny-vit-a", 2.0, 4.0), ("tiny-vit-a", 4.0, 8.0), ("tiny-vit-b", 2.0, 4.0),
+        ("tiny-vit-b", 4.0, 8.0)]
     # provenance: in the results table, the SAE index and each evaluation record
     source = json.loads(m2[m2["backbone"] == "tiny-vit-b"]["sae_config"].iloc[0])["source"]
     assert source["repo"] == REPOS["tiny-vit-b"] and source["commit"] == snaps["tiny-vit-b"].name
@@ -84,7 +85,8 @@ def test_release_yaml_plans_sixty_evaluations_and_no_training(tmp_path: Path, mo
         (tmp_path / var / "val").mkdir(parents=True)
         monkeypatch.setenv(var, str(tmp_path / var))
     study = Path(__file__).resolve().parents[2] / "studies" / "release.yaml"
-    res = CliRunner().invoke(app, ["study", "run", str(study), "--dry-run", "--set", f"out_dir={tmp_path / 'o'}"])
+    res = CliRunner().invoke(app,
+                             ["study", "run", str(study), "--dry-run", "--set", f"out_dir={tmp_path / 'o'}"])
     assert res.exit_code == 0, res.output
     assert "checkpoint: 0/60" in res.output and "eval: 0/60" in res.output and "train:" not in res.output
     assert "visaebench/clip-vitb16-saes:batchtopk_32x_k256" in res.output
