@@ -1,4 +1,5 @@
-"""``visae.evaluate`` and ``visae eval``: one encoding pass for every metric, JSON results, configs, errors."""
+"""``visae.evaluate`` and ``visae eval``: one encoding pass for every metric, JSON results, configs,
+errors."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def smooth_acts(n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture
 def cache_dir(tmp_path):
-    return write_synthetic_cache(tmp_path / "cache", smooth_acts(30), np.arange(30) % 3, ["a", "b", "c"], LAYOUT,
+    return write_synthetic_cache(tmp_path / "cache", smooth_acts(30), np.arange(30) % 3,
+                                 ["a", "b", "c"], LAYOUT,
                                  shard_images=8)
 
 

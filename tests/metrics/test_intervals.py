@@ -38,7 +38,8 @@ def _blob_codes(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
 
 def _batch(codes: torch.Tensor, index: np.ndarray, grid: tuple[int, int]) -> EncodedBatch:
     n, p, _ = codes.shape
-    return EncodedBatch(index, np.zeros(n, dtype=np.int64), torch.zeros(n, p, 2), codes, torch.zeros(n, p, 2), grid)
+    return EncodedBatch(index, np.zeros(n, dtype=np.int64), torch.zeros(n, p, 2), codes,
+                        torch.zeros(n, p, 2), grid)
 
 
 def _m1_value(acc: M1Accumulator, cfg: M1Config) -> float:

@@ -1,4 +1,5 @@
-"""M1: Moran's I against esda/libpysal, the permutation null, planted blobs, App. F's z and the SAE-level score."""
+"""M1: Moran's I against esda/libpysal, the permutation null, planted blobs, App. F's z and the SAE-level
+score."""
 
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ def test_random_permutations_average_the_null() -> None:
 
 def test_smooth_blobs_score_high_and_noise_near_null() -> None:
     rng = np.random.default_rng(1)
-    blobs = np.stack([blob(16, 16, rng.uniform(3, 12), rng.uniform(3, 12), rng.uniform(1.5, 3)) for _ in range(20)])
+    blobs = np.stack([blob(16, 16, rng.uniform(3, 12), rng.uniform(3, 12), rng.uniform(1.5, 3))
+                      for _ in range(20)])
     assert morans_i(torch.from_numpy(blobs)).min() > 0.6
     noise = rng.normal(size=(2000, 16, 16))
     assert abs(float(morans_i(torch.from_numpy(noise)).mean()) - null_expectation(256)) < 0.003
@@ -162,7 +164,8 @@ def batches_of(codes_npf: torch.Tensor, grid_hw: tuple[int, int], group: int) ->
     for s in range(0, codes_npf.shape[0], group):
         c = codes_npf[s:s + group]
         n = c.shape[0]
-        out.append(EncodedBatch(np.arange(s, s + n), np.zeros(n, dtype=np.int64), torch.zeros(n, c.shape[1], 2),
+        out.append(EncodedBatch(np.arange(s, s + n), np.zeros(n, dtype=np.int64),
+                                torch.zeros(n, c.shape[1], 2),
                                 c, torch.zeros(n, c.shape[1], 2), grid_hw))
     return out
 

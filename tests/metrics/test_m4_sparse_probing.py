@@ -44,7 +44,8 @@ def test_global_curve_is_macro_ovr_auc_of_the_top_k_probe_and_skips_large_k() ->
     tr, te = stratified_split(y)
     cols = rank_features(codes[tr], y[tr])[:8]
     p = fit_probe(take_columns(codes[tr], cols), y[tr], ProbeConfig(max_iter=500))
-    ref = roc_auc_score(y[te], p.predict_proba(take_columns(codes[te], cols)), multi_class="ovr", average="macro")
+    ref = roc_auc_score(y[te], p.predict_proba(take_columns(codes[te], cols)), multi_class="ovr",
+                        average="macro")
     assert r.curve["8"] == pytest.approx(ref, abs=1e-12)
 
 

@@ -131,7 +131,8 @@ def reference_ms(emb_ke: np.ndarray, w_k: np.ndarray, y_k: np.ndarray) -> tuple[
             mb += om
             nb += om * c
     nan = float("nan")
-    return (num / tot if tot else nan, nw / mw if mw else nan, nb / mb if mb else nan, mw / tot if tot else nan)
+    return (num / tot if tot else nan, nw / mw if mw else nan, nb / mb if mb else nan, mw / tot
+            if tot else nan)
 
 
 def test_feature_scores_match_loops_and_decomposition_is_exact() -> None:
@@ -186,7 +187,8 @@ def planted(n_images: int = 400, n_feat: int = 30, dim: int = 32, seed: int = 0)
     return pooled, labels, emb.astype(np.float32)
 
 
-def run_compute(pooled: np.ndarray, labels: np.ndarray, emb: np.ndarray, **cfg) -> tuple[M5Result, pd.DataFrame]:
+def run_compute(pooled: np.ndarray, labels: np.ndarray, emb: np.ndarray,
+                **cfg) -> tuple[M5Result, pd.DataFrame]:
     config = M5Config(**cfg)
     values, index, lo, hi = stream_topn(pooled, config.top_n, [64] * (len(pooled) // 64 + 1)).result()
     calls: list[np.ndarray] = []
@@ -263,7 +265,8 @@ def test_pairing_table_and_offline_pair() -> None:
     assert default_evaluator("dinov2-s14-offline") == "random-vit-s14"
     assert default_evaluator("random-vit-s14") == "dinov2-s14-offline"
     for trained, evaluator in [("dinov2-b14", "clip-b16"), ("clip-b16", "dinov2-b14"),
-                               ("siglip-b16", "dinov2-b14"), ("deit-b16", "clip-b16"), ("mae-b16", "clip-b16")]:
+                               ("siglip-b16", "dinov2-b14"), ("deit-b16", "clip-b16"),
+                               ("mae-b16", "clip-b16")]:
         assert default_evaluator(trained) == evaluator
     with pytest.raises(ConfigError, match="no M5 evaluator pairing"):
         default_evaluator("some-unknown-vit")
@@ -345,7 +348,8 @@ def data_initialized_sae(cache, n_features: int = 256, seed: int = 0):  # type: 
     sae = ThresholdReLU(cache.d_model, n_features)
     sae.set_normalization(torch.from_numpy(cache.mean_d), cache.std)
     rng = np.random.default_rng(seed)
-    tokens = acts.reshape(-1, acts.shape[-1])[rng.choice(acts.shape[0] * acts.shape[1], n_features, replace=False)]
+    tokens = acts.reshape(-1, acts.shape[-1])[rng.choice(acts.shape[0] * acts.shape[1], n_features,
+                                                         replace=False)]
     x = sae.normalize(torch.from_numpy(tokens).float())
     w = x / x.norm(dim=1, keepdim=True)
     with torch.no_grad():
@@ -367,7 +371,8 @@ def test_offline_pair_end_to_end(tmp_path: Path, backbone: str, evaluator: str) 
     t0 = time.perf_counter()
     # 112 px (8×8 patches) and a stratified 48-image subset keep this CPU test short; the subset also
     # exercises re-reading images by id from a "<spec>#<subset>" source.
-    cache_dir = visae.build_cache(backbone, "offline:faces", layer=5, out_dir=tmp_path / "caches", split="all",
+    cache_dir = visae.build_cache(backbone, "offline:faces", layer=5, out_dir=tmp_path / "caches",
+                                  split="all",
                                   max_images=48, image_size=112, device="cpu", progress=False, num_workers=0)
     cache = visae.open_cache(cache_dir)
     t_cache = time.perf_counter() - t0
@@ -392,10 +397,11 @@ def test_offline_pair_end_to_end(tmp_path: Path, backbone: str, evaluator: str) 
     # A second evaluation on the same cache reuses the stored embeddings: nothing is recomputed or rewritten.
     stamp = store_files[0].stat().st_mtime_ns
     t2 = time.perf_counter()
-    again = evaluate(sae, cache, metrics=["m5"], device="cpu", configs={"m5": {"evaluator_image_size": 112}})["m5"]
+    again = evaluate(sae, cache, metrics=["m5"], device="cpu",
+                     configs={"m5": {"evaluator_image_size": 112}})["m5"]
     t_again = time.perf_counter() - t2
     assert store_files[0].stat().st_mtime_ns == stamp
     assert again.value == pytest.approx(r.value, abs=1e-12)
-    print(f"\n{backbone} scored by {evaluator}: M5_norm={r.value:.4f} raw={r.raw:.4f} baseline={r.baseline:.4f} "
-          f"live={r.n_live} pool={r.n_embedded_images}; cache {t_cache:.1f}s, eval {t_eval:.1f}s, "
-          f"eval with stored embeddings {t_again:.1f}s")
+    print(f"\n{backbone} scored by {evaluator}: M5_norm={r.value:.4f} raw={r.raw:.4f} "
+          f"baseline={r.baseline:.4f} live={r.n_live} pool={r.n_embedded_images}; cache {t_cache:.1f}s, eval "
+          f"{t_eval:.1f}s, eval with stored embeddings {t_again:.1f}s")

@@ -62,7 +62,8 @@ class CodesSAE(SAE):
 def test_m7_metric_uses_the_fashion_mnist_hierarchy(tmp_path) -> None:
     from visae.metrics.evaluate import evaluate
 
-    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+             "Ankle boot"]
     rng = np.random.default_rng(0)
     y = np.arange(600) % 10
     acts = (rng.random((600, 4, 12)) < 0.05).astype(np.float32)
@@ -70,12 +71,14 @@ def test_m7_metric_uses_the_fashion_mnist_hierarchy(tmp_path) -> None:
     acts[np.arange(600), 0, y] = 1.0  # features 0–9 = class indicators; 10, 11 noise
     cache = write_synthetic_cache(tmp_path / "c", acts, y, names, TokenLayout(("cls",), 2, 2, 14))
     sae = CodesSAE(12, 12)
-    res = evaluate(sae, cache, metrics=["m7"], out_dir=tmp_path / "out", configs={"m7": {"probe": {"max_iter": 200}}},
+    res = evaluate(sae, cache, metrics=["m7"], out_dir=tmp_path / "out",
+                   configs={"m7": {"probe": {"max_iter": 200}}},
                    device="cpu")
     r = res["m7"]
     assert r.hierarchy == "fashion-mnist" and r.n_groups == 2 and r.n_tasks == 7 and r.value == 0.0
     df = pd.read_parquet(tmp_path / "out" / "m7_tasks.parquet")
-    assert set(df["class_name"]) == {"T-shirt/top", "Pullover", "Coat", "Shirt", "Sandal", "Sneaker", "Ankle boot"}
+    assert set(df["class_name"]) == {"T-shirt/top", "Pullover", "Coat", "Shirt", "Sandal", "Sneaker",
+                                     "Ankle boot"}
     assert (df["f1_k1"] == 1.0).all()
 
 

@@ -25,7 +25,8 @@ from visae.metrics.probes import (
 )
 
 
-def blobs(n: int = 900, d: int = 24, k: int = 6, sep: float = 0.35, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def blobs(n: int = 900, d: int = 24, k: int = 6, sep: float = 0.35,
+          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, k, n)
     x = (rng.normal(size=(k, d))[y] * sep + rng.normal(size=(n, d))) * rng.uniform(0.5, 5, d) + 3
@@ -108,7 +109,8 @@ def test_torch_and_sklearn_engines_agree(n_classes: int) -> None:
     for engine in ("sklearn", "torch"):
         p = fit_probe(x[tr], y[tr], ProbeConfig(engine=engine, max_iter=500, device="cpu", standardize=True))
         proba = p.predict_proba(x[te])
-        auc = roc_auc_score(y[te], proba[:, 1]) if n_classes == 2 else roc_auc_score(y[te], proba, multi_class="ovr")
+        auc = roc_auc_score(y[te],
+                            proba[:, 1]) if n_classes == 2 else roc_auc_score(y[te], proba, multi_class="ovr")
         res[engine] = (p.accuracy(x[te], y[te]), auc, p.coef_kd)
         assert p.converged
     assert abs(res["sklearn"][0] - res["torch"][0]) <= 0.01

@@ -1,4 +1,5 @@
-"""The torch probe engine agrees with scikit-learn on real features: the offline DINOv2-S/14 on offline images."""
+"""The torch probe engine agrees with scikit-learn on real features: the offline DINOv2-S/14 on offline
+images."""
 
 from __future__ import annotations
 
@@ -24,13 +25,16 @@ pytestmark = [pytest.mark.slow,
 
 
 @pytest.fixture(scope="module")
-def dinov2_tokens(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Block-11 patch tokens of 120 offline digit images: (tokens [n, 64, 384], image labels, pooled, labels)."""
+def dinov2_tokens(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                     np.ndarray]:
+    """Block-11 patch tokens of 120 offline digit images: (tokens [n, 64, 384], image labels, pooled,
+    labels)."""
     import visae
 
     pytest.importorskip("transformers")
     out = tmp_path_factory.mktemp("dinov2")
-    cache_dir = visae.build_cache("dinov2-s14-offline", "offline:digits", layer=11, out_dir=out, max_images=120,
+    cache_dir = visae.build_cache("dinov2-s14-offline", "offline:digits", layer=11, out_dir=out,
+                                  max_images=120,
                                   device="cpu", progress=False)
     cache = visae.open_cache(cache_dir)
     acts = np.concatenate([a.numpy() for _, a in cache.iter_images(group_size=40, normalize=True)])
@@ -39,11 +43,13 @@ def dinov2_tokens(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray,
     return acts[:, keep], cache.labels, acts.max(axis=1), cache.labels
 
 
-def _engines(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray) -> dict[str, tuple[float, float]]:
+def _engines(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray,
+             y_te: np.ndarray) -> dict[str, tuple[float, float]]:
     out = {}
     for engine in ("sklearn", "torch"):
         p = fit_probe(x_tr, y_tr, ProbeConfig(engine=engine, max_iter=500, device="cpu"))
-        out[engine] = (p.accuracy(x_te, y_te), float(np.nanmean(ovr_auc(y_te, p.predict_proba(x_te), p.classes))))
+        out[engine] = (p.accuracy(x_te, y_te),
+                       float(np.nanmean(ovr_auc(y_te, p.predict_proba(x_te), p.classes))))
     return out
 
 

@@ -21,7 +21,8 @@ from visae.sae.topk import TopKSAE
 def _sae(family: str) -> torch.nn.Module:
     torch.manual_seed(1)
     d, f = 12, 40
-    sae = {"batchtopk": BatchTopKSAE, "batchtopk-uncal": BatchTopKSAE, "jumprelu": JumpReLUSAE, "relu": ReLUSAE,
+    sae = {"batchtopk": BatchTopKSAE, "batchtopk-uncal": BatchTopKSAE, "jumprelu": JumpReLUSAE,
+           "relu": ReLUSAE,
            "topk": TopKSAE, "generic": ReluSAE}[family](d, f, k=5).double()
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.3)
@@ -99,7 +100,8 @@ def test_m2_from_sparse_codes_equals_dense() -> None:
     codes = _codes(4, 6, 10, 30, negative=True).float()
     codes[:, :, 7] = 0.0  # never active
     cfg = M2Config()
-    dense, sparse = M2Accumulator(4, 30, cfg, torch.device("cpu")), M2Accumulator(4, 30, cfg, torch.device("cpu"))
+    dense, sparse = M2Accumulator(4, 30, cfg,
+                                  torch.device("cpu")), M2Accumulator(4, 30, cfg, torch.device("cpu"))
     dense.update(acts, recon, codes)
     sparse.update(acts, recon, dense_to_sparse(codes.reshape(60, 30)))
     a, b = dense.result(), sparse.result()
@@ -121,7 +123,8 @@ def test_sparse_stream_kernels_on_cuda_match_cpu(family: str) -> None:
         torch.testing.assert_close(sparse_decode(gpu, sae.W_dec, sae.b_dec).cpu(),
                                    sparse_decode(cpu, sae.W_dec.cpu(), sae.b_dec.cpu()))
     codes = _codes(7, 3, 20, 40, negative=True)
-    acc_cpu, acc_gpu = (M1Accumulator(40, M1Config(min_active_patches=3), torch.device(d)) for d in ("cpu", "cuda"))
+    acc_cpu, acc_gpu = (M1Accumulator(40, M1Config(min_active_patches=3), torch.device(d))
+                        for d in ("cpu", "cuda"))
     acc_cpu.update_batch(_batch(codes, (4, 5), sparse=True))
     acc_gpu.update_batch(_batch(codes.cuda(), (4, 5), sparse=True))
     np.testing.assert_allclose(acc_gpu.feature_means()[0], acc_cpu.feature_means()[0], rtol=1e-6)
