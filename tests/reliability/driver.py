@@ -31,7 +31,8 @@ def run_cache(a: dict[str, Any]) -> None:
     from visae.cache.writer import build_cache
 
     build_cache("tiny-vit-a", a.get("source", "offline:digits"), 1, a["out"], max_images=a.get("n", 48),
-                shard_images=a.get("shard_images", 4), batch_size=4, num_workers=0, device="cpu", progress=False)
+                shard_images=a.get("shard_images", 4), batch_size=4, num_workers=0, device="cpu",
+                progress=False)
 
 
 def run_train(a: dict[str, Any]) -> None:
@@ -88,7 +89,8 @@ def serve() -> None:
     import importlib
 
     for name in ("sklearn.datasets", "sklearn.linear_model", "timm", "torchvision", "visae.cache.testing",
-                 "visae.cache.writer", "visae.datasets.registry", "visae.metrics.evaluate", "visae.metrics.m1_spatial",
+                 "visae.cache.writer", "visae.datasets.registry", "visae.metrics.evaluate",
+                 "visae.metrics.m1_spatial",
                  "visae.metrics.m2_reconstruction", "visae.metrics.m3_preservation",
                  "visae.metrics.m4_sparse_probing", "visae.sae.train", "visae.study.run"):
         importlib.import_module(name)  # once here, so that each forked run starts in milliseconds

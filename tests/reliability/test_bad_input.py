@@ -53,7 +53,8 @@ def _image_folder(root: Path, n_per_class: int = 4) -> Path:
     return root
 
 
-# --- images --------------------------------------------------------------------------------------------------
+# --- images
+# --------------------------------------------------------------------------------------------------
 def test_bad_image_files_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     good = _png(tmp_path / "good.png", 0)
     raw = good.read_bytes()
@@ -111,7 +112,8 @@ def test_bad_images_in_a_cache_skip_or_fail(tmp_path: Path) -> None:
     _tried("cache: unreadable images skipped / fatal")
 
 
-# --- caches --------------------------------------------------------------------------------------------------
+# --- caches
+# --------------------------------------------------------------------------------------------------
 def _synthetic(tmp_path: Path, n: int = 12, d: int = 8, **kw: Any) -> Path:
     rng = np.random.default_rng(0)
     acts = rng.normal(size=(n, 16, d)).astype(np.float32)
@@ -197,7 +199,8 @@ def test_nan_from_the_backbone_at_cache_time(tmp_path: Path) -> None:
     _tried("backbone: Inf activations at cache time")
 
 
-# --- checkpoints ---------------------------------------------------------------------------------------------
+# --- checkpoints
+# ---------------------------------------------------------------------------------------------
 def test_checkpoint_wrong_width_family_and_state(tmp_path: Path) -> None:
     folder = _synthetic(tmp_path)
     from visae.metrics.evaluate import evaluate
@@ -229,7 +232,8 @@ def test_checkpoint_wrong_width_family_and_state(tmp_path: Path) -> None:
     _tried("training state: corrupt train_state.pt")
 
 
-# --- configs -------------------------------------------------------------------------------------------------
+# --- configs
+# -------------------------------------------------------------------------------------------------
 def test_config_unknown_key_wrong_type_missing_file(tmp_path: Path) -> None:
     from visae.cache.config import CacheConfig
 
@@ -254,7 +258,8 @@ def test_config_unknown_key_wrong_type_missing_file(tmp_path: Path) -> None:
     _tried("config: missing file / missing data path")
 
 
-# --- full disk -----------------------------------------------------------------------------------------------
+# --- full disk
+# -----------------------------------------------------------------------------------------------
 def test_full_disk_mid_cache_then_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bb = TinyViTBackbone(seed=0)
     root = _image_folder(tmp_path / "imgs")
@@ -306,7 +311,8 @@ def test_full_disk_on_a_json_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     _tried("disk full while writing a JSON result")
 
 
-# --- two writers at once -------------------------------------------------------------------------------------
+# --- two writers at once
+# -------------------------------------------------------------------------------------
 def test_second_writer_is_refused(tmp_path: Path) -> None:
     from visae.study.protocol import study_lock
 
@@ -333,7 +339,8 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
     _tried("two writers on one study / cache folder")
 
 
-# --- CLI: one clean line, exit code 2 ------------------------------------------------------------------------
+# --- CLI: one clean line, exit code 2
+# ------------------------------------------------------------------------
 def _cli(args: list[str]) -> tuple[int, str]:
     from visae.cli import app
 
@@ -357,7 +364,8 @@ def test_cli_errors_are_clean(tmp_path: Path) -> None:
         "saes": [{"expansions": [2], "ks": [4]}],
         "data": {"train": {"spec": "offline:digits"}, "eval": {"spec": "offline:digits"}}}))
     (lock_study / "out").mkdir()
-    (lock_study / "out" / "study.lock").write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename}))
+    (lock_study / "out" / "study.lock").write_text(json.dumps({"pid": holder.pid,
+                                                               "host": os.uname().nodename}))
     cases = {
         "eval, newer cache schema": (["eval", "--sae", str(sae), "--cache", str(folder), "-m", "m2"],
                                      "newer than this visae"),

@@ -1,5 +1,5 @@
-"""A newcomer's bad input at the CLI (issue 13): each case exits with code 2 and one ``error: …`` line naming the
-file or field and the fix, prints no traceback, and changes nothing already written. Also: no silent
+"""A newcomer's bad input at the CLI (issue 13): each case exits with code 2 and one ``error: …`` line naming
+the file or field and the fix, prints no traceback, and changes nothing already written. Also: no silent
 overwrite (``--force``), no silently ignored argument, no silent wrong pairing (``--strict``), and the
 one-command evaluation (``visae eval --images``, ``--metrics raw`` without an SAE)."""
 
@@ -42,11 +42,13 @@ def _cli(args: list[str]) -> tuple[int, str]:
 
 def _snapshot(root: Path) -> dict[str, bytes | None]:
     """Every path under ``root``: file bytes, or None for a folder."""
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*"))}
 
 
 def _refused(root: Path, args: list[str], *words: str) -> str:
-    """Run the CLI; assert exit code 2, exactly one error line holding ``words``, no traceback, nothing changed."""
+    """Run the CLI; assert exit code 2, exactly one error line holding ``words``, no traceback, nothing
+    changed."""
     before = _snapshot(root)
     code, text = _cli(args)
     errors = [line for line in text.splitlines() if line.startswith("error:")]
@@ -79,7 +81,8 @@ def setup(tmp_path: Path) -> dict[str, Path]:
     return {"root": tmp_path, "cache": cache, "sae": sae, "file": tmp_path / "afile"}
 
 
-# --- item 3: errors, not tracebacks --------------------------------------------------------------------------
+# --- item 3: errors, not tracebacks
+# --------------------------------------------------------------------------
 @pytest.mark.parametrize("device", ["gpu", "cuda:99", *([] if torch.cuda.is_available() else ["cuda"])])
 def test_device_this_machine_cannot_serve(setup: dict[str, Path], device: str) -> None:
     root, cache, sae = setup["root"], setup["cache"], setup["sae"]
@@ -92,11 +95,14 @@ def test_device_this_machine_cannot_serve(setup: dict[str, Path], device: str) -
                     str(root / "c"), "--device", device], "device", f"'{device}'", fix)
 
 
-@pytest.mark.parametrize(("setting", "field"), [("lr=-1", "lr"), ("lr=.nan", "lr"), ("betas=[0.9,1.5]", "betas"),
-                                                 ("aux_coeff=-0.1", "aux_coeff"), ("batch_size=0", "batch_size")])
+@pytest.mark.parametrize(("setting", "field"),
+                         [("lr=-1", "lr"), ("lr=.nan", "lr"), ("betas=[0.9,1.5]", "betas"),
+                                                 ("aux_coeff=-0.1", "aux_coeff"),
+                          ("batch_size=0", "batch_size")])
 def test_invalid_optimizer_settings(setup: dict[str, Path], setting: str, field: str) -> None:
     root = setup["root"]
-    _refused(root, ["train", "--cache", str(setup["cache"]), "--out", str(setup["sae"].parent), "--family", "topk",
+    _refused(root,
+             ["train", "--cache", str(setup["cache"]), "--out", str(setup["sae"].parent), "--family", "topk",
                     "--expansion", "2", "--k", "2", "--set", setting], f"{field}")
 
 
@@ -130,10 +136,12 @@ def test_empty_or_unreadable_weights(setup: dict[str, Path]) -> None:
     broken.mkdir()
     (broken / "config.yaml").write_bytes((setup["sae"] / "config.yaml").read_bytes())
     (broken / "model.safetensors").write_bytes(b"")
-    _refused(root, ["eval", "--sae", str(broken), "--cache", str(setup["cache"]), "-m", "m2", "--device", "cpu"],
+    _refused(root,
+             ["eval", "--sae", str(broken), "--cache", str(setup["cache"]), "-m", "m2", "--device", "cpu"],
              "model.safetensors", "empty (0 bytes)")
     (broken / "model.safetensors").write_bytes(b"\x01" * 40)
-    _refused(root, ["eval", "--sae", str(broken), "--cache", str(setup["cache"]), "-m", "m2", "--device", "cpu"],
+    _refused(root,
+             ["eval", "--sae", str(broken), "--cache", str(setup["cache"]), "-m", "m2", "--device", "cpu"],
              "model.safetensors", "not a readable safetensors file")
     for name, data in (("empty.pt", b""), ("junk.safetensors", b"\x00" * 16)):
         (root / name).write_bytes(data)
@@ -152,15 +160,18 @@ def test_python_api_config_errors_name_the_field_in_words() -> None:
         SAESpec(family="topk", k=4)
     from visae.metrics.m4_sparse_probing import M4Config
 
-    with pytest.raises(ConfigError, match=r"M4Config: invalid configuration: probe\.max_iter: should be greater"):
+    with pytest.raises(ConfigError,
+                       match=r"M4Config: invalid configuration: probe\.max_iter: should be greater"):
         M4Config(probe={"max_iter": 0})
 
 
-# --- item 5: no silent overwrite -----------------------------------------------------------------------------
+# --- item 5: no silent overwrite
+# -----------------------------------------------------------------------------
 def test_train_into_a_folder_of_other_settings_or_cache(setup: dict[str, Path]) -> None:
     root, cache, sae = setup["root"], setup["cache"], setup["sae"]
     out = sae.parent
-    base = ["train", "--cache", str(cache), "--out", str(out), "--family", "topk", "--expansion", "2", "--k", "2",
+    base = ["train", "--cache", str(cache), "--out", str(out), "--family", "topk", "--expansion",
+            "2", "--k", "2",
             "--batch-size", "16", "--steps", "3", "--device", "cpu", "--set", "heldout_batches=1",
             "--set", "progress=false"]
     _refused(root, [*base, "--set", "lr=0.01"], str(out), "lr 0.001 → 0.01", "--force")
@@ -186,7 +197,8 @@ def test_eval_out_holding_results_of_another_sae(setup: dict[str, Path]) -> None
     assert code == 0, text
     assert (ev / "m4_curve.csv").is_file()
     other = _train(cache, root / "t2", lr=0.01)
-    args = ["eval", "--sae", str(other), "--cache", str(cache), "-m", "m2", "--device", "cpu", "--out", str(ev)]
+    args = ["eval", "--sae", str(other), "--cache", str(cache), "-m", "m2", "--device", "cpu",
+            "--out", str(ev)]
     _refused(root, args, str(ev), "another SAE or cache", "--force")
     code, text = _cli([*args, "--force"])
     assert code == 0, text
@@ -195,12 +207,14 @@ def test_eval_out_holding_results_of_another_sae(setup: dict[str, Path]) -> None
     assert code == 0, text
 
 
-# --- item 6: no silent wrong results -------------------------------------------------------------------------
+# --- item 6: no silent wrong results
+# -------------------------------------------------------------------------
 def test_build_cache_refuses_settings_a_backbone_object_cannot_take(tmp_path: Path) -> None:
     from visae.cache.writer import build_cache
 
     bb = TinyViTBackbone(seed=0)
-    for kw, words in (({"image_size": 64}, "image_size=64"), ({"weights_path": "w.pt"}, "weights_path='w.pt'"),
+    for kw, words in (({"image_size": 64}, "image_size=64"),
+                      ({"weights_path": "w.pt"}, "weights_path='w.pt'"),
                       ({"device": "meta"}, "device='meta'")):
         with pytest.raises(ConfigError, match="cannot be applied to the Backbone object") as e:
             build_cache(bb, "offline:digits", 0, tmp_path / "c", progress=False, **kw)
@@ -220,13 +234,15 @@ def test_sae_evaluated_on_another_backbone_or_layer(setup: dict[str, Path]) -> N
         evaluate(sae, foreign, metrics=["m2"], device="cpu")
     code, text = _cli(["eval", "--sae", str(sae), "--cache", str(foreign), "-m", "m2", "--device", "cpu"])
     assert code == 0 and "warning: SAE" in text and "other-net layer 3" in text, text
-    _refused(root, ["eval", "--sae", str(sae), "--cache", str(foreign), "-m", "m2", "--device", "cpu", "--strict",
+    _refused(root,
+             ["eval", "--sae", str(sae), "--cache", str(foreign), "-m", "m2", "--device", "cpu", "--strict",
                     "--out", str(root / "ev")], "synthetic layer 0", "other-net layer 3", "--strict")
 
 
 @pytest.mark.parametrize(("setting", "field"), [("m4.ks=[0,4]", "ks.0"), ("m4.ks=[]", "ks"),
                                                  ("m4.headline_k=0", "headline_k"), ("m7.alpha=3", "alpha"),
-                                                 ("m7.betas=[0.5,-1]", "betas.1"), ("m7.k_small=4", "k_small"),
+                                                 ("m7.betas=[0.5,-1]", "betas.1"),
+                                                ("m7.k_small=4", "k_small"),
                                                  ("m2.dead_threshold=-1", "dead_threshold"),
                                                  ("m5.top_n=1", "top_n")])
 def test_metric_settings_are_validated(setup: dict[str, Path], setting: str, field: str) -> None:
@@ -262,11 +278,13 @@ def test_metric_without_a_value_says_why(setup: dict[str, Path]) -> None:
     assert bare.note  # a None value never goes out without a reason
 
 
-# --- item 8: one command for the commonest job ---------------------------------------------------------------
+# --- item 8: one command for the commonest job
+# ---------------------------------------------------------------
 def test_eval_images_caches_once_and_evaluates(tmp_path: Path) -> None:
     from visae.cache.writer import build_cache
 
-    train_cache = build_cache("tiny-vit-a", "offline:digits", 1, tmp_path / "caches", split="train", max_images=40,
+    train_cache = build_cache("tiny-vit-a", "offline:digits", 1, tmp_path / "caches", split="train",
+                              max_images=40,
                               device="cpu", progress=False, num_workers=0)
     sae = _train(train_cache, tmp_path / "t")
     args = ["eval", "--sae", str(sae), "--images", "offline:digits", "--max-images", "30", "-m", "m2",
@@ -285,22 +303,26 @@ def test_eval_images_caches_once_and_evaluates(tmp_path: Path) -> None:
     assert m2 and m2 == [li for li in text2.splitlines() if li.startswith("m2 ")]
     foreign = save_sae(make_sae("topk", 32, d_sae=64, k=2), tmp_path / "foreign")  # no training record
     _refused(tmp_path, ["eval", "--sae", str(foreign), "--images", "offline:digits", "-m", "m2",
-                        "--device", "cpu", "--cache-root", str(tmp_path / "evcaches")], "--backbone", "--layer")
+                        "--device", "cpu", "--cache-root", str(tmp_path / "evcaches")],
+             "--backbone", "--layer")
 
 
 def test_raw_diagnostic_without_an_sae(setup: dict[str, Path]) -> None:
     root, cache, sae = setup["root"], setup["cache"], setup["sae"]
-    code, text = _cli(["eval", "--cache", str(cache), "-m", "raw", "--device", "cpu", "--out", str(root / "raw"),
+    code, text = _cli(["eval", "--cache", str(cache), "-m", "raw", "--device", "cpu", "--out",
+                       str(root / "raw"),
                        "--set", "raw.min_valid_images=2"])
     assert code == 0, text
     alone = json.loads((root / "raw" / "raw.json").read_text())
     from visae.metrics.evaluate import evaluate
 
-    with_sae = evaluate(sae, cache, metrics=["raw"], device="cpu", configs={"raw": {"min_valid_images": 2}})["raw"]
+    with_sae = evaluate(sae, cache, metrics=["raw"], device="cpu",
+                        configs={"raw": {"min_valid_images": 2}})["raw"]
     # the raw diagnostic reads the activations only: with or without the SAE trained on this cache, one answer
     assert with_sae.value is not None and abs(alone["value"] - with_sae.value) < 1e-5
     assert alone["result"]["n_dict"] == 8 and alone["inputs"]["sae"].startswith("none")
-    _refused(root, ["eval", "--cache", str(cache), "-m", "m1,raw", "--device", "cpu"], "--sae", "m1", "--metrics raw")
+    _refused(root, ["eval", "--cache", str(cache), "-m", "m1,raw", "--device", "cpu"], "--sae", "m1",
+             "--metrics raw")
 
 
 def test_report_and_analyze_on_a_folder_that_is_not_a_study(setup: dict[str, Path]) -> None:

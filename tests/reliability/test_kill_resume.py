@@ -40,8 +40,8 @@ class Tally:
 
     def line(self) -> str:
         return (f"{self.stage}: {self.tried} kill points, {self.killed} killed mid-run, "
-                f"{self.finished_before_kill} finished first, {self.poisoned_tmp} leftover tmp files poisoned, "
-                f"{len(self.bad)} with lost/duplicated data")
+                f"{self.finished_before_kill} finished first, {self.poisoned_tmp} leftover tmp files "
+                f"poisoned, {len(self.bad)} with lost/duplicated data")
 
 
 def _must_finish(r: RunResult) -> None:
@@ -56,7 +56,8 @@ def _warm_seconds(server: ForkServer, stage: str, args: dict[str, Any], first: R
     return min(first.seconds, r.seconds)
 
 
-# --- cache ---------------------------------------------------------------------------------------------------
+# --- cache
+# ---------------------------------------------------------------------------------------------------
 CACHE_ARGS: dict[str, Any] = {"n": 48, "shard_images": 4}
 
 
@@ -83,7 +84,8 @@ def _check_partial_cache(root: Path) -> None:
 
 def _cache_outcome(root: Path) -> dict[str, Any]:
     folder = _cache_dir(root)
-    names = [*sorted(p.name for p in folder.iterdir() if p.name.endswith(".npy")), "image_ids.json", "stats.json", "skipped.json"]
+    names = [*sorted(p.name for p in folder.iterdir() if p.name.endswith(".npy")), "image_ids.json",
+             "stats.json", "skipped.json"]
     return {"files": {n: (folder / n).read_bytes() for n in names},
             "manifest": json_without(folder / "manifest.json", ("created",)), "name": folder.name}
 
@@ -93,7 +95,8 @@ def cache_baseline(server: ForkServer, tmp_path_factory: pytest.TempPathFactory)
     root = tmp_path_factory.mktemp("cache-base")
     r = server.run("cache", {**CACHE_ARGS, "out": str(root)})
     _must_finish(r)
-    return root, _warm_seconds(server, "cache", {**CACHE_ARGS, "out": str(root.with_name(root.name + "-warm"))}, r)
+    return root, _warm_seconds(server, "cache",
+                               {**CACHE_ARGS, "out": str(root.with_name(root.name + "-warm"))}, r)
 
 
 def _kill_loop_cache(server: ForkServer, base: tuple[Path, float], tmp: Path, n: int, seed: int) -> Tally:
@@ -136,7 +139,8 @@ def test_cache_repeated_kills_then_finish(server: ForkServer, cache_baseline: tu
     assert _cache_outcome(tmp_path) == _cache_outcome(root0)
 
 
-# --- train ---------------------------------------------------------------------------------------------------
+# --- train
+# ---------------------------------------------------------------------------------------------------
 SAE_NAMES = ("batchtopk_64_k4", "topk_32_k2")
 
 
@@ -179,7 +183,8 @@ def train_baseline(server: ForkServer, cache_baseline: tuple[Path, float],
     return cache, out, _warm_seconds(server, "train", {"cache": str(cache), "out": str(out) + "-warm"}, r)
 
 
-def _kill_loop_train(server: ForkServer, base: tuple[Path, Path, float], tmp: Path, n: int, seed: int) -> Tally:
+def _kill_loop_train(server: ForkServer, base: tuple[Path, Path, float], tmp: Path, n: int,
+                     seed: int) -> Tally:
     cache, out0, seconds = base
     want = _train_outcome(out0)
     tally = Tally("train")
@@ -207,7 +212,8 @@ def test_train_kill_resume_bitwise(server: ForkServer, train_baseline: tuple[Pat
     assert not tally.bad, tally.bad
 
 
-# --- eval ----------------------------------------------------------------------------------------------------
+# --- eval
+# ----------------------------------------------------------------------------------------------------
 METRICS = ["m1", "m2", "m3", "m4"]
 
 
@@ -258,7 +264,8 @@ def test_eval_kill_rerun(server: ForkServer, eval_baseline: tuple[dict[str, str]
     assert not tally.bad, tally.bad
 
 
-# --- study ---------------------------------------------------------------------------------------------------
+# --- study
+# ---------------------------------------------------------------------------------------------------
 STUDY = {
     "name": "kill", "out_dir": "out", "device": "cpu", "plugins": ["visae.study.testing"],
     "backbones": [{"name": "tiny-vit-a"}], "layers": [1],
@@ -283,7 +290,8 @@ def _study_outcome(out: Path) -> pd.DataFrame:
     from visae.results.table import read_results
 
     df = read_results(out)
-    return df.sort_values([c for c in ("backbone", "layer", "sae_id", "metric") if c in df]).reset_index(drop=True)
+    return df.sort_values([c for c in ("backbone", "layer", "sae_id", "metric")
+                           if c in df]).reset_index(drop=True)
 
 
 def _check_partial_study(out: Path) -> None:
@@ -321,7 +329,8 @@ def _kill_loop_study(server: ForkServer, base: tuple[Path, float], tmp: Path, n:
             pd.testing.assert_frame_equal(got, want, check_exact=True)
         except AssertionError as e:
             tally.bad.append(f"kill at {t:.3f}s: {str(e)[:300]}")
-        n_rows = len(got.drop_duplicates(subset=[c for c in ("sae_id", "metric", "backbone", "layer") if c in got]))
+        n_rows = len(got.drop_duplicates(subset=[c for c in ("sae_id", "metric", "backbone", "layer")
+                                                 if c in got]))
         if n_rows != len(got):
             tally.bad.append(f"kill at {t:.3f}s: duplicated result rows")
     return tally
@@ -333,10 +342,12 @@ def test_study_kill_resume(server: ForkServer, study_baseline: tuple[Path, float
     assert not tally.bad, tally.bad
 
 
-# --- long loops ----------------------------------------------------------------------------------------------
+# --- long loops
+# ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["cache", "train", "eval", "study"])
-def test_kill_loop_long(stage: str, server: ForkServer, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_kill_loop_long(stage: str, server: ForkServer, request: pytest.FixtureRequest,
+                        tmp_path: Path) -> None:
     if stage == "cache":
         tally = _kill_loop_cache(server, request.getfixturevalue("cache_baseline"), tmp_path, SLOW_KILLS, 10)
     elif stage == "train":
