@@ -11,7 +11,8 @@ from visae.report.data import ReportData, control_backbones
 
 
 def test_controls_come_from_the_registry() -> None:
-    found = control_backbones(["dinov2-s14-offline", "random-vit-s14", "shuffled:dinov2-s14-offline", "nonsense:"])
+    found = control_backbones(["dinov2-s14-offline", "random-vit-s14", "shuffled:dinov2-s14-offline",
+                               "nonsense:"])
     assert set(found) == {"random-vit-s14", "shuffled:dinov2-s14-offline"}
     assert found["shuffled:dinov2-s14-offline"] == CONTROL and "random weights" in found["random-vit-s14"]
 

@@ -125,7 +125,8 @@ def test_report_tables_hold_the_results(study_dir: Path) -> None:
     perms = [abs(spearmanr(m3.to_numpy(), y[list(o)])[0]) for o in itertools.permutations(range(4))]
     assert hyp.loc["H3-mine", "p_exact"] == f"{np.mean(np.array(perms) >= abs(rho) - 1e-12):.3f}"
     unc = tables["Uncertainty — headline metrics per backbone"]
-    got = unc[(unc["backbone"] == "BB-A") & (unc["metric"] == "m1")].iloc[0]["mean over SAEs [95 % t-interval]"]
+    got = unc[(unc["backbone"] == "BB-A") & (unc["metric"] == "m1")].iloc[0]["mean over SAEs [95 % "
+                                                                             "t-interval]"]
     vals = results[(results["metric"] == "m1") & (results["backbone"] == "bb-a") & (results["layer"] == 11)
                    & (results["family"] == "batchtopk")]["value"].to_numpy(dtype=float)
     low, high = t_dist.interval(0.95, len(vals) - 1, loc=vals.mean(), scale=sem(vals))
@@ -147,7 +148,8 @@ def test_the_studys_own_hypotheses_reach_the_report(study_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_section_that_raises_is_marked(study_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_section_that_raises_is_marked(study_dir: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from visae.report import tables
 
     def broken(d: object) -> pd.DataFrame:
@@ -198,9 +200,11 @@ def check_in_chromium(report_dir: Path, expect_features: bool) -> None:
             b.eval("document.querySelector('#list tr.feature-row').click()")
             opened = b.eval("document.getElementById('detail').dataset.feature || ''")
             assert opened != ""
-            w = b.eval("(() => { const i = document.querySelector('#detail img'); return i ? i.naturalWidth : -1 })()")
+            w = b.eval("(() => { const i = document.querySelector('#detail img'); return i ? i.naturalWidth "
+                       ": -1 })()")
             assert w > 0
-            b.eval("document.getElementById('key').value = 'freq'; document.getElementById('key').dispatchEvent(new Event('change'))")
+            b.eval("document.getElementById('key').value = 'freq'; "
+                   "document.getElementById('key').dispatchEvent(new Event('change'))")
             assert b.eval("document.querySelectorAll('#list tr.feature-row').length") == n_rows
         assert b.errors() == []
     finally:
