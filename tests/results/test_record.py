@@ -23,7 +23,8 @@ def test_metric_rows_of_known_records() -> None:
     m4 = {"value": 0.8, "result": {"higher_is_better": True, "curve": {"1": 0.6, "8": 0.7}, "n_classes": 10}}
     assert metric_rows("m4", m4) == [("m4", 0.8, True), ("m4@k=1", 0.6, True), ("m4@k=8", 0.7, True),
                                      ("m4.n_classes", 10.0, None)]
-    m7 = {"value": 0.1, "result": {"higher_is_better": False, "grid": [{"alpha": 0.7, "beta": 0.3, "rate": 0.2}]}}
+    m7 = {"value": 0.1,
+          "result": {"higher_is_better": False, "grid": [{"alpha": 0.7, "beta": 0.3, "rate": 0.2}]}}
     assert metric_rows("m7", m7) == [("m7", 0.1, False), ("m7:alpha=0.7:beta=0.3", 0.2, False)]
     head, details = split_details(raw_rows({"value": None, "result": {"z": 2.0}}, "bb", 11))
     assert list(head["metric"]) == ["raw"] and math.isnan(head["value"].iloc[0])

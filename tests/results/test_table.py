@@ -13,7 +13,8 @@ SAE = {"sae_id": "abc", "backbone": "bb", "family": "batchtopk", "expansion": 8,
 
 
 def test_headline_row_carries_interval_and_seed(tmp_path: Path) -> None:
-    record = {"metric": "m2", "value": 0.4, "result": {"metric": "m2", "value": 0.4, "higher_is_better": False,
+    record = {"metric": "m2", "value": 0.4,
+              "result": {"metric": "m2", "value": 0.4, "higher_is_better": False,
                                                         "mean_l0": 12.0, "ci_low": 0.35, "ci_high": 0.46,
                                                         "ci_level": 0.95, "ci_method": "Poisson bootstrap"}}
     (tmp_path / "m2.json").write_text(json.dumps(record))
