@@ -47,7 +47,8 @@ def test_wrong_shape_and_family_are_clear(tmp_path: Path) -> None:
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["d_sae"] = 16
     cfg_path.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor .W_dec. has shape \(32, 8\), expected \(16, 8\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"model\.safetensors: tensor .W_dec. has shape \(32, 8\), expected \(16, 8\)"):
         load_sae(tmp_path / "s")
     cfg["d_sae"], cfg["family"] = 32, "gated"
     cfg_path.write_text(yaml.safe_dump(cfg))
@@ -179,7 +180,8 @@ def test_format_detectors_and_a_plugin_format(tmp_path: Path) -> None:
         load_sae(empty)
 
     planted = make_sae("relu", 4, d_sae=8)
-    fmt = CheckpointFormat("planted", ("planted.bin",), lambda p: p if (p / "planted.bin").is_file() else None,
+    fmt = CheckpointFormat("planted", ("planted.bin",), lambda p: p
+                           if (p / "planted.bin").is_file() else None,
                            lambda p: planted)
     CHECKPOINT_FORMATS.register("planted", fmt)
     try:

@@ -14,7 +14,8 @@ from visae.sae.checkpoint import load_sae
 def test_visae_train_cli(planted_cache: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
     cache_path, _ = planted_cache
     out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["train", "--cache", str(cache_path), "--out", str(out), "--expansion", "2,4",
+    res = CliRunner().invoke(app,
+                             ["train", "--cache", str(cache_path), "--out", str(out), "--expansion", "2,4",
                                    "--k", "2", "--steps", "3", "--batch-size", "256",
                                    "--set", "heldout_batches=1", "--set", "progress=false"])
     assert res.exit_code == 0, res.output

@@ -22,7 +22,8 @@ def _fvu(sae: torch.nn.Module, x: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
-def test_planted_dictionary_recovered_from_cache(planted_cache: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
+def test_planted_dictionary_recovered_from_cache(planted_cache: tuple[Path, torch.Tensor],
+                                                 tmp_path: Path) -> None:
     cache_path, atoms = planted_cache
     cfg = TrainConfig(lr=3e-3, batch_size=256, epochs=24, heldout_batches=2, progress=False, log_every=50)
     specs = [SAESpec(family="batchtopk", expansion=4, k=3), SAESpec(family="topk", expansion=4, k=3)]
@@ -119,12 +120,14 @@ def test_seeds_train_in_one_pass_and_match_a_single_seed_run(planted_cache: tupl
 
 def test_a_small_cache_adapts_the_heldout_and_says_steps_were_capped(
         planted_cache: tuple[Path, torch.Tensor], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """400 images × 16 patches = 6400 tokens = 6 batches of 1024: the default 8 held-out batches cannot fit."""
+    """400 images × 16 patches = 6400 tokens = 6 batches of 1024: the default 8 held-out batches cannot
+    fit."""
     from visae.cache.reader import open_cache
 
     cfg = TrainConfig(batch_size=1024, steps=1000, progress=False, device="cpu")
     assert cfg.heldout_batches == 8
-    paths = train_saes(open_cache(planted_cache[0]), [SAESpec(family="batchtopk", expansion=2, k=3)], tmp_path, cfg)
+    paths = train_saes(open_cache(planted_cache[0]), [SAESpec(family="batchtopk", expansion=2, k=3)],
+                       tmp_path, cfg)
     err = capsys.readouterr().err
     assert "holding out 1 (not heldout_batches=8)" in err and "training on the other 5" in err
     assert "steps=1000 is more than the cache holds" in err and "capped at 5 steps" in err
@@ -134,10 +137,13 @@ def test_a_small_cache_adapts_the_heldout_and_says_steps_were_capped(
     assert prov["steps"] == 5 and "the last 1 batches" in prov["heldout"]
 
 
-def test_a_cache_of_one_batch_names_the_settings(planted_cache: tuple[Path, torch.Tensor], tmp_path: Path) -> None:
+def test_a_cache_of_one_batch_names_the_settings(planted_cache: tuple[Path, torch.Tensor],
+                                                 tmp_path: Path) -> None:
     from visae.cache.reader import open_cache
     from visae.errors import ConfigError
 
     cfg = TrainConfig(batch_size=6400, progress=False, device="cpu")
-    with pytest.raises(ConfigError, match=r"only 1 batch\(es\) of 6400 tokens.*batch_size.*heldout='validation'"):
-        train_saes(open_cache(planted_cache[0]), [SAESpec(family="batchtopk", expansion=2, k=3)], tmp_path, cfg)
+    with pytest.raises(ConfigError,
+                       match=r"only 1 batch\(es\) of 6400 tokens.*batch_size.*heldout='validation'"):
+        train_saes(open_cache(planted_cache[0]), [SAESpec(family="batchtopk", expansion=2, k=3)],
+                   tmp_path, cfg)

@@ -32,7 +32,8 @@ def test_train_on_two_caches_as_one_stream(planted_cache: tuple[Path, torch.Tens
     assert res.exit_code == 0, res.output
     stream = TokenStream([open_cache(full), open_cache(part)])
     sae = load_sae(out / "batchtopk_2x_k2")
-    text = " ".join(p.read_text() for p in (out / "batchtopk_2x_k2").iterdir() if p.suffix in (".yaml", ".json"))
+    text = " ".join(p.read_text() for p in (out / "batchtopk_2x_k2").iterdir()
+                    if p.suffix in (".yaml", ".json"))
     assert str(full) in text and str(part) in text
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     steps = next(r["steps"] for r in log if r.get("final") == "batchtopk_2x_k2")
