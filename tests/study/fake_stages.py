@@ -46,14 +46,16 @@ def fake_eval(job: Job, p: Any, root: Path, device: str) -> dict[str, Any]:
     out = root / job.outputs[0]
     for i, metric in enumerate(["m1", "m2", "m3", "m4", "m5", "m6", "m7"]):
         value = level * (1 + 0.1 * i) + 0.01 * _noise(sae["sae_id"], metric)
-        result: dict[str, Any] = {"metric": metric, "value": value, "higher_is_better": metric not in ("m2", "m7"),
+        result: dict[str, Any] = {"metric": metric, "value": value,
+                                  "higher_is_better": metric not in ("m2", "m7"),
                                   "note": ""}
         if metric == "m2":
             result["mean_l0"] = float(sae["k"])
         if metric == "m4":
             result["curve"] = {str(k): value + 0.01 * np.log2(k) for k in (1, 2, 4, 8)}
         if metric == "m7":
-            result["grid"] = [{"alpha": a, "beta": b, "rate": value + a - b} for a in (0.7, 0.8) for b in (0.3, 0.5)]
+            result["grid"] = [{"alpha": a, "beta": b, "rate": value + a - b} for a in (0.7, 0.8)
+                              for b in (0.3, 0.5)]
         if metric == "m1":
             result["null_expectation"] = -1 / 15
             feats = pd.DataFrame({"feature": np.arange(20), "mean_I": level + 0.05 * np.sin(np.arange(20)),
@@ -106,11 +108,13 @@ def fake_study_yaml(tmp_path: Path, backbones: tuple[str, ...] = ("bb-a", "bb-b"
         "layers": [11],
         "saes": [{"name": "main", "family": "batchtopk", "expansions": [2, 4], "ks": [8, 16]},
                  {"name": "jumprelu", "family": "jumprelu", "expansions": [4], "ks": [8]},
-                 {"name": "layer-ablation", "family": "batchtopk", "expansions": [2], "ks": [8], "layers": [3],
+                 {"name": "layer-ablation", "family": "batchtopk", "expansions": [2], "ks": [8],
+                  "layers": [3],
                   "backbones": list(backbones[:2])}],
         "data": {"train": {"spec": "offline:digits"}, "eval": {"spec": "offline:digits", "split": "test"}},
         "metrics": ["m1", "m2", "m3", "m4", "m5", "m7"],
-        "tasks": [{"name": "retrieval_r1", "kind": "retrieval"}, {"name": "cub_acc", "kind": "classification"}],
+        "tasks": [{"name": "retrieval_r1", "kind": "retrieval"},
+                  {"name": "cub_acc", "kind": "classification"}],
         "browser_features": 4,
         **extra,
     }

@@ -33,7 +33,8 @@ def test_demo_hypotheses_and_consistency_have_their_inputs() -> None:
     produced = set()
     for t in cfg.tasks:
         name = t.config.get("name", t.name)
-        produced |= {f"task:{name}_{m}:raw" for m in ("r1", "acc", "miou")} | {f"task:{name}_sparse_auc128:codes"}
+        produced |= {f"task:{name}_{m}:raw"
+                     for m in ("r1", "acc", "miou")} | {f"task:{name}_sparse_auc128:codes"}
     assert [h.id for h in cfg.hypotheses] == ["H1", "H2", "H3", "H4"]
     for h in cfg.hypotheses:
         assert h.task in produced, h.task

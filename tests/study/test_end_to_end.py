@@ -50,7 +50,8 @@ def test_rerun_does_nothing_and_results_complete(clean_run: Path) -> None:
     assert summary is not None and summary.ran == [] and len(summary.skipped) == len(plan.jobs)
     df = read_results(clean_run)
     assert df[df["metric"] == "m2"]["sae_id"].nunique() == 5
-    for metric in ("m1", "m2", "m3", "m4", "m5", "m6", "raw", "task:retrieval_r1:raw", "task:retrieval_r1:codes"):
+    for metric in ("m1", "m2", "m3", "m4", "m5", "m6", "raw", "task:retrieval_r1:raw",
+                   "task:retrieval_r1:codes"):
         assert metric in set(df["metric"]), metric
     assert (clean_run / "report" / "features.html").stat().st_size > 10_000
     raw = json.loads(next((clean_run / "raw").glob("*/raw.json")).read_text())  # the shared record shape

@@ -38,7 +38,8 @@ def test_failure_line_keeps_the_whole_message_and_report_is_not_fresh(tmp_path: 
     assert code == 0 and f"report: {report}" in text, text[-2000:]
 
     def broken(*args: Any) -> dict[str, Any]:
-        raise RuntimeError("the images are missing (first part)\n); install the Debian package 'x' or fetch them")
+        raise RuntimeError("the images are missing (first part)\n); install the Debian package 'x' or "
+                           "fetch them")
 
     monkeypatch.setitem(STAGES, "eval", replace(STAGES["eval"], run=broken))
     done = sorted((tmp_path / "out" / "evals").glob("*/done.json"))[0]
@@ -62,8 +63,10 @@ def _bad_study(tmp_path: Path) -> Path:
         "plugins": ["visae.study.testing"], "backbones": ["tiny-vit-a"], "layers": [1, 5],
         "metrics": ["m1", "m2", "m9"], "metric_configs": {"m4": {"ks": [0]}, "m8": {}},
         "train": {"lr": -1, "batchsize": 3}, "cache": {"batch_size": 0},
-        "saes": [{"family": "topk", "expansions": [2], "ks": [4, 100]}, {"family": "nosuch", "expansions": [2], "ks": [4]}],
-        "tasks": [{"name": "r", "kind": "retrievall"}, {"name": "c", "kind": "classification", "source": "nowhere"}],
+        "saes": [{"family": "topk", "expansions": [2], "ks": [4, 100]},
+                 {"family": "nosuch", "expansions": [2], "ks": [4]}],
+        "tasks": [{"name": "r", "kind": "retrievall"},
+                  {"name": "c", "kind": "classification", "source": "nowhere"}],
         "hypotheses": [{"id": "H9", "metric": "m3", "task": "task:x", "threshold": 2}],
     })
     data["data"]["eval"] = {"spec": "nosuch:foo", "split": "validation"}
@@ -77,13 +80,19 @@ def test_dry_run_names_every_problem_by_its_yaml_path(tmp_path: Path) -> None:
     assert code == 2 and "Traceback" not in text, text[-3000:]
     errors = [li for li in text.splitlines() if li.startswith("error:")]
     assert len(errors) == 1 and str(path) in errors[0], text
-    expected = ["metrics[2]: unknown metric 'm9'", "metric_configs.m4.ks.0: should be greater than or equal to 1",
-                "metric_configs.m8: unknown metric", "cache.batch_size:", "train.lr: should be greater than 0",
+    expected = ["metrics[2]: unknown metric 'm9'",
+                "metric_configs.m4.ks.0: should be greater than or equal to 1",
+                "metric_configs.m8: unknown metric", "cache.batch_size:",
+                "train.lr: should be greater than 0",
                 "train.batchsize: unknown key", "layers[1]: 5 is not a block of tiny-vit-a",
-                "saes[0].ks[1]: K=100 exceeds the dictionary size 64", "saes[1].family: unknown SAE family 'nosuch'",
-                "data.eval.spec: unknown image source 'nosuch:foo'", "data.eval.split: unknown split 'validation'",
-                "tasks[0].kind: unknown task kind 'retrievall'", "tasks[1].source: no image set named 'nowhere'",
-                "hypotheses[0].metric: 'm3' is not computed", "hypotheses[0].task: 'task:x' is not a task metric",
+                "saes[0].ks[1]: K=100 exceeds the dictionary size 64",
+                "saes[1].family: unknown SAE family 'nosuch'",
+                "data.eval.spec: unknown image source 'nosuch:foo'",
+                "data.eval.split: unknown split 'validation'",
+                "tasks[0].kind: unknown task kind 'retrievall'",
+                "tasks[1].source: no image set named 'nowhere'",
+                "hypotheses[0].metric: 'm3' is not computed",
+                "hypotheses[0].task: 'task:x' is not a task metric",
                 "hypotheses[0].threshold: 2.0 is not a Spearman"]
     problems = [li.strip() for li in text.splitlines() if li.startswith("  ")]
     for want in expected:

@@ -45,7 +45,8 @@ def test_plan_counts_and_grouping(tmp_path: Path) -> None:
     assert kinds.count("train") == 4
     assert kinds.count("eval") == 4 + 1 + 4 + 1
     assert kinds.count("raw") == 3
-    train_a = [j for j in plan.of_kind("train") if j.meta["backbone"] == "bb-a" and j.params["family"] == "batchtopk"]
+    train_a = [j for j in plan.of_kind("train") if j.meta["backbone"] == "bb-a"
+               and j.params["family"] == "batchtopk"]
     assert len(train_a[0].outputs) == 4  # every SAE of the group trains in one pass
     # dependency order: every dep appears before the job
     seen: set[str] = set()
@@ -121,12 +122,16 @@ def test_presets_parse(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
         assert len(main) == 60
         with pytest.raises(ConfigError, match="does not exist"):
             check_inputs_exist(cfg)
-        caches = plan.of_kind("cache")  # training caches keep 1 seeded patch per image, the others every patch
-        assert {j.params["settings"].get("tokens_per_image") for j in caches if j.meta["role"] == "train"} == {1}
-        assert all("tokens_per_image" not in j.params["settings"] for j in caches if j.meta["role"] != "train")
+        # training caches keep 1 seeded patch per image, the others every patch
+        caches = plan.of_kind("cache")
+        assert {j.params["settings"].get("tokens_per_image") for j in caches
+                if j.meta["role"] == "train"} == {1}
+        assert all("tokens_per_image" not in j.params["settings"] for j in caches
+                   if j.meta["role"] != "train")
 
 
-def test_ood_test_split_gets_its_own_cache_and_reaches_m6(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ood_test_split_gets_its_own_cache_and_reaches_m6(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     data = yaml.safe_load(yaml.safe_dump(BASE))
     data["data"]["ood"]["faces"] = {"spec": "offline:faces", "split": "train", "test_split": "test"}
     cfg = load_study_config(write_yaml(tmp_path, data))
@@ -140,7 +145,8 @@ def test_ood_test_split_gets_its_own_cache_and_reaches_m6(tmp_path: Path, monkey
     from visae.study.stages import eval as eval_stage
 
     monkeypatch.setattr(eval_stage, "cache_path", lambda root, out: root / out)
-    m6 = eval_stage.study_metric_extras(eval_stage.Params.model_validate(ev.params), tmp_path)["m6"]["datasets"][0]
+    m6 = eval_stage.study_metric_extras(eval_stage.Params.model_validate(ev.params),
+                                        tmp_path)["m6"]["datasets"][0]
     assert m6["name"] == "faces" and m6["test_cache"].endswith(ev.params["ood_test"]["faces"])
 
 
@@ -177,9 +183,11 @@ def test_fixed_name_outputs_are_done_only_for_their_own_job(tmp_path: Path) -> N
 def test_seeds_train_in_the_same_job_and_leave_other_ids_alone(tmp_path: Path) -> None:
     seeded = {**BASE, "saes": [{**BASE["saes"][0], "seeds": [1, 2, 3]}, *BASE["saes"][1:]]}
     plan = plan_study(load_study_config(write_yaml(tmp_path, seeded)))
-    train_a = [j for j in plan.of_kind("train") if j.meta["backbone"] == "bb-a" and j.params["family"] == "batchtopk"]
+    train_a = [j for j in plan.of_kind("train") if j.meta["backbone"] == "bb-a"
+               and j.params["family"] == "batchtopk"]
     members = train_a[0].params["saes"]
-    assert len(members) == 12 and sorted({m["seed"] for m in members}) == [1, 2, 3]  # 4 configs × 3 seeds, one pass
+    # 4 configs × 3 seeds, one pass
+    assert len(members) == 12 and sorted({m["seed"] for m in members}) == [1, 2, 3]
     assert len({m["sae_id"] for m in members}) == 12
     base = plan_study(load_study_config(write_yaml(tmp_path, BASE)))
     jumprelu = {j.id for j in base.of_kind("train") if j.params["family"] == "jumprelu"}

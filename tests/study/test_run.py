@@ -36,14 +36,16 @@ def test_run_twice_second_does_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     assert {"backbone", "family", "expansion", "k", "layer", "metric", "value", "sae_id"} <= set(df.columns)
     n_saes = 4 * 4 + 4 + 2
     assert df[df["metric"] == "m1"]["sae_id"].nunique() == n_saes
-    assert {"m4@k=1", "m7:alpha=0.7:beta=0.3", "task:retrieval_r1:raw", "task:cub_acc:codes", "raw"} <= set(df["metric"])
+    assert {"m4@k=1", "m7:alpha=0.7:beta=0.3", "task:retrieval_r1:raw", "task:cub_acc:codes",
+            "raw"} <= set(df["metric"])
     assert (Path(cfg.out_dir) / "report" / "index.html").exists()
     _, again = run_study(cfg, check_inputs=False)
     assert again is not None and again.ran == [] and len(again.skipped) == len(plan.jobs)
 
 
 @pytest.mark.slow
-def test_injected_failure_then_resume_equals_clean_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_injected_failure_then_resume_equals_clean_run(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     use_fakes(monkeypatch)
     clean = load_study_config(fake_study_yaml(tmp_path / "a"))
     run_study(clean, check_inputs=False)
