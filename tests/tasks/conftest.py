@@ -16,7 +16,8 @@ def make_split_sae():
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """The task heads take many tiny optimizer steps; on a loaded CI machine one intra-op thread is ~10× faster."""
+    """The task heads take many tiny optimizer steps; on a loaded CI machine one intra-op thread is ~10×
+    faster."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -17,7 +17,8 @@ from visae.tasks import run_task, task_rows
 LAYOUT = TokenLayout(("cls",), 2, 2, 16)
 
 
-def class_cache(tmp_path, name: str, n_per_class: int, sep: float, seed: int = 0, d: int = 8, n_classes: int = 4):
+def class_cache(tmp_path, name: str, n_per_class: int, sep: float, seed: int = 0, d: int = 8,
+                n_classes: int = 4):
     rng = np.random.default_rng(seed)
     means = np.random.default_rng(99).normal(size=(n_classes, d)) * sep
     labels = np.repeat(np.arange(n_classes), n_per_class)
@@ -44,14 +45,16 @@ def test_accuracy_equals_sklearn_reference(tmp_path) -> None:
     pooled = acts.max(axis=1)
     tr, te = stratified_split(cache.labels, 0.2, 42)
     scaler = StandardScaler().fit(pooled[tr])
-    clf = LogisticRegression(C=1.0, solver="lbfgs", max_iter=500).fit(scaler.transform(pooled[tr]), cache.labels[tr])
+    clf = LogisticRegression(C=1.0, solver="lbfgs", max_iter=500).fit(scaler.transform(pooled[tr]),
+                                                                      cache.labels[tr])
     ref = float(np.mean(clf.predict(scaler.transform(pooled[te])) == cache.labels[te]))
     assert res.scores["task:dtd_acc:raw"] == pytest.approx(ref)
     assert 0.3 < ref < 1.0  # a non-trivial case
 
 
 def test_task_rows_with_train_and_test_caches(tmp_path, make_split_sae) -> None:
-    caches = {"train": class_cache(tmp_path, "tr", 10, 20.0, seed=1), "val": class_cache(tmp_path, "te", 5, 20.0, seed=2)}
+    caches = {"train": class_cache(tmp_path, "tr", 10, 20.0, seed=1),
+              "val": class_cache(tmp_path, "te", 5, 20.0, seed=2)}
     saes = {"sae-a": make_split_sae(8), "sae-b": make_split_sae(8)}
     rows = task_rows("inat", caches, saes, {"sparse_k": 2}, device="cpu", seed=42)
     got = {(r["metric"], r["features"], r["sae_id"]): r["value"] for r in rows}

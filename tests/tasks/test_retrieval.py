@@ -70,4 +70,5 @@ def test_run_task_on_a_cache_with_duplicates(tmp_path, make_split_sae) -> None:
     assert res.value == 1.0 and "leave-one-out" in res.protocol
     assert (tmp_path / "out" / "task_retrieval.json").is_file()
     raw_only = run_task("retrieval", None, cache, {"protocol": "split"}, device="cpu")
-    assert set(raw_only.scores) == {"task:retrieval_r1:raw", "task:retrieval_r5:raw", "task:retrieval_r10:raw"}
+    assert set(raw_only.scores) == {"task:retrieval_r1:raw", "task:retrieval_r5:raw",
+                                    "task:retrieval_r10:raw"}

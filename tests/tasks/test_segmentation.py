@@ -24,7 +24,8 @@ def reference_patch_labels(mask: np.ndarray, tf: transforms.Compose, grid: int, 
     """Apply the transform to the mask with nearest interpolation, then take each patch's majority label."""
     out = np.asarray(tf(Image.fromarray(mask)))
     blocks = out.reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3).reshape(grid * grid, -1)
-    return np.array([np.bincount(b, minlength=256)[1:].argmax() + 1 if (b > 0).mean() >= 0.5 else 0 for b in blocks])
+    return np.array([np.bincount(b, minlength=256)[1:].argmax() + 1 if (b > 0).mean() >= 0.5 else 0
+                     for b in blocks])
 
 
 @pytest.mark.parametrize(("pre", "tf"), [
@@ -55,7 +56,8 @@ def test_miou_closed_form() -> None:
 
 
 def write_planted(root: Path, n_train: int, n_val: int, seed: int = 0) -> tuple[dict[str, np.ndarray], dict]:
-    """ADE20K-layout images whose masks are 16-px blocks of classes 1..N_SEG; returns per-split patch labels."""
+    """ADE20K-layout images whose masks are 16-px blocks of classes 1..N_SEG; returns per-split patch
+    labels."""
     rng = np.random.default_rng(seed)
     patch_labels: dict[str, np.ndarray] = {}
     for sub, prefix, n in (("training", "ADE_train", n_train), ("validation", "ADE_val", n_val)):
@@ -68,7 +70,8 @@ def write_planted(root: Path, n_train: int, n_val: int, seed: int = 0) -> tuple[
             grid[0, 0] = 0  # one fully unlabelled patch: ignored
             mask = np.kron(grid, np.ones((16, 16), dtype=np.int64)).astype(np.uint8)
             Image.fromarray(mask, mode="L").save(root / "annotations" / sub / f"{stem}.png")
-            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "images" / sub / f"{stem}.jpg")
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3),
+                                         dtype=np.uint8)).save(root / "images" / sub / f"{stem}.jpg")
             labs.append(grid.ravel())
         patch_labels[sub] = np.stack(labs)
     return patch_labels, {}
@@ -80,7 +83,8 @@ def planted_cache(tmp_path: Path, name: str, labels_np: np.ndarray, sub: str, pr
     emb = np.random.default_rng(123).normal(size=(N_SEG + 1, d)) * 2
     acts = emb[labels_np] + noise * rng.normal(size=(*labels_np.shape, d))
     ids = [f"images/{sub}/{prefix}_{i:08d}.jpg" for i in range(1, len(labels_np) + 1)]
-    return open_cache(write_synthetic_cache(tmp_path / name, acts.astype(np.float16), np.zeros(len(ids), np.int64),
+    return open_cache(write_synthetic_cache(tmp_path / name, acts.astype(np.float16),
+                                            np.zeros(len(ids), np.int64),
                                             ["ade20k"], LAYOUT, image_ids=ids))
 
 
@@ -91,7 +95,8 @@ def test_separable_regions_give_miou_one(tmp_path: Path, make_split_sae) -> None
     val = planted_cache(tmp_path, "val", labels["validation"], "validation", "ADE_val")
     cfg = {"source": f"ade20k:{root}", "features": ["raw", "codes", "recon"], "epochs": 30, "lr": 0.1,
            "batch_size": 4096}
-    res = run_task("segmentation", make_split_sae(12), {"train": train, "val": val}, cfg, out_dir=tmp_path / "out",
+    res = run_task("segmentation", make_split_sae(12), {"train": train, "val": val}, cfg,
+                   out_dir=tmp_path / "out",
                    device=torch.device("cpu"))
     for kind in ("raw", "codes", "recon"):
         assert res.scores[f"task:segmentation_miou:{kind}"] == 1.0, res.scores
