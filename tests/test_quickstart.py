@@ -38,7 +38,8 @@ def quickstart_commands(readme: Path = README) -> list[str]:
 
 
 def _scaled(cmd: str, scale: float) -> str:
-    return re.sub(r"--max-images (\d+)", lambda m: f"--max-images {max(20, round(int(m.group(1)) * scale))}", cmd)
+    return re.sub(r"--max-images (\d+)",
+                  lambda m: f"--max-images {max(20, round(int(m.group(1)) * scale))}", cmd)
 
 
 def test_quickstart_parses_into_the_commands_we_expect() -> None:
@@ -62,7 +63,8 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
     lines = [_scaled(c, scale) for c in quickstart_commands() if c not in NOT_RUN]
     script = "\n".join(["set -euo pipefail", f"visae() {{ {shlex.quote(sys.executable)} -m visae \"$@\"; }}",
                         *lines, 'echo "TRAIN=$TRAIN"', 'echo "TEST=$TEST"'])
-    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=3000)
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=3000)
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     found = dict(line.split("=", 1) for line in r.stdout.splitlines() if line.startswith(("TRAIN=", "TEST=")))
     train, test = Path(tmp_path / found["TRAIN"]), Path(tmp_path / found["TEST"])
@@ -70,7 +72,8 @@ def test_quickstart_runs_as_written(tmp_path: Path) -> None:
     assert "-fashion-mnist-test-" in test.name and (test / "manifest.json").is_file()
     assert (tmp_path / "saes" / "batchtopk_8x_k64").is_dir()
     results = tmp_path / "results" / "batchtopk_8x_k64"
-    assert {f"{m}.json" for m in ("m1", "m2", "m3", "m4", "m5", "m7", "raw")} <= {p.name for p in results.iterdir()}
+    assert {f"{m}.json"
+            for m in ("m1", "m2", "m3", "m4", "m5", "m7", "raw")} <= {p.name for p in results.iterdir()}
     assert train.name in r.stdout and test.name in r.stdout  # visae ls lists both
 
 
@@ -85,7 +88,8 @@ def python_api_example(readme: Path = README) -> str:
 @pytest.mark.slow
 def test_python_api_example_runs_as_written(tmp_path: Path) -> None:
     """On an offline set as printed (no scaling: the example is small), in a fresh folder."""
-    r = subprocess.run([sys.executable, "-c", python_api_example()], cwd=tmp_path, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", python_api_example()], cwd=tmp_path,
+                       capture_output=True, text=True,
                        timeout=3000, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     assert len(r.stdout.strip().split()) == 2  # print(results["m1"].value, results["m2"].fvu)
