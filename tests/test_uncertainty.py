@@ -1,4 +1,5 @@
-"""The Poisson bootstrap: deterministic weights, and intervals that cover a planted value at the nominal rate."""
+"""The Poisson bootstrap: deterministic weights, and intervals that cover a planted value at the nominal
+rate."""
 
 from __future__ import annotations
 
