@@ -4,6 +4,9 @@ CPU."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -63,3 +66,17 @@ def test_disk_cache_helper_and_cold_pages(tmp_path):
     assert disk.drop_pages(tmp_path / "c") > 0
     assert disk.cold_read_rate(tmp_path / "c") > 0
     assert np.isfinite(c.std)
+@pytest.mark.slow
+def test_gpu_sh_rehearsed_on_the_cpu(tmp_path):
+    """Every command of gpu.sh runs (with --device cpu, tiny sizes) and leaves its figures."""
+    env = {**os.environ, "DEVICE": "cpu", "SIZE": "tiny", "OUT": str(tmp_path), "PYTHON": sys.executable,
+           "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run(["bash", str(BENCH / "gpu.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=3600)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    for name in ("train", "grid", "sampler", "eval", "probes", "cache", "scale", "pytest-cuda"):
+        assert (tmp_path / f"{name}.txt").stat().st_size > 0, name
+    assert "sampler / training step" in (tmp_path / "sampler.txt").read_text()
+    assert "12 passes" in (tmp_path / "grid.txt").read_text()
+    assert json.loads((tmp_path / "scale.json").read_text())["device"] == "cpu"
+    assert " passed" in (tmp_path / "pytest-cuda.txt").read_text()
