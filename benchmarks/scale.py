@@ -137,7 +137,7 @@ def stage_eval(cache: str, d_sae: int, device: str) -> Callable[[], Any]:
     torch.manual_seed(0)
     sae = make_sae("batchtopk", c.d_model, d_sae=d_sae, k=min(64, d_sae // 4))
     sae.set_normalization(torch.from_numpy(c.mean_d), c.std)
-    calibrate_threshold(sae, [next(c.token_sampler(2048, seed=0))])
+    calibrate_threshold(sae, [next(c.token_sampler(min(2048, c.n_tokens), seed=0))])
     return lambda: evaluate(sae.eval(), c, metrics=["m1", "m2", "m3", "m4"], device=device)
 
 
