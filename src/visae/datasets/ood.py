@@ -1,10 +1,12 @@
 """Out-of-domain image sources for M6 with their official splits: iNaturalist 2021, CUB-200-2011, DTD.
 
-| spec | layout read |
-|---|---|
-| ``inat:/root`` | iNaturalist 2021: ``train.json`` / ``val.json`` (COCO style: ``images``, ``annotations``, ``categories``) beside ``train/`` and ``val/``; without the JSON, ``train/`` and ``val/`` are read as class folders |
-| ``cub:/root`` | CUB-200-2011: ``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt``, ``classes.txt``, ``images/`` |
-| ``dtd:/root`` or ``dtd:/root?fold=N`` | DTD: ``images/<class>/*.jpg`` and ``labels/{train,val,test}N.txt`` (fold 1 by default) |
+- ``inat:/root``: iNaturalist 2021: ``train.json`` / ``val.json`` (COCO style: ``images``, ``annotations``,
+  ``categories``) beside ``train/`` and ``val/``; without the JSON, ``train/`` and ``val/`` are read as class
+  folders
+- ``cub:/root``: CUB-200-2011: ``images.txt``, ``image_class_labels.txt``, ``train_test_split.txt``,
+  ``classes.txt``, ``images/``
+- ``dtd:/root`` or ``dtd:/root?fold=N``: DTD: ``images/<class>/*.jpg`` and ``labels/{train,val,test}N.txt``
+  (fold 1 by default)
 
 Splits: iNat ``train`` / ``val`` (``test`` = ``val``: the public test set has no labels); CUB ``train`` /
 ``test`` (``val`` = ``test``); DTD ``train`` / ``val`` / ``test`` of the fold. ``all`` joins every split.

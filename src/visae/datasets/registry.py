@@ -1,14 +1,16 @@
 """Open an image source from a spec string.
 
-| spec | source |
-|---|---|
-| ``folder:/path/to/dir`` | ImageFolder / ImageNet layout (:mod:`visae.datasets.folder`) |
-| ``hf:name_or_path[:split]`` | Hugging Face ``datasets`` (:mod:`visae.datasets.hf`, extra ``hf``) |
-| ``fashion-mnist`` | Fashion-MNIST IDX files: installed Debian package, else fetched (apt mirror, torchvision) |
-| ``offline:digits`` / ``offline:faces`` / ``offline:textures`` / ``offline:mnist`` | sets inside Python packages (:mod:`visae.datasets.offline`) |
-| ``texture-mosaic`` | offline segmentation set: texture-photo mosaics with exact masks (:mod:`visae.datasets.mosaic`) |
-| ``inat:/root`` / ``cub:/root`` / ``dtd:/root[?fold=N]`` | out-of-domain sets for M6, official splits (:mod:`visae.datasets.ood`) |
-| ``ade20k:/root`` | ADE20K (ADEChallengeData2016) images with segmentation masks (:mod:`visae.datasets.ade20k`) |
+- ``folder:/path/to/dir``: ImageFolder / ImageNet layout (:mod:`visae.datasets.folder`)
+- ``hf:name_or_path[:split]``: Hugging Face ``datasets`` (:mod:`visae.datasets.hf`, extra ``hf``)
+- ``fashion-mnist``: Fashion-MNIST IDX files: installed Debian package, else fetched (apt mirror, torchvision)
+- ``offline:digits`` / ``offline:faces`` / ``offline:textures`` / ``offline:mnist``: sets inside Python
+  packages (:mod:`visae.datasets.offline`)
+- ``texture-mosaic``: offline segmentation set: texture-photo mosaics with exact masks
+  (:mod:`visae.datasets.mosaic`)
+- ``inat:/root`` / ``cub:/root`` / ``dtd:/root[?fold=N]``: out-of-domain sets for M6, official splits
+  (:mod:`visae.datasets.ood`)
+- ``ade20k:/root``: ADE20K (ADEChallengeData2016) images with segmentation masks
+  (:mod:`visae.datasets.ade20k`)
 
 A bare existing folder path is read as ``folder:PATH``. A plugin adds a kind with :func:`register_source`:
 ``register_source("mydata", open_mydata)`` makes ``mydata:ARG`` call ``open_mydata(ARG, split)``.

@@ -5,11 +5,12 @@ writes ``<out_dir>/task_<task>.json``; ``task_rows`` runs it once on raw feature
 SAEs of one backbone, returning tidy rows for a study's results table (metric names in
 :mod:`visae.results.schema`).
 
-| name | what | metric names |
-|---|---|---|
-| ``retrieval`` | cosine R@1/5/10 on max-pooled features (leave-one-out) | ``task:retrieval_r{1,5,10}:<features>`` |
-| ``segmentation`` | linear head on patch features, ADE20K mIoU | ``task:segmentation_miou:<features>`` |
-| ``classification`` / ``cub`` / ``dtd`` / ``inat`` | probe accuracy; sparse-probing AUC at k on codes | ``task:<name>_acc:<features>``, ``task:<name>_sparse_auc128:codes`` |
+- ``retrieval``: cosine R@1/5/10 on max-pooled features (leave-one-out); metric names:
+  ``task:retrieval_r{1,5,10}:<features>``
+- ``segmentation``: linear head on patch features, ADE20K mIoU; metric names:
+  ``task:segmentation_miou:<features>``
+- ``classification`` / ``cub`` / ``dtd`` / ``inat``: probe accuracy; sparse-probing AUC at k on codes; metric
+  names: ``task:<name>_acc:<features>``, ``task:<name>_sparse_auc128:codes``
 """
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ Every reader produces one of our families, numerically identical at inference, a
 arbitrary objects (safetensors, or ``torch.load(weights_only=True)``). :func:`detect_format` asks each
 format's detector in registration order; our own format (:mod:`visae.sae.checkpoint`) is tried first.
 
-| name | module | files |
-|---|---|---|
-| ``saelens`` | :mod:`visae.sae.formats.saelens` | ``sae_weights.safetensors`` + ``cfg.json`` |
-| ``saev`` | :mod:`visae.sae.formats.saev` | ``sae.pt`` with a JSON header line |
-| ``authors`` | :mod:`visae.sae.formats.authors` | the paper's release: overcomplete ``sae.pt`` + ``config.yaml`` |
-| ``reference`` | :mod:`visae.sae.formats.reference` | ``reference.json``: a checkpoint elsewhere, pinned, with file hashes |
+- ``saelens``: :mod:`visae.sae.formats.saelens`; files: ``sae_weights.safetensors`` + ``cfg.json``
+- ``saev``: :mod:`visae.sae.formats.saev`; files: ``sae.pt`` with a JSON header line
+- ``authors``: :mod:`visae.sae.formats.authors`; files: the paper's release: overcomplete ``sae.pt`` +
+  ``config.yaml``
+- ``reference``: :mod:`visae.sae.formats.reference`; files: ``reference.json``: a checkpoint elsewhere,
+  pinned, with file hashes
 
 A plugin adds one with ``CHECKPOINT_FORMATS.register("mine", CheckpointFormat(...))``.
 """
