@@ -7,7 +7,8 @@ import json
 from visae.report.data import ReportData
 from visae.report.page import CSS, note
 
-BROWSER_TEMPLATE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>visae feature browser</title>
+BROWSER_TEMPLATE = """<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
+<title>visae feature browser</title>
 <style>/*CSS*/
 #list tr{cursor:pointer}#list tr:hover{background:#eef}#detail img{image-rendering:pixelated;width:100%}
 #detail{position:sticky;top:0;background:#fff;border:1px solid #ddd;padding:.6em;min-height:4em}
@@ -25,12 +26,17 @@ const DATA = /*DATA*/null;
 const saeSel = document.getElementById('sae'), keySel = document.getElementById('key');
 const body = document.querySelector('#list tbody'), detail = document.getElementById('detail');
 function fmt(v){return v===null||v===undefined?'—':Number(v).toFixed(3);}
-DATA.saes.forEach((s,i)=>{const o=document.createElement('option');o.value=i;o.textContent=s.label;saeSel.appendChild(o);});
+DATA.saes.forEach((s,i)=>{const o=document.createElement('option');o.value=i;o.textContent=s.label;
+  saeSel.appendChild(o);});
 function openFeature(s,f){
   detail.innerHTML='';
   const h=document.createElement('h3');h.textContent=s.label+' — feature '+f.f;detail.appendChild(h);
-  const p=document.createElement('p');p.textContent="Moran's I "+fmt(f.moran)+', M5 '+fmt(f.m5)+', fires on '+(100*f.freq).toFixed(1)+'% of '+s.n_images+' images';detail.appendChild(p);
-  if(f.img){const im=document.createElement('img');im.alt='feature '+f.f;im.src='data:image/png;base64,'+f.img;im.className='fig';detail.appendChild(im);}
+  const p=document.createElement('p');
+  p.textContent="Moran's I "+fmt(f.moran)+', M5 '+fmt(f.m5)+', fires on '+(100*f.freq).toFixed(1)+'% of '
+    +s.n_images+' images';
+  detail.appendChild(p);
+  if(f.img){const im=document.createElement('img');im.alt='feature '+f.f;
+    im.src='data:image/png;base64,'+f.img;im.className='fig';detail.appendChild(im);}
   detail.dataset.feature=String(f.f);
 }
 function render(){
@@ -41,8 +47,10 @@ function render(){
   document.getElementById('count').textContent=feats.length+' features';
   feats.forEach(f=>{
     const tr=document.createElement('tr');tr.className='feature-row';tr.dataset.feature=String(f.f);
-    tr.innerHTML='<td>'+f.f+'</td><td>'+fmt(f.moran)+'</td><td>'+fmt(f.m5)+'</td><td>'+fmt(f.freq)+'</td><td></td>';
-    if(f.img){const im=document.createElement('img');im.alt='feature '+f.f;im.src='data:image/png;base64,'+f.img;im.className='thumb';tr.lastChild.appendChild(im);}
+    tr.innerHTML='<td>'+f.f+'</td><td>'+fmt(f.moran)+'</td><td>'+fmt(f.m5)+'</td><td>'+fmt(f.freq)
+      +'</td><td></td>';
+    if(f.img){const im=document.createElement('img');im.alt='feature '+f.f;
+      im.src='data:image/png;base64,'+f.img;im.className='thumb';tr.lastChild.appendChild(im);}
     tr.addEventListener('click',()=>openFeature(s,f));body.appendChild(tr);
   });
 }
