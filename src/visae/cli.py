@@ -69,7 +69,8 @@ def info() -> None:
                + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
     for extra, modules in EXTRAS.items():
         have = [m for m in modules if importlib.util.find_spec(m) is not None]
-        status = "installed" if len(have) == len(modules) else f"missing {', '.join(sorted(set(modules) - set(have)))}"
+        missing = ", ".join(sorted(set(modules) - set(have)))
+        status = "installed" if len(have) == len(modules) else f"missing {missing}"
         typer.echo(f"extra [{extra}]: {status}")
     _echo_registries()
 

@@ -43,7 +43,8 @@ def rank_consistency(df: pd.DataFrame, family_a: str = "batchtopk", family_b: st
     (the paper keeps JumpReLU runs with |L0 − target| ≤ 2).
     """
     a_rows, b_rows = df[df["family"] == family_a], df[df["family"] == family_b]
-    names = list(metrics) if metrics is not None else sorted(set(sae_metrics(a_rows)) & set(sae_metrics(b_rows)))
+    names = (list(metrics) if metrics is not None
+             else sorted(set(sae_metrics(a_rows)) & set(sae_metrics(b_rows))))
     rows = []
     for metric in names:
         mean_a, mean_b = backbone_means(a_rows, metric), backbone_means(b_rows, metric)

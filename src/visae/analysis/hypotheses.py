@@ -23,8 +23,8 @@ _TOL = 1e-9  # ρ = 0.6 computed in floating point must still meet a 0.6 thresho
 
 __all__ = ["PREREGISTERED", "Hypothesis", "correlation_matrix", "correlation_table", "evaluate_hypotheses"]
 
-HYPOTHESIS_COLUMNS = ["id", "metric", "task", "threshold", "n", "rho", "p", "p_exact", "verdict", "backbones", "note",
-                      "description"]
+HYPOTHESIS_COLUMNS = ["id", "metric", "task", "threshold", "n", "rho", "p", "p_exact", "verdict", "backbones",
+                      "note", "description"]
 
 
 def verdict(rho: float | None, p: float | None, threshold: float, alpha: float = 0.05) -> str:

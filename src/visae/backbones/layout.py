@@ -15,7 +15,8 @@ class TokenLayout:
     """
 
     prefix_names: tuple[str, ...]
-    """Names of the tokens before the patches, in order: e.g. ("cls",), ("cls", "dist"), ("cls", "reg0", …), ()."""
+    """Names of the tokens before the patches, in order: e.g. ("cls",), ("cls", "dist"), ("cls", "reg0", …),
+    ()."""
     grid_h: int
     """Patch rows (16 for a patch-14 model at 224 px, 14 for patch 16)."""
     grid_w: int

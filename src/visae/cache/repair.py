@@ -55,8 +55,8 @@ def npy_problem(path: Path, shape: tuple[int, ...], sha256: str | None = None,
         size = path.stat().st_size
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1,
-                                                                      0) else np.lib.format.read_array_header_2_0
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
             got_shape, fortran, dtype = read(f)
             offset = f.tell()
     except FileNotFoundError:
@@ -68,7 +68,8 @@ def npy_problem(path: Path, shape: tuple[int, ...], sha256: str | None = None,
         return f"shape {tuple(got_shape)} {dtype}, expected {shape} {want}"
     expected = offset + int(np.prod(shape)) * want.itemsize
     if size != expected:
-        return f"truncated: {size} bytes, expected {expected}" if size < expected else f"{size} bytes, expected {expected}"
+        return (f"truncated: {size} bytes, expected {expected}" if size < expected
+                else f"{size} bytes, expected {expected}")
     if sha256 is not None and sha256_file(path) != sha256:
         return "sha256 differs"
     return None
@@ -85,8 +86,8 @@ def journal_from_finals(folder: Path, cache_hash: str) -> dict[str, Any] | None:
         stats = json.loads((folder / "stats.json").read_text())
     except (OSError, ValueError, ValidationError):
         return None
-    if m.hash != cache_hash or m.shard_images is None or not isinstance(ids,
-                                                                        list) or not isinstance(skipped, list):
+    if (m.hash != cache_hash or m.shard_images is None or not isinstance(ids, list)
+            or not isinstance(skipped, list)):
         return None
     if labels.shape != (m.n_images,) or len(ids) != m.n_images:
         return None

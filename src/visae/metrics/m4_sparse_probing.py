@@ -160,7 +160,8 @@ def compute_m4(codes_nf: ArrayLike, labels_n: np.ndarray, config: M4Config | Non
                                scores_at=scores_at)
     value = curve.get(head)
     value = None if value is None or math.isnan(value) else value
-    note = "" if head == config.headline_k else f"the dictionary has only {n_features} features: headline at k={head}"
+    note = ("" if head == config.headline_k
+            else f"the dictionary has only {n_features} features: headline at k={head}")
     if value is None:
         note = "; ".join(filter(None,
                                 [note, f"the AUC at k={head} is undefined: no class has both positive and "

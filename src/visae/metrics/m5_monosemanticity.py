@@ -392,7 +392,8 @@ class M5Monosemanticity(Metric[M5Config]):
                               "allow_same_backbone: true")
         source, source_index_n = open_cache_source(cache)
         inner = BackboneEmbedder(backbone, source, source_index_n, batch_size=self.config.embed_batch_size)
-        store_dir = Path(self.config.embeddings_dir) if self.config.embeddings_dir else Path(cache.path) / "embeddings"
+        store_dir = (Path(self.config.embeddings_dir) if self.config.embeddings_dir
+                     else Path(cache.path) / "embeddings")
         self.store = EmbeddingStore(store_dir, self.evaluator, backbone.weights_id, cache.image_ids,
                                     embedding_kind=backbone.embedding_kind,
                                     preprocessing=preprocessing_of(backbone))

@@ -181,7 +181,8 @@ def compute_m6(ctx: EvalContext, config: M6Config) -> M6Result:
         out[ds.name] = compute_m6_dataset(train, test, config, split)
     head = config.headline or names[0]
     internal = [name for name, result in out.items() if result.split != "caches"]
-    note = f"no test cache for {', '.join(internal)}: split 80/20 stratified, seed {config.seed}" if internal else ""
+    note = (f"no test cache for {', '.join(internal)}: split 80/20 stratified, seed {config.seed}"
+            if internal else "")
     if out[head].preservation is None:
         note = "; ".join(filter(None, [note, f"{head}: the raw probe has accuracy 0, so preservation "
                                              "acc_recon / acc_raw is undefined"]))

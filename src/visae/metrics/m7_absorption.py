@@ -147,7 +147,9 @@ def compute_m7(codes_nf: ArrayLike, labels_n: np.ndarray, groups: list[list[int]
     value = absorption_rate(f1_1, f1_4, config.alpha, config.beta)
     grid = [M7GridPoint(alpha=a, beta=b, rate=absorption_rate(f1_1, f1_4, a, b))
             for a in config.alphas for b in config.betas]
-    note = "" if tasks else "no eligible class-vs-sibling task (no sibling group of the hierarchy with classes in both splits)"
+    none_eligible = ("no eligible class-vs-sibling task (no sibling group of the hierarchy with classes "
+                     "in both splits)")
+    note = "" if tasks else none_eligible
     result = M7Result(metric="m7", value=value, higher_is_better=False, note=note, n_tasks=len(tasks),
                       n_absorbed=int(sum(bool(t["absorbed"]) for t in tasks)), n_groups=len(groups),
                       hierarchy=hierarchy_name, mean_f1_k1=float(f1_1.mean()) if tasks else None,

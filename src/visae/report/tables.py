@@ -74,7 +74,8 @@ def table_raw(d: ReportData) -> pd.DataFrame:
     det = d.details
     rows = []
     for b in d.backbones(res):
-        sel = (det["backbone"] == b) & (det["layer"] == d.layer) if d.layer is not None else det["backbone"] == b
+        sel = ((det["backbone"] == b) & (det["layer"] == d.layer) if d.layer is not None
+               else det["backbone"] == b)
 
         def detail(name: str, sel: Any = sel) -> float:
             v = det.loc[sel & (det["metric"] == name), "value"]

@@ -94,7 +94,8 @@ def run_classification(sae: SAE | None, caches: ActivationCache | Mapping[str, A
         train = {kind: values[tr] for kind, values in feats.items()}
         test = {kind: values[te] for kind, values in feats.items()}
         y_train, y_test = labels[tr], labels[te]
-        split = f"one cache, stratified {1 - config.test_size:.0%}/{config.test_size:.0%} split (seed {config.seed})"
+        split = (f"one cache, stratified {1 - config.test_size:.0%}/{config.test_size:.0%} split "
+                 f"(seed {config.seed})")
     else:
         test_key = "test" if "test" in caches else "val"
         if "train" not in caches or test_key not in caches:

@@ -294,7 +294,8 @@ def run_segmentation(sae: SAE | None, caches: ActivationCache | Mapping[str, Act
         if caches.n_images - n_val < 1:
             raise DataError(f"{caches.path}: {caches.n_images} image(s); too few to split for segmentation")
         val_images, train_images = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-        split_note = f"one cache split by image (seed {config.seed}): {len(train_images)} train, {len(val_images)} val"
+        split_note = (f"one cache split by image (seed {config.seed}): {len(train_images)} train, "
+                      f"{len(val_images)} val")
     else:
         val_key = "val" if "val" in caches else "test"
         if "train" not in caches or val_key not in caches:

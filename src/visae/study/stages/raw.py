@@ -50,9 +50,10 @@ def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
     cfg = build_config(RawConfig, dict(p.config), source="metric_configs.raw")
     dev = pick_device(device)
     grid_hw = (cache.layout.grid_h, cache.layout.grid_w)
-    batches = ((acts.to(dev), grid_hw, index) for index, acts in cache.iter_images(group_size=64, normalize=False))
-    result, means, count = compute_raw(batches, cfg, bootstrap=build_config(BootstrapConfig, dict(p.bootstrap or {}),
-                                                                            source="bootstrap"))
+    batches = ((acts.to(dev), grid_hw, index)
+               for index, acts in cache.iter_images(group_size=64, normalize=False))
+    bootstrap = build_config(BootstrapConfig, dict(p.bootstrap or {}), source="bootstrap")
+    result, means, count = compute_raw(batches, cfg, bootstrap=bootstrap)
     out = root / job.outputs[0]
     write_feature_table(out / CHANNELS_TABLE, means, count)
     write_result_record(out / RAW_RECORD, "raw", result.value, result.model_dump(mode="json"), cfg.to_dict(),
