@@ -266,9 +266,10 @@ def main() -> None:
               f"{r['peak_rss_mb'] - r['rss_before_mb']:15.0f} {r['tracemalloc_peak_mb']:15.1f} "
               f"{r['m1']:8.4f} {r['m1_n_eval']:7d} {r['fvu']:8.4f} {r['l0']:7.1f} {r['dead']!s:>5}")
     if len(out) == 2:
+        growth = {who: r["peak_rss_mb"] - r["rss_before_mb"] for who, r in out.items()}
         print(f"speed-up ours vs peer: {out['peer']['seconds'] / out['ours']['seconds']:.2f}×; "
               "peak RSS growth ratio: "
-              f"{(out['peer']['peak_rss_mb'] - out['peer']['rss_before_mb']) / max(1.0, out['ours']['peak_rss_mb'] - out['ours']['rss_before_mb']):.2f}×")
+              f"{growth['peer'] / max(1.0, growth['ours']):.2f}×")
         print("note: visaebench's FVU uses one scalar mean over all dims and subtracts the mean residual "
               "(Var(x − x̂)/Var(x)); ours is eq. 4 with the per-dimension mean, so the two can differ.")
     report_probes(cache_dir, sae_dir, args.device)
