@@ -52,8 +52,8 @@ def test_scale_projection_of_a_linear_workload():
                                                    for w in paper["widths"]),
                                        rel=1e-6)
     _, ef, ec = s["eval_base"]
-    assert p["eval"] == pytest.approx(5 * 4 * sum(0.1 * paper["val_images"] * (w / ef) * (paper["classes"] / ec)
-                                                  for w in paper["widths"]), rel=1e-6)
+    per_width = [0.1 * paper["val_images"] * (w / ef) * (paper["classes"] / ec) for w in paper["widths"]]
+    assert p["eval"] == pytest.approx(5 * 4 * sum(per_width), rel=1e-6)
 
 
 def test_disk_cache_helper_and_cold_pages(tmp_path):

@@ -202,4 +202,5 @@ def test_cli_weights_path_and_image_size_reach_the_backbone(bb, tmp_path, monkey
     assert r.exit_code == 0, r.output
     assert seen == {"name": "tiny", "weights_path": str(weights), "image_size": 32}
     folder = r.stdout.strip()
-    assert "\n" not in folder and "-faces-test-4-" in folder and (tmp_path / "c" / folder.split("/")[-1]).is_dir()
+    assert "\n" not in folder and "-faces-test-4-" in folder
+    assert (tmp_path / "c" / folder.split("/")[-1]).is_dir()

@@ -36,7 +36,8 @@ def write_ade20k(root: Path, n_train: int = 3, n_val: int = 2, size: tuple[int, 
 
 def test_layout_labels_and_masks(tmp_path: Path) -> None:
     root = write_ade20k(tmp_path / "ADEChallengeData2016")
-    (root / "objectInfo150.csv").write_text("Idx,Ratio,Train,Val,Name\n1,0.1,1,1,wall\n2,0.1,1,1,building;edifice\n")
+    (root / "objectInfo150.csv").write_text("Idx,Ratio,Train,Val,Name\n1,0.1,1,1,wall\n"
+                                            "2,0.1,1,1,building;edifice\n")
     train = open_ade20k(str(tmp_path), "train")  # the parent folder works too
     assert len(train) == 3 and train.split == "train"
     assert train.image_id(0) == "images/training/ADE_train_00000001.jpg"

@@ -198,7 +198,8 @@ def test_ar_reader_refuses_a_non_deb() -> None:
 def test_cli_unknown_dataset_is_one_error_line() -> None:
     r = subprocess.run([sys.executable, "-m", "visae", "data", "fetch", "imagenet"],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: ")
+    assert len(r.stderr.strip().splitlines()) == 1
     assert "fashion-mnist" in r.stderr and "Traceback" not in r.stderr
 
 

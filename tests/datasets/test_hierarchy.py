@@ -26,7 +26,8 @@ def test_imagenet_groups_are_wordnet_siblings_with_provenance() -> None:
     groups = h.sibling_groups(wnids)
     assert len(groups) == h.provenance["n_groups"] > 50
     assert all(len(g) >= 3 for g in groups)
-    assert "WordNet 3.0" in h.provenance["source"] and h.provenance["script"] == "scripts/build_imagenet_hierarchy.py"
+    assert "WordNet 3.0" in h.provenance["source"]
+    assert h.provenance["script"] == "scripts/build_imagenet_hierarchy.py"
     # WordNet 3.0: Persian, Siamese, Egyptian cat and tabby/tiger cat share the hypernym domestic cat
     # (n02121808)
     cats = next(m for name, m in h.groups.items() if name.endswith("(n02121808)"))
@@ -72,7 +73,8 @@ def _wnid(group: str) -> str:
 
 def test_authors_set_counts_and_rule() -> None:
     h = load_hierarchy("imagenet-authors")
-    assert h is not None and h.name == "imagenet-authors" and load_hierarchy("imagenet_authors").name == h.name
+    assert h is not None and h.name == "imagenet-authors"
+    assert load_hierarchy("imagenet_authors").name == h.name
     depths = [h.depth_of(g) for g in h.groups]
     assert (len(h.groups), depths.count(1), depths.count(2)) == (139, 92, 47)
     assert sum(len(m) for m in h.groups.values()) == 830

@@ -61,7 +61,8 @@ def test_dtd_folds_and_errors(tmp_path) -> None:
             img(tmp_path / "images" / c / f"{c}_{i}.jpg")
     (tmp_path / "labels").mkdir()
     for fold in (1, 2):
-        (tmp_path / "labels" / f"train{fold}.txt").write_text(f"banded/banded_{fold}.jpg\nzigzagged/zigzagged_0.jpg\n")
+        (tmp_path / "labels" / f"train{fold}.txt").write_text(
+            f"banded/banded_{fold}.jpg\nzigzagged/zigzagged_0.jpg\n")
         (tmp_path / "labels" / f"val{fold}.txt").write_text("banded/banded_0.jpg\n")
         (tmp_path / "labels" / f"test{fold}.txt").write_text("zigzagged/zigzagged_2.jpg\n")
     s = open_dtd(tmp_path, "train")

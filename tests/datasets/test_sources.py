@@ -186,8 +186,8 @@ def test_hf_saved_dataset(tmp_path):
     ds.save_to_disk(str(tmp_path / "ds"))
     src = open_source(f"hf:{tmp_path / 'ds'}", "val")
     assert len(src) == 2 and src.class_names == ["cat", "dog"] and src.image_id(1) == "validation/000001"
-    assert list(src.labels) == [1,
-                                0] and src.load(1).mode == "RGB" and src.load(1).getpixel((0, 0)) == (40, 40, 40)
+    assert list(src.labels) == [1, 0] and src.load(1).mode == "RGB"
+    assert src.load(1).getpixel((0, 0)) == (40, 40, 40)
     assert len(open_source(f"hf:{tmp_path / 'ds'}:train")) == 4
 
 

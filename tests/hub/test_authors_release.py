@@ -118,7 +118,8 @@ def test_cli_eval_by_repo_and_subfolder(release: Path, cache_dir: Path, tmp_path
     m2 = json.loads((out / "m2.json").read_text())
     assert m2["result"]["d_sae"] == 16 * D and m2["value"] is not None
     prov = m2["inputs"]["sae_provenance"]
-    assert prov["repo"] == REPO and prov["subfolder"] == "batchtopk_16x_k128" and prov["commit"] == release.name
+    assert prov["repo"] == REPO and prov["subfolder"] == "batchtopk_16x_k128"
+    assert prov["commit"] == release.name
     assert prov["files"]["sae.pt"] == sha256_file(release / "batchtopk_16x_k128" / "sae.pt")
 
 

@@ -57,9 +57,11 @@ def test_export_grid_with_metrics_loads_back(grid: tuple[Path, Path], tmp_path: 
     for name in ("batchtopk_2x_k4", "topk_4x_k8"):
         assert sorted(p.name for p in (out / name).iterdir()) == ["config.yaml", "model.safetensors"]
         assert sae_fingerprint(load_sae(out / name)) == sae_fingerprint(load_sae(grid_dir / name))
-        assert sha256_file(out / name / "model.safetensors") == sha256_file(grid_dir / name / "model.safetensors")
+        weights = "model.safetensors"
+        assert sha256_file(out / name / weights) == sha256_file(grid_dir / name / weights)
     card = _card(out / "README.md")
-    assert card.data.library_name == "visae" and card.data.base_model == "timm/vit_base_patch16_clip_224.openai"
+    assert card.data.library_name == "visae"
+    assert card.data.base_model == "timm/vit_base_patch16_clip_224.openai"
     text = card.text
     assert 'visae.load_sae("me/clip-saes", subfolder="batchtopk_2x_k4")' in text
     row = next(ln for ln in text.splitlines() if ln.startswith("| batchtopk_2x_k4 |") and "m2" not in ln

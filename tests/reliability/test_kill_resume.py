@@ -79,7 +79,8 @@ def _check_partial_cache(root: Path) -> None:
     if progress.is_file():
         state = json.loads(progress.read_text())  # atomic: always valid JSON
         for entry in state["shards"]:
-            assert sha256_file(folder / entry["file"]) == entry["sha256"], f"{entry['file']} listed but truncated"
+            assert sha256_file(folder / entry["file"]) == entry["sha256"], (
+                f"{entry['file']} listed but truncated")
 
 
 def _cache_outcome(root: Path) -> dict[str, Any]:

@@ -132,7 +132,8 @@ def test_report_tables_hold_the_results(study_dir: Path) -> None:
     low, high = t_dist.interval(0.95, len(vals) - 1, loc=vals.mean(), scale=sem(vals))
     assert got == f"{vals.mean():.3f} [{low:.3f}, {high:.3f}] (n = {len(vals)})"
     variance = tables["Table 3 — η² per metric"].set_index("metric")
-    n_m1 = len(results[(results["metric"] == "m1") & (results["family"] == "batchtopk") & (results["layer"] == 11)])
+    n_m1 = len(results[(results["metric"] == "m1") & (results["family"] == "batchtopk")
+                       & (results["layer"] == 11)])
     assert variance.loc["m1", "n_obs"] == str(n_m1)
     guide = tables["Backbone per task (App. P, Fig. 8)"].set_index("task")
     cub = _backbone_means(results, "task:cub_acc:raw")

@@ -29,8 +29,8 @@ def _cli(args: list[str]) -> tuple[int, str]:
     return res.exit_code, text
 
 
-def test_failure_line_keeps_the_whole_message_and_report_is_not_fresh(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_line_keeps_the_whole_message_and_report_is_not_fresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     use_fakes(monkeypatch)
     path = fake_study_yaml(tmp_path, backbones=("bb-a", "bb-b"))
     code, text = _cli(["study", "run", str(path)])

@@ -134,7 +134,8 @@ def test_end_to_end_from_an_ade20k_cache(tmp_path: Path) -> None:
             grid = rng.integers(1, N_SEG + 1, (2, 2))  # quadrants of a 64 × 48 image
             mask = np.kron(grid, np.ones((24, 32), dtype=np.int64)).astype(np.uint8)
             Image.fromarray(mask, mode="L").save(root / "annotations" / sub / f"{prefix}_{i:08d}.png")
-            Image.fromarray(colours[mask].astype(np.uint8)).save(root / "images" / sub / f"{prefix}_{i:08d}.png")
+            image = Image.fromarray(colours[mask].astype(np.uint8))
+            image.save(root / "images" / sub / f"{prefix}_{i:08d}.png")
     backbone = TinyViTBackbone(seed=0, device="cpu")
     caches = {split: open_cache(build_cache(backbone, f"ade20k:{root}", layer=0, out_dir=tmp_path / "caches",
                                             split=split, num_workers=0, progress=False, device="cpu"))
