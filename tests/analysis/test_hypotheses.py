@@ -100,8 +100,8 @@ def test_codes_lift_inversion_is_found() -> None:
 
 
 def test_layer_ablation() -> None:
-    rows = sae_rows("m4", {"clip": 0.6, "dinov2": 0.7}, layer=3) + sae_rows("m4",
-                                                                            {"clip": 0.8, "dinov2": 0.9})
+    rows = sae_rows("m4", {"clip": 0.6, "dinov2": 0.7}, layer=3)
+    rows += sae_rows("m4", {"clip": 0.8, "dinov2": 0.9})
     rows += sae_rows("m4", {"siglip": 0.85})
     out = layer_ablation(pd.DataFrame(rows), layers=(3, 11)).set_index("backbone")
     assert out.loc["clip", "difference"] == pytest.approx(0.2)

@@ -34,8 +34,8 @@ def check_tokens_per_image(tokens_per_image: int | None, n_patches: int,
 
 def sample_positions(source_indices: Sequence[int], n_patches: int, tokens_per_image: int,
                      seed: int) -> np.ndarray:
-    """Sorted patch positions ``int16 [len(source_indices), T]``: image ``i`` draws from ``rng([seed,
-    i])``."""
+    """Sorted patch positions ``int16 [len(source_indices), T]``: image ``i`` draws from
+    ``rng([seed, i])``."""
     check_tokens_per_image(tokens_per_image, n_patches)
     out = np.empty((len(source_indices), tokens_per_image), dtype=np.int16)
     for row, i in enumerate(source_indices):

@@ -317,8 +317,8 @@ def run_segmentation(sae: SAE | None, caches: ActivationCache | Mapping[str, Act
         miou, _ = miou_from_confusion(conf[kind])
         scores[f"task:segmentation_miou:{kind}"] = miou
         total = conf[kind][1:, 1:].sum()
-        scores[f"task:segmentation_acc:{kind}"] = float(np.trace(conf[kind][1:,
-                                                                            1:]) / total) if total else None
+        pixel_acc = float(np.trace(conf[kind][1:, 1:]) / total) if total else None
+        scores[f"task:segmentation_acc:{kind}"] = pixel_acc
         if miou is None:
             notes.append(f"{kind}: no labelled validation patches")
     protocol = (f"{split_note}; masks downsampled to the {val_cache.layout.grid_h}×{val_cache.layout.grid_w} "
