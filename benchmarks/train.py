@@ -131,8 +131,9 @@ def grid_from_disk(d: int, batch: int, steps: int, device: str, threads_note: st
           f"batch {batch}, {steps} steps, {device}; {threads_note}):")
     cpu_one, cpu_sep = cpu["one"], sum(v for k, v in cpu.items() if k != "one")
     print(f"  one pass for 12 SAEs:        {one:8.1f} s wall, {cpu_one:8.1f} s CPU (all threads)")
-    print(f"  12 passes (one SAE each):    {sep:8.1f} s wall, {cpu_sep:8.1f} s CPU   ratio {sep / one:.2f} x wall, "
-          f"{cpu_sep / cpu_one:.2f} x CPU  (goal ≥ 3 x; CPU time is the figure that a loaded machine disturbs least)")
+    print(f"  12 passes (one SAE each):    {sep:8.1f} s wall, {cpu_sep:8.1f} s CPU   "
+          f"ratio {sep / one:.2f} x wall, {cpu_sep / cpu_one:.2f} x CPU  "
+          "(goal ≥ 3 x; CPU time is the figure that a loaded machine disturbs least)")
     print(f"  one pass's reading alone R:  {r:8.1f} s   (cold read, shuffle, fp32, normalize); training C ≈ "
           f"{c:.1f} s")
     print(f"  model (12R + C) / (R + C):   {(12 * r + c) / (r + c):8.2f} x; the ratio reaches 3 x once R ≥ "
