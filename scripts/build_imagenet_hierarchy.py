@@ -40,7 +40,8 @@ DEPTH1_MIN, DEPTH2_MIN = 3, 5
 
 
 class WordNet:
-    """Just enough of a WordNet 3.0 noun database reader: first lemma, hypernyms in file order, synset names."""
+    """Just enough of a WordNet 3.0 noun database reader: first lemma, hypernyms in file order, synset
+    names."""
 
     def __init__(self, folder: Path) -> None:
         self.data = (folder / "data.noun").read_bytes()
@@ -88,8 +89,10 @@ def wnid(offset: int) -> str:
     return f"n{offset:08d}"
 
 
-def release_ties(path: Path | None, wnids: list[str], class_index: list[str] | None) -> tuple[dict[str, str], dict[str, str]]:
-    """From a ``wordnet_pairs.json``: class wnid → its depth-1 group synset name, and → its depth-2 group name."""
+def release_ties(path: Path | None, wnids: list[str],
+                 class_index: list[str] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """From a ``wordnet_pairs.json``: class wnid → its depth-1 group synset name, and → its depth-2 group
+    name."""
     if path is None:
         return {}, {}
     doc = json.loads(path.read_text())
@@ -162,7 +165,8 @@ def build(wn: WordNet, wnids: list[str], ties: Ties,
         if up:
             grand[w] = ties.pick(wn, w, 2, up, sure2)
             if grand[w] != up[0]:
-                broken.append({"class": w, "depth": 2, "chosen": wn.name(grand[w]), "file_order_first": wn.name(up[0])})
+                broken.append({"class": w, "depth": 2, "chosen": wn.name(grand[w]),
+                               "file_order_first": wn.name(up[0])})
     groups: dict[str, dict[str, Any]] = {}
     for depth, rel, min_size in ((1, parent, DEPTH1_MIN), (2, grand, DEPTH2_MIN)):
         if depth == 2 and not depth2:
@@ -186,7 +190,8 @@ def write(out: Path, name: str, groups: dict[str, dict[str, Any]], aliases: dict
         "group_info": {g: {k: v[k] for k in ("synset", "wnid", "depth")} for g, v in groups.items()},
         "aliases": aliases,
         "provenance": {**provenance, "n_groups": len(groups),
-                       "n_groups_by_depth": {str(d): sum(v["depth"] == d for v in groups.values()) for d in (1, 2)},
+                       "n_groups_by_depth": {str(d): sum(v["depth"] == d for v in groups.values())
+                                             for d in (1, 2)},
                        "n_class_slots": sum(len(v["classes"]) for v in groups.values()),
                        "n_classes": len({c for v in groups.values() for c in v["classes"]})},
     }
@@ -204,13 +209,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--wordnet-dir", default="/usr/share/wordnet", type=Path)
     ap.add_argument("--ties", type=Path, default=None,
-                    help="visaebench's wordnet_pairs.json: take its choice for classes with several hypernyms")
+                    help="visaebench's wordnet_pairs.json: take its choice for classes with several "
+                         "hypernyms")
     ap.add_argument("--out-dir", type=Path, default=DATA)
     args = ap.parse_args()
 
     info = Path(timm.__file__).parent / "data" / "_info"
     wnids = (info / "imagenet_synsets.txt").read_text().split()
-    lemma = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
+    lemma = dict(line.split("\t", 1)
+                 for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines()
                  if "\t" in line)
     if len(wnids) != 1000:
         raise SystemExit(f"{info}/imagenet_synsets.txt: expected 1000 wnids, found {len(wnids)}")
@@ -220,23 +227,27 @@ def main() -> None:
         aliases[lemma.get(w, "")] = w
         aliases[lemma.get(w, "").split(",")[0].strip()] = w
     aliases = dict(sorted(aliases.items()))
-    common = {"source": f"WordNet {wn.version} (Debian wordnet-base, {args.wordnet_dir}), ImageNet-1k wnids from "
-                        f"timm {timm.__version__}",
+    common = {"source": f"WordNet {wn.version} (Debian wordnet-base, {args.wordnet_dir}), ImageNet-1k wnids "
+                        f"from timm {timm.__version__}",
               "script": "scripts/build_imagenet_hierarchy.py", "date": dt.date.today().isoformat()}
 
     groups, _ = build(wn, wnids, Ties(({}, {})), depth2=False)
     write(args.out_dir / "imagenet_siblings.json", "imagenet", groups, aliases, {
-        **common, "rule": "paper §4.4: siblings = ImageNet-1k classes sharing their first direct WordNet hypernym "
+        **common,
+        "rule": "paper §4.4: siblings = ImageNet-1k classes sharing their first direct WordNet hypernym "
                           "(WordNet file order); groups with >= 3 classes"})
 
     ties = Ties(release_ties(args.ties, wnids, None))
     groups, broken = build(wn, wnids, ties, depth2=True)
     write(args.out_dir / "imagenet_authors_siblings.json", "imagenet-authors", groups, aliases, {
-        **common, "rule": "the authors' release (visaebench 0.1.0 data/wordnet_pairs.json): depth 1 = classes "
+        **common,
+        "rule": "the authors' release (visaebench 0.1.0 data/wordnet_pairs.json): depth 1 = classes "
                           "sharing their first direct hypernym, groups >= 3; depth 2 = classes sharing the "
-                          "parent's first hypernym, groups >= 5, grandparents that are a depth-1 group left out",
-        "ties": ("a class with several direct hypernyms takes the choice consistent with the release (Ties.pick; "
-                 "tie_breaks lists those that differ from WordNet file order)") if args.ties else "WordNet file order",
+                          "parent's first hypernym, groups >= 5, grandparents that are a depth-1 "
+                          "group left out",
+        "ties": ("a class with several direct hypernyms takes the choice consistent with the release "
+                 "(Ties.pick; tie_breaks lists those that differ from WordNet file order)"
+                 if args.ties else "WordNet file order"),
         "ties_from": str(args.ties.name) if args.ties else None, "tie_breaks": broken})
 
 

@@ -1,14 +1,15 @@
 """Behaviour check for refactors of the study pipeline: run the tiny study and compare it with a baseline.
 
-    python scripts/check_study_equal.py run OUT          # run the tiny study in OUT/study, snapshot to OUT/snapshot
+    python scripts/check_study_equal.py run OUT          # run the tiny study in OUT/study, snapshot it to
+                                                         # OUT/snapshot
     python scripts/check_study_equal.py compare BASE NEW # compare two snapshots (exit 1 on any difference)
 
 The tiny study is ``visae.study.testing.TINY_STUDY``, the one ``tests/study/test_end_to_end.py`` runs (tiny
-random ViTs, offline digits, every metric but M7, a retrieval task). A snapshot holds ``results.parquet``, ``details.parquet`` and every
-result JSON and per-feature table, named by what they describe (SAE id and metric, backbone and layer,
-task) rather than by job folder, so that a job whose hash changed is still compared with its old self.
-Timings and versions are left out of the comparison, paths are compared relative to the study folder, and
-numbers must match to rtol 1e-6.
+random ViTs, offline digits, every metric but M7, a retrieval task). A snapshot holds ``results.parquet``,
+``details.parquet`` and every result JSON and per-feature table, named by what they describe (SAE id and
+metric, backbone and layer, task) rather than by job folder, so that a job whose hash changed is still
+compared with its old self. Timings and versions are left out of the comparison, paths are compared relative
+to the study folder, and numbers must match to rtol 1e-6.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def snapshot(study: Path, out: Path) -> None:
     for kind in ("raw", "tasks"):
         for folder in sorted((study / kind).iterdir()):
             p = _done_params(folder)
-            tag = "-".join(str(x) for x in (p.get("task", {}).get("name"), p["backbone"], p["layer"]) if x is not None)
+            tag = "-".join(str(x) for x in (p.get("task", {}).get("name"), p["backbone"], p["layer"])
+                           if x is not None)
             dest = out / kind / tag
             dest.mkdir(parents=True, exist_ok=True)
             for f in folder.iterdir():
@@ -139,7 +141,8 @@ def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[0] == "compare":
         diffs = compare(Path(argv[1]), Path(argv[2]))
         n = sum(1 for p in Path(argv[1]).rglob("*") if p.suffix in (".json", ".parquet") and p.name != META)
-        print("\n".join(diffs) if diffs else f"equal: {n} files (results, details, every result JSON and table)")
+        print("\n".join(diffs) if diffs
+              else f"equal: {n} files (results, details, every result JSON and table)")
         return 1 if diffs else 0
     print(__doc__, file=sys.stderr)
     return 2
