@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,23 @@ from PIL import Image
 
 from visae.device import pick_device
 from visae.errors import CheckpointError, ConfigError, DataError
+
+
+def packaged_file(module: str, relative: tuple[str, ...], backbone: str, distribution: str,
+                  install_hint: str, reinstall: str) -> Path:
+    """Path of ``relative`` inside the installed package ``module``, found without importing it.
+
+    ConfigError naming ``backbone`` when the package (``distribution`` on PyPI) is missing (with
+    ``install_hint``) or lacks the file (with the ``reinstall`` command).
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"backbone {backbone}: the package {distribution} is not installed; {install_hint}")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder).joinpath(*relative)
+        if path.is_file():
+            return path
+    raise ConfigError(f"backbone {backbone}: {module} has no {'/'.join(relative)}; reinstall it: {reinstall}")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

