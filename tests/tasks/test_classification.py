@@ -11,8 +11,10 @@ from sklearn.preprocessing import StandardScaler
 from visae.backbones.layout import TokenLayout
 from visae.cache.reader import open_cache
 from visae.cache.testing import write_synthetic_cache
+from visae.errors import ConfigError
 from visae.metrics.probes import stratified_split
 from visae.tasks import run_task, task_rows
+from visae.tasks.base import train_and_held_out
 
 LAYOUT = TokenLayout(("cls",), 2, 2, 16)
 
@@ -62,3 +64,14 @@ def test_task_rows_with_train_and_test_caches(tmp_path, make_split_sae) -> None:
     assert got[("inat_acc", "codes", "sae-a")] == 1.0 and got[("inat_acc", "codes", "sae-b")] == 1.0
     assert ("inat_sparse_auc2", "codes", "sae-b") in got
     assert len(rows) == 1 + 2 * 2
+
+
+def test_train_and_held_out_takes_the_first_held_out_key_and_names_both_when_missing() -> None:
+    train, test, val = object(), object(), object()
+    pair = train_and_held_out({"train": train, "test": test, "val": val}, "classification", ("test", "val"))
+    assert pair[0] is train and pair[1] is test
+    pair = train_and_held_out({"train": train, "val": val}, "classification", ("test", "val"))
+    assert pair[1] is val
+    with pytest.raises(ConfigError, match=r"segmentation caches: need keys 'train' and 'val' \(or 'test'\), "
+                                          r"got \['val'\]"):
+        train_and_held_out({"val": val}, "segmentation", ("val", "test"))

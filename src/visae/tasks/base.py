@@ -9,7 +9,7 @@ backbone and layer is trained on the same cache, so ``raw`` is the same whicheve
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,17 @@ class FeatureGroup:
 
 
 @torch.no_grad()
+def train_and_held_out(caches: Mapping[str, ActivationCache], task: str,
+                       held_out: tuple[str, str]) -> tuple[ActivationCache, ActivationCache]:
+    """The ``train`` cache of ``caches`` and the held-out one (key ``held_out[0]``, else ``held_out[1]``);
+    ConfigError naming the keys a ``task`` needs otherwise."""
+    key = held_out[0] if held_out[0] in caches else held_out[1]
+    if "train" not in caches or key not in caches:
+        raise ConfigError(f"{task} caches: need keys 'train' and '{held_out[0]}' (or '{held_out[1]}'), got "
+                          f"{sorted(caches)}")
+    return caches["train"], caches[key]
+
+
 def iter_features(cache: ActivationCache, sae: SAE | None, kinds: Sequence[str], device: torch.device,
                   group_size: int = 64) -> Iterator[FeatureGroup]:
     """Every image group of ``cache`` with the requested feature kinds (one encoding pass)."""

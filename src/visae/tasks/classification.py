@@ -21,7 +21,6 @@ import torch
 from pydantic import Field
 
 from visae.cache.reader import ActivationCache
-from visae.errors import ConfigError
 from visae.metrics.probes import (
     ProbeConfig,
     fit_probe,
@@ -31,7 +30,14 @@ from visae.metrics.probes import (
     take_columns,
 )
 from visae.sae.base import SAE
-from visae.tasks.base import TaskConfig, TaskResult, check_features, headline, pooled_features
+from visae.tasks.base import (
+    TaskConfig,
+    TaskResult,
+    check_features,
+    headline,
+    pooled_features,
+    train_and_held_out,
+)
 from visae.tasks.registry import TaskSpec
 
 
@@ -97,13 +103,10 @@ def run_classification(sae: SAE | None, caches: ActivationCache | Mapping[str, A
         split = (f"one cache, stratified {1 - config.test_size:.0%}/{config.test_size:.0%} split "
                  f"(seed {config.seed})")
     else:
-        test_key = "test" if "test" in caches else "val"
-        if "train" not in caches or test_key not in caches:
-            raise ConfigError("classification caches: need keys 'train' and 'test' (or 'val'), got "
-                              f"{sorted(caches)}")
-        train = pooled_features(caches["train"], sae, kinds, device, config.group_size)
-        test = pooled_features(caches[test_key], sae, kinds, device, config.group_size)
-        y_train, y_test = caches["train"].labels, caches[test_key].labels
+        train_cache, test_cache = train_and_held_out(caches, "classification", ("test", "val"))
+        train = pooled_features(train_cache, sae, kinds, device, config.group_size)
+        test = pooled_features(test_cache, sae, kinds, device, config.group_size)
+        y_train, y_test = train_cache.labels, test_cache.labels
         split = "train and test caches"
     scores: dict[str, float | None] = {}
     notes = []

@@ -32,7 +32,15 @@ from pydantic import Field
 from visae.cache.reader import ActivationCache
 from visae.errors import ConfigError, DataError
 from visae.sae.base import SAE
-from visae.tasks.base import FeatureGroup, TaskConfig, TaskResult, check_features, headline, iter_features
+from visae.tasks.base import (
+    FeatureGroup,
+    TaskConfig,
+    TaskResult,
+    check_features,
+    headline,
+    iter_features,
+    train_and_held_out,
+)
 from visae.tasks.registry import TaskSpec
 
 
@@ -297,11 +305,7 @@ def run_segmentation(sae: SAE | None, caches: ActivationCache | Mapping[str, Act
         split_note = (f"one cache split by image (seed {config.seed}): {len(train_images)} train, "
                       f"{len(val_images)} val")
     else:
-        val_key = "val" if "val" in caches else "test"
-        if "train" not in caches or val_key not in caches:
-            raise ConfigError("segmentation caches: need keys 'train' and 'val' (or 'test'), got "
-                              f"{sorted(caches)}")
-        train_cache, val_cache = caches["train"], caches[val_key]
+        train_cache, val_cache = train_and_held_out(caches, "segmentation", ("val", "test"))
         train_images, val_images = np.arange(train_cache.n_images), np.arange(val_cache.n_images)
         split_note = f"train cache {train_cache.n_images} images, val cache {val_cache.n_images} images"
     spec = config.source or str(train_cache.manifest.source.get("spec", ""))
