@@ -196,13 +196,17 @@ class MoranAccumulator:
         keep = var_k > variance_eps
         if not bool(keep.any()):
             return
-        i_k = morans_i(x[keep])
+        self._score(x[keep], feature_k[keep], None if image_k is None else image_k[keep])
+
+    def _score(self, maps_khw: torch.Tensor, feature_k: torch.Tensor, image_k: torch.Tensor | None) -> None:
+        """Moran's I of maps already known to have variance > eps; accumulate the finite ones."""
+        i_k = morans_i(maps_khw)
         finite = torch.isfinite(i_k)
-        feats = feature_k[keep][finite]
+        feats = feature_k[finite]
         self.sum_f.index_add_(0, feats, i_k[finite].double())
         self.count_f.index_add_(0, feats, torch.ones_like(feats))
         if self.boot is not None and image_k is not None:
-            self._add_replicates(feats, image_k[keep][finite], i_k[finite])
+            self._add_replicates(feats, image_k[finite], i_k[finite])
 
     def feature_means(self) -> tuple[np.ndarray, np.ndarray]:
         """``(mean_I per feature (NaN where no valid image), valid image count per feature)``."""
@@ -324,15 +328,25 @@ class M1Accumulator(MoranAccumulator):
         pid = lookup[keys]
         on = pid >= 0
         pid, patch, vals = pid[on], codes.rows_n[on] % p, codes.vals_n[on]
+        # map variance (ddof 0, the zeros included) from float64 moments of the stored entries: only the
+        # maps that pass the variance rule are built
+        v64 = vals.double()
+        s1 = torch.zeros(pair_key.numel(), dtype=torch.float64, device=vals.device).index_add_(0, pid, v64)
+        s2 = torch.zeros_like(s1).index_add_(0, pid, v64 * v64)
+        keep = (s2 / p - (s1 / p) ** 2) > self.config.variance_eps
+        renum = torch.cumsum(keep, 0) - 1
+        on = keep[pid]
+        pid, patch, vals = renum[pid[on]], patch[on], vals[on]
+        pair_key = pair_key[keep]
         feat_k = pair_key % n_cols
         image_k = _positions(batch.image_index_n, pair_key // n_cols)
         for start in range(0, pair_key.numel(), MAPS_PER_CHUNK):
             stop = min(start + MAPS_PER_CHUNK, pair_key.numel())
             sel = (pid >= start) & (pid < stop) if stop - start < pair_key.numel() else slice(None)
-            maps = torch.zeros(stop - start, p, dtype=vals.dtype, device=vals.device)
-            maps[pid[sel] - start, patch[sel]] = vals[sel]
-            self.add(maps.reshape(-1, grid_h, grid_w), feat_k[start:stop], self.config.variance_eps,
-                     None if image_k is None else image_k[start:stop])
+            maps = torch.zeros(stop - start, p, dtype=torch.float32, device=vals.device)
+            maps[pid[sel] - start, patch[sel]] = vals[sel].float()
+            self._score(maps.reshape(-1, grid_h, grid_w), feat_k[start:stop],
+                        None if image_k is None else image_k[start:stop])
 
 
 def _positions(image_index_n: np.ndarray | None, local_k: torch.Tensor) -> torch.Tensor | None:

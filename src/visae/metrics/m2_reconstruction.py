@@ -124,9 +124,11 @@ class M2Accumulator:
             self.shift_d = a_td.double().mean(dim=0).float()
         err_td = a_td - recon_npd.reshape(-1, d).float()
         centred_td = a_td - self.shift_d
-        self.sum_err += torch.sum(err_td * err_td, dtype=torch.float64)
-        self.sum_sq += torch.sum(centred_td * centred_td, dtype=torch.float64)
-        self.sum_d += torch.sum(centred_td, dim=0, dtype=torch.float64)
+        # per-token (D terms) and per-group sums in the input precision, accumulated across tokens and
+        # groups in float64: no float64 copy of the [tokens, D] block
+        self.sum_err += torch.linalg.vecdot(err_td, err_td).sum(dtype=torch.float64)
+        self.sum_sq += torch.linalg.vecdot(centred_td, centred_td).sum(dtype=torch.float64)
+        self.sum_d += centred_td.sum(dim=0).double()
         self.sum_l0 += (codes.vals_n > 0).sum()
         self.max_f.scatter_reduce_(0, codes.cols_n, codes.vals_n.float(), reduce="amax")
         self.nnz_f += torch.bincount(codes.cols_n, minlength=self.d_sae)
