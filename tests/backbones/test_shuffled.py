@@ -13,6 +13,7 @@ from visae.backbones.registry import backbone_entry, control_of, evaluator_for, 
 from visae.backbones.shuffled import CONTROL, ShuffledBackbone, patch_permutation
 from visae.cache.testing import TinyViTBackbone
 from visae.errors import ConfigError
+from visae.metrics.encode import EncodedBatch
 from visae.metrics.m1_spatial import M1Config, null_expectation
 from visae.metrics.raw_spatial import RawConfig
 
@@ -60,6 +61,13 @@ def test_wrapper_identity_and_registry() -> None:
 NULL_DRAWS = 24
 
 
+def _codes_batch(codes_npf: torch.Tensor, grid: tuple[int, int]) -> EncodedBatch:
+    """An encoded group holding only codes (M1 reads nothing else)."""
+    n, p, _ = codes_npf.shape
+    empty = torch.zeros(n, p, 1)
+    return EncodedBatch(np.arange(n), np.zeros(n, dtype=np.int64), empty, codes_npf, empty, grid)
+
+
 def _null_draws(sae_dirs: list[Path], cache_dir: Path, m1_cfg: M1Config, raw_cfg: RawConfig,
                 draws: int = NULL_DRAWS) -> tuple[np.ndarray, np.ndarray]:
     """The permutation distribution of each SAE's M1 (``[SAEs, draws]``) and of the raw statistic
@@ -68,8 +76,6 @@ def _null_draws(sae_dirs: list[Path], cache_dir: Path, m1_cfg: M1Config, raw_cfg
     Each draw permutes every image's patches of ``cache_dir`` uniformly at random, so it is one sample
     of the statistic under the spatial-random null with the cache's own token vectors.
     """
-    from types import SimpleNamespace
-
     from visae.cache.reader import open_cache
     from visae.metrics.encode import encode_stream
     from visae.metrics.m1_spatial import compute_m1
@@ -91,7 +97,7 @@ def _null_draws(sae_dirs: list[Path], cache_dir: Path, m1_cfg: M1Config, raw_cfg
     for r in range(draws):
         for s, groups in enumerate(codes):
             g = torch.Generator().manual_seed(1000 + r)
-            batches = [SimpleNamespace(codes_npf=permuted(c, g), grid_hw=grid) for c in groups]
+            batches = [_codes_batch(permuted(c, g), grid) for c in groups]
             m1[s, r] = compute_m1(batches, groups[0].shape[-1], m1_cfg)[0].value
         g = torch.Generator().manual_seed(5000 + r)
         raw[r] = compute_raw([(permuted(a, g), grid) for a in acts], raw_cfg)[0].value
