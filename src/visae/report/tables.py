@@ -130,15 +130,34 @@ def table_m7(d: ReportData) -> pd.DataFrame:
     return t
 
 
+def _with_labels(d: ReportData, t: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Backbone names inside the text cells of ``columns`` replaced by display names (controls marked)."""
+    import re
+
+    names = sorted({str(b) for b in d.results.get("backbone", [])} | set(d.labels) | set(d.controls), key=len,
+                   reverse=True)
+    if not names:
+        return t
+    pattern = re.compile("|".join(rf"(?<![\w:-]){re.escape(n)}(?![\w-])" for n in names))
+    out = t.copy()
+    for c in columns:
+        if c in out:
+            out[c] = [pattern.sub(lambda m: d.label(m.group(0)), v) if isinstance(v, str) else v
+                      for v in out[c]]
+    return out
+
+
 def table_lift(d: ReportData) -> pd.DataFrame:
     """Table 8."""
-    return _analysis_table(d, "codes_lift_correlation", "needs tasks run on raw features and on SAE codes")
+    t = _analysis_table(d, "codes_lift_correlation", "needs tasks run on raw features and on SAE codes")
+    return _with_labels(d, t, ["lowest_lift", "highest_lift"])
 
 
 def table_consistency(d: ReportData) -> pd.DataFrame:
     """Table 9."""
     t = _analysis_table(d, "rank_consistency",
                         "needs two SAE families on the same backbones (e.g. a jumprelu block)")
+    t = _with_labels(d, t, ["ranking_a", "ranking_b"])
     return t[t["metric"].isin(HEADLINE)] if t["metric"].isin(HEADLINE).any() else t
 
 
