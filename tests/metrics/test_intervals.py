@@ -138,3 +138,26 @@ def test_raw_diagnostic_interval_from_indexed_groups(cache) -> None:
     plain, _, _ = compute_raw([(a, g) for a, g, _ in groups], cfg)
     assert with_ci.value == pytest.approx(plain.value)
     assert plain.ci_low is None and with_ci.ci_low is not None and with_ci.ci_high is not None
+
+
+def test_m6_dataset_interval_over_test_images() -> None:
+    import scipy.sparse as sp
+
+    from visae.metrics.encode import PooledFeatures
+    from visae.metrics.m6_cross_domain import M6Config, compute_m6_dataset
+
+    rng = np.random.default_rng(2)
+
+    def pooled(n: int) -> PooledFeatures:
+        labels = np.arange(n) % 3
+        acts = (rng.normal(size=(n, 6)) + labels[:, None]).astype(np.float32)
+        recon = (acts + rng.normal(scale=0.7, size=acts.shape)).astype(np.float32)
+        return PooledFeatures(labels, acts, recon, sp.csr_matrix(np.maximum(acts, 0)))
+
+    train, test = pooled(90), pooled(60)
+    cfg = M6Config(sparse_k=4, code_probe=False)
+    on = compute_m6_dataset(train, test, cfg, bootstrap=BootstrapConfig(n_boot=80))
+    off = compute_m6_dataset(train, test, cfg)
+    assert on.preservation == off.preservation and off.preservation_ci_low is None
+    assert on.preservation_ci_low is not None and on.preservation_ci_high is not None
+    assert on.preservation_ci_low <= on.preservation <= on.preservation_ci_high

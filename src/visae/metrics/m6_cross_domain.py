@@ -15,6 +15,7 @@ layer (official splits). A dataset given as one cache is split 80/20, stratified
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,6 +35,7 @@ from visae.metrics.probes import (
     stratified_split,
     take_columns,
 )
+from visae.uncertainty import BootstrapConfig, Interval, poisson_weights, ratio_interval
 
 
 class OODDataset(FrozenConfig):
@@ -109,6 +111,9 @@ class M6DatasetResult(BaseModel):
     n_test: int = Field(description="test images")
     n_classes: int = Field(description="classes in the training split")
     split: str = Field(description="'caches' (official train/test caches) or 'internal 80/20'")
+    preservation_ci_low: float | None = Field(None, description="lower end of the bootstrap interval of "
+                                              "preservation over test images (probes not refitted)")
+    preservation_ci_high: float | None = Field(None, description="its upper end")
 
 
 class M6Result(MetricResult):
@@ -119,14 +124,20 @@ class M6Result(MetricResult):
 
 
 def compute_m6_dataset(train: PooledFeatures, test: PooledFeatures, config: M6Config,
-                       split: str = "caches") -> M6DatasetResult:
-    """Probe raw, reconstructed and code features of one dataset (pooled train and test features)."""
+                       split: str = "caches", bootstrap: BootstrapConfig | None = None) -> M6DatasetResult:
+    """Probe raw, reconstructed and code features of one dataset (pooled train and test features); with
+    ``bootstrap``, an interval of preservation over the test images."""
     y_tr, y_te = train.labels_n, test.labels_n
     warm = config.warm_start  # reconstructions start from the raw probe; all codes from the top-k probe
     p_raw = fit_probe(train.acts_nd, y_tr, config.probe)
-    acc_raw = p_raw.accuracy(test.acts_nd, y_te)
-    acc_recon = fit_probe(train.recon_nd, y_tr, config.probe, init=p_raw if warm else None).accuracy(
-        test.recon_nd, y_te)
+    right_raw = p_raw.predict(test.acts_nd) == y_te
+    p_recon = fit_probe(train.recon_nd, y_tr, config.probe, init=p_raw if warm else None)
+    right_recon = p_recon.predict(test.recon_nd) == y_te
+    acc_raw, acc_recon = float(right_raw.mean()), float(right_recon.mean())
+    interval = None
+    if bootstrap is not None and bootstrap.n_boot > 0 and acc_raw > 0:
+        w_nb = poisson_weights(np.arange(len(y_te)), bootstrap.n_boot, bootstrap.seed).astype(np.float64)
+        interval = ratio_interval(right_recon @ w_nb, right_raw @ w_nb, bootstrap.level)
     k = min(config.sparse_k, train.codes_nf.shape[1])
     top = rank_features(train.codes_nf, y_tr)[:k]
     p_top = fit_probe(take_columns(train.codes_nf, top), y_tr, config.probe)
@@ -142,7 +153,9 @@ def compute_m6_dataset(train: PooledFeatures, test: PooledFeatures, config: M6Co
     return M6DatasetResult(acc_raw=acc_raw, acc_recon=acc_recon, acc_codes=acc_codes,
                            preservation=acc_recon / acc_raw if acc_raw > 0 else None,
                            sparse_auc=None if auc is None or np.isnan(auc) else auc, sparse_k=k,
-                           n_train=len(y_tr), n_test=len(y_te), n_classes=len(np.unique(y_tr)), split=split)
+                           n_train=len(y_tr), n_test=len(y_te), n_classes=len(np.unique(y_tr)), split=split,
+                           preservation_ci_low=interval.low if interval else None,
+                           preservation_ci_high=interval.high if interval else None)
 
 
 def _rows(p: PooledFeatures, idx: np.ndarray) -> PooledFeatures:
@@ -178,7 +191,7 @@ def compute_m6(ctx: EvalContext, config: M6Config) -> M6Result:
         else:
             tr, te = stratified_split(train.labels_n, config.test_size, config.seed)
             train, test, split = _rows(train, tr), _rows(train, te), "internal 80/20"
-        out[ds.name] = compute_m6_dataset(train, test, config, split)
+        out[ds.name] = compute_m6_dataset(train, test, config, split, ctx.bootstrap)
     head = config.headline or names[0]
     internal = [name for name, result in out.items() if result.split != "caches"]
     note = (f"no test cache for {', '.join(internal)}: split 80/20 stratified, seed {config.seed}"
@@ -186,9 +199,13 @@ def compute_m6(ctx: EvalContext, config: M6Config) -> M6Result:
     if out[head].preservation is None:
         note = "; ".join(filter(None, [note, f"{head}: the raw probe has accuracy 0, so preservation "
                                              "acc_recon / acc_raw is undefined"]))
-    return M6Result(metric="m6", value=out[head].preservation, higher_is_better=True, note=note,
-                    headline=head,
-                    datasets=out)
+    result = M6Result(metric="m6", value=out[head].preservation, higher_is_better=True, note=note,
+                      headline=head, datasets=out)
+    if out[head].preservation_ci_low is None or out[head].preservation_ci_high is None:
+        return result
+    interval = Interval(out[head].preservation_ci_low, out[head].preservation_ci_high, ctx.bootstrap.level,
+                        ctx.bootstrap.n_boot, "bootstrap")
+    return typing.cast(M6Result, result.with_interval(interval, unit=f"{head} test images"))
 
 
 @register_metric
