@@ -161,3 +161,25 @@ def test_m6_dataset_interval_over_test_images() -> None:
     assert on.preservation == off.preservation and off.preservation_ci_low is None
     assert on.preservation_ci_low is not None and on.preservation_ci_high is not None
     assert on.preservation_ci_low <= on.preservation <= on.preservation_ci_high
+
+
+def test_m7_interval_resamples_tasks() -> None:
+    from visae.metrics.m7_absorption import compute_m7
+
+    rng = np.random.default_rng(0)
+    y = np.arange(800) % 4
+    codes = (np.maximum(rng.normal(size=(800, 40)), 0) * (rng.random((800, 40)) < 0.2)).astype(np.float32)
+    codes[:, 3] = y == 0
+    which = rng.integers(0, 4, 800)
+    for j in range(4):
+        codes[:, 10 + j] = (y == 1) & (which == j)  # class 1's signal split over four features: absorbed
+    boot = BootstrapConfig(n_boot=30, seed=1)
+    result, tasks = compute_m7(codes, y, [[0, 1, 2, 3]], bootstrap=boot)
+    absorbed = np.array([bool(t["absorbed"]) for t in tasks], dtype=float)
+    w_nb = poisson_weights(np.arange(len(tasks)), boot.n_boot, boot.seed)
+    with np.errstate(invalid="ignore"):
+        reps = (absorbed @ w_nb) / w_nb.sum(axis=0)  # rate over each replicate's resampled tasks
+    finite = reps[np.isfinite(reps)]
+    assert result.ci_low == pytest.approx(np.quantile(finite, 0.025))
+    assert result.ci_high == pytest.approx(np.quantile(finite, 0.975))
+    assert "tasks" in result.ci_method

@@ -12,6 +12,7 @@ or siblings are missing from either split are not eligible. The App. N grid (α 
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Annotated, ClassVar
 
@@ -31,6 +32,7 @@ from visae.metrics.probes import (
     stratified_split,
     take_columns,
 )
+from visae.uncertainty import BootstrapConfig, percentile_interval, weighted_replicates
 
 TASKS_TABLE = "m7_tasks.parquet"
 
@@ -136,8 +138,10 @@ def absorption_rate(f1_small: np.ndarray, f1_large: np.ndarray, alpha: float, be
 def compute_m7(codes_nf: ArrayLike, labels_n: np.ndarray, groups: list[list[int]],
                config: M7Config | None = None,
                group_names: list[str] | None = None,
-               hierarchy_name: str = "") -> tuple[M7Result, list[dict[str, object]]]:
-    """M7 and its per-task records on image-level codes, for sibling ``groups`` of class indices."""
+               hierarchy_name: str = "",
+               bootstrap: BootstrapConfig | None = None) -> tuple[M7Result, list[dict[str, object]]]:
+    """M7 and its per-task records on image-level codes, for sibling ``groups`` of class indices; with
+    ``bootstrap``, an interval of the rate over the class-vs-sibling tasks (its unit)."""
     config = config or M7Config()
     tasks = absorption_tasks(codes_nf, labels_n, groups, config, group_names)
     f1_1 = np.array([t["f1_k1"] for t in tasks], dtype=np.float64)
@@ -154,7 +158,12 @@ def compute_m7(codes_nf: ArrayLike, labels_n: np.ndarray, groups: list[list[int]
                       n_absorbed=int(sum(bool(t["absorbed"]) for t in tasks)), n_groups=len(groups),
                       hierarchy=hierarchy_name, mean_f1_k1=float(f1_1.mean()) if tasks else None,
                       mean_f1_k4=float(f1_4.mean()) if tasks else None, grid=grid)
-    return result, tasks
+    if bootstrap is None or bootstrap.n_boot == 0 or len(tasks) < 2:
+        return result, tasks
+    absorbed = np.array([bool(t["absorbed"]) for t in tasks], dtype=np.float64)
+    reps = weighted_replicates(absorbed, np.arange(len(tasks)), bootstrap)
+    return typing.cast(M7Result, result.with_interval(percentile_interval(reps, bootstrap.level),
+                                                       unit="class-vs-sibling tasks")), tasks
 
 
 def write_tasks(path: Path, tasks: list[dict[str, object]], class_names: list[str]) -> None:
@@ -197,7 +206,8 @@ class M7Absorption(Metric[M7Config]):
                                  "a hierarchy JSON file", n_tasks=0, n_absorbed=0, n_groups=0, hierarchy="",
                             mean_f1_k1=None, mean_f1_k4=None, grid=[])
         result, tasks = compute_m7(pooled.codes_nf, pooled.labels_n, [g for _, g in named], self.config,
-                                   [n for n, _ in named], hierarchy.name if hierarchy else "")
+                                   [n for n, _ in named], hierarchy.name if hierarchy else "",
+                                   self.ctx.bootstrap)
         if self.ctx.out_dir is not None and self.config.write_tasks:
             write_tasks(self.ctx.out_dir / TASKS_TABLE, tasks, class_names)
         return result
