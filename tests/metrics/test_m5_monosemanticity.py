@@ -405,3 +405,26 @@ def test_offline_pair_end_to_end(tmp_path: Path, backbone: str, evaluator: str) 
     print(f"\n{backbone} scored by {evaluator}: M5_norm={r.value:.4f} raw={r.raw:.4f} "
           f"baseline={r.baseline:.4f} live={r.n_live} pool={r.n_embedded_images}; cache {t_cache:.1f}s, eval "
           f"{t_eval:.1f}s, eval with stored embeddings {t_again:.1f}s")
+
+
+def test_interval_resamples_features_and_baseline_groups() -> None:
+    from visae.uncertainty import BootstrapConfig, percentile_interval, weighted_replicates
+
+    pooled, labels, emb = planted(n_images=600, n_feat=80, seed=2)
+    config = M5Config(n_baseline_groups=100)
+    values, index, lo, hi = stream_topn(pooled, config.top_n, [64] * (len(pooled) // 64 + 1)).result()
+    boot = BootstrapConfig(n_boot=50, seed=4)
+    result, table = compute_m5(values, index, lo, hi, labels, lambda i: emb[i], config, bootstrap=boot)
+    plain, _ = compute_m5(values, index, lo, hi, labels, lambda i: emb[i], config)
+    assert result.value == plain.value and plain.ci_low is None
+    # independent recomputation: resample the per-feature scores of the table and the baseline's groups
+    ms = table["ms"].to_numpy(dtype=float)
+    ms = ms[np.isfinite(ms)]
+    from visae.metrics.m5_monosemanticity import random_group_baseline
+
+    emb_pool = np.asarray(emb[np.unique(index[:, table["feature"].to_numpy()])], dtype=np.float64)
+    base_g = random_group_baseline(emb_pool, config.top_n, config.n_baseline_groups, config.seed)
+    raw_b = weighted_replicates(ms, np.arange(len(ms)), boot)
+    base_b = weighted_replicates(base_g, np.arange(len(base_g)) + (1 << 40), boot)
+    ref = percentile_interval((raw_b - base_b) / (1.0 - base_b), boot.level)
+    assert (result.ci_low, result.ci_high) == pytest.approx((ref.low, ref.high))

@@ -12,6 +12,7 @@ within-class and between-class parts (App. K): MS = ρ_within·MS_within + ρ_be
 
 from __future__ import annotations
 
+import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from visae.io import atomic_write_with
 from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
 from visae.metrics.embeddings import BackboneEmbedder, EmbeddingStore, ImageEmbedder, open_cache_source
 from visae.metrics.encode import EncodedBatch, PooledFeatures
+from visae.uncertainty import BootstrapConfig, Interval, percentile_interval, weighted_replicates
 
 FEATURES_FILE = "m5_features.parquet"
 
@@ -249,12 +251,24 @@ def _sem(x: np.ndarray) -> float | None:
     return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else None
 
 
+def _interval(ms_f: np.ndarray, baseline_g: np.ndarray, bootstrap: BootstrapConfig) -> Interval:
+    """Percentile interval of normalized M5, resampling features and baseline groups independently."""
+    ms = ms_f[np.isfinite(ms_f)]
+    raw_b = weighted_replicates(ms, np.arange(len(ms)), bootstrap)
+    base_b = weighted_replicates(baseline_g, np.arange(len(baseline_g)) + (1 << 40), bootstrap)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value_b = np.where(base_b < 1.0, (raw_b - base_b) / (1.0 - base_b), np.nan)
+    return percentile_interval(value_b, bootstrap.level)
+
+
 def compute_m5(top_values_kf: np.ndarray, top_index_kf: np.ndarray, min_f: np.ndarray, max_f: np.ndarray,
                labels_n: np.ndarray, embed: ImageEmbedder, config: M5Config,
-               evaluator: str = "", embedding_kind: str = "") -> tuple[M5Result, pd.DataFrame]:
+               evaluator: str = "", embedding_kind: str = "",
+               bootstrap: BootstrapConfig | None = None) -> tuple[M5Result, pd.DataFrame]:
     """M5 from the streamed top-N statistics; ``embed`` maps cache positions to evaluator embeddings.
 
-    Returns the summary and the per-feature table (one row per scored feature).
+    Returns the summary and the per-feature table (one row per scored feature). With ``bootstrap``, the
+    interval resamples M5's own units: the scored features and the baseline's random groups.
     """
     n_feat = top_values_kf.shape[1]
     n_top = top_values_kf.shape[0]
@@ -303,6 +317,9 @@ def compute_m5(top_values_kf: np.ndarray, top_index_kf: np.ndarray, min_f: np.nd
         n_between_defined=int(np.isfinite(scores.ms_between).sum()),
         **base,
     )
+    if value is not None and bootstrap is not None and bootstrap.n_boot > 0:
+        result = typing.cast(M5Result, result.with_interval(_interval(scores.ms, baseline_g, bootstrap),
+                                                             unit="scored features and baseline groups"))
     table = pd.DataFrame({
         "feature": scored.astype(np.int64),
         "ms": scores.ms, "ms_within": scores.ms_within, "ms_between": scores.ms_between,
@@ -420,7 +437,8 @@ class M5Monosemanticity(Metric[M5Config]):
             return np.asarray(self.embedder(index_n))
 
         result, table = compute_m5(values_kf, index_kf, min_f, max_f, self.ctx.cache.labels, embed_lazily,
-                                   self.config, evaluator=self.evaluator, embedding_kind=kind)
+                                   self.config, evaluator=self.evaluator, embedding_kind=kind,
+                                   bootstrap=self.ctx.bootstrap)
         if "kind" in loaded:
             result = result.model_copy(update={"embedding_kind": loaded["kind"]})
         if self.config.write_features and self.ctx.out_dir is not None and len(table):
