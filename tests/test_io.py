@@ -46,3 +46,14 @@ def test_safe_join_refuses_escape(tmp_path: Path) -> None:
     for bad in ("../evil", "/etc/passwd", "a/../../b"):
         with pytest.raises(VisaeError, match="outside"):
             safe_join(tmp_path, bad)
+
+
+def test_pid_alive_on_this_host() -> None:
+    import os
+
+    from visae.io import pid_alive
+
+    assert pid_alive(os.getpid())
+    for invalid in (-1, 0, "x", None, 2**80):  # never a process group, never a crash
+        assert pid_alive(invalid) is False
+        assert pid_alive(invalid, invalid_is_alive=True) is True

@@ -95,13 +95,21 @@ def atomic_write_with(path: Path | str, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: object, invalid_is_alive: bool = False) -> bool:
+    """Whether a process with this id runs on this host (one owned by another user counts as alive);
+    a value that is no valid pid (not an integer, or ≤ 0, which would address process groups) counts as
+    ``invalid_is_alive``."""
     try:
-        os.kill(pid, 0)
+        number = int(pid)  # type: ignore[call-overload]
+        if number <= 0:
+            return invalid_is_alive
+        os.kill(number, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, ValueError):
+    except PermissionError:
         return True
+    except (OverflowError, ValueError, TypeError):
+        return invalid_is_alive
     return True
 
 
@@ -118,8 +126,8 @@ def remove_leftover_tmp(folder: Path | str, recursive: bool = False) -> list[Pat
     removed = []
     for p in folder.rglob("*.tmp-*") if recursive else folder.glob("*.tmp-*"):
         m = re.search(r"\.tmp-(\d+)", p.name)
-        if m is None or not p.is_file() or _pid_alive(int(m.group(1))):  # ours or a live writer's: keep
-            continue
+        if m is None or not p.is_file() or pid_alive(m.group(1), invalid_is_alive=True):
+            continue  # ours or a live writer's: keep
         with contextlib.suppress(OSError):
             p.unlink()
             removed.append(p)

@@ -11,18 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from visae.errors import CacheError
+from visae.io import pid_alive
 
 
 def _holder_alive(other: dict[str, object], host: str) -> bool:
     if other.get("host") != host:
         return True  # another machine's process: we cannot tell, so it counts as alive
-    try:
-        os.kill(int(other.get("pid", -1)), 0)  # type: ignore[call-overload]
-    except (ProcessLookupError, ValueError, OverflowError, TypeError):
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(other.get("pid", -1))
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from visae.errors import StudyError
-from visae.io import atomic_write_json
+from visae.io import atomic_write_json, pid_alive
 from visae.results.layout import DONE_FILE as DONE
 from visae.results.layout import LOCK_FILE as LOCK
 from visae.study.job import Job
@@ -55,16 +55,6 @@ def write_done(folder: Path, record: dict[str, Any]) -> None:
     atomic_write_json(folder / DONE, {**record, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def study_lock(root: Path) -> Iterator[None]:
     """Hold ``root/study.lock`` for the duration; StudyError if another live process holds it."""
@@ -81,7 +71,7 @@ def study_lock(root: Path) -> Iterator[None]:
             except (OSError, ValueError):
                 holder = {}
             pid, other_host = holder.get("pid"), holder.get("host")
-            if isinstance(pid, int) and other_host == host and not _pid_alive(pid):
+            if isinstance(pid, int) and other_host == host and not pid_alive(pid):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()  # stale: its process is gone; take it over
                 continue
