@@ -113,3 +113,29 @@ def test_ray_executor_local_instance(clean_run: Path, tmp_path: Path) -> None:
     assert ours[["backbone", "sae_id", "metric"]].equals(ref[["backbone", "sae_id", "metric"]])
     # Ray workers run torch single-threaded: float sums differ in the last bits, so compare loosely.
     assert (ours["value"] - ref["value"]).abs().max() < 0.05
+
+
+@pytest.mark.slow
+def test_a_member_retrained_alone_equals_the_clean_run(clean_run: Path, tmp_path: Path) -> None:
+    """A killed run may stop after some SAEs of a training group are done: the rest must initialise as in
+    the clean run (their seed follows their place in the group, not in what is left)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    saes = json.loads((clean_run / "results" / "saes.json").read_text())
+    entries = saes if isinstance(saes, list) else saes.get("saes", list(saes.values()))
+    groups: dict[tuple[str, int, str], list[dict]] = {}
+    for e in entries:
+        groups.setdefault((e["backbone"], e["layer"], e["family"]), []).append(e)
+    member = next(g[-1] for g in groups.values() if len(g) > 1)  # the last of a group of several
+    out = tmp_path / "out"
+    shutil.copytree(clean_run, out)
+    shutil.rmtree(out / member["out"])
+    cfg = load_study_config(tiny_yaml(tmp_path))
+    _, summary = run_study(cfg)
+    assert summary is not None and summary.ok
+    clean = load_file(clean_run / member["out"] / "model.safetensors")
+    again = load_file(out / member["out"] / "model.safetensors")
+    for name, tensor in clean.items():
+        assert (again[name] == tensor).all(), name

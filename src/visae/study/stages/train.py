@@ -86,11 +86,14 @@ def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
     if not todo:
         return {"trained": 0}
     cache = open_job_cache(root, p.cache)
-    specs = [SAESpec(family=m.family, expansion=m.expansion, k=m.k, hparams=dict(m.hparams or {}),
-                     name=m.sae_id,
-                     seed=m.seed) for m in todo]
     settings = {"seed": p.seed, "progress": False, **p.train, "device": device}
     cfg = build_config(TrainConfig, settings, source=f"study train settings ({job.label})")
+    # Each SAE's initialisation follows from its place in the whole group, not among those left to
+    # train: a run resumed after some members finished initialises the rest exactly as a clean run.
+    place = {m.sae_id: i for i, m in enumerate(p.saes)}
+    specs = [SAESpec(family=m.family, expansion=m.expansion, k=m.k, hparams=dict(m.hparams or {}),
+                     name=m.sae_id, seed=m.seed if m.seed is not None else cfg.seed + place[m.sae_id])
+             for m in todo]
     work = root / TRAIN_DIR / job.id
     try:
         paths = train_saes(cache, specs, work, cfg)
