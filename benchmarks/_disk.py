@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from visae.backbones.layout import TokenLayout
 from visae.cache.positions import SUBSAMPLED_SCHEMA_VERSION, sample_positions
@@ -79,7 +80,29 @@ def cold_read_rate(folder: Path, block: int = 8 << 20) -> float:
 
 def machine_line() -> str:
     """CPU count and load, printed by every benchmark (other jobs share this machine)."""
-    import torch
-
     return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
             f"load average {os.getloadavg()[0]:.1f}")
+
+
+def batchtopk_step(d: int, d_sae: int, k: int, batch: int, device: torch.device, dtype: str = "fp32",
+                   sync: bool = False):
+    """visae's BatchTopK training step (Adam, unit-norm decoder) on one fixed batch, as a closure;
+    ``sync`` waits for the GPU after each step (for per-step timing)."""
+    from visae.sae.registry import make_sae
+
+    torch.manual_seed(0)
+    sae = make_sae("batchtopk", d, d_sae=d_sae, k=k).to(device)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    x = torch.randn(batch, d, device=device)
+    cd = torch.bfloat16 if dtype == "bf16" else torch.float32
+
+    def step() -> None:
+        sae.training_step(x, cd)
+        sae.remove_parallel_grad()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sae.after_step()
+        if sync and device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step

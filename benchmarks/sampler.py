@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from _disk import cold_read_rate, drop_pages, machine_line, write_disk_cache
+from _disk import batchtopk_step, cold_read_rate, drop_pages, machine_line, write_disk_cache
 from visae.cache.reader import open_cache
 
 
@@ -39,24 +39,7 @@ def sampler_rate(cache_dir: Path, batch: int, prefetch: bool, max_batches: int |
 
 def step_rate(d: int, expansion: int, k: int, batch: int, device: str, dtype: str, steps: int) -> float:
     """Tokens/s of visae's BatchTopK training step (Adam, unit-norm decoder) on ``device``."""
-    from visae.sae.registry import make_sae
-
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    sae = make_sae("batchtopk", d, d_sae=d * expansion, k=k).to(dev)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
-    x = torch.randn(batch, d, device=dev)
-    cd = torch.bfloat16 if dtype == "bf16" else torch.float32
-
-    def step() -> None:
-        sae.training_step(x, cd)
-        sae.remove_parallel_grad()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sae.after_step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
+    step = batchtopk_step(d, d * expansion, k, batch, torch.device(device), dtype, sync=True)
     step()
     times = []
     for _ in range(steps):

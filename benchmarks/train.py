@@ -46,22 +46,9 @@ def gemm_rate(b: int, d: int, f: int, steps: int, dtype: torch.dtype = torch.flo
 
 
 def ours_step(d: int, f: int, k: int, b: int, dtype: str = "fp32"):
-    from visae.sae.registry import make_sae
+    from _disk import batchtopk_step
 
-    torch.manual_seed(0)
-    sae = make_sae("batchtopk", d, d_sae=f, k=k).to(DEVICE)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
-    x = torch.randn(b, d, device=DEVICE)
-    cd = torch.bfloat16 if dtype == "bf16" else torch.float32
-
-    def step() -> None:
-        sae.training_step(x, cd)
-        sae.remove_parallel_grad()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sae.after_step()
-
-    return step
+    return batchtopk_step(d, f, k, b, DEVICE, dtype)
 
 
 def overcomplete_step(d: int, f: int, k: int, b: int):
