@@ -203,34 +203,21 @@ def train_on_batches(saes: list[tuple[str, TrainableSAE]], batches: Iterator[tor
         bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     step = start_step
     t0 = time.perf_counter()
+    for t in trainees:
+        t.sae.train()
     for x_bd in batches:
         x_bd = x_bd.to(device, non_blocking=True).float()
-        row: dict[str, Any] = {"step": step + 1, "tokens": (step + 1) * x_bd.shape[0]}
-        for t in trainees:
-            t.sae.train()
-            dead_f = t.since_fired_f >= cfg.dead_after_tokens
-            want_aux = cfg.aux_k is not None and bool(dead_f.any())
-            res = t.sae.training_step(x_bd, compute_dtype, keep_residual=want_aux)
-            aux = 0.0
-            if want_aux and res.residual_bd is not None and cfg.aux_k is not None:
-                aux = _aux_k_loss(t, x_bd, res.residual_bd, dead_f, cfg.aux_k, cfg.aux_coeff)
-            if cfg.remove_parallel_grads:
-                t.sae.remove_parallel_grad()
-            t.opt.step()
-            t.opt.zero_grad(set_to_none=True)
-            t.sae.after_step()
-            t.since_fired_f.add_(x_bd.shape[0])
-            t.since_fired_f[res.fired_f] = 0
-            t.sum_l0 += res.l0
-            t.n_steps += 1
-            row[t.name] = {"loss": res.loss, "fvu": res.fvu, "l0": res.l0, "aux": aux,
-                           "dead": int((t.since_fired_f >= cfg.dead_after_tokens).sum())}
+        stats = [_step_trainee(t, x_bd, cfg, compute_dtype) for t in trainees]
         step += 1
         if bar is not None:
-            first = row[trainees[0].name]
+            first = stats[0]
             bar.set_postfix(loss=f"{first['loss']:.3g}", fvu=f"{first['fvu']:.3f}", l0=f"{first['l0']:.1f}")
             bar.update(1)
         if out_dir is not None and (step % cfg.log_every == 0 or step == 1):
+            # the dead counts are read only for a logged row (on a GPU each is a host sync per SAE)
+            row: dict[str, Any] = {"step": step, "tokens": step * x_bd.shape[0]}
+            for t, st in zip(trainees, stats, strict=True):
+                row[t.name] = {**st, "dead": int((t.since_fired_f >= cfg.dead_after_tokens).sum())}
             row["elapsed_s"] = time.perf_counter() - t0
             _append_jsonl(out_dir / LOG_FILE, row)
         if out_dir is not None and step % cfg.checkpoint_every == 0:
@@ -240,6 +227,29 @@ def train_on_batches(saes: list[tuple[str, TrainableSAE]], batches: Iterator[tor
     if bar is not None:
         bar.close()
     return trainees
+
+
+def _step_trainee(t: _Trainee, x_bd: torch.Tensor, cfg: TrainConfig, compute_dtype: torch.dtype,
+                  ) -> dict[str, float]:
+    """One training step of one SAE of the group on the shared batch; returns its loss, FVU, L0, AuxK."""
+    want_aux = False
+    if cfg.aux_k is not None:
+        dead_f = t.since_fired_f >= cfg.dead_after_tokens
+        want_aux = bool(dead_f.any())
+    res = t.sae.training_step(x_bd, compute_dtype, keep_residual=want_aux)
+    aux = 0.0
+    if want_aux and res.residual_bd is not None and cfg.aux_k is not None:
+        aux = _aux_k_loss(t, x_bd, res.residual_bd, dead_f, cfg.aux_k, cfg.aux_coeff)
+    if cfg.remove_parallel_grads:
+        t.sae.remove_parallel_grad()
+    t.opt.step()
+    t.opt.zero_grad(set_to_none=True)
+    t.sae.after_step()
+    t.since_fired_f.add_(x_bd.shape[0])
+    t.since_fired_f.masked_fill_(res.fired_f, 0)  # not a boolean index: no host sync on a GPU
+    t.sum_l0 += res.l0
+    t.n_steps += 1
+    return {"loss": res.loss, "fvu": res.fvu, "l0": res.l0, "aux": aux}
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -338,6 +348,7 @@ def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str
             sampled.close()  # type: ignore[attr-defined]  # ends the sampler's reader thread
         _save_state(out, total, trainees, {})
     heldout_desc, held = _heldout(cache_obj, cfg, trainable)
+    held = [h.to(device) for h in held]  # one copy for the whole group
     paths = [_finish_trainee(t, out, cfg, device, (heldout_desc, held), provenance) for t in trainees]
     atomic_write_json(out / "trained.json", {"saes": [str(p) for p in paths]})
     return paths
