@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from visae.backbones.layout import TokenLayout
 from visae.cache.reader import open_cache
 from visae.cache.testing import write_synthetic_cache
+from visae.metrics import m1_spatial
 from visae.metrics.encode import EncodedBatch, encode_stream
 from visae.metrics.evaluate import evaluate
 from visae.metrics.m1_spatial import M1Accumulator, M1Config
@@ -48,7 +49,9 @@ def _m1_value(acc: M1Accumulator, cfg: M1Config) -> float:
     return float(evaluable.mean()) if evaluable.size else float("nan")
 
 
-def test_m1_replicates_equal_m1_on_resampled_images() -> None:
+@pytest.mark.parametrize("dense_ratio", [16, 0], ids=["table-gemm", "scatter"])
+def test_m1_replicates_equal_m1_on_resampled_images(dense_ratio, monkeypatch) -> None:
+    monkeypatch.setattr(m1_spatial, "DENSE_REPLICATE_RATIO", dense_ratio)
     grid, n = (6, 6), 40
     codes = _blob_codes(n, *grid)
     cfg = M1Config(min_valid_images=25)

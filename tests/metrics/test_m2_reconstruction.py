@@ -9,6 +9,7 @@ import torch
 from visae.backbones.layout import TokenLayout
 from visae.cache.reader import open_cache
 from visae.cache.testing import write_synthetic_cache
+from visae.metrics import m2_reconstruction
 from visae.metrics.encode import encode_stream
 from visae.metrics.m2_reconstruction import M2Config, compute_m2
 from visae.sae.testing import ReluSAE, identity_sae
@@ -30,7 +31,9 @@ def stored_acts(cache) -> np.ndarray:
     return np.concatenate([a.numpy() for _, a in cache.iter_images(group_size=100)]).astype(np.float64)
 
 
-def test_m2_equals_direct_numpy(cache) -> None:
+@pytest.mark.parametrize("work_tokens", [4096, 12, 25], ids=["one-chunk", "image-chunks", "uneven"])
+def test_m2_equals_direct_numpy(cache, work_tokens, monkeypatch) -> None:
+    monkeypatch.setattr(m2_reconstruction, "WORK_TOKENS", work_tokens)
     torch.manual_seed(0)
     sae = ReluSAE(6, 16)
     with torch.no_grad():

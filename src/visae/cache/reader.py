@@ -8,6 +8,7 @@ whole cache into memory.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,8 +226,10 @@ class ActivationCache:
         return (acts - mean) / self._std
 
     def _to_torch(self, arr: np.ndarray, normalize: bool) -> torch.Tensor:
-        t = torch.from_numpy(np.asarray(arr, dtype=np.float32))
-        if not bool(torch.isfinite(t).all()):
+        t = torch.from_numpy(arr.astype(np.float32))  # always a fresh copy: consumers may work in place
+        # A float32 sum is finite when every entry is and float16 entries cannot overflow it, so the full
+        # elementwise check runs only when the one cheap reduction says something is off.
+        if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
             raise CacheError(f"{self.path}: the cache holds NaN/Inf activations (visae's writer never stores "
                              "them: the files were altered or written by another tool); run open_cache(path, "
                              "verify=True), delete bad shards and rerun 'visae cache'")

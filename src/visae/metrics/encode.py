@@ -101,13 +101,17 @@ def sparse_encode(sae: SAE, x_td: torch.Tensor, rule: InferenceRule | None = Non
     n_rows, n_cols = x_td.shape[0], sae.d_sae
     chunk = chunk_rows or (CPU_CHUNK_ROWS if x_td.device.type == "cpu" else GPU_CHUNK_ROWS)
     W, b = sae.W_enc, sae.b_enc
-    xc_td = x_td - sae.b_dec
     thr = rule.threshold
     thr_np = thr.cpu().numpy() if isinstance(thr, torch.Tensor) else thr
-    buf = torch.empty(min(chunk, max(n_rows, 1)), n_cols, dtype=W.dtype, device=W.device)
+    n_buf = min(chunk, max(n_rows, 1))
+    # chunk-sized work buffers, reused: no [T, D] or [T, F] temporary is ever allocated
+    xc_buf = torch.empty(n_buf, x_td.shape[1], dtype=torch.result_type(x_td, sae.b_dec), device=x_td.device)
+    buf = torch.empty(n_buf, n_cols, dtype=W.dtype, device=W.device)
     parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for r0 in range(0, n_rows, chunk):
-        pre = torch.addmm(b, xc_td[r0:r0 + chunk], W, out=buf[:min(chunk, n_rows - r0)])
+        r1 = min(n_rows, r0 + chunk)
+        xc = torch.sub(x_td[r0:r1], sae.b_dec, out=xc_buf[:r1 - r0])
+        pre = torch.addmm(b, xc, W, out=buf[:r1 - r0])
         if thr is None:
             c = select_topk(pre, rule.k)
             parts.append((c.rows_n + r0, c.cols_n, c.vals_n.to(pre.dtype)))
@@ -222,6 +226,13 @@ def sparse_group_size(n_patches: int, d_in: int, l0: float, requested: int,
     return max(1, min(requested, fit))
 
 
+def _normalize_owned(sae: SAE, acts_td: torch.Tensor) -> torch.Tensor:
+    """``sae.normalize(acts_td)``, in place when the SAE keeps the base rule (the group is ours alone)."""
+    if type(sae).normalize is not SAE.normalize:
+        return sae.normalize(acts_td)
+    return acts_td.sub_(sae.act_mean.to(acts_td.dtype)).div_(sae.act_std.to(acts_td.dtype))
+
+
 @torch.no_grad()
 def encode_stream(sae: SAE, cache: ActivationCache, group_size: int = 64,
                   device: torch.device | None = None, budget_bytes: int = DEFAULT_GROUP_BYTES,
@@ -249,7 +260,7 @@ def encode_stream(sae: SAE, cache: ActivationCache, group_size: int = 64,
     for index_n, acts_npd in cache.iter_images(group_size=n_group, normalize=False):
         acts_npd = acts_npd.to(device=device, dtype=dtype)
         n, p, d = acts_npd.shape
-        x_nd = sae.normalize(acts_npd.reshape(n * p, d))
+        x_nd = _normalize_owned(sae, acts_npd.reshape(n * p, d))
         codes = sparse_encode(sae, x_nd, rule)
         recon = sparse_decode(codes, sae.W_dec, sae.b_dec)
         yield EncodedBatch(index_n, labels[index_n], x_nd.reshape(n, p, d), None, recon.reshape(n, p, d),

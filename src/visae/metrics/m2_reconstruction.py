@@ -20,6 +20,9 @@ from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, 
 from visae.sae.sparse import SparseCodes
 from visae.uncertainty import BootstrapConfig, Interval, percentile_interval, poisson_weights
 
+# Tokens per chunk of the per-image sums: two [chunk, D] work buffers, reused group after group.
+WORK_TOKENS = 4096
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -66,6 +69,7 @@ class M2Accumulator:
         self.n_tokens = 0
         self.n_images = 0
         self.boot: BootstrapConfig | None = None
+        self._work: torch.Tensor | None = None
 
     def enable_bootstrap(self, config: BootstrapConfig) -> None:
         """Also keep per-replicate weighted sums (Poisson weights per image) for an interval of FVU."""
@@ -76,18 +80,14 @@ class M2Accumulator:
             self.boot_tokens_b = torch.zeros(config.n_boot, dtype=torch.float64)
             self.boot_sum_db = torch.zeros((self.sum_d.shape[0], config.n_boot), dtype=torch.float64)
 
-    def _add_replicates(self, image_index_n: np.ndarray, err_npd: torch.Tensor,
-                        centred_npd: torch.Tensor) -> None:
+    def _add_replicates(self, image_index_n: np.ndarray, err_n: torch.Tensor, sq_n: torch.Tensor,
+                        sum_nd: torch.Tensor, n_patches: int) -> None:
         assert self.boot is not None
         w_nb = torch.from_numpy(poisson_weights(image_index_n, self.boot.n_boot, self.boot.seed)).double()
-        n_patches = err_npd.shape[1]
-        err_n = torch.sum(err_npd * err_npd, dim=(1, 2), dtype=torch.float64).cpu()
-        sq_n = torch.sum(centred_npd * centred_npd, dim=(1, 2), dtype=torch.float64).cpu()
-        sum_nd = torch.sum(centred_npd, dim=1, dtype=torch.float64).cpu()
-        self.boot_err_b += err_n @ w_nb
-        self.boot_sq_b += sq_n @ w_nb
+        self.boot_err_b += err_n.cpu() @ w_nb
+        self.boot_sq_b += sq_n.cpu() @ w_nb
         self.boot_tokens_b += n_patches * w_nb.sum(dim=0)
-        self.boot_sum_db += sum_nd.T @ w_nb
+        self.boot_sum_db += sum_nd.cpu().T @ w_nb
 
     def interval(self) -> Interval | None:
         """Bootstrap interval of FVU (None without the bootstrap)."""
@@ -122,21 +122,38 @@ class M2Accumulator:
             self._to(device)
         if self.shift_d is None:
             self.shift_d = a_td.double().mean(dim=0).float()
-        err_td = a_td - recon_npd.reshape(-1, d).float()
-        centred_td = a_td - self.shift_d
-        # per-token (D terms) and per-group sums in the input precision, accumulated across tokens and
-        # groups in float64: no float64 copy of the [tokens, D] block
-        self.sum_err += torch.linalg.vecdot(err_td, err_td).sum(dtype=torch.float64)
-        self.sum_sq += torch.linalg.vecdot(centred_td, centred_td).sum(dtype=torch.float64)
-        self.sum_d += centred_td.sum(dim=0).double()
+        n, p = acts_npd.shape[0], acts_npd.shape[1]
+        err_n, sq_n, sum_nd = self._image_sums(acts_npd.float(), recon_npd.float())
+        self.sum_err += err_n.sum()
+        self.sum_sq += sq_n.sum()
+        self.sum_d += sum_nd.sum(dim=0)
         self.sum_l0 += (codes.vals_n > 0).sum()
         self.max_f.scatter_reduce_(0, codes.cols_n, codes.vals_n.float(), reduce="amax")
         self.nnz_f += torch.bincount(codes.cols_n, minlength=self.d_sae)
         self.n_tokens += a_td.shape[0]
-        self.n_images += acts_npd.shape[0]
+        self.n_images += n
         if self.boot is not None and image_index_n is not None:
-            self._add_replicates(np.asarray(image_index_n), err_td.reshape(acts_npd.shape),
-                                 centred_td.reshape(acts_npd.shape))
+            self._add_replicates(np.asarray(image_index_n), err_n, sq_n, sum_nd, p)
+
+    def _image_sums(self, a_npd: torch.Tensor, r_npd: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-image ``(Σ|a − r|², Σ|a − shift|², Σ (a − shift))`` in float64: sums over the P patches in the
+        input precision, in chunks of images through reused work buffers (no [tokens, D] temporary)."""
+        n, p, d = a_npd.shape
+        assert self.shift_d is not None
+        err_n = torch.empty(n, dtype=torch.float64, device=a_npd.device)
+        sq_n, sum_nd = torch.empty_like(err_n), torch.empty(n, d, dtype=torch.float64, device=a_npd.device)
+        step = max(1, WORK_TOKENS // p)
+        if self._work is None or self._work.shape[1:] != (step * p, d) or self._work.device != a_npd.device:
+            self._work = torch.empty(2, step * p, d, dtype=a_npd.dtype, device=a_npd.device)
+        for s0 in range(0, n, step):
+            s1 = min(n, s0 + step)
+            a_td = a_npd[s0:s1].reshape(-1, d)
+            err_td = torch.sub(a_td, r_npd[s0:s1].reshape(-1, d), out=self._work[0, :a_td.shape[0]])
+            centred_td = torch.sub(a_td, self.shift_d, out=self._work[1, :a_td.shape[0]])
+            err_n[s0:s1] = _squared_norms(err_td).view(s1 - s0, p).sum(dim=1, dtype=torch.float64)
+            sq_n[s0:s1] = _squared_norms(centred_td).view(s1 - s0, p).sum(dim=1, dtype=torch.float64)
+            sum_nd[s0:s1] = centred_td.view(s1 - s0, p, d).sum(dim=1)
+        return err_n, sq_n, sum_nd
 
     def _to(self, device: torch.device) -> None:
         for name in ("sum_d", "sum_sq", "sum_err", "sum_l0", "max_f", "nnz_f"):
@@ -162,6 +179,11 @@ class M2Accumulator:
             dead=dead, dead_fraction=dead / self.d_sae, d_sae=self.d_sae, n_tokens=n, n_images=self.n_images,
         )
         return typing.cast(M2Result, result.with_interval(self.interval() if fvu is not None else None))
+
+
+def _squared_norms(x_td: torch.Tensor) -> torch.Tensor:
+    """Row sums of squares ``[T]``; ``vector_norm`` is one fused pass (several times ``vecdot`` on CPU)."""
+    return torch.linalg.vector_norm(x_td, dim=1).square_()
 
 
 def compute_m2(batches: Iterable[EncodedBatch], config: M2Config | None = None) -> M2Result:
