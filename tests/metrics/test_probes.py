@@ -150,3 +150,32 @@ def test_warm_started_probe_reaches_the_cold_minimiser(engine: str) -> None:
     assert np.abs(warm.coef_kd - cold.coef_kd).max() < 5e-2 * scale  # equal up to the solvers' tolerance
     assert np.mean(warm.predict(x) == cold.predict(x)) > 0.995
     assert near.n_iter < cold.n_iter  # a start near the minimiser needs fewer iterations
+
+
+def test_solver_threads_rule_and_restores_torch_threads() -> None:
+    import torch
+
+    from visae.metrics.probes import ONE_THREAD_MACS, solver_thread_count, solver_threads
+
+    assert solver_thread_count(ONE_THREAD_MACS / 2, None) == 1  # small probe: one thread
+    assert solver_thread_count(ONE_THREAD_MACS * 2, None) is None  # large: the libraries' default
+    assert solver_thread_count(10.0, 3) == 3  # an explicit setting wins
+    before = torch.get_num_threads()
+    with solver_threads(10.0):
+        assert torch.get_num_threads() == 1
+        from threadpoolctl import threadpool_info
+
+        assert all(info["num_threads"] == 1 for info in threadpool_info())
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("engine", ["sklearn", "torch"])
+def test_thread_count_does_not_change_the_probe(engine: str) -> None:
+    x, y = blobs(400, 16, 4)
+    one = fit_probe(x, y, ProbeConfig(engine=engine, threads=1, device="cpu"))
+    many = fit_probe(x, y, ProbeConfig(engine=engine, threads=2, device="cpu"))
+    auto = fit_probe(x, y, ProbeConfig(engine=engine, device="cpu"))
+    scale = np.abs(one.coef_kd).max()
+    for other in (many, auto):
+        assert np.abs(other.coef_kd - one.coef_kd).max() <= 1e-5 * scale  # summation order only
+        assert np.array_equal(other.predict(x), one.predict(x))

@@ -34,6 +34,7 @@ from visae.metrics.probes import (
     ovr_auc,
     rank_by_f,
     rank_features,
+    solver_threads,
     stratified_split,
     take_columns,
 )
@@ -133,9 +134,10 @@ def _class_auc(codes_tr: ArrayLike, pos_tr: np.ndarray, codes_te: ArrayLike, pos
         dev = pick_device(probe.device)
         x_tr = take_columns(codes_tr, cols)
         scaler = Standardizer.fit(x_tr, probe.standardize)
-        w, b, _, _ = newton_binary(torch.as_tensor(scaler.apply(x_tr), device=dev)[None],
-                                   torch.as_tensor(pos_tr, device=dev, dtype=torch.float32)[None],
-                                   probe.C, probe.max_iter, probe.tol)
+        with solver_threads(float(x_tr.shape[0]) * x_tr.shape[1] * 2, probe.threads):
+            w, b, _, _ = newton_binary(torch.as_tensor(scaler.apply(x_tr), device=dev)[None],
+                                       torch.as_tensor(pos_tr, device=dev, dtype=torch.float32)[None],
+                                       probe.C, probe.max_iter, probe.tol)
         score = scaler.apply(take_columns(codes_te, cols)) @ w[0].cpu().numpy() + float(b[0])
         return binary_auc(pos_te, score)
     p = fit_probe(take_columns(codes_tr, cols), pos_tr.astype(np.int64), probe)

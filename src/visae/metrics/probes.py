@@ -22,7 +22,10 @@ probe is applied to (so M3's reconstructions go through the raw training split's
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal, TypeAlias
 
 import numpy as np
@@ -56,6 +59,11 @@ class ProbeConfig(FrozenConfig):
         "probe (default off: inputs are already in the cache-normalized space of paper App. C, as in "
         "the paper)")
     device: str = Field("auto", description="torch engine only: 'auto', 'cpu', 'cuda', 'cuda:1', 'mps'")
+    threads: int | None = Field(
+        None, ge=1,
+        description="CPU threads of the solver's BLAS/OpenMP calls (torch: intra-op threads); None: one "
+        "thread for small probes (below ONE_THREAD_MACS multiply-adds per pass, n·d·classes), the "
+        "libraries' default above. Changes the speed only: the arithmetic is the same")
 
     _device = field_validator("device")(check_device_string)
 
@@ -63,6 +71,50 @@ class ProbeConfig(FrozenConfig):
 def probe_config(max_iter: int) -> ProbeConfig:
     """The paper's probe settings with a metric's own iteration cap."""
     return ProbeConfig(max_iter=max_iter)
+
+
+# --- solver threads ----------------------------------------------------------------------------------------
+
+ONE_THREAD_MACS = 1e9
+"""Multiply-adds per pass over a probe's training data (n · d · classes) below which its solver runs on one
+thread. A probe's GEMMs are small (M3/M4/M7 on 512 images: 4e5–1e7 per pass); splitting them over the BLAS
+thread pool costs more in synchronisation than it saves, and on a busy machine a preempted worker stalls
+every call (measured on 2 cores at load 3: one thread was 4–16× faster than two up to 4e8 multiply-adds;
+two threads won only at 1e10, a 1000-class probe on 40k images: README, Performance)."""
+
+
+@lru_cache(maxsize=1)
+def _thread_controller() -> Any:
+    """threadpoolctl's view of the BLAS/OpenMP libraries loaded once scikit-learn's solvers are imported."""
+    import sklearn.linear_model  # noqa: F401  (loads the OpenMP runtime of sklearn's loss kernels)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def solver_thread_count(work_macs: float, threads: int | None) -> int | None:
+    """Threads for a solve of ``work_macs`` multiply-adds per pass: ``threads`` if set, else 1 below
+    :data:`ONE_THREAD_MACS`, else None (the libraries' default)."""
+    if threads is not None:
+        return threads
+    return 1 if work_macs < ONE_THREAD_MACS else None
+
+
+@contextmanager
+def solver_threads(work_macs: float, threads: int | None = None) -> Iterator[None]:
+    """Run the block with :func:`solver_thread_count` BLAS/OpenMP and torch intra-op threads (restored
+    after)."""
+    count = solver_thread_count(work_macs, threads)
+    if count is None:
+        yield
+        return
+    torch_before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        with _thread_controller().limit(limits=count):
+            yield
+    finally:
+        torch.set_num_threads(torch_before)
 
 
 # --- splits and ranking ------------------------------------------------------------------------------------
@@ -272,10 +324,11 @@ def fit_probe(x_nd: ArrayLike, y_n: np.ndarray, config: ProbeConfig | None = Non
     xs = scaler.apply(x_nd)
     y_idx = np.searchsorted(classes, y_n)
     warm = _warm_coef(init, classes, xs.shape[1], init_cols)
-    if config.engine == "sklearn":
-        coef, icpt, n_iter, ok = _fit_sklearn(xs, y_idx, config, warm)
-    else:
-        coef, icpt, n_iter, ok = _fit_torch(xs, y_idx, len(classes), config, warm)
+    with solver_threads(float(xs.shape[0]) * xs.shape[1] * len(classes), config.threads):
+        if config.engine == "sklearn":
+            coef, icpt, n_iter, ok = _fit_sklearn(xs, y_idx, config, warm)
+        else:
+            coef, icpt, n_iter, ok = _fit_torch(xs, y_idx, len(classes), config, warm)
     return LinearProbe(classes, coef, icpt, scaler, n_iter, ok)
 
 
