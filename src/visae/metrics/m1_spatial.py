@@ -332,26 +332,24 @@ class M1Accumulator(MoranAccumulator):
         self.follow(keys.device)
         self.grid_hw = batch.grid_hw
         self.n_images += n
-        n_cols = codes.n_cols
-        count = torch.bincount(keys[codes.vals_n > 0], minlength=n * n_cols)
-        pair_key = torch.nonzero(count >= self.config.min_active_patches).squeeze(1)
+        n_cols, size = codes.n_cols, n * codes.n_cols
+        vals = codes.vals_n
+        count = torch.bincount(keys[vals > 0], minlength=size)
+        # map variance (ddof 0, the zeros included) from float64 moments of the stored entries, per
+        # (image, feature) key: only the maps that pass both rules are built
+        v64 = vals.double()
+        s1 = torch.zeros(size, dtype=torch.float64, device=vals.device).index_add_(0, keys, v64)
+        s2 = torch.zeros_like(s1).index_add_(0, keys, v64 * v64)
+        varied = (s2 / p - (s1 / p) ** 2) > self.config.variance_eps
+        keep = (count >= self.config.min_active_patches) & varied
+        pair_key = torch.nonzero(keep).squeeze(1)
         if pair_key.numel() == 0:
             return
-        lookup = torch.full((n * n_cols,), -1, dtype=torch.int64, device=keys.device)
+        lookup = torch.full((size,), -1, dtype=torch.int64, device=keys.device)
         lookup[pair_key] = torch.arange(pair_key.numel(), device=keys.device)
         pid = lookup[keys]
         on = pid >= 0
-        pid, patch, vals = pid[on], codes.rows_n[on] % p, codes.vals_n[on]
-        # map variance (ddof 0, the zeros included) from float64 moments of the stored entries: only the
-        # maps that pass the variance rule are built
-        v64 = vals.double()
-        s1 = torch.zeros(pair_key.numel(), dtype=torch.float64, device=vals.device).index_add_(0, pid, v64)
-        s2 = torch.zeros_like(s1).index_add_(0, pid, v64 * v64)
-        keep = (s2 / p - (s1 / p) ** 2) > self.config.variance_eps
-        renum = torch.cumsum(keep, 0) - 1
-        on = keep[pid]
-        pid, patch, vals = renum[pid[on]], patch[on], vals[on]
-        pair_key = pair_key[keep]
+        pid, patch, vals = pid[on], codes.rows_n[on] % p, vals[on]
         feat_k = pair_key % n_cols
         image_k = _positions(batch.image_index_n, pair_key // n_cols)
         for start in range(0, pair_key.numel(), MAPS_PER_CHUNK):
