@@ -274,6 +274,11 @@ def main() -> None:
     report(args)
 
 
+def _fmt(value: float | None, width: int, digits: int) -> str:
+    """A metric value, or "—" where it is undefined (e.g. no evaluable feature at tiny sizes)."""
+    return f"{'—':>{width}}" if value is None else f"{value:{width}.{digits}f}"
+
+
 def report(args: argparse.Namespace) -> None:
     """Build the inputs, run every evaluator, print the comparison and the memory rows."""
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
@@ -292,8 +297,9 @@ def report(args: argparse.Namespace) -> None:
     for who, r in (("ours", ours), ("peer", peer)):
         if r is not None:
             print(f"{who:6} {r['seconds']:9.2f} {r['cpu_s']:9.2f} "
-                  f"{r['anon_peak_mb'] - r['anon_start_mb']:9.0f} {r['m1']:8.4f} "
-                  f"{r['m1_n_eval']:7d} {r['fvu']:8.4f} {r['l0']:6.1f} {r['m3']:7.4f} {r['m4']:7.4f}")
+                  f"{r['anon_peak_mb'] - r['anon_start_mb']:9.0f} {_fmt(r['m1'], 8, 4)} "
+                  f"{r['m1_n_eval']:7d} {_fmt(r['fvu'], 8, 4)} {_fmt(r['l0'], 6, 1)} {_fmt(r['m3'], 7, 4)} "
+                  f"{_fmt(r['m4'], 7, 4)}")
     if ours is not None:
         print(f"encoder-GEMM floor: {ours['floor_s']:.2f} s at the measured {ours['gemm_flops'] / 1e9:.1f} "
               f"GFLOP/s → ours at {100 * ours['floor_s'] / ours['seconds']:.0f} % of the floor; in CPU time "

@@ -80,3 +80,19 @@ def test_gpu_sh_rehearsed_on_the_cpu(tmp_path):
     assert "12 passes" in (tmp_path / "grid.txt").read_text()
     assert json.loads((tmp_path / "scale.json").read_text())["device"] == "cpu"
     assert " passed" in (tmp_path / "pytest-cuda.txt").read_text()
+
+
+@pytest.mark.slow
+def test_eval_full_reports_an_undefined_m1(tmp_path):
+    """At a size where no feature has 50 valid images, M1 is undefined and the table says so."""
+    args = ["--images", "24", "--sizes", "24,36", "--d", "16", "--grid", "4", "--expansion", "4", "--k", "4",
+            "--classes", "3", "--no-peer"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([sys.executable, str(BENCH / "eval_full.py"), *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    row = next(line for line in r.stdout.splitlines() if line.startswith("ours "))
+    assert "—" in row
+    rows = [line.split()[0] for line in r.stdout.split("by cache size:")[1].splitlines()[2:]
+            if line[:1] == " "]
+    assert rows == ["24", "36"]  # one memory row per size
