@@ -59,8 +59,9 @@ def test_sparse_probe_curve_dense_and_sparse_inputs_agree() -> None:
     assert a == pytest.approx(b)
 
 
+@pytest.mark.parametrize("ranking", ["global", "per_class"])
 @pytest.mark.parametrize("engine", ["sklearn", "torch"])
-def test_warm_started_curve_equals_cold_probes(engine: str) -> None:
+def test_warm_started_curve_equals_cold_probes(engine: str, ranking: str) -> None:
     rng = np.random.default_rng(5)
     y = np.arange(600) % 6
     codes = noisy_codes(600, 300, seed=5)
@@ -68,8 +69,8 @@ def test_warm_started_curve_equals_cold_probes(engine: str) -> None:
     probe = ProbeConfig(engine=engine, max_iter=500, device="cpu")
     tr, te = stratified_split(y)
     ks = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-    warm = sparse_probe_curve(codes[tr], y[tr], codes[te], y[te], ks, probe, warm_start=True)
-    cold = sparse_probe_curve(codes[tr], y[tr], codes[te], y[te], ks, probe, warm_start=False)
+    warm = sparse_probe_curve(codes[tr], y[tr], codes[te], y[te], ks, probe, ranking, warm_start=True)
+    cold = sparse_probe_curve(codes[tr], y[tr], codes[te], y[te], ks, probe, ranking, warm_start=False)
     assert list(warm) == ks
     for k in ks:
         assert warm[k] == pytest.approx(cold[k], abs=0.005), k

@@ -26,6 +26,7 @@ from visae.metrics.base import Metric, MetricConfig, MetricResult, register_metr
 from visae.metrics.encode import PooledFeatures
 from visae.metrics.probes import (
     ArrayLike,
+    LinearProbe,
     ProbeConfig,
     binary_auc,
     f_one_vs_rest,
@@ -87,9 +88,10 @@ def sparse_probe_curve(codes_tr: ArrayLike, y_tr: np.ndarray, codes_te: ArrayLik
                        ) -> dict[int, float]:
     """Mean one-vs-rest AUC on the held-out rows for every budget k (≤ the number of features).
 
-    With ``warm_start`` each global-ranking probe starts from the previous (smaller, nested) budget's
-    solution: the same convex objective, far fewer solver iterations. For every key of ``scores_at``
-    (global ranking) the held-out scores ``[n_test, n_classes]`` and their classes are stored there.
+    With ``warm_start`` each probe (global ranking; per class: each class's own) starts from the previous
+    (smaller, nested) budget's solution: the same convex objective, far fewer solver iterations. For every
+    key of ``scores_at`` (global ranking) the held-out scores ``[n_test, n_classes]`` and their classes are
+    stored there.
     """
     n_features = codes_tr.shape[1]
     budgets = sorted({k for k in ks if 1 <= k <= n_features})
@@ -115,16 +117,22 @@ def sparse_probe_curve(codes_tr: ArrayLike, y_tr: np.ndarray, codes_te: ArrayLik
         return out
     f_cf = f_one_vs_rest(codes_tr, y_tr, classes)
     orders = [rank_by_f(f) for f in f_cf]
+    last: list[LinearProbe | None] = [None] * len(classes)  # each class's probe at the previous budget
     for k in budgets:
-        aucs = [_class_auc(codes_tr, y_tr == c, codes_te, y_te == c, orders[i][:k], probe)
-                for i, c in enumerate(classes)]
+        aucs = []
+        for i, c in enumerate(classes):  # a class's top-k sets are nested too: warm start along its curve
+            auc, last[i] = _class_auc(codes_tr, y_tr == c, codes_te, y_te == c, orders[i][:k], probe,
+                                      init=last[i] if warm_start else None)
+            aucs.append(auc)
         out[k] = float(np.nanmean(aucs))
     return out
 
 
 def _class_auc(codes_tr: ArrayLike, pos_tr: np.ndarray, codes_te: ArrayLike, pos_te: np.ndarray,
-               cols: np.ndarray, probe: ProbeConfig) -> float:
-    """AUC of a binary class-vs-rest probe on the given columns."""
+               cols: np.ndarray, probe: ProbeConfig,
+               init: LinearProbe | None = None) -> tuple[float, LinearProbe | None]:
+    """AUC of a binary class-vs-rest probe on the given columns, and the probe (None from the torch engine,
+    whose Newton solves need no warm start). ``init``: the class's probe on the first of these columns."""
     if probe.engine == "torch":
         import torch
 
@@ -139,9 +147,9 @@ def _class_auc(codes_tr: ArrayLike, pos_tr: np.ndarray, codes_te: ArrayLike, pos
                                        torch.as_tensor(pos_tr, device=dev, dtype=torch.float32)[None],
                                        probe.C, probe.max_iter, probe.tol)
         score = scaler.apply(take_columns(codes_te, cols)) @ w[0].cpu().numpy() + float(b[0])
-        return binary_auc(pos_te, score)
-    p = fit_probe(take_columns(codes_tr, cols), pos_tr.astype(np.int64), probe)
-    return binary_auc(pos_te, p.decision_function(take_columns(codes_te, cols)))
+        return binary_auc(pos_te, score), None
+    p = fit_probe(take_columns(codes_tr, cols), pos_tr.astype(np.int64), probe, init=init)
+    return binary_auc(pos_te, p.decision_function(take_columns(codes_te, cols))), p
 
 
 def compute_m4(codes_nf: ArrayLike, labels_n: np.ndarray, config: M4Config | None = None,
