@@ -179,3 +179,22 @@ def test_thread_count_does_not_change_the_probe(engine: str) -> None:
     for other in (many, auto):
         assert np.abs(other.coef_kd - one.coef_kd).max() <= 1e-5 * scale  # summation order only
         assert np.array_equal(other.predict(x), one.predict(x))
+
+
+def test_auto_engine_is_sklearn_for_few_classes_and_torch_for_many() -> None:
+    from visae.metrics.probes import TORCH_MIN_CLASSES, probe_engine
+
+    auto = ProbeConfig(device="cpu")
+    assert auto.engine == "auto"
+    assert probe_engine(auto, 2) == "sklearn" and probe_engine(auto, TORCH_MIN_CLASSES - 1) == "sklearn"
+    assert probe_engine(auto, TORCH_MIN_CLASSES) == "torch"
+    assert probe_engine(ProbeConfig(engine="sklearn"), 1000) == "sklearn"
+    x, y = blobs(300, 8, 5)
+    few = fit_probe(x, y, auto)
+    np.testing.assert_array_equal(few.coef_kd, fit_probe(x, y, ProbeConfig(engine="sklearn")).coef_kd)
+    x, y = blobs(10 * TORCH_MIN_CLASSES, 6, TORCH_MIN_CLASSES, sep=2.0)
+    many = fit_probe(x, y, auto)
+    np.testing.assert_array_equal(many.coef_kd,
+                                  fit_probe(x, y, ProbeConfig(engine="torch", device="cpu")).coef_kd)
+    ref = fit_probe(x, y, ProbeConfig(engine="sklearn"))
+    assert abs(many.accuracy(x, y) - ref.accuracy(x, y)) <= 0.01  # the same objective, either solver

@@ -33,6 +33,7 @@ from visae.metrics.probes import (
     fit_probe,
     newton_binary,
     ovr_auc,
+    probe_engine,
     rank_by_f,
     rank_features,
     solver_threads,
@@ -133,7 +134,7 @@ def _class_auc(codes_tr: ArrayLike, pos_tr: np.ndarray, codes_te: ArrayLike, pos
                init: LinearProbe | None = None) -> tuple[float, LinearProbe | None]:
     """AUC of a binary class-vs-rest probe on the given columns, and the probe (None from the torch engine,
     whose Newton solves need no warm start). ``init``: the class's probe on the first of these columns."""
-    if probe.engine == "torch":
+    if probe_engine(probe, 2) == "torch":
         import torch
 
         from visae.device import pick_device
