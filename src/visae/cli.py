@@ -46,6 +46,9 @@ STAGE_CLIS = [
 @app.callback()
 def main() -> None:
     """visae: sparse autoencoders on ViT patch activations, evaluated with ViSAEBench."""
+    from visae.device import fit_threads_to_budget
+
+    fit_threads_to_budget()  # a container's CPU quota, not the host's core count
 
 
 EXTRAS = {

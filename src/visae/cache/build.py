@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +30,7 @@ from visae.cache.positions import SUBSAMPLED_SCHEMA_VERSION, sample_positions
 from visae.cache.stats import StreamingStats
 from visae.cache.store import final_files, write_final_files, write_shard
 from visae.datasets.base import ImageSource
+from visae.device import cpu_budget
 from visae.errors import CacheError, DataError
 from visae.io import atomic_write_json, hash_json
 
@@ -134,7 +134,7 @@ class CacheBuild:
     def _loader(self, shards: list[int]) -> DataLoader[Any]:
         workers = self.cfg.num_workers
         if workers is None:
-            workers = min(8, max(0, (os.cpu_count() or 1) - 1))
+            workers = min(8, max(0, cpu_budget() - 1))
         return DataLoader(_Decode(self.src, self.bb.transform), batch_sampler=self._batches(shards),
                           num_workers=workers, collate_fn=_collate, pin_memory=self.bb.device.type == "cuda",
                           prefetch_factor=4 if workers else None)
