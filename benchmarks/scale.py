@@ -150,9 +150,10 @@ def sizes(tiny: bool) -> dict[str, Any]:
         return {"d": 32, "cache_n": [2, 4, 8], "train_n": [256, 512, 1024], "train_f": [64, 128, 256],
                 "train_base": (512, 128), "batch": 128, "eval_n": [10, 20, 40], "eval_f": [64, 128, 256],
                 "eval_c": [2, 4, 8], "eval_base": (20, 128, 4)}
-    return {"d": 768, "cache_n": [8, 16, 32], "train_n": [16384, 32768, 65536], "train_f": [768, 1536, 3072],
-            "train_base": (32768, 1536), "batch": 1024, "eval_n": [32, 64, 128], "eval_f": [768, 1536, 3072],
-            "eval_c": [4, 8, 16], "eval_base": (64, 1536, 8)}
+    return {"d": 768, "cache_n": [16, 32, 64], "train_n": [32768, 65536, 131072],
+            "train_f": [1536, 3072, 6144], "train_base": (65536, 3072), "batch": 1024,
+            "eval_n": [128, 256, 512], "eval_f": [1536, 3072, 6144], "eval_c": [4, 8, 16],
+            "eval_base": (256, 3072, 8)}
 
 
 def exponent(xs: list[float], ys: list[float]) -> float:
@@ -263,6 +264,35 @@ def project(res: dict[str, Any]) -> dict[str, float]:
     return {"cache": b * cache, "train": b * train, "eval": b * ev}
 
 
+def _marginal(rows: list[Any]) -> tuple[float, float]:
+    """Cost per unit of size between the two largest sizes (≥ 0; the fixed part cancels) and the size."""
+    (x1, t1), (x2, t2) = sorted((r[0], r[1]) for r in rows)[-2:]
+    return max((t2 - t1) / (x2 - x1), 0.0), x2
+
+
+def project_linear(res: dict[str, Any]) -> dict[str, float]:
+    """Projected seconds from an additive model with each cost linear in its drivers, fitted from marginal
+    costs (the two largest sizes of each factor): caching ∝ images; training ∝ tokens × (p + q·F);
+    evaluation ∝ images × (r + q_F·(F − F0) + q_C·(C − C0)). Unlike :func:`project` it does not raise a
+    noisy exponent to a 10⁴-fold extrapolation."""
+    s = res["sizes"]
+    cache = _marginal(res["cache"]["N"])[0] * (PAPER["train_images"] + PAPER["val_images"])
+    n0, f0 = s["train_base"]
+    per_token = _marginal(res["train"]["N"])[0]
+    q = min(_marginal(res["train"]["F"])[0] / n0, per_token / f0)  # s per token per feature
+    train = PAPER["ks_per_width"] * sum(PAPER["train_tokens"] * (per_token + q * (w - f0))
+                                        for w in PAPER["widths"])
+    en, ef, ec = s["eval_base"]
+    per_image = _marginal(res["eval"]["N"])[0]
+    q_f = _marginal(res["eval"]["F"])[0] / en
+    q_c = _marginal(res["eval"]["C"])[0] / en
+    ev = PAPER["ks_per_width"] * sum(PAPER["val_images"]
+                                     * (per_image + q_f * (w - ef) + q_c * (PAPER["classes"] - ec))
+                                     for w in PAPER["widths"])
+    b = PAPER["backbones"]
+    return {"cache": b * cache, "train": b * train, "eval": b * ev}
+
+
 def _hours(sec: float) -> str:
     return f"{sec / 3600:10.1f} h" if math.isfinite(sec) else "         —"
 
@@ -276,15 +306,19 @@ def report(res: dict[str, Any], gpu: dict[str, Any] | None) -> None:
             a, e, m = f[stage][factor]
             print(f"{stage:5s} vs {factor}: {pts}   time ≈ {a:.1f} s + c·{factor}^{e:.2f}, "
                   f"private memory ∝ {factor}^{m:.2f}")
-    cpu = project(res)
-    g = project(gpu) if gpu else {k: float("nan") for k in cpu}
-    where = f"{res['device']} (this machine, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})"
-    print("\nprojected cost of the paper's workload (5 backbones × 12 SAEs, 1.28M training tokens, "
-          "50k validation images, 1000 classes; M1–M4):")
-    print(f"{'stage':8s} {where:>44s} {'one GPU':>14s}")
-    for k in ("cache", "train", "eval"):
-        print(f"{k:8s} {_hours(cpu[k]):>44s} {_hours(g[k]):>14s}")
-    print(f"{'total':8s} {_hours(sum(cpu.values())):>44s} {_hours(sum(g.values())):>14s}")
+    fit, lin = project(res), project_linear(res)
+    g = project_linear(gpu) if gpu else None
+    print(f"\nprojected cost of the paper's workload (5 backbones × 12 SAEs, 1.28M training tokens, 50k "
+          f"validation images, 1000 classes; M1–M4), {res['device']}, {os.cpu_count()} CPUs, load "
+          f"{os.getloadavg()[0]:.1f}:")
+    print(f"{'stage':8s} {'power-law fits':>16s} {'linear, marginal costs':>24s} {'one GPU (linear)':>18s}")
+    for k in (*lin, "total"):
+        pick = (lambda d: sum(d.values())) if k == "total" else (lambda d: d[k])  # noqa: B023
+        gpu_cell = _hours(pick(g)) if g else "not measured"
+        print(f"{k:8s} {_hours(pick(fit)):>16s} {_hours(pick(lin)):>24s} {gpu_cell:>18s}")
+    print("power-law: base cost × (size/base)^exponent per factor (one noisy exponent dominates a 10⁴-fold "
+          "extrapolation); linear: each cost linear in its drivers at the marginal cost between the two "
+          "largest sizes (see project_linear)")
     if gpu is None:
         print("GPU column: needs gpu.sh figures — run benchmarks/gpu.sh on a GPU machine (it writes "
               "gpu-figures/scale.json), then pass --gpu-figures gpu-figures/scale.json")

@@ -54,6 +54,12 @@ def test_scale_projection_of_a_linear_workload():
     _, ef, ec = s["eval_base"]
     per_width = [0.1 * paper["val_images"] * (w / ef) * (paper["classes"] / ec) for w in paper["widths"]]
     assert p["eval"] == pytest.approx(5 * 4 * sum(per_width), rel=1e-6)
+    # the additive model: the same cache and training; evaluation per image = 0.1·(F/F0 + C/C0 − 1)
+    lin = scale.project_linear(res)
+    assert lin["cache"] == pytest.approx(p["cache"], rel=1e-6)
+    assert lin["train"] == pytest.approx(p["train"], rel=1e-6)
+    per_image = [0.1 * (w / ef + paper["classes"] / ec - 1) for w in paper["widths"]]
+    assert lin["eval"] == pytest.approx(5 * 4 * paper["val_images"] * sum(per_image), rel=1e-6)
 
 
 def test_disk_cache_helper_and_cold_pages(tmp_path):
