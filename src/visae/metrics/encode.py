@@ -297,21 +297,30 @@ class PooledCollector:
         self._acts: list[np.ndarray] = []
         self._recon: list[np.ndarray] = []
         self._codes: list[sp.csr_matrix] = []
+        self._pooled: PooledFeatures | None = None
 
     def update(self, batch: EncodedBatch) -> None:
         """Pool one batch over patches and keep it."""
+        if self._pooled is not None:
+            raise ValueError("PooledCollector.update after result(): start a new collector")
         self._labels.append(batch.labels_n)
         self._acts.append(batch.acts_npd.amax(dim=1).float().cpu().numpy())
         self._recon.append(batch.recon_npd.amax(dim=1).float().cpu().numpy())
         self._codes.append(_csr(batch.pooled_codes()))
 
     def result(self) -> PooledFeatures:
-        """All pooled features in cache order."""
+        """All pooled features in cache order (built once; the collected parts are then released)."""
+        if self._pooled is not None:
+            return self._pooled
         if not self._labels:
             raise ValueError("no images were encoded")
-        return PooledFeatures(
+        pooled = PooledFeatures(
             labels_n=np.concatenate(self._labels),
             acts_nd=np.concatenate(self._acts),
             recon_nd=np.concatenate(self._recon),
-            codes_nf=sp.vstack(self._codes, format="csr").astype(np.float32),
+            # the parts are float32 already: no third copy of the largest pooled array
+            codes_nf=sp.vstack(self._codes, format="csr").astype(np.float32, copy=False),
         )
+        self._labels, self._acts, self._recon, self._codes = [], [], [], []  # the parts are not kept twice
+        self._pooled = pooled
+        return pooled
