@@ -200,13 +200,27 @@ def run_peer_probes(cache_dir: Path, sae_dir: Path, device: str) -> dict[str, An
             "m7": r7.value}
 
 
-def report_probes(cache_dir: Path, sae_dir: Path, device: str) -> None:
-    """Run both probe evaluators in subprocesses and print seconds, memory and values side by side."""
+def thread_env(threads: int | None) -> dict[str, str] | None:
+    """The environment of a child run with every BLAS/OpenMP pool (torch's too) at ``threads``; None: as
+    inherited."""
+    if threads is None:
+        return None
+    import os
+
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    return {**os.environ, **{name: str(threads) for name in names}}
+
+
+def report_probes(cache_dir: Path, sae_dir: Path, device: str, threads: int | None = None) -> None:
+    """Run both probe evaluators in subprocesses and print seconds, memory and values side by side;
+    ``threads`` fixes both sides' thread pools (the peer without visae's per-probe thread choice)."""
     out: dict[str, dict[str, Any]] = {}
+    if threads is not None:
+        print(f"both sides with OMP/OpenBLAS/MKL threads = {threads}")
     for who in ("ours-probes", "peer-probes"):
         proc = subprocess.run([sys.executable, __file__, "--run", who, "--cache-dir", str(cache_dir),
                                "--sae-dir", str(sae_dir), "--device", device],
-                              capture_output=True, text=True, check=False)
+                              capture_output=True, text=True, check=False, env=thread_env(threads))
         if proc.returncode != 0:
             print(f"{who}: failed\n{proc.stderr[-3000:]}")
             continue
@@ -238,6 +252,8 @@ def main() -> None:
     parser.add_argument("--run", choices=["ours", "peer", "ours-probes", "peer-probes"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--probes-only", action="store_true", help="only the M3/M4/M6/M7 comparison")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="probe comparison: set both sides' BLAS/OpenMP threads (default: inherited)")
     parser.add_argument("--cache-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sae-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -255,7 +271,7 @@ def main() -> None:
     print(f"cache {cache_dir}: {cache.n_images} images × {cache.layout.n_patches} patches × {cache.d_model}; "
           f"SAE {sae_dir.name}; device {args.device}")
     if args.probes_only:
-        report_probes(cache_dir, sae_dir, args.device)
+        report_probes(cache_dir, sae_dir, args.device, args.threads)
         return
     out: dict[str, dict[str, Any]] = {}
     for who in ("ours", "peer"):
@@ -279,7 +295,7 @@ def main() -> None:
               f"{growth['peer'] / max(1.0, growth['ours']):.2f}×")
         print("note: visaebench's FVU uses one scalar mean over all dims and subtracts the mean residual "
               "(Var(x − x̂)/Var(x)); ours is eq. 4 with the per-dimension mean, so the two can differ.")
-    report_probes(cache_dir, sae_dir, args.device)
+    report_probes(cache_dir, sae_dir, args.device, args.threads)
 
 
 if __name__ == "__main__":
