@@ -48,18 +48,25 @@ def test_stratified_split_is_sklearns_and_keeps_singletons_in_train() -> None:
         stratified_split(np.array([0, 1]))
 
 
-def test_f_scores_match_f_classif_and_rank_constant_last_indicator_first() -> None:
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_f_scores_match_f_classif_and_rank_constant_last_indicator_first(sparse: bool) -> None:
     x, y = blobs(300, 10)
+    x = np.maximum(x, 0.0)  # ReLU-like codes: many stored zeros become implicit in the sparse form
     x[:, 3] = 1.0  # constant: F is NaN → last
+    x[:, 5] = 0.0  # never active: also last
     x[:, 7] = (y == 2).astype(np.float32)  # binary target below: perfect indicator, F = +inf → first
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = f_classif(x.astype(np.float64), y)[0]
-    got = f_scores(x, y)
+    xs = sp.csr_matrix(x) if sparse else x
+    got = f_scores(xs, y)
     ok = np.isfinite(ref)
-    np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-6)
-    assert rank_features(x, y)[-1] == 3
-    assert rank_features(x, (y == 2).astype(int))[0] == 7
+    assert np.array_equal(np.isfinite(got), ok)
+    np.testing.assert_allclose(got[ok], ref[ok], rtol=1e-9)
+    assert list(rank_features(xs, y)[-2:]) == [3, 5]
+    assert rank_features(xs, (y == 2).astype(int))[0] == 7
+    expected = np.argsort(-np.where(np.isnan(ref), -np.inf, ref), kind="stable")
+    assert np.array_equal(rank_features(xs, y), expected)
 
 
 @pytest.mark.parametrize("sparse", [False, True])

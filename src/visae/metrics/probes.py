@@ -174,13 +174,33 @@ def f_scores(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
 
     from sklearn.feature_selection import f_classif
 
-    # float32 cancels
-    x64 = x_nf.astype(np.float64) if sp.issparse(x_nf) else np.asarray(x_nf, dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # constant features: 0/0 and a UserWarning, handled below
-        f, _ = f_classif(x64, y_n)
+    if sp.issparse(x_nf):
+        f = _f_classif_sparse(sp.csr_matrix(x_nf), np.asarray(y_n))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # constant features: 0/0 and a UserWarning, handled below
+            f, _ = f_classif(np.asarray(x_nf, dtype=np.float64), y_n)  # float32 cancels
     # F < 0 only comes from rounding when the within-class variance is ~0: a perfect separator
     return np.where(np.isnan(f), -np.inf, np.where(f < 0, np.inf, f))
+
+
+def _f_classif_sparse(x_nf: sp.csr_matrix, y_n: np.ndarray) -> np.ndarray:
+    """``f_classif`` (its one-way ANOVA sums, float64) from per-class sums of a sparse matrix: one float64
+    copy of the stored values and of their squares, sharing the index arrays; no per-class slices."""
+    classes, y_idx = np.unique(y_n, return_inverse=True)
+    n, n_classes = x_nf.shape[0], len(classes)
+    member = sp.csr_matrix((np.ones(n), (y_idx, np.arange(n))), shape=(n_classes, n))
+    v64 = x_nf.data.astype(np.float64)
+    x64 = sp.csr_matrix((v64, x_nf.indices, x_nf.indptr), shape=x_nf.shape)  # shares the index arrays
+    sums_cf = np.asarray((member @ x64).todense())
+    v64 *= v64  # x64 now holds the squares
+    ss_all = np.asarray(x64.sum(axis=0)).ravel()
+    n_c = np.bincount(y_idx, minlength=n_classes).astype(np.float64)
+    square_of_sums_all = sums_cf.sum(axis=0) ** 2
+    ss_tot = ss_all - square_of_sums_all / n
+    ss_between = (sums_cf**2 / n_c[:, None]).sum(axis=0) - square_of_sums_all / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (ss_between / (n_classes - 1)) / ((ss_tot - ss_between) / (n - n_classes))
 
 
 def rank_by_f(f_f: np.ndarray) -> np.ndarray:
