@@ -150,8 +150,8 @@ def sizes(tiny: bool) -> dict[str, Any]:
         return {"d": 32, "cache_n": [2, 4, 8], "train_n": [256, 512, 1024], "train_f": [64, 128, 256],
                 "train_base": (512, 128), "batch": 128, "eval_n": [10, 20, 40], "eval_f": [64, 128, 256],
                 "eval_c": [2, 4, 8], "eval_base": (20, 128, 4)}
-    return {"d": 768, "cache_n": [16, 32, 64], "train_n": [32768, 65536, 131072],
-            "train_f": [1536, 3072, 6144], "train_base": (65536, 3072), "batch": 1024,
+    return {"d": 768, "cache_n": [8, 16, 32], "train_n": [16384, 32768, 65536],
+            "train_f": [768, 1536, 3072], "train_base": (32768, 1536), "batch": 1024,
             "eval_n": [128, 256, 512], "eval_f": [1536, 3072, 6144], "eval_c": [4, 8, 16],
             "eval_base": (256, 3072, 8)}
 
@@ -177,15 +177,24 @@ def fixed_and_exponent(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return a, exponent(xs, [y - a for y in ys])
 
 
-def run_all(device: str, tiny: bool) -> dict[str, Any]:
-    """Every measurement; returns {stage: {factor: [(size, seconds, peak MB), …]}, base points}."""
+def _best(run: Callable[[int], dict[str, float]], repeats: int) -> tuple[float, float]:
+    """The fastest of ``repeats`` runs (other jobs only ever slow one down) and the largest peak memory."""
+    ms = [run(r) for r in range(repeats)]
+    return min(m["seconds"] for m in ms), max(m["peak_private_mb"] for m in ms)
+
+
+def run_all(device: str, tiny: bool, repeats: int = 1) -> dict[str, Any]:
+    """Every measurement, each point the fastest of ``repeats``; returns {stage: {factor: [(size, seconds,
+    peak MB), …]}, base points}."""
     s = sizes(tiny)
-    res: dict[str, Any] = {"device": device, "tiny": tiny, "sizes": s, "cache": {}, "train": {}, "eval": {}}
+    res: dict[str, Any] = {"device": device, "tiny": tiny, "sizes": s, "cache": {}, "train": {}, "eval": {},
+                           "repeats": repeats, "load_at_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="visae-scale-") as tmp:
         root = Path(tmp)
-        res["cache"]["N"] = [(n,
-                              *_pair(measure(stage_cache, n_images=n, out=str(root / "cache"), device=device,
-                                                tiny=tiny))) for n in s["cache_n"]]
+        res["cache"]["N"] = [(n, *_best(lambda r, n=n: measure(stage_cache, n_images=n,
+                                                               out=str(root / f"cache{r}"), device=device,
+                                                               tiny=tiny), repeats))
+                             for n in s["cache_n"]]
         big = (max(s["train_n"]) + 2 * s["batch"]) // 196 + 2  # the held-out batch comes on top
         measure(stage_prepare, folder=str(root / "train"), n_images=big, d=s["d"], n_classes=4)
         n0, f0 = s["train_base"]
@@ -194,13 +203,13 @@ def run_all(device: str, tiny: bool) -> dict[str, Any]:
 
         def train(n: int, f: int) -> tuple[float, float]:
             if ("t", n, f) not in done:
-                done["t", n, f] = _pair(measure(stage_train, tokens=n, d_sae=f, out=str(root / f"t{n}-{f}"),
-                                                **tr))
+                done["t", n, f] = _best(lambda r: measure(stage_train, tokens=n, d_sae=f,
+                                                          out=str(root / f"t{n}-{f}-{r}"), **tr), repeats)
             return done["t", n, f]
 
         def ev(n: int, f: int, c: int) -> tuple[float, float]:
             if ("e", n, f, c) not in done:
-                done["e", n, f, c] = _pair(_eval(root, n, f, c, s["d"], device))
+                done["e", n, f, c] = _best(lambda r: _eval(root, n, f, c, s["d"], device), repeats)
             return done["e", n, f, c]
 
         res["train"]["N"] = [(n, *train(n, f0)) for n in s["train_n"]]
@@ -310,7 +319,7 @@ def report(res: dict[str, Any], gpu: dict[str, Any] | None) -> None:
     g = project_linear(gpu) if gpu else None
     print(f"\nprojected cost of the paper's workload (5 backbones × 12 SAEs, 1.28M training tokens, 50k "
           f"validation images, 1000 classes; M1–M4), {res['device']}, {os.cpu_count()} CPUs, load "
-          f"{os.getloadavg()[0]:.1f}:")
+          f"{res.get('load_at_start', float('nan')):.1f} at the start, {os.getloadavg()[0]:.1f} now:")
     print(f"{'stage':8s} {'power-law fits':>16s} {'linear, marginal costs':>24s} {'one GPU (linear)':>18s}")
     for k in (*lin, "total"):
         pick = (lambda d: sum(d.values())) if k == "total" else (lambda d: d[k])  # noqa: B023
@@ -334,6 +343,8 @@ def main() -> None:
                     help="also write the measurements here (gpu.sh: gpu-figures/scale.json)")
     ap.add_argument("--gpu-figures", type=Path, help="a --json file from a GPU run: fills the GPU column")
     ap.add_argument("--from-json", type=Path, help="report a saved run instead of measuring")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="runs per point, the fastest kept (a shared machine's bursts only slow runs down)")
     a = ap.parse_args()
     gpu = json.loads(a.gpu_figures.read_text()) if a.gpu_figures else None
     import importlib
@@ -346,7 +357,7 @@ def main() -> None:
         res = json.loads(a.from_json.read_text())
     else:
         print(f"conditions: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, device {a.device}")
-        res = run_all(a.device, a.tiny)
+        res = run_all(a.device, a.tiny, a.repeats)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(res, indent=1))
