@@ -227,10 +227,11 @@ def sparse_group_size(n_patches: int, d_in: int, l0: float, requested: int,
 
 
 def _normalize_owned(sae: SAE, acts_td: torch.Tensor) -> torch.Tensor:
-    """``sae.normalize(acts_td)``, in place when the SAE keeps the base rule (the group is ours alone)."""
+    """``sae.normalize(acts_td)``, in place (the group is ours alone) unless a subclass replaced the rule
+    with one that may not take ``inplace``."""
     if type(sae).normalize is not SAE.normalize:
         return sae.normalize(acts_td)
-    return acts_td.sub_(sae.act_mean.to(acts_td.dtype)).div_(sae.act_std.to(acts_td.dtype))
+    return sae.normalize(acts_td, inplace=True)
 
 
 @torch.no_grad()
@@ -297,30 +298,22 @@ class PooledCollector:
         self._acts: list[np.ndarray] = []
         self._recon: list[np.ndarray] = []
         self._codes: list[sp.csr_matrix] = []
-        self._pooled: PooledFeatures | None = None
 
     def update(self, batch: EncodedBatch) -> None:
         """Pool one batch over patches and keep it."""
-        if self._pooled is not None:
-            raise ValueError("PooledCollector.update after result(): start a new collector")
         self._labels.append(batch.labels_n)
         self._acts.append(batch.acts_npd.amax(dim=1).float().cpu().numpy())
         self._recon.append(batch.recon_npd.amax(dim=1).float().cpu().numpy())
         self._codes.append(_csr(batch.pooled_codes()))
 
     def result(self) -> PooledFeatures:
-        """All pooled features in cache order (built once; the collected parts are then released)."""
-        if self._pooled is not None:
-            return self._pooled
+        """All pooled features in cache order."""
         if not self._labels:
             raise ValueError("no images were encoded")
-        pooled = PooledFeatures(
+        return PooledFeatures(
             labels_n=np.concatenate(self._labels),
             acts_nd=np.concatenate(self._acts),
             recon_nd=np.concatenate(self._recon),
             # the parts are float32 already: no third copy of the largest pooled array
             codes_nf=sp.vstack(self._codes, format="csr").astype(np.float32, copy=False),
         )
-        self._labels, self._acts, self._recon, self._codes = [], [], [], []  # the parts are not kept twice
-        self._pooled = pooled
-        return pooled

@@ -123,7 +123,7 @@ class M2Accumulator:
         if self.shift_d is None:
             self.shift_d = a_td.double().mean(dim=0).float()
         n, p = acts_npd.shape[0], acts_npd.shape[1]
-        err_n, sq_n, sum_nd = self._image_sums(acts_npd.float(), recon_npd.float())
+        err_n, sq_n, sum_nd = self._image_sums(a_td.view(n, p, d), recon_npd.float())
         self.sum_err += err_n.sum()
         self.sum_sq += sq_n.sum()
         self.sum_d += sum_nd.sum(dim=0)

@@ -175,7 +175,7 @@ def f_scores(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
     from sklearn.feature_selection import f_classif
 
     if sp.issparse(x_nf):
-        f = _f_classif_sparse(sp.csr_matrix(x_nf), np.asarray(y_n))
+        f = _f_classif_sparse(x_nf, np.asarray(y_n))
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # constant features: 0/0 and a UserWarning, handled below
@@ -184,23 +184,49 @@ def f_scores(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(f), -np.inf, np.where(f < 0, np.inf, f))
 
 
-def _f_classif_sparse(x_nf: sp.csr_matrix, y_n: np.ndarray) -> np.ndarray:
-    """``f_classif`` (its one-way ANOVA sums, float64) from per-class sums of a sparse matrix: one float64
-    copy of the stored values and of their squares, sharing the index arrays; no per-class slices."""
-    classes, y_idx = np.unique(y_n, return_inverse=True)
-    n, n_classes = x_nf.shape[0], len(classes)
-    member = sp.csr_matrix((np.ones(n), (y_idx, np.arange(n))), shape=(n_classes, n))
-    v64 = x_nf.data.astype(np.float64)
-    x64 = sp.csr_matrix((v64, x_nf.indices, x_nf.indptr), shape=x_nf.shape)  # shares the index arrays
-    sums_cf = np.asarray((member @ x64).todense())
-    v64 *= v64  # x64 now holds the squares
-    ss_all = np.asarray(x64.sum(axis=0)).ravel()
-    n_c = np.bincount(y_idx, minlength=n_classes).astype(np.float64)
-    square_of_sums_all = sums_cf.sum(axis=0) ** 2
-    ss_tot = ss_all - square_of_sums_all / n
-    ss_between = (sums_cf**2 / n_c[:, None]).sum(axis=0) - square_of_sums_all / n
+def _float64(x_nf: ArrayLike) -> ArrayLike:
+    """``x_nf`` in float64 (float32 cancels in the sums of squares); a sparse matrix becomes CSR with a
+    float64 copy of its stored values only, sharing the index arrays."""
+    if not sp.issparse(x_nf):
+        return np.asarray(x_nf, dtype=np.float64)
+    x = sp.csr_matrix(x_nf)
+    return sp.csr_matrix((x.data.astype(np.float64), x.indices, x.indptr), shape=x.shape)
+
+
+def _column_moments(x64: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature ``(Σ x, Σ x²)`` over the rows (no squared copy of a sparse matrix)."""
+    if sp.issparse(x64):
+        n_cols = x64.shape[1]
+        return (np.bincount(x64.indices, weights=x64.data, minlength=n_cols),
+                np.bincount(x64.indices, weights=x64.data * x64.data, minlength=n_cols))
+    return x64.sum(axis=0), np.square(x64).sum(axis=0)
+
+
+def _class_sums(x64: ArrayLike, y_n: np.ndarray, classes: np.ndarray,
+                chunk: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """For chunks of ``chunk`` classes: ``(first class index, images per class [c, 1], Σ x per class
+    [c, F])``, so that no ``[classes, F]`` array larger than one chunk is held."""
+    for s in range(0, len(classes), chunk):
+        cls = np.asarray(classes[s:s + chunk])
+        member = (y_n[None, :] == cls[:, None]).astype(np.float64)  # [c, n]
+        s_c = (sp.csr_matrix(member) @ x64).toarray() if sp.issparse(x64) else member @ x64
+        yield s, member.sum(axis=1, keepdims=True), np.asarray(s_c)
+
+
+def _f_classif_sparse(x_nf: ArrayLike, y_n: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """``f_classif``'s one-way ANOVA F (float64) from per-class sums, class chunk by class chunk: one
+    float64 copy of the stored values, no per-class slices or squared copies."""
+    x64 = _float64(x_nf)
+    classes = np.unique(y_n)
+    n = x64.shape[0]
+    total_f, total_q = _column_moments(x64)
+    square_of_sums_n = total_f**2 / n
+    ss_between = -square_of_sums_n
+    for _, n_c, s_c in _class_sums(x64, y_n, classes, chunk):
+        ss_between = ss_between + (s_c**2 / n_c).sum(axis=0)
+    ss_tot = total_q - square_of_sums_n
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (ss_between / (n_classes - 1)) / ((ss_tot - ss_between) / (n - n_classes))
+        return (ss_between / (len(classes) - 1)) / ((ss_tot - ss_between) / (n - len(classes)))
 
 
 def rank_by_f(f_f: np.ndarray) -> np.ndarray:
@@ -222,20 +248,12 @@ def f_one_vs_rest(x_nf: ArrayLike, y_n: np.ndarray, classes: np.ndarray, chunk: 
     Equals ``f_classif(x, y == c)`` for each class ``c``, computed from per-class sums in one pass.
     """
     y_n = np.asarray(y_n)
-    x_nf = x_nf.astype(np.float64) if sp.issparse(x_nf) else np.asarray(x_nf, dtype=np.float64)
-    n = x_nf.shape[0]
-    total_f = np.asarray(x_nf.sum(axis=0), dtype=np.float64).ravel()
-    sq = x_nf.multiply(x_nf) if sp.issparse(x_nf) else np.square(x_nf, dtype=np.float64)
-    total_q = np.asarray(sq.sum(axis=0), dtype=np.float64).ravel()
+    x64 = _float64(x_nf)
+    n = x64.shape[0]
+    total_f, total_q = _column_moments(x64)
     ss_tot = total_q - total_f**2 / n
-    out = np.empty((len(classes), x_nf.shape[1]), dtype=np.float64)
-    x_csr = sp.csr_matrix(x_nf) if sp.issparse(x_nf) else x_nf
-    for s in range(0, len(classes), chunk):
-        cls = np.asarray(classes[s:s + chunk])
-        member = (y_n[None, :] == cls[:, None]).astype(np.float64)  # [c, n]
-        n_c = member.sum(axis=1, keepdims=True)
-        s_c = np.asarray(member @ x_csr if not sp.issparse(x_csr)
-                         else (sp.csr_matrix(member) @ x_csr).toarray())
+    out = np.empty((len(classes), x64.shape[1]), dtype=np.float64)
+    for s, n_c, s_c in _class_sums(x64, y_n, classes, chunk):
         n_r = n - n_c
         with np.errstate(divide="ignore", invalid="ignore"):
             ss_between = s_c**2 / n_c + (total_f - s_c) ** 2 / n_r - total_f**2 / n

@@ -80,9 +80,11 @@ class SAE(nn.Module):
             self.act_mean.copy_(torch.as_tensor(mean_d, dtype=self.act_mean.dtype))
             self.act_std.fill_(float(std))
 
-    def normalize(self, acts_nd: torch.Tensor) -> torch.Tensor:
-        """Raw backbone activations → the SAE's input space: (a − mean) / std."""
-        return (acts_nd - self.act_mean.to(acts_nd.dtype)) / self.act_std.to(acts_nd.dtype)
+    def normalize(self, acts_nd: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """Raw backbone activations → the SAE's input space: (a − mean) / std (``inplace``: overwriting
+        ``acts_nd``, the same arithmetic)."""
+        mean, std = self.act_mean.to(acts_nd.dtype), self.act_std.to(acts_nd.dtype)
+        return acts_nd.sub_(mean).div_(std) if inplace else (acts_nd - mean) / std
 
     # --- the model -------------------------------------------------------------------------------
     def pre_acts(self, x_nd: torch.Tensor) -> torch.Tensor:
