@@ -106,3 +106,31 @@ def test_pooled_collector_is_max_over_patches(cache) -> None:
     assert np.array_equal(pooled.labels_n, np.arange(29) % 4)
     with pytest.raises(ValueError, match="no images"):
         PooledCollector().result()
+
+
+def test_spilled_collector_equals_the_in_memory_one_and_is_file_backed(cache, tmp_path) -> None:
+    torch.manual_seed(2)
+    sae = CountingSAE(5, 9)
+    in_memory, spilled = PooledCollector(), PooledCollector(tmp_path / "spill")
+    for b in encode_stream(sae, cache, group_size=4):
+        in_memory.update(b)
+        spilled.update(b)
+    a, b = in_memory.result(), spilled.result()
+    assert np.array_equal(a.labels_n, b.labels_n)
+    for name in ("acts_nd", "recon_nd"):
+        assert isinstance(getattr(b, name), np.memmap)
+        assert np.array_equal(getattr(a, name), getattr(b, name))
+    assert (a.codes_nf != b.codes_nf).nnz == 0 and b.codes_nf.shape == (29, 9)
+    # scipy kept the mapped arrays: no in-memory copy of the stored values or their indices
+    assert _mapped(b.codes_nf.data) and _mapped(b.codes_nf.indices)
+    assert not _mapped(a.codes_nf.data)
+    assert b.codes_nf.indptr.dtype == b.codes_nf.indices.dtype == np.int32
+
+
+def _mapped(arr: np.ndarray) -> bool:
+    """Whether ``arr`` is a view of a memory map (some link of its ``base`` chain is one)."""
+    while arr is not None:
+        if isinstance(arr, np.memmap):
+            return True
+        arr = getattr(arr, "base", None)
+    return False

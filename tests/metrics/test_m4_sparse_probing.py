@@ -75,3 +75,19 @@ def test_warm_started_curve_equals_cold_probes(engine: str, ranking: str) -> Non
     for k in ks:
         assert warm[k] == pytest.approx(cold[k], abs=0.005), k
     assert 0.6 < cold[256] < 1.0
+
+
+@pytest.mark.parametrize("ranking", ["global", "per_class"])
+def test_sparse_codes_are_read_in_row_chunks_with_the_dense_result(ranking: str, monkeypatch) -> None:
+    import visae.metrics.probes as probes
+
+    monkeypatch.setattr(probes, "CHUNK_VALUES", 50)  # many chunks per split
+    y = np.arange(300) % 4
+    codes = noisy_codes(300, 40, seed=2)
+    codes[:, 5] += 0.8 * (y == 2)
+    config = M4Config(ks=[1, 2, 8, 64], headline_k=8, ranking=ranking)
+    dense = compute_m4(codes, y, config)
+    sparse = compute_m4(sp.csr_matrix(codes), y, config)
+    assert list(sparse.curve) == ["1", "2", "8"]  # 64 > F is skipped
+    assert sparse.curve == pytest.approx(dense.curve, abs=1e-9)
+    assert sparse.value == pytest.approx(dense.value, abs=1e-9)

@@ -205,3 +205,29 @@ def test_auto_engine_is_sklearn_for_few_classes_and_torch_for_many() -> None:
                                   fit_probe(x, y, ProbeConfig(engine="torch", device="cpu")).coef_kd)
     ref = fit_probe(x, y, ProbeConfig(engine="sklearn"))
     assert abs(many.accuracy(x, y) - ref.accuracy(x, y)) <= 0.01  # the same objective, either solver
+
+
+@pytest.mark.parametrize("chunk_values", [1, 37, 10**9], ids=["row-by-row", "chunks", "one-chunk"])
+def test_row_subset_gives_the_statistics_and_columns_of_the_copied_rows(chunk_values: int,
+                                                                         monkeypatch) -> None:
+    import visae.metrics.probes as probes
+
+    monkeypatch.setattr(probes, "CHUNK_VALUES", chunk_values)
+    monkeypatch.setattr(probes, "CLASS_SUMS_BYTES", 8 * 12 * 2)  # two classes per block: several passes
+    x, y = blobs(500, 12)
+    x = np.maximum(x - 4, 0)
+    x[:, 1] = 0.0
+    codes = sp.csr_matrix(x)
+    rows = np.sort(np.random.default_rng(3).choice(500, 310, replace=False))
+    view, copied = probes.RowSubset(codes, rows), codes[rows]
+    assert view.shape == copied.shape
+    np.testing.assert_allclose(f_scores(view, y[rows]), f_scores(copied, y[rows]), rtol=1e-12)
+    np.testing.assert_allclose(f_one_vs_rest(view, y[rows], np.arange(6)),
+                               f_one_vs_rest(copied, y[rows], np.arange(6)), rtol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = f_classif(x[rows].astype(np.float64), y[rows])[0]  # the reference library, on dense rows
+    ok = np.isfinite(ref)
+    np.testing.assert_allclose(f_scores(view, y[rows])[ok], ref[ok], rtol=1e-9)
+    cols = np.array([7, 0, 11, 3])
+    assert np.array_equal(probes.take_columns(view, cols), x[rows][:, cols])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -270,7 +271,11 @@ def encode_stream(sae: SAE, cache: ActivationCache, group_size: int = 64,
 
 @dataclass
 class PooledFeatures:
-    """Image-level features of the whole evaluation set (max over patches)."""
+    """Image-level features of the whole evaluation set (max over patches).
+
+    From a collector with a spill folder the arrays are read-only memory maps of files there, valid while
+    that folder exists.
+    """
 
     labels_n: np.ndarray
     acts_nd: np.ndarray
@@ -278,42 +283,81 @@ class PooledFeatures:
     recon_nd: np.ndarray
     """Max-pooled reconstructions, float32."""
     codes_nf: sp.csr_matrix
-    """Max-pooled codes, sparse float32."""
+    """Max-pooled codes, sparse float32 (int32 column indices)."""
 
 
-def _csr(pooled: SparseCodes) -> sp.csr_matrix:
-    crow = np.zeros(pooled.n_rows + 1, dtype=np.int64)
-    crow[:-1] = pooled.offsets_b.cpu().numpy()
-    crow[-1] = pooled.nnz
-    return sp.csr_matrix((pooled.vals_n.float().cpu().numpy(),
-                          pooled.cols_n.cpu().numpy().astype(np.int32), crow),
-                         shape=(pooled.n_rows, pooled.n_cols))
+class _Rows:
+    """Rows appended in order: kept in memory, or written to a raw file read back as a memory map."""
+
+    def __init__(self, dtype: type[np.generic], tail: tuple[int, ...] = (), path: Path | None = None) -> None:
+        self.dtype, self.tail, self.path, self.n = np.dtype(dtype), tail, path, 0
+        self._parts: list[np.ndarray] = []
+        self._file = open(path, "wb") if path is not None else None  # noqa: SIM115 (closed in result)
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        self.n += len(rows)
+        if self._file is not None:
+            rows.tofile(self._file)
+        else:
+            self._parts.append(rows)
+
+    def result(self) -> np.ndarray:
+        shape = (self.n, *self.tail)
+        if self._file is None:
+            return np.concatenate(self._parts) if self._parts else np.empty(shape, self.dtype)
+        self._file.close()
+        if self.n == 0 or 0 in self.tail:
+            return np.empty(shape, self.dtype)
+        return np.memmap(str(self.path), dtype=self.dtype, mode="r", shape=shape)
 
 
 class PooledCollector:
-    """Accumulates max-pooled features batch by batch (codes sparse throughout)."""
+    """Accumulates max-pooled features batch by batch (codes sparse throughout).
 
-    def __init__(self) -> None:
+    With ``spill_dir`` the pooled activations, reconstructions and codes go to files there as they come
+    and come back memory-mapped: the evaluation's private memory then stays flat whatever the number of
+    images (the probes read them in row chunks).
+    """
+
+    def __init__(self, spill_dir: Path | None = None) -> None:
+        if spill_dir is not None:
+            spill_dir.mkdir(parents=True, exist_ok=True)
+        self._spill = spill_dir
         self._labels: list[np.ndarray] = []
-        self._acts: list[np.ndarray] = []
-        self._recon: list[np.ndarray] = []
-        self._codes: list[sp.csr_matrix] = []
+        self._acts: _Rows | None = None
+        self._recon: _Rows | None = None
+        self._vals = _Rows(np.float32, path=spill_dir / "codes_data.f32" if spill_dir else None)
+        self._cols = _Rows(np.int32, path=spill_dir / "codes_indices.i32" if spill_dir else None)
+        self._row_nnz: list[np.ndarray] = []
+        self._n_cols = 0
+
+    def _features(self, name: str, d: int) -> _Rows:
+        return _Rows(np.float32, (d,), self._spill / f"{name}.f32" if self._spill else None)
 
     def update(self, batch: EncodedBatch) -> None:
         """Pool one batch over patches and keep it."""
+        acts = batch.acts_npd.amax(dim=1).float().cpu().numpy()
+        if self._acts is None or self._recon is None:
+            d = acts.shape[1]
+            self._acts, self._recon = self._features("acts", d), self._features("recon", d)
         self._labels.append(batch.labels_n)
-        self._acts.append(batch.acts_npd.amax(dim=1).float().cpu().numpy())
+        self._acts.append(acts)
         self._recon.append(batch.recon_npd.amax(dim=1).float().cpu().numpy())
-        self._codes.append(_csr(batch.pooled_codes()))
+        pooled = batch.pooled_codes()  # row-major COO: its rows in order are CSR
+        self._vals.append(pooled.vals_n.float().cpu().numpy())
+        self._cols.append(pooled.cols_n.cpu().numpy())
+        self._row_nnz.append(torch.bincount(pooled.rows_n, minlength=pooled.n_rows).cpu().numpy())
+        self._n_cols = pooled.n_cols
 
     def result(self) -> PooledFeatures:
         """All pooled features in cache order."""
-        if not self._labels:
+        if not self._labels or self._acts is None or self._recon is None:
             raise ValueError("no images were encoded")
-        return PooledFeatures(
-            labels_n=np.concatenate(self._labels),
-            acts_nd=np.concatenate(self._acts),
-            recon_nd=np.concatenate(self._recon),
-            # the parts are float32 already: no third copy of the largest pooled array
-            codes_nf=sp.vstack(self._codes, format="csr").astype(np.float32, copy=False),
-        )
+        vals, cols = self._vals.result(), self._cols.result()
+        # int32 offsets beside the int32 indices (scipy would otherwise copy the indices to one index dtype)
+        idx_dtype = np.int32 if len(vals) < 2**31 else np.int64
+        indptr = np.concatenate([[0], np.cumsum(np.concatenate(self._row_nnz))]).astype(idx_dtype)
+        codes = sp.csr_matrix((vals, cols, indptr), shape=(len(indptr) - 1, self._n_cols), copy=False)
+        return PooledFeatures(labels_n=np.concatenate(self._labels), acts_nd=self._acts.result(),
+                              recon_nd=self._recon.result(), codes_nf=codes)

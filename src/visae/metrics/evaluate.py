@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -68,15 +69,18 @@ def evaluate(
                       extras={"sae_provenance": provenance, "sae_hash": sae_hash}, bootstrap=boot)
     instances = {name: _instantiate(name, (configs or {}).get(name, {}), ctx) for name in metrics}
     started = time.perf_counter()
-    pooled = _stream(list(instances.values()), ctx, group_size)
     results: dict[str, MetricResult] = {}
-    for name, metric in instances.items():
-        finalize_started = time.perf_counter()
-        results[name] = metric.finalize(pooled)
-        if out_path is not None:
-            write_result(out_path / f"{name}.json", results[name], metric.config, ctx,
-                         seconds=time.perf_counter() - finalize_started,
-                         stream_seconds=time.perf_counter() - started)
+    # pooled features go to a temporary folder ($TMPDIR) as they are made: flat memory at any cache size
+    with tempfile.TemporaryDirectory(prefix="visae-pooled-") as spill:
+        pooled = _stream(list(instances.values()), ctx, group_size, Path(spill))
+        for name, metric in instances.items():
+            finalize_started = time.perf_counter()
+            results[name] = metric.finalize(pooled)
+            if out_path is not None:
+                write_result(out_path / f"{name}.json", results[name], metric.config, ctx,
+                             seconds=time.perf_counter() - finalize_started,
+                             stream_seconds=time.perf_counter() - started)
+        del pooled  # its memory maps close before the folder goes
     return results
 
 
@@ -88,9 +92,12 @@ def _instantiate(name: str, given: MetricConfig | Mapping[str, Any], ctx: EvalCo
     return cls(config, ctx)
 
 
-def _stream(instances: list[Metric[Any]], ctx: EvalContext, group_size: int) -> PooledFeatures | None:
-    """The one encoding pass: every streaming metric sees each group; the pooled features are collected."""
-    collector = PooledCollector() if any(metric.needs_pooled for metric in instances) else None
+def _stream(instances: list[Metric[Any]], ctx: EvalContext, group_size: int,
+            spill_dir: Path | None = None) -> PooledFeatures | None:
+    """The one encoding pass: every streaming metric sees each group; the pooled features are collected
+    (into files in ``spill_dir`` when given)."""
+    needs_pooled = any(metric.needs_pooled for metric in instances)
+    collector = PooledCollector(spill_dir) if needs_pooled else None
     streaming = [metric for metric in instances if metric.needs_stream]
     if collector is None and not streaming:
         return None

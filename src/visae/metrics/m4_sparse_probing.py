@@ -28,6 +28,7 @@ from visae.metrics.probes import (
     ArrayLike,
     LinearProbe,
     ProbeConfig,
+    RowSubset,
     binary_auc,
     f_one_vs_rest,
     fit_probe,
@@ -89,51 +90,61 @@ def sparse_probe_curve(codes_tr: ArrayLike, y_tr: np.ndarray, codes_te: ArrayLik
                        ) -> dict[int, float]:
     """Mean one-vs-rest AUC on the held-out rows for every budget k (≤ the number of features).
 
-    With ``warm_start`` each probe (global ranking; per class: each class's own) starts from the previous
-    (smaller, nested) budget's solution: the same convex objective, far fewer solver iterations. For every
-    key of ``scores_at`` (global ranking) the held-out scores ``[n_test, n_classes]`` and their classes are
-    stored there.
+    The codes may be dense, scipy sparse or :class:`~visae.metrics.probes.RowSubset` views. The columns of
+    the largest budget are densified once (per class with ``ranking="per_class"``); every budget reads its
+    leading columns. With ``warm_start`` each probe (global ranking; per class: each class's own) starts
+    from the previous (smaller, nested) budget's solution: the same convex objective, far fewer solver
+    iterations. For every key of ``scores_at`` (global ranking) the held-out scores ``[n_test, n_classes]``
+    and their classes are stored there.
     """
-    n_features = codes_tr.shape[1]
-    budgets = sorted({k for k in ks if 1 <= k <= n_features})
-    classes = np.unique(y_tr)
-    out: dict[int, float] = {}
+    budgets = sorted({k for k in ks if 1 <= k <= codes_tr.shape[1]})
+    if not budgets:
+        return {}
     if ranking == "global":
-        order = rank_features(codes_tr, y_tr)
-        prev = None
-        for k in budgets:  # nested top-k sets: each probe starts from the previous budget's weights
-            cols = order[:k]
-            p = prev = fit_probe(take_columns(codes_tr, cols), y_tr, probe, init=prev if warm_start else None)
-            x_te = take_columns(codes_te, cols)
-            if len(p.classes) == 2:
-                score = p.decision_function(x_te)
-                out[k] = binary_auc(y_te == p.classes[1], score)
-                if scores_at is not None and k in scores_at:
-                    scores_at[k] = (score[:, None], p.classes[1:])
-            else:
-                proba = p.predict_proba(x_te)
-                out[k] = float(np.nanmean(ovr_auc(y_te, proba, p.classes)))
-                if scores_at is not None and k in scores_at:
-                    scores_at[k] = (proba, p.classes)
-        return out
+        top = rank_features(codes_tr, y_tr)[:budgets[-1]]
+        return _global_curve(take_columns(codes_tr, top), y_tr, take_columns(codes_te, top), y_te, budgets,
+                             probe, warm_start, scores_at)
+    classes = np.unique(y_tr)
     f_cf = f_one_vs_rest(codes_tr, y_tr, classes)
-    orders = [rank_by_f(f) for f in f_cf]
-    last: list[LinearProbe | None] = [None] * len(classes)  # each class's probe at the previous budget
-    for k in budgets:
-        aucs = []
-        for i, c in enumerate(classes):  # a class's top-k sets are nested too: warm start along its curve
-            auc, last[i] = _class_auc(codes_tr, y_tr == c, codes_te, y_te == c, orders[i][:k], probe,
-                                      init=last[i] if warm_start else None)
-            aucs.append(auc)
-        out[k] = float(np.nanmean(aucs))
+    aucs: dict[int, list[float]] = {k: [] for k in budgets}
+    for i, c in enumerate(classes):  # a class's top-k sets are nested: warm start along its own curve
+        top = rank_by_f(f_cf[i])[:budgets[-1]]
+        x_tr, x_te = take_columns(codes_tr, top), take_columns(codes_te, top)
+        last: LinearProbe | None = None
+        for k in budgets:
+            auc, last = _class_auc(x_tr[:, :k], y_tr == c, x_te[:, :k], y_te == c, probe,
+                                   init=last if warm_start else None)
+            aucs[k].append(auc)
+    return {k: float(np.nanmean(v)) for k, v in aucs.items()}
+
+
+def _global_curve(top_tr: np.ndarray, y_tr: np.ndarray, top_te: np.ndarray, y_te: np.ndarray,
+                  budgets: list[int], probe: ProbeConfig, warm_start: bool,
+                  scores_at: dict[int, tuple[np.ndarray, np.ndarray]] | None) -> dict[int, float]:
+    """The global ranking's curve on the top-ranked columns ``top_*`` (best first)."""
+    out: dict[int, float] = {}
+    prev = None
+    for k in budgets:  # nested top-k sets: each probe starts from the previous budget's weights
+        p = prev = fit_probe(top_tr[:, :k], y_tr, probe, init=prev if warm_start else None)
+        x_te = top_te[:, :k]
+        if len(p.classes) == 2:
+            score = p.decision_function(x_te)
+            out[k] = binary_auc(y_te == p.classes[1], score)
+            if scores_at is not None and k in scores_at:
+                scores_at[k] = (score[:, None], p.classes[1:])
+        else:
+            proba = p.predict_proba(x_te)
+            out[k] = float(np.nanmean(ovr_auc(y_te, proba, p.classes)))
+            if scores_at is not None and k in scores_at:
+                scores_at[k] = (proba, p.classes)
     return out
 
 
-def _class_auc(codes_tr: ArrayLike, pos_tr: np.ndarray, codes_te: ArrayLike, pos_te: np.ndarray,
-               cols: np.ndarray, probe: ProbeConfig,
-               init: LinearProbe | None = None) -> tuple[float, LinearProbe | None]:
-    """AUC of a binary class-vs-rest probe on the given columns, and the probe (None from the torch engine,
-    whose Newton solves need no warm start). ``init``: the class's probe on the first of these columns."""
+def _class_auc(x_tr: np.ndarray, pos_tr: np.ndarray, x_te: np.ndarray, pos_te: np.ndarray,
+               probe: ProbeConfig, init: LinearProbe | None = None) -> tuple[float, LinearProbe | None]:
+    """AUC of a binary class-vs-rest probe on the dense columns ``x_*``, and the probe (None from the torch
+    engine, whose Newton solves need no warm start). ``init``: the class's probe on the first of these
+    columns."""
     if probe_engine(probe, 2) == "torch":
         import torch
 
@@ -141,16 +152,15 @@ def _class_auc(codes_tr: ArrayLike, pos_tr: np.ndarray, codes_te: ArrayLike, pos
         from visae.metrics.probes import Standardizer
 
         dev = pick_device(probe.device)
-        x_tr = take_columns(codes_tr, cols)
         scaler = Standardizer.fit(x_tr, probe.standardize)
         with solver_threads(float(x_tr.shape[0]) * x_tr.shape[1] * 2, probe.threads):
             w, b, _, _ = newton_binary(torch.as_tensor(scaler.apply(x_tr), device=dev)[None],
                                        torch.as_tensor(pos_tr, device=dev, dtype=torch.float32)[None],
                                        probe.C, probe.max_iter, probe.tol)
-        score = scaler.apply(take_columns(codes_te, cols)) @ w[0].cpu().numpy() + float(b[0])
+        score = scaler.apply(x_te) @ w[0].cpu().numpy() + float(b[0])
         return binary_auc(pos_te, score), None
-    p = fit_probe(take_columns(codes_tr, cols), pos_tr.astype(np.int64), probe, init=init)
-    return binary_auc(pos_te, p.decision_function(take_columns(codes_te, cols))), p
+    p = fit_probe(x_tr, pos_tr.astype(np.int64), probe, init=init)
+    return binary_auc(pos_te, p.decision_function(x_te)), p
 
 
 def compute_m4(codes_nf: ArrayLike, labels_n: np.ndarray, config: M4Config | None = None,
@@ -166,7 +176,10 @@ def compute_m4(codes_nf: ArrayLike, labels_n: np.ndarray, config: M4Config | Non
     boot = bootstrap is not None and bootstrap.n_boot > 0 and config.ranking == "global"
     empty = (np.zeros((0, 0)), np.zeros(0))
     scores_at: dict[int, tuple[np.ndarray, np.ndarray]] | None = {head: empty} if boot else None
-    curve = sparse_probe_curve(codes[train], labels_n[train], codes[test], labels_n[test], ks,
+    # sparse codes (perhaps a memory-mapped file) are read in row chunks: no copy of either split
+    codes_tr, codes_te = ((RowSubset(codes, train), RowSubset(codes, test)) if sp.issparse(codes)
+                          else (codes[train], codes[test]))
+    curve = sparse_probe_curve(codes_tr, labels_n[train], codes_te, labels_n[test], ks,
                                config.probe, config.ranking, warm_start=config.warm_start,
                                scores_at=scores_at)
     value = curve.get(head)

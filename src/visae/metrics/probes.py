@@ -164,6 +164,54 @@ def stratified_split(labels_n: np.ndarray, test_size: float = 0.2,
     return train, np.sort(test)
 
 
+CHUNK_VALUES = 2**21
+"""Stored values per row chunk of a sparse matrix (~50 MiB of chunk copies and float64 temporaries)."""
+
+
+def _chunk_rows(matrix: sp.csr_matrix) -> int:
+    """Rows per chunk holding about :data:`CHUNK_VALUES` stored values on average."""
+    return max(1, int(CHUNK_VALUES * matrix.shape[0] / max(1, matrix.nnz)))
+
+
+class RowSubset:
+    """Rows ``rows`` of a CSR matrix, read a chunk at a time (:data:`CHUNK_VALUES`) and never copied whole.
+
+    The ranking and column helpers below accept one wherever they accept a matrix, so that a probe's
+    training rows of the evaluation's pooled codes (a memory-mapped file, possibly larger than the memory
+    one wants to hold) need no in-memory copy.
+    """
+
+    def __init__(self, matrix: sp.csr_matrix, rows: np.ndarray) -> None:
+        self.matrix = matrix
+        self.rows = np.asarray(rows, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.rows), int(self.matrix.shape[1])
+
+    def chunks(self) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """``(first row, CSR of the next rows)`` in order."""
+        step = _chunk_rows(self.matrix)
+        for s in range(0, len(self.rows), step):
+            yield s, self.matrix[self.rows[s:s + step]]
+
+
+def _row_chunks(x_nf: ArrayLike) -> Iterator[tuple[int, ArrayLike]]:
+    """``(first row, float64 block)`` covering ``x_nf``: a dense matrix in one block, sparse ones (CSR,
+    :class:`RowSubset`) in row chunks, so that no float64 copy of all the stored values is held."""
+    if isinstance(x_nf, RowSubset):
+        parts: Iterator[tuple[int, sp.csr_matrix]] = x_nf.chunks()
+    elif sp.issparse(x_nf):
+        x = sp.csr_matrix(x_nf)
+        step = _chunk_rows(x)
+        parts = ((s, x[s:s + step]) for s in range(0, x.shape[0], step))
+    else:
+        yield 0, np.asarray(x_nf, dtype=np.float64)  # float32 cancels in the sums of squares
+        return
+    for s, part in parts:
+        yield s, sp.csr_matrix((part.data.astype(np.float64), part.indices, part.indptr), shape=part.shape)
+
+
 def f_scores(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
     """ANOVA F statistic per feature (``sklearn.feature_selection.f_classif``).
 
@@ -174,7 +222,7 @@ def f_scores(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
 
     from sklearn.feature_selection import f_classif
 
-    if sp.issparse(x_nf):
+    if sp.issparse(x_nf) or isinstance(x_nf, RowSubset):
         f = _f_classif_sparse(x_nf, np.asarray(y_n))
     else:
         with warnings.catch_warnings():
@@ -184,45 +232,48 @@ def f_scores(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(f), -np.inf, np.where(f < 0, np.inf, f))
 
 
-def _float64(x_nf: ArrayLike) -> ArrayLike:
-    """``x_nf`` in float64 (float32 cancels in the sums of squares); a sparse matrix becomes CSR with a
-    float64 copy of its stored values only, sharing the index arrays."""
-    if not sp.issparse(x_nf):
-        return np.asarray(x_nf, dtype=np.float64)
-    x = sp.csr_matrix(x_nf)
-    return sp.csr_matrix((x.data.astype(np.float64), x.indices, x.indptr), shape=x.shape)
+def _column_moments(x_nf: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature ``(Σ x, Σ x²)`` over the rows, in float64 (no squared copy of a sparse matrix)."""
+    n_cols = x_nf.shape[1]
+    total, total_sq = np.zeros(n_cols), np.zeros(n_cols)
+    for _, block in _row_chunks(x_nf):
+        if sp.issparse(block):
+            total += np.bincount(block.indices, weights=block.data, minlength=n_cols)
+            total_sq += np.bincount(block.indices, weights=block.data * block.data, minlength=n_cols)
+        else:
+            total += block.sum(axis=0)
+            total_sq += np.square(block).sum(axis=0)
+    return total, total_sq
 
 
-def _column_moments(x64: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature ``(Σ x, Σ x²)`` over the rows (no squared copy of a sparse matrix)."""
-    if sp.issparse(x64):
-        n_cols = x64.shape[1]
-        return (np.bincount(x64.indices, weights=x64.data, minlength=n_cols),
-                np.bincount(x64.indices, weights=x64.data * x64.data, minlength=n_cols))
-    return x64.sum(axis=0), np.square(x64).sum(axis=0)
+CLASS_SUMS_BYTES = 64 * 2**20
+"""Largest per-class sum block ``[classes, F]`` float64 held at once (more classes: several passes)."""
 
 
-def _class_sums(x64: ArrayLike, y_n: np.ndarray, classes: np.ndarray,
-                chunk: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """For chunks of ``chunk`` classes: ``(first class index, images per class [c, 1], Σ x per class
-    [c, F])``, so that no ``[classes, F]`` array larger than one chunk is held."""
+def _class_sums(x_nf: ArrayLike, y_n: np.ndarray,
+                classes: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """For chunks of classes: ``(first class index, images per class [c, 1], Σ x per class [c, F])``, no
+    ``[classes, F]`` array above :data:`CLASS_SUMS_BYTES` held."""
+    n_cols = x_nf.shape[1]
+    chunk = max(1, CLASS_SUMS_BYTES // (8 * n_cols))
     for s in range(0, len(classes), chunk):
         cls = np.asarray(classes[s:s + chunk])
-        member = (y_n[None, :] == cls[:, None]).astype(np.float64)  # [c, n]
-        s_c = (sp.csr_matrix(member) @ x64).toarray() if sp.issparse(x64) else member @ x64
-        yield s, member.sum(axis=1, keepdims=True), np.asarray(s_c)
+        sums = np.zeros((len(cls), n_cols))
+        for r0, block in _row_chunks(x_nf):
+            member = (y_n[None, r0:r0 + block.shape[0]] == cls[:, None]).astype(np.float64)  # [c, rows]
+            sums += (sp.csr_matrix(member) @ block).toarray() if sp.issparse(block) else member @ block
+        yield s, (y_n[None, :] == cls[:, None]).sum(axis=1, keepdims=True).astype(np.float64), sums
 
 
-def _f_classif_sparse(x_nf: ArrayLike, y_n: np.ndarray, chunk: int = 64) -> np.ndarray:
-    """``f_classif``'s one-way ANOVA F (float64) from per-class sums, class chunk by class chunk: one
-    float64 copy of the stored values, no per-class slices or squared copies."""
-    x64 = _float64(x_nf)
+def _f_classif_sparse(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
+    """``f_classif``'s one-way ANOVA F (float64) from per-class sums over row chunks: no float64 copy of
+    the whole matrix, no per-class slices or squared copies."""
     classes = np.unique(y_n)
-    n = x64.shape[0]
-    total_f, total_q = _column_moments(x64)
+    n = x_nf.shape[0]
+    total_f, total_q = _column_moments(x_nf)
     square_of_sums_n = total_f**2 / n
     ss_between = -square_of_sums_n
-    for _, n_c, s_c in _class_sums(x64, y_n, classes, chunk):
+    for _, n_c, s_c in _class_sums(x_nf, y_n, classes):
         ss_between = ss_between + (s_c**2 / n_c).sum(axis=0)
     ss_tot = total_q - square_of_sums_n
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -240,7 +291,7 @@ def rank_features(x_nf: ArrayLike, y_n: np.ndarray) -> np.ndarray:
     return rank_by_f(f_scores(x_nf, y_n))
 
 
-def f_one_vs_rest(x_nf: ArrayLike, y_n: np.ndarray, classes: np.ndarray, chunk: int = 64) -> np.ndarray:
+def f_one_vs_rest(x_nf: ArrayLike, y_n: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Binary ANOVA F of every feature for each class against the rest: ``[len(classes), F]``.
 
     −inf for a constant feature, +inf for one without within-group variance (as :func:`f_scores`).
@@ -248,24 +299,29 @@ def f_one_vs_rest(x_nf: ArrayLike, y_n: np.ndarray, classes: np.ndarray, chunk: 
     Equals ``f_classif(x, y == c)`` for each class ``c``, computed from per-class sums in one pass.
     """
     y_n = np.asarray(y_n)
-    x64 = _float64(x_nf)
-    n = x64.shape[0]
-    total_f, total_q = _column_moments(x64)
+    n = x_nf.shape[0]
+    total_f, total_q = _column_moments(x_nf)
     ss_tot = total_q - total_f**2 / n
-    out = np.empty((len(classes), x64.shape[1]), dtype=np.float64)
-    for s, n_c, s_c in _class_sums(x64, y_n, classes, chunk):
+    out = np.empty((len(classes), x_nf.shape[1]), dtype=np.float64)
+    for s, n_c, s_c in _class_sums(x_nf, y_n, classes):
         n_r = n - n_c
         with np.errstate(divide="ignore", invalid="ignore"):
             ss_between = s_c**2 / n_c + (total_f - s_c) ** 2 / n_r - total_f**2 / n
             ss_within = np.maximum(ss_tot - ss_between, 0.0)
             f = ss_between / (ss_within / (n - 2))
         const = ss_tot <= 1e-12 * np.maximum(total_q, 1e-300)
-        out[s:s + chunk] = np.where(np.isnan(f) | const, -np.inf, f)
+        out[s:s + len(s_c)] = np.where(np.isnan(f) | const, -np.inf, f)
     return out
 
 
 def take_columns(x_nf: ArrayLike, cols: np.ndarray) -> np.ndarray:
-    """Dense float32 ``x[:, cols]`` (sparse inputs are sliced before densifying)."""
+    """Dense float32 ``x[:, cols]`` (sparse inputs, and a :class:`RowSubset` chunk by chunk, are sliced
+    before densifying)."""
+    if isinstance(x_nf, RowSubset):
+        out = np.empty((x_nf.shape[0], len(cols)), dtype=np.float32)
+        for s, part in x_nf.chunks():
+            out[s:s + part.shape[0]] = part[:, cols].toarray()
+        return out
     sub = x_nf[:, cols]
     return np.asarray(sub.toarray() if sp.issparse(sub) else sub, dtype=np.float32)
 
