@@ -11,7 +11,7 @@ inference threshold calibrated so that L0 = K on held-out tokens. Then, each in 
   ``DownstreamPreservation`` (M3) and ``SparseProbing`` (M4, given the paper's 11 budgets 1 … 1024, the
   work ours does) on the same activations (loaded into RAM: their API) and the same SAE;
 - the floor: ``tokens × 2·D·F`` at this machine's fp32 GEMM rate, measured in the ours subprocess just
-  before it evaluates (the best of a few ``[4096, D] @ [D, F]`` products).
+  before it evaluates (the best of ten ``[4096, D] @ [D, F]`` products).
 
 Memory is the process's private anonymous memory (``RssAnon`` of ``/proc/self/status``: the memory-mapped
 cache pages are file-backed and not counted), sampled every 20 ms; one row per cache size.
@@ -163,9 +163,9 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def gemm_rate(d: int, f: int, rows: int = 4096, reps: int = 3) -> tuple[float, float]:
-    """Best fp32 GEMM rate of ``[rows, d] @ [d, f]`` over a few tries: FLOP per wall second and per CPU
-    second."""
+def gemm_rate(d: int, f: int, rows: int = 4096, reps: int = 10) -> tuple[float, float]:
+    """Best fp32 GEMM rate of ``[rows, d] @ [d, f]`` over ten tries (three understated it by up to 20 % on a
+    noisy machine): FLOP per wall second and per CPU second."""
     import torch
 
     x, w = torch.randn(rows, d), torch.randn(d, f) / d**0.5

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,15 @@ def _read_json(path: Path, what: str) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CacheError(f"{path}: {what} is not valid JSON ({e}); rerun 'visae cache' to rebuild "
                          "it") from None
+
+
+def _float32_copy(arr: np.ndarray) -> torch.Tensor:
+    """A fresh float32 tensor of ``arr``; torch converts float16 on every thread (numpy on one)."""
+    if arr.dtype != np.float16:
+        return torch.from_numpy(arr.astype(np.float32))
+    with warnings.catch_warnings():  # a read-only memory map: only read here, by the conversion
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr).to(torch.float32)
 
 
 class ActivationCache:
@@ -226,7 +236,7 @@ class ActivationCache:
         return (acts - mean) / self._std
 
     def _to_torch(self, arr: np.ndarray, normalize: bool) -> torch.Tensor:
-        t = torch.from_numpy(arr.astype(np.float32))  # always a fresh copy: consumers may work in place
+        t = _float32_copy(arr)  # always a fresh copy: consumers may work in place
         # A float32 sum is finite when every entry is and float16 entries cannot overflow it, so the full
         # elementwise check runs only when the one cheap reduction says something is off.
         if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):

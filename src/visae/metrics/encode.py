@@ -27,8 +27,9 @@ from visae.sae.base import SAE
 from visae.sae.sparse import SparseCodes, row_offsets, select_topk, sparse_decode
 
 DEFAULT_GROUP_BYTES = 256 * 2**20
-# Encoder rows per fused matmul + selection chunk: [rows, F] pre-activations stay a few MiB on CPU.
-CPU_CHUNK_ROWS = 1024
+# Encoder rows per fused matmul + selection chunk: [rows, F] pre-activations stay ~50 MiB at F 6144 on CPU
+# (2048 rows run the GEMM ~10 % faster than 1024 on a 2-core EPYC; larger chunks gain nothing more).
+CPU_CHUNK_ROWS = 2048
 GPU_CHUNK_ROWS = 16384
 
 
