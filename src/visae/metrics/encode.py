@@ -348,7 +348,7 @@ class PooledCollector:
         pooled = batch.pooled_codes()  # row-major COO: its rows in order are CSR
         self._vals.append(pooled.vals_n.float().cpu().numpy())
         self._cols.append(pooled.cols_n.cpu().numpy())
-        self._row_nnz.append(torch.bincount(pooled.rows_n, minlength=pooled.n_rows).cpu().numpy())
+        self._row_nnz.append(np.diff(pooled.offsets_b.cpu().numpy(), append=pooled.nnz))  # its row offsets
         self._n_cols = pooled.n_cols
 
     def result(self) -> PooledFeatures:
