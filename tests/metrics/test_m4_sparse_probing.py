@@ -79,9 +79,9 @@ def test_warm_started_curve_equals_cold_probes(engine: str, ranking: str) -> Non
 
 @pytest.mark.parametrize("ranking", ["global", "per_class"])
 def test_sparse_codes_are_read_in_row_chunks_with_the_dense_result(ranking: str, monkeypatch) -> None:
-    import visae.metrics.probes as probes
+    from visae.metrics.probes import rows as probe_rows
 
-    monkeypatch.setattr(probes, "CHUNK_VALUES", 50)  # many chunks per split
+    monkeypatch.setattr(probe_rows, "CHUNK_VALUES", 50)  # many chunks per split
     y = np.arange(300) % 4
     codes = noisy_codes(300, 40, seed=2)
     codes[:, 5] += 0.8 * (y == 2)

@@ -211,9 +211,11 @@ def test_auto_engine_is_sklearn_for_few_classes_and_torch_for_many() -> None:
 def test_row_subset_gives_the_statistics_and_columns_of_the_copied_rows(chunk_values: int,
                                                                          monkeypatch) -> None:
     import visae.metrics.probes as probes
+    from visae.metrics.probes import anova
+    from visae.metrics.probes import rows as probe_rows
 
-    monkeypatch.setattr(probes, "CHUNK_VALUES", chunk_values)
-    monkeypatch.setattr(probes, "CLASS_SUMS_BYTES", 8 * 12 * 2)  # two classes per block: several passes
+    monkeypatch.setattr(probe_rows, "CHUNK_VALUES", chunk_values)
+    monkeypatch.setattr(anova, "CLASS_SUMS_BYTES", 8 * 12 * 2)  # two classes per block: several passes
     x, y = blobs(500, 12)
     x = np.maximum(x - 4, 0)
     x[:, 1] = 0.0
