@@ -233,3 +233,18 @@ def test_row_subset_gives_the_statistics_and_columns_of_the_copied_rows(chunk_va
     np.testing.assert_allclose(f_scores(view, y[rows])[ok], ref[ok], rtol=1e-9)
     cols = np.array([7, 0, 11, 3])
     assert np.array_equal(probes.take_columns(view, cols), x[rows][:, cols])
+
+
+def test_non_finite_probe_inputs_name_the_rows_and_a_command_that_exists() -> None:
+    from typer.testing import CliRunner
+
+    from visae.cli import app
+
+    x, y = blobs(60, 4)
+    x[[3, 17], 1] = np.nan
+    x[17, 2] = np.inf
+    with pytest.raises(DataError, match=r"2 of 60 probe input rows hold NaN or Inf") as err:
+        fit_probe(x, y)
+    assert "'visae cache' command that built it with --verify" in str(err.value)
+    help_text = CliRunner().invoke(app, ["cache", "--help"], env={"COLUMNS": "200"}).output
+    assert "--verify" in help_text  # the advice names an option the CLI has
