@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,10 +85,38 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
 _default_showwarning = warnings.showwarning
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record's bare message to the ``sys.stderr`` of the moment (a test runner may swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
+def show_library_messages(level: int = logging.INFO) -> None:
+    """Show the library's ``logging`` messages (the ``visae`` logger and below) on stderr as plain lines,
+    as the CLI does; idempotent."""
+    logger = logging.getLogger("visae")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    if logger.level == logging.NOTSET or logger.level > level:
+        logger.setLevel(level)
+
+
 @contextlib.contextmanager
 def cli_errors() -> Iterator[None]:
     """Bad input anywhere below becomes one ``error: …`` line and exit code 2; visae warnings print as
-    ``warning: …``. ``VISAE_DEBUG=1`` shows the traceback instead."""
+    ``warning: …``, the library's log messages as plain stderr lines. ``VISAE_DEBUG=1`` shows the traceback
+    instead."""
+    show_library_messages()
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:

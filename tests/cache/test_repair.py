@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ def _rerun(bb, src, folder: Path, **kw) -> list[int]:
 
 @pytest.mark.parametrize("name", FINALS)
 @pytest.mark.parametrize("how", ["missing", "garbage", "truncated"])
-def test_a_lost_or_damaged_final_file_is_rewritten(bb, src, clean, tmp_path, name, how, capsys) -> None:
+def test_a_lost_or_damaged_final_file_is_rewritten(bb, src, clean, tmp_path, name, how, caplog) -> None:
     folder = _copy(clean, tmp_path)
     path = folder / name
     if how == "missing":
@@ -74,8 +75,9 @@ def test_a_lost_or_damaged_final_file_is_rewritten(bb, src, clean, tmp_path, nam
     if name != "skipped.json" and (name != "manifest.json" or how != "missing"):
         with pytest.raises(CacheError, match="rerun 'visae cache'"):
             open_cache(folder)  # what the reader says to do …
-    assert _rerun(bb, src, folder, progress=True) == []  # … works, with no forward pass
-    assert f"rebuilding {name}" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="visae"):
+        assert _rerun(bb, src, folder, progress=True) == []  # … works, with no forward pass
+    assert f"rebuilding {name}" in caplog.text
     assert _snapshot(folder) == clean[1]  # bitwise, manifest time included
     open_cache(folder, verify=True)
 
@@ -100,11 +102,12 @@ def test_verify_finds_a_flipped_byte(bb, src, clean, tmp_path) -> None:
     assert _snapshot(folder) == clean[1]
 
 
-def test_a_healthy_cache_is_left_alone(bb, src, clean, tmp_path, capsys) -> None:
+def test_a_healthy_cache_is_left_alone(bb, src, clean, tmp_path, caplog) -> None:
     folder = _copy(clean, tmp_path)
     mtimes = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
-    assert _rerun(bb, src, folder, progress=True) == []
-    assert "cache exists" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="visae"):
+        assert _rerun(bb, src, folder, progress=True) == []
+    assert "cache exists" in caplog.text
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == mtimes
 
 

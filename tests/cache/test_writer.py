@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 import types
@@ -44,9 +45,11 @@ def _forward(bb, src, idx):
     return bb.patch_tokens(pixels, 1).numpy()
 
 
-def test_round_trip_skip_and_stats(bb, tree, tmp_path, capsys):
+def test_round_trip_skip_and_stats(bb, tree, tmp_path, capsys, caplog):
     src = open_source(f"folder:{tree}")
-    path = writer.build_cache(bb, src, 1, tmp_path / "out", batch_size=3, shard_images=4, num_workers=0)
+    with caplog.at_level(logging.INFO, logger="visae"):
+        path = writer.build_cache(bb, src, 1, tmp_path / "out", batch_size=3, shard_images=4, num_workers=0)
+    assert f"skipped 2 unreadable image(s); see {path / 'skipped.json'}" in caplog.text
     assert path.parent == tmp_path / "out" and path.name.startswith("tiny-vit-test-L1-")
     c = open_cache(path, verify=True)
     skipped = json.loads((path / "skipped.json").read_text())
@@ -69,8 +72,11 @@ def test_round_trip_skip_and_stats(bb, tree, tmp_path, capsys):
     # a second run does nothing
     before = (path / "manifest.json").stat().st_mtime_ns
     capsys.readouterr()
-    assert writer.build_cache(bb, src, 1, tmp_path / "out", batch_size=5, num_workers=0) == path
-    assert "cache exists" in capsys.readouterr().err  # stdout stays free for the folder the CLI prints
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="visae"):
+        assert writer.build_cache(bb, src, 1, tmp_path / "out", batch_size=5, num_workers=0) == path
+    assert "cache exists" in caplog.text
+    assert capsys.readouterr().out == ""  # stdout stays free for the folder the CLI prints
     assert (path / "manifest.json").stat().st_mtime_ns == before
 
 

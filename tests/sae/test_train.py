@@ -119,7 +119,7 @@ def test_seeds_train_in_one_pass_and_match_a_single_seed_run(planted_cache: tupl
 
 
 def test_a_small_cache_adapts_the_heldout_and_says_steps_were_capped(
-        planted_cache: tuple[Path, torch.Tensor], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        planted_cache: tuple[Path, torch.Tensor], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """400 images × 16 patches = 6400 tokens = 6 batches of 1024: the default 8 held-out batches cannot
     fit."""
     from visae.cache.reader import open_cache
@@ -128,7 +128,7 @@ def test_a_small_cache_adapts_the_heldout_and_says_steps_were_capped(
     assert cfg.heldout_batches == 8
     paths = train_saes(open_cache(planted_cache[0]), [SAESpec(family="batchtopk", expansion=2, k=3)],
                        tmp_path, cfg)
-    err = capsys.readouterr().err
+    err = "\n".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert "holding out 1 (not heldout_batches=8)" in err and "training on the other 5" in err
     assert "steps=1000 is more than the cache holds" in err and "capped at 5 steps" in err
     import yaml

@@ -10,8 +10,8 @@ running statistics; when the cache is complete it also holds the final files' co
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +38,7 @@ after_shard_hook: Callable[[int], None] | None = None
 """Called with the shard index after each shard is committed (tests use it to simulate a kill)."""
 
 JOURNAL = "progress.json"
+log = logging.getLogger(__name__)
 
 
 class _Decode(Dataset[tuple[int, Any, str | None]]):
@@ -283,5 +284,4 @@ class CacheBuild:
         write_final_files(self.folder, final_files(self.entries, self.journal["final"]))
         skipped = self.journal["final"]["manifest"]["n_skipped"]
         if skipped and self.cfg.progress:
-            print(f"skipped {skipped} unreadable image(s); see {self.folder / 'skipped.json'}",
-                  file=sys.stderr)
+            log.warning("skipped %d unreadable image(s); see %s", skipped, self.folder / "skipped.json")

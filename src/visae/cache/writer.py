@@ -15,8 +15,8 @@ journal), :mod:`visae.cache.repair` (what a rerun checks and rebuilds).
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,12 @@ from visae.io import check_output_dir, remove_leftover_tmp
 __all__ = ["build_cache", "cache_dir_for", "cache_key", "describe_preprocessing"]
 
 _lock = writer_lock  # the name older code imports
+log = logging.getLogger(__name__)
 
 
 def _say(cfg: CacheConfig, msg: str) -> None:
     if cfg.progress:
-        print(msg, file=sys.stderr, flush=True)
+        log.info(msg)
 
 
 def build_cache(backbone: Backbone | str, source: ImageSource | str, layer: int, out_dir: Path | str,

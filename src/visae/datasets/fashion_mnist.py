@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import fcntl
 import gzip
+import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,8 +82,11 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
+log = logging.getLogger(__name__)
+
+
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    log.info(msg)
 
 
 def _fetch_debian(dest: Path, log: Callable[[str], None]) -> None:

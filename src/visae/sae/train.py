@@ -12,8 +12,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -488,8 +488,11 @@ def _check_previous_run(out: Path, new: dict[str, Any], specs: dict[str, SAESpec
         return
 
 
+log = logging.getLogger(__name__)
+
+
 def _note(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    log.warning(msg)
 
 
 def _heldout_tail(cfg: TrainConfig, n_per_epoch: int) -> int:
