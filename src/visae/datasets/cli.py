@@ -16,7 +16,7 @@ def _fetch(name: str, force: bool) -> None:
 
     if name not in FETCHABLE:
         raise ConfigError(f"data fetch: unknown dataset {name!r}; fetchable: {', '.join(FETCHABLE)}")
-    from visae.datasets.fashion_mnist import fetch_fashion_mnist
+    from visae.datasets.offline.fashion_mnist import fetch_fashion_mnist
 
     typer.echo(str(fetch_fashion_mnist(force=force)))
 

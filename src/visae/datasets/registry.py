@@ -4,9 +4,9 @@
 - ``hf:name_or_path[:split]``: Hugging Face ``datasets`` (:mod:`visae.datasets.hf`, extra ``hf``)
 - ``fashion-mnist``: Fashion-MNIST IDX files: installed Debian package, else fetched (apt mirror, torchvision)
 - ``offline:digits`` / ``offline:faces`` / ``offline:textures`` / ``offline:mnist``: sets inside Python
-  packages (:mod:`visae.datasets.offline`)
+  packages (:mod:`visae.datasets.offline.packaged`)
 - ``texture-mosaic``: offline segmentation set: texture-photo mosaics with exact masks
-  (:mod:`visae.datasets.mosaic`)
+  (:mod:`visae.datasets.offline.mosaic`)
 - ``inat:/root`` / ``cub:/root`` / ``dtd:/root[?fold=N]``: out-of-domain sets for M6, official splits
   (:mod:`visae.datasets.ood`)
 - ``ade20k:/root``: ADE20K (ADEChallengeData2016) images with segmentation masks
@@ -87,7 +87,7 @@ def _open_full(spec: str, split: str) -> ImageSource:
 
 
 def _open_fashion_mnist(argument: str, split: str) -> ImageSource:
-    from visae.datasets.fashion_mnist import open_fashion_mnist
+    from visae.datasets.offline.fashion_mnist import open_fashion_mnist
 
     return open_fashion_mnist(split)
 
@@ -105,7 +105,8 @@ def _register_defaults() -> None:
     register_source("cub", "visae.datasets.ood:open_cub")
     register_source("dtd", "visae.datasets.ood:open_dtd_spec", usage="dtd:PATH[?fold=N]")
     register_source("ade20k", "visae.datasets.ade20k:open_ade20k")
-    register_source("texture-mosaic", "visae.datasets.mosaic:open_texture_mosaic", usage="texture-mosaic")
+    register_source("texture-mosaic", "visae.datasets.offline.mosaic:open_texture_mosaic",
+                    usage="texture-mosaic")
 
 
 _register_defaults()

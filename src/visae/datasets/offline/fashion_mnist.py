@@ -90,7 +90,7 @@ def _log(msg: str) -> None:
 
 
 def _fetch_debian(dest: Path, log: Callable[[str], None]) -> None:
-    from visae.datasets.debian import fetch_package_files
+    from visae.datasets.offline.debian import fetch_package_files
 
     use_apt = os.environ.get("VISAE_FETCH_NO_APT", "") in ("", "0")
     fetch_package_files(DEBIAN_PACKAGE, DEBIAN_FOLDER, dest, use_apt=use_apt, log=log)

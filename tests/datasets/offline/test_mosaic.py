@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("skimage")
 
-from visae.datasets.mosaic import N_MOSAICS, N_TRAIN, TEXTURES, make_mosaics
+from visae.datasets.offline.mosaic import N_MOSAICS, N_TRAIN, TEXTURES, make_mosaics
 from visae.datasets.registry import open_source
 from visae.errors import DataError
 from visae.tasks.segmentation import mask_to_patch_labels, open_mask_source

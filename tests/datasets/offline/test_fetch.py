@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from visae.datasets import debian
-from visae.datasets import fashion_mnist as fm
+from visae.datasets.offline import debian
+from visae.datasets.offline import fashion_mnist as fm
 from visae.errors import DataError
 
 
