@@ -208,3 +208,27 @@ def test_the_length_check_sees_a_long_function(tmp_path: Path) -> None:
     rows = long_functions(tmp_path / "m.py", limit=80)
     assert len(rows) == 1 and rows[0].endswith("long (81 lines)")
     assert long_functions(tmp_path / "m.py", limit=81) == []
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def skipped_own_imports(path: Path) -> list[str]:
+    """``file:line`` of each ``pytest.importorskip("visae…")``: an import regression of visae's own code
+    would turn that test into a skip instead of a failure."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [f"{path.name}:{node.lineno}" for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "importorskip" and node.args and isinstance(node.args[0], ast.Constant)
+            and str(node.args[0].value).split(".")[0] == "visae"]
+
+
+def test_tests_import_visae_directly() -> None:
+    bad = [row for path in sorted(TESTS.rglob("*.py")) for row in skipped_own_imports(path)]
+    assert not bad, "import visae's modules directly (importorskip is for optional packages): " + ", ".join(bad)
+
+
+def test_the_importorskip_check_sees_an_own_module(tmp_path: Path) -> None:
+    (tmp_path / "t.py").write_text('import pytest\nx = pytest.importorskip("visae.sae.checkpoint")\n'
+                                   'y = pytest.importorskip("ray")\n')
+    assert skipped_own_imports(tmp_path / "t.py") == ["t.py:2"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from visae.datasets import registry
 from visae.datasets.ood import open_cub, open_dtd, open_inat, open_ood
 from visae.errors import DataError
 
@@ -78,7 +79,6 @@ def test_dtd_folds_and_errors(tmp_path) -> None:
 
 
 def test_registry_specs(tmp_path) -> None:
-    registry = pytest.importorskip("visae.datasets.registry")
     for c in ("a", "b"):
         img(tmp_path / "images" / c / "x.jpg")
     (tmp_path / "labels").mkdir()

@@ -21,6 +21,7 @@ from visae.metrics.encode import encode_stream
 from visae.metrics.m1_spatial import M1Config, compute_m1
 from visae.metrics.m2_reconstruction import compute_m2
 from visae.metrics.raw_spatial import RawConfig, compute_raw
+from visae.sae import checkpoint, registry
 from visae.sae.base import SAE
 from visae.sae.testing import make_identity
 
@@ -61,7 +62,6 @@ def cache_dir(tmp_path):
 
 
 def test_evaluate_runs_every_metric_in_one_pass(cache_dir, tmp_path) -> None:
-    pytest.importorskip("visae.sae.checkpoint")
     from visae.metrics.evaluate import evaluate
 
     cache = open_cache(cache_dir)
@@ -133,8 +133,6 @@ def test_format_results_table() -> None:
 
 def test_cli_end_to_end_writes_results(cache_dir, tmp_path) -> None:
     """cache → SAE checkpoint → ``visae eval --metrics m1,m2,raw`` → JSON results with known answers."""
-    checkpoint = pytest.importorskip("visae.sae.checkpoint")
-    registry = pytest.importorskip("visae.sae.registry")
     cache = open_cache(cache_dir)
     sae = make_identity(registry.make_sae("relu", d_in=D, d_sae=2 * D))
     sae.set_normalization(torch.from_numpy(cache.mean_d), cache.std)
