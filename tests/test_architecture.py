@@ -225,7 +225,8 @@ def skipped_own_imports(path: Path) -> list[str]:
 
 def test_tests_import_visae_directly() -> None:
     bad = [row for path in sorted(TESTS.rglob("*.py")) for row in skipped_own_imports(path)]
-    assert not bad, "import visae's modules directly (importorskip is for optional packages): " + ", ".join(bad)
+    assert not bad, ("import visae's modules directly (importorskip is for optional packages): "
+                     + ", ".join(bad))
 
 
 def test_the_importorskip_check_sees_an_own_module(tmp_path: Path) -> None:
