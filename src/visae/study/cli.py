@@ -14,20 +14,16 @@ if TYPE_CHECKING:
     from visae.study.config import StudyConfig
     from visae.study.executors import RunSummary
 
-DEMO_STUDY = "demo.yaml"
+DEMO_STUDY = "demo"
+"""The template ``visae demo`` runs (``visae/studies/demo.yaml``)."""
 
 
-def _demo_yaml() -> Path:
-    """studies/demo.yaml of the current folder or of the source tree visae runs from."""
-    from visae.errors import ConfigError
+def _study_and_overrides(study: Path, overrides: list[str] | None) -> tuple[Path, list[str]]:
+    """A study argument (a YAML path or a template name) and the overrides to run it with."""
+    from visae.study.templates import resolve_study
 
-    here = Path(__file__).resolve()
-    for base in (Path.cwd(), *here.parents):
-        candidate = base / "studies" / DEMO_STUDY
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"studies/{DEMO_STUDY} not found (looked in {Path.cwd()} and above {here.parent}); run "
-                      "'visae demo' from the visae source folder, or 'visae study run path/to/demo.yaml'")
+    path, implied = resolve_study(study)
+    return path, [*implied, *(overrides or [])]
 
 
 def _run(study: Path, overrides: list[str] | None, executor: str, address: str | None, dry_run: bool,
@@ -82,7 +78,8 @@ def register(app: typer.Typer) -> None:
 
     @study_app.command("run")
     def run_cmd(
-        study: Annotated[Path, typer.Argument(help="study YAML (see studies/paper.yaml, studies/demo.yaml)")],
+        study: Annotated[Path, typer.Argument(help="study YAML, or the name of a shipped template: demo, "
+                                                   "paper, release (see 'visae study templates')")],
         overrides: SetOpt = None,
         executor: Annotated[str, typer.Option(help="'local' (in process) or 'ray'")] = "local",
         address: Annotated[str | None,
@@ -93,16 +90,26 @@ def register(app: typer.Typer) -> None:
                                typer.Option(help="retries of a failing job (local 0, ray 2)")] = None,
     ) -> None:
         """Plan the study and run every job that is not done yet."""
-        run_guarded(_run, study, overrides, executor, address, dry_run, max_retries)
+        path, sets = run_guarded(_study_and_overrides, study, overrides)
+        run_guarded(_run, path, sets, executor, address, dry_run, max_retries)
 
     @study_app.command("status")
-    def status_cmd(study: Annotated[Path, typer.Argument(help="study YAML")],
+    def status_cmd(study: Annotated[Path, typer.Argument(help="study YAML or template name")],
                    overrides: SetOpt = None) -> None:
         """Show which jobs are done and which remain."""
         from visae.study.config import load_study_config
         from visae.study.run import study_status
 
-        typer.echo(run_guarded(lambda: study_status(load_study_config(study, overrides))))
+        path, sets = run_guarded(_study_and_overrides, study, overrides)
+        typer.echo(run_guarded(lambda: study_status(load_study_config(path, sets))))
+
+    @study_app.command("templates")
+    def templates_cmd() -> None:
+        """List the study templates shipped with visae (run one with 'visae study run NAME')."""
+        from visae.study.templates import TEMPLATES_DIR, template_names
+
+        for name in template_names():
+            typer.echo(f"{name}\t{TEMPLATES_DIR / (name + '.yaml')}")
 
     app.add_typer(study_app, name="study")
 
@@ -111,8 +118,10 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="study folder")] = Path(".visae-demo"),
         overrides: SetOpt = None,
     ) -> None:
-        """Run the offline demo study (studies/demo.yaml) end to end and print where the report is."""
-        yaml_path: Path = run_guarded(_demo_yaml)
+        """Run the offline demo study (the 'demo' template) end to end and print where the report is."""
+        from visae.study.templates import template_path
+
+        yaml_path: Path = run_guarded(template_path, DEMO_STUDY)
         typer.echo(f"demo study: {yaml_path} → {out.resolve()}", err=True)
         sets = [f"out_dir={out.resolve()}", *(overrides or [])]
         os.environ.setdefault("VISAE_DEMO", "1")
