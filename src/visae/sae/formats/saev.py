@@ -3,19 +3,16 @@
 saev changed what the same tensors mean several times; each header schema is read the way the saev version
 that wrote it computed its forward pass (tested against files written by those versions' own ``dump``):
 
-===========  ==========================================  =====================  ================================
-schema       header                                      encoder                BatchTopK at inference
-===========  ==========================================  =====================  ================================
-none         the bare config (``d_vit``, ``exp_factor``)  ``(x − b_dec) W + b``  (ReLU only)
-1            ``cls`` = activation (``Relu``, ``TopK`` …)  changed inside schema  top-k of the whole batch:
-             or ``SparseAutoencoderConfig`` + dict       1 (saev e7ca004)       refused
-2            ``cfg.activation = {cls, params}``          ``x W + b``            changed inside schema 2: refused
-3            as 2                                        ``x W + b``            per-sample top-k
-4            as 2                                        ``x W + b``            changed inside schema 4: a
-                                                                                ``threshold`` buffer, or refused
-5            as 2                                        ``x W + b``            JumpReLU at the ``threshold``
-                                                                                buffer (≤ 0: plain ReLU)
-===========  ==========================================  =====================  ================================
+- no schema (saev 0.1.0): the header is the bare config (``d_vit``, ``exp_factor``); ReLU; the encoder
+  sees ``x − b_dec`` (as ours does).
+- schema 1: ``cls`` names the activation (``Relu``, ``TopK``, ``BatchTopK``); the encoder changed inside
+  this schema (see below); BatchTopK kept the top-k of the whole batch (refused).
+- schema 2: ``cfg.activation = {cls, params}``; the encoder sees ``x`` (``b_dec`` is folded into
+  ``b_enc``); BatchTopK changed inside the schema (whole batch, then per sample): refused.
+- schema 3: as 2; BatchTopK is a per-sample top-k (read as our TopK).
+- schema 4: as 3, but BatchTopK changed inside the schema: with an ``activation.threshold`` buffer it is read
+  as in schema 5, without one it is refused.
+- schema 5: BatchTopK at inference is a JumpReLU at the scalar ``activation.threshold`` buffer (≤ 0: ReLU).
 
 Schema-1 files with a non-zero ``b_dec`` are refused: saev stopped subtracting ``b_dec`` in the encoder on
 2025-07-31 (commit e7ca004) without changing the header, so the file does not say which forward it had.
@@ -64,17 +61,18 @@ def _batchtopk_threshold(schema: int | None, state: dict[str, torch.Tensor], whe
         raise CheckpointError(f"{where}: saev schema {schema} BatchTopK without the 'activation.threshold' "
                               "buffer its inference needs; save it again with saev's own dump")
     if schema in (1, 2):
-        raise CheckpointError(f"{where}: header field 'schema' = {schema} with cfg.activation.cls = 'BatchTopK': "
-                              "this saev's BatchTopK kept the top_k largest values of the whole batch at "
-                              "inference (until commit a4c2c60, a per-sample top-k after, same schema), which "
-                              "no per-token SAE reproduces. Load it with the saev version that wrote it and "
-                              "save it again with a current saev (schema 5 stores an inference threshold)")
+        raise CheckpointError(
+            f"{where}: header field 'schema' = {schema} with cfg.activation.cls = 'BatchTopK': this saev's "
+            "BatchTopK kept the top_k largest values of the whole batch at inference (until commit a4c2c60, "
+            "a per-sample top-k after, same schema), which no per-token SAE reproduces. Load it with the saev "
+            "version that wrote it and save it again with a current saev (schema 5 stores a threshold)")
     if schema == 4:
-        raise CheckpointError(f"{where}: header field 'schema' = 4 with cfg.activation.cls = 'BatchTopK' and no "
-                              "'activation.threshold' buffer: saev changed this activation inside schema 4 "
-                              "(per-sample top-k until commit b94e5ea, batch-coupled top-k after), so the file "
-                              "does not say what its forward pass was. Load it with the saev version that wrote "
-                              "it, and save it again with a current saev (schema 5 stores the threshold)")
+        raise CheckpointError(
+            f"{where}: header field 'schema' = 4 with cfg.activation.cls = 'BatchTopK' and no "
+            "'activation.threshold' buffer: saev changed this activation inside schema 4 (per-sample top-k "
+            "until commit b94e5ea, batch-coupled top-k after), so the file does not say what its forward "
+            "pass was. Load it with the saev version that wrote it, and save it again with a current saev "
+            "(schema 5 stores the threshold)")
     return None
 
 
@@ -112,8 +110,8 @@ def _config(pt_path: Path, header: dict[str, Any]) -> tuple[int | None, str, dic
         return None, "Relu", {}, header
     schema = header["schema"]
     if schema not in SCHEMAS:
-        raise CheckpointError(f"{pt_path}: header field 'schema' = {schema!r} is not a saev schema this visae "
-                              f"reads (known: none, {', '.join(str(s) for s in SCHEMAS[1:])})")
+        raise CheckpointError(f"{pt_path}: header field 'schema' = {schema!r} is not a saev schema this "
+                              f"visae reads (known: none, {', '.join(str(s) for s in SCHEMAS[1:])})")
     cfg = header.get("cfg")
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{pt_path}: header field 'cfg' is missing or not an object")
