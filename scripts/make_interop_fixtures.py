@@ -112,6 +112,43 @@ print(json.dumps({"header": open(out + "/sae.pt", "rb").readline().decode()[:200
 ''' % N_ROWS
 
 
+# Runs inside saev's newest version: load visae's saev export with saev's own loader, record its outputs.
+EXPORT_CHILD = r'''
+import sys, torch
+from safetensors.torch import load_file, save_file
+from saev.nn import modeling as M
+folder = sys.argv[1]
+sae = M.load(folder + "/sae.pt").eval()
+a = load_file(folder + "/inputs.safetensors")["a"]
+with torch.no_grad():
+    out = sae(a)
+save_file({"a": a, "codes": out.f_x.contiguous(), "recon": out.x_hats[:, -1, :].contiguous()},
+          folder + "/expected.safetensors")
+'''
+EXPORT_COMMIT = "3d73f1f"
+
+
+def make_export_fixtures(root: Path, out: Path, extra_path: str) -> None:
+    """visae's ``--format saev`` export of each planted SAE of tests/sae/test_writers.py, loaded by saev."""
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "sae"))
+    from test_writers import planted_sae, raw_inputs  # type: ignore[import-not-found]
+
+    from visae.sae.writers import write_saev
+
+    for family in ("relu", "topk", "batchtopk"):
+        sae = planted_sae(family)
+        dest = out / family
+        write_saev(sae, dest)
+        save_file({"a": raw_inputs(sae).contiguous()}, str(dest / "inputs.safetensors"))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), extra_path) if p)}
+        subprocess.run([sys.executable, "-W", "ignore", "-c", EXPORT_CHILD, str(dest.resolve())], check=True,
+                       env=env, cwd=str(dest.parent))
+        (dest / "inputs.safetensors").unlink()
+        print("export", family)
+
+
 def export_commit(repo: Path, commit: str, dest: Path) -> Path:
     """``git archive`` of the commit's python package into ``dest``; the folder holding ``saev/``."""
     names = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", commit], check=True,
@@ -150,7 +187,10 @@ def main() -> None:
             manifest[name] = {"saev_commit": full, "kind": kind, "top_k": top_k or None,
                               "schema": header.get("schema")}
             print(name, manifest[name])
-    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        if EXPORT_COMMIT not in roots:
+            roots[EXPORT_COMMIT] = export_commit(args.saev_repo, EXPORT_COMMIT, Path(tmp))
+        make_export_fixtures(roots[EXPORT_COMMIT], args.out.parent / "saev_export", args.extra_path)
 
 
 if __name__ == "__main__":
