@@ -80,8 +80,16 @@ def evaluate(
                 write_result(out_path / f"{name}.json", results[name], metric.config, ctx,
                              seconds=time.perf_counter() - finalize_started,
                              stream_seconds=time.perf_counter() - started)
+                write_saebench(out_path / f"{name}.json")  # the same numbers in SAEBench's shape
         del pooled  # its memory maps close before the folder goes
     return results
+
+
+def write_saebench(record_path: Path) -> Path:
+    """``<folder>/saebench/<metric>.json`` beside a record (visae.results.saebench)."""
+    from visae.results.saebench import write_saebench as write
+
+    return write(record_path)
 
 
 def _instantiate(name: str, given: MetricConfig | Mapping[str, Any], ctx: EvalContext) -> Metric[Any]:

@@ -45,7 +45,24 @@ def _ls_hub(repo: str, revision: str | None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``ls`` and ``export`` to the CLI."""
+    """Add ``ls``, ``export`` and ``saebench`` to the CLI."""
+
+    @app.command("saebench")
+    def saebench_command(
+        results: Annotated[Path, typer.Argument(help="A 'visae eval' output folder or a study folder.")],
+        out: Annotated[Path, typer.Argument(help="Folder to write the SAEBench-shaped JSON files into "
+                                                 "(same relative paths as the records).")],
+    ) -> None:
+        """Write every visae result record under RESULTS as a SAEBench-shaped JSON file (metrics grouped by
+        the four dimensions, per-feature details, SAE config and provenance, visae version and commit)."""
+
+        def go() -> None:
+            from visae.results.saebench import export_results
+
+            written = export_results(results, out)
+            typer.echo(f"{len(written)} SAEBench result file(s) under {out}")
+
+        run_guarded(go)
 
     @app.command("ls")
     def ls_command(
