@@ -1,5 +1,6 @@
 """Write tiny saev checkpoints with saev's OWN code at old versions (header schemas 1–5), for
-tests/sae/test_interop_saev.py.
+tests/sae/test_interop_saev.py (and, with ``--prisma-repo``, ViT-Prisma SAEs with ViT-Prisma's own code, for
+tests/sae/test_interop_vit_prisma.py; and visae's saev export loaded by saev, for tests/sae/test_writers.py).
 
 saev 0.1.0 (PyPI, pre-schema) is tested live; the schemas after it exist only in saev's git history. This
 script exports each listed commit's ``src`` into a temporary folder outside this repository (``git archive``),
@@ -10,7 +11,7 @@ inputs. Only the generated files are written under ``tests/data/interop/saev/``;
 
 Usage::
 
-    python scripts/make_interop_fixtures.py --saev-repo PATH_TO_SAEV_GIT [--out tests/data/interop/saev]
+    python scripts/make_interop_fixtures.py --saev-repo PATH_TO_SAEV_GIT [--prisma-repo PATH_TO_VIT_PRISMA_GIT]
 
 Needs the packages saev imports (torch, einops, beartype, jaxtyping, tyro; orjson for schema 5: pass
 ``--extra-path`` to a folder that holds it when the environment lacks it).
@@ -149,11 +150,53 @@ def make_export_fixtures(root: Path, out: Path, extra_path: str) -> None:
         print("export", family)
 
 
-def export_commit(repo: Path, commit: str, dest: Path) -> Path:
-    """``git archive`` of the commit's python package into ``dest``; the folder holding ``saev/``."""
-    names = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", commit], check=True,
-                           capture_output=True, text=True).stdout.split()
-    part = "src" if "src" in names else "saev"
+# Runs inside ViT-Prisma (its repository's src first on sys.path; its PyPI release has no SAE code).
+PRISMA_CHILD = r'''
+import sys, torch
+from safetensors.torch import save_file
+from vit_prisma.sae.config import VisionModelSAERunnerConfig
+from vit_prisma.sae.sae import SparseAutoencoder, StandardSparseAutoencoder
+act, norm, out = sys.argv[1], sys.argv[2], sys.argv[3]
+cfg = VisionModelSAERunnerConfig(d_in=8, expansion_factor=4, activation_fn_str=act,
+                                 activation_fn_kwargs={"k": 4} if act == "topk" else {},
+                                 normalize_activations=norm, log_to_wandb=False, checkpoint_path=out,
+                                 _device="cpu")
+torch.manual_seed(99)
+sae = StandardSparseAutoencoder(cfg)
+with torch.no_grad():
+    for name, p in sae.named_parameters():
+        p.copy_(torch.randn_like(p) * (0.5 if name.startswith("W") else 0.3))
+cfg.save_config(out + "/config.json")  # what its trainer's checkpoint() writes
+sae.save_model(out + "/n_images_100.pt")
+back = SparseAutoencoder.load_from_pretrained(out + "/n_images_100.pt").eval()
+x = torch.randn(24, 8) * 1.5 + 0.2
+with torch.no_grad():
+    _, codes = back.encode(x)
+    recon = back.decode(codes)
+save_file({"x": x, "codes": codes.contiguous(), "recon": recon.contiguous()}, out + "/expected.safetensors")
+'''
+PRISMA_COMMIT = "aa5ff6a"
+PRISMA_VERSIONS = {"relu": ("relu", "none"), "topk": ("topk", "none"), "topk_layer_norm": ("topk", "layer_norm")}
+
+
+def make_prisma_fixtures(repo: Path, out: Path, extra_path: str, tmp: Path) -> None:
+    """ViT-Prisma SAEs saved by its own save_config + save_model, with its own outputs."""
+    root = export_commit(repo, PRISMA_COMMIT, tmp, part="src")
+    for name, (act, norm) in PRISMA_VERSIONS.items():
+        dest = out / name
+        dest.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), extra_path) if p)}
+        subprocess.run([sys.executable, "-W", "ignore", "-c", PRISMA_CHILD, act, norm, str(dest.resolve())],
+                       check=True, env=env, cwd=str(tmp), stdout=subprocess.DEVNULL)
+        print("vit_prisma", name)
+
+
+def export_commit(repo: Path, commit: str, dest: Path, part: str | None = None) -> Path:
+    """``git archive`` of the commit's python package into ``dest``; the folder holding the package."""
+    if part is None:
+        names = subprocess.run(["git", "-C", str(repo), "ls-tree", "--name-only", commit], check=True,
+                               capture_output=True, text=True).stdout.split()
+        part = "src" if "src" in names else "saev"
     tar_path = dest / f"{commit}.tar"
     with open(tar_path, "wb") as f:
         subprocess.run(["git", "-C", str(repo), "archive", commit, part], check=True, stdout=f)
@@ -167,6 +210,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--saev-repo", type=Path, required=True, help="a git clone of OSU-NLP-Group/saev")
     ap.add_argument("--out", type=Path, default=Path("tests/data/interop/saev"))
+    ap.add_argument("--prisma-repo", type=Path, help="a git clone of Prisma-Multimodal/ViT-Prisma (needs "
+                                                      "line_profiler on --extra-path)")
     ap.add_argument("--extra-path", default="", help="extra sys.path entries (e.g. a folder with orjson)")
     args = ap.parse_args()
     manifest = {}
@@ -191,6 +236,8 @@ def main() -> None:
         if EXPORT_COMMIT not in roots:
             roots[EXPORT_COMMIT] = export_commit(args.saev_repo, EXPORT_COMMIT, Path(tmp))
         make_export_fixtures(roots[EXPORT_COMMIT], args.out.parent / "saev_export", args.extra_path)
+        if args.prisma_repo is not None:
+            make_prisma_fixtures(args.prisma_repo, args.out.parent / "vit_prisma", args.extra_path, Path(tmp))
 
 
 if __name__ == "__main__":

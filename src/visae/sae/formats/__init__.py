@@ -9,6 +9,8 @@ is tried first.
 - ``saev``: :mod:`visae.sae.formats.saev`; files: ``sae.pt`` with a JSON header line
 - ``dictionary_learning``: :mod:`visae.sae.formats.dictionary_learning`; files: ``ae.pt`` + ``config.json``
 - ``sparsify``: :mod:`visae.sae.formats.sparsify`; files: ``sae.safetensors`` + ``cfg.json``
+- ``vit_prisma``: :mod:`visae.sae.formats.vit_prisma`; files: ``config.json`` + ``n_images_<N>.pt`` /
+  ``weights.pt``
 - ``authors``: :mod:`visae.sae.formats.authors`; files: the paper's release: overcomplete ``sae.pt`` +
   ``config.yaml``
 - ``reference``: :mod:`visae.sae.formats.reference`; files: ``reference.json``: a checkpoint elsewhere,
@@ -51,6 +53,7 @@ CHECKPOINT_FORMATS.register_package("visae.sae.formats", [
     ("saev", "saev:FORMAT", "sae.pt with a JSON header"),
     ("dictionary_learning", "dictionary_learning:FORMAT", "ae.pt + config.json (dictionary_learning)"),
     ("sparsify", "sparsify:FORMAT", "sae.safetensors + cfg.json (EleutherAI sparsify)"),
+    ("vit_prisma", "vit_prisma:FORMAT", "config.json + n_images_<N>.pt or weights.pt (ViT-Prisma)"),
     ("authors", "authors:FORMAT", "the paper's release: overcomplete sae.pt + config.yaml"),
     ("reference", "reference:FORMAT", "reference.json: a checkpoint elsewhere (hub commit or path) + sha256"),
 ])
