@@ -11,7 +11,7 @@ inputs. Only the generated files are written under ``tests/data/interop/saev/``;
 
 Usage::
 
-    python scripts/make_interop_fixtures.py --saev-repo PATH_TO_SAEV_GIT [--prisma-repo PATH_TO_VIT_PRISMA_GIT]
+    python scripts/make_interop_fixtures.py --saev-repo SAEV_GIT [--prisma-repo VIT_PRISMA_GIT]
 
 Needs the packages saev imports (torch, einops, beartype, jaxtyping, tyro; orjson for schema 5: pass
 ``--extra-path`` to a folder that holds it when the environment lacks it).
@@ -94,7 +94,7 @@ with torch.no_grad():
 M.dump(out + "/sae.pt", sae)
 back = M.load(out + "/sae.pt")
 back.eval()
-x = torch.randn(%d, d) * 1.5 + 0.2
+x = torch.randn(N_ROWS, d) * 1.5 + 0.2
 with torch.no_grad():
     res = back(x)
     if isinstance(res, tuple) and not hasattr(res, "x_hats"):
@@ -110,7 +110,7 @@ with torch.no_grad():
         tensors["prefix_recons"] = back.decode(codes, prefixes=prefixes).contiguous()
 save_file(tensors, out + "/expected.safetensors")
 print(json.dumps({"header": open(out + "/sae.pt", "rb").readline().decode()[:200]}))
-''' % N_ROWS
+'''.replace("N_ROWS", str(N_ROWS))
 
 
 # Runs inside saev's newest version: load visae's saev export with saev's own loader, record its outputs.
@@ -176,7 +176,8 @@ with torch.no_grad():
 save_file({"x": x, "codes": codes.contiguous(), "recon": recon.contiguous()}, out + "/expected.safetensors")
 '''
 PRISMA_COMMIT = "aa5ff6a"
-PRISMA_VERSIONS = {"relu": ("relu", "none"), "topk": ("topk", "none"), "topk_layer_norm": ("topk", "layer_norm")}
+PRISMA_VERSIONS = {"relu": ("relu", "none"), "topk": ("topk", "none"),
+                   "topk_layer_norm": ("topk", "layer_norm")}
 
 
 def make_prisma_fixtures(repo: Path, out: Path, extra_path: str, tmp: Path) -> None:
@@ -222,12 +223,14 @@ def main() -> None:
                 roots[commit] = export_commit(args.saev_repo, commit, Path(tmp))
             out = args.out / name
             out.mkdir(parents=True, exist_ok=True)
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(roots[commit]), args.extra_path)
-                                                                 if p)}
+            paths = (str(roots[commit]), args.extra_path)
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
             full = subprocess.run(["git", "-C", str(args.saev_repo), "rev-parse", commit], check=True,
                                   capture_output=True, text=True).stdout.strip()
-            subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD, kind, str(top_k), str(out.resolve()), str(D_MODEL),
-                            str(EXPANSION), "1" if name.endswith("_zero") else "0"], check=True, env=env, cwd=tmp, stdout=subprocess.DEVNULL)
+            args_child = [kind, str(top_k), str(out.resolve()), str(D_MODEL), str(EXPANSION),
+                          "1" if name.endswith("_zero") else "0"]
+            subprocess.run([sys.executable, "-W", "ignore", "-c", CHILD, *args_child], check=True, env=env,
+                           cwd=tmp, stdout=subprocess.DEVNULL)
             header = json.loads((out / "sae.pt").read_bytes().split(b"\n", 1)[0])
             manifest[name] = {"saev_commit": full, "kind": kind, "top_k": top_k or None,
                               "schema": header.get("schema")}

@@ -72,7 +72,8 @@ def test_eval_writes_saebench_files_that_validate(tmp_path: Path) -> None:
             if isinstance(v, int | float) and not isinstance(v, bool) and k != "value":
                 assert group[k] == v
         assert doc["eval_config"] == record["config"]
-        assert doc["sae_cfg_dict"]["family"] == "topk" and doc["sae_cfg_dict"]["provenance"]["backbone"] == "test"
+        cfg = doc["sae_cfg_dict"]
+        assert cfg["family"] == "topk" and cfg["provenance"]["backbone"] == "test"
         assert doc["visae_version"] and doc["cache"]["cache"] == record["inputs"]["cache"]
     m1 = json.loads((out / "saebench" / "m1.json").read_text())
     table = pd.read_parquet(out / "m1_features.parquet")

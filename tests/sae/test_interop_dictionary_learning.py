@@ -103,7 +103,8 @@ def test_gated_and_unknown(tmp_path: Path) -> None:
     _randomize(model)
     folder = _save_like_trainsae(model, tmp_path / "g", {"dict_class": "GatedAutoEncoder"})
     if "gated" not in SAE_FAMILIES:
-        with pytest.raises(CheckpointError, match=r"config\.json: field trainer\.dict_class = 'GatedAutoEncoder'"):
+        with pytest.raises(CheckpointError,
+                           match=r"config\.json: field trainer\.dict_class = 'GatedAutoEncoder'"):
             load_sae(folder)
     (folder / "config.json").write_text("{}")
     with pytest.raises(CheckpointError, match=r"config\.json: missing, or without field trainer\.dict_class"):
@@ -137,7 +138,8 @@ def test_sparsify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         cfg[field] = value
         (tmp_path / "bad").mkdir(exist_ok=True)
         (tmp_path / "bad" / "cfg.json").write_text(json.dumps(cfg))
-        (tmp_path / "bad" / "sae.safetensors").write_bytes((tmp_path / "layers.3" / "sae.safetensors").read_bytes())
+        weights = (tmp_path / "layers.3" / "sae.safetensors").read_bytes()
+        (tmp_path / "bad" / "sae.safetensors").write_bytes(weights)
         with pytest.raises(CheckpointError, match=rf"cfg\.json: field '{field}'"):
             load_sae(tmp_path / "bad")
 
@@ -146,6 +148,6 @@ def test_ambiguous_folder_names_the_candidates(tmp_path: Path) -> None:
     model = dl.AutoEncoder(D, F)
     folder = _save_like_trainsae(model, tmp_path / "t", {"dict_class": "AutoEncoder"})
     (folder / "sae.pt").write_bytes(b'{"schema": 5}\n')
-    with pytest.raises(CheckpointError, match=r"ambiguous checkpoint: it matches the formats saev \(sae\.pt\), "
-                                              r"dictionary_learning \(ae\.pt\)"):
+    with pytest.raises(CheckpointError, match=r"ambiguous checkpoint: it matches the formats "
+                                              r"saev \(sae\.pt\), dictionary_learning \(ae\.pt\)"):
         load_sae(folder)

@@ -55,14 +55,16 @@ def _save(model: Any, folder: Path, inference: bool = False) -> Path:
 
 @pytest.mark.parametrize("apply_b_dec", [True, False])
 def test_standard(apply_b_dec: bool, tmp_path: Path) -> None:
-    model = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=D, d_sae=F, apply_b_dec_to_input=apply_b_dec))
+    cfg = sae_lens.StandardSAEConfig(d_in=D, d_sae=F, apply_b_dec_to_input=apply_b_dec)
+    model = sae_lens.StandardSAE(cfg)
     _randomize(model)
     _compare(_save(model, tmp_path / "s"), "relu")
 
 
 @pytest.mark.parametrize("rescale", [False, True])
 def test_topk(rescale: bool, tmp_path: Path) -> None:
-    model = sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=D, d_sae=F, k=K, rescale_acts_by_decoder_norm=rescale))
+    cfg = sae_lens.TopKSAEConfig(d_in=D, d_sae=F, k=K, rescale_acts_by_decoder_norm=rescale)
+    model = sae_lens.TopKSAE(cfg)
     _randomize(model)
     _compare(_save(model, tmp_path / "s"), "topk")
 

@@ -134,6 +134,7 @@ def test_cli_export_format(tmp_path: Path) -> None:
     from visae.cli import app
 
     save_sae(planted_sae("topk"), tmp_path / "ours")
-    res = CliRunner().invoke(app, ["export", str(tmp_path / "ours"), str(tmp_path / "out"), "--format", "saev"])
+    args = ["export", str(tmp_path / "ours"), str(tmp_path / "out"), "--format", "saev"]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "out" / "sae.pt").is_file() and load_sae(tmp_path / "out").family == "topk"

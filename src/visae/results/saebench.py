@@ -77,8 +77,8 @@ class SAEBenchResult(BaseModel):
     sae_lens_version: str | None = Field(None, description="unused by visae (null)")
     sae_cfg_dict: dict[str, Any] = Field(description="the SAE's config (family, sizes, k …) and provenance")
     visae_version: str = Field(description="visae version")
-    visae_commit: str | None = Field(None, description="git commit of the visae source, when it is a checkout")
-    cache: dict[str, Any] = Field(default_factory=dict, description="evaluation cache hash, path and backbone")
+    visae_commit: str | None = Field(None, description="git commit of the visae source (a checkout)")
+    cache: dict[str, Any] = Field(default_factory=dict, description="evaluation cache: hash, path, backbone")
 
 
 @lru_cache(maxsize=1)
@@ -157,7 +157,8 @@ def saebench_result(record: dict[str, Any], folder: Path | None = None) -> SAEBe
     return SAEBenchResult(
         eval_type_id=f"visae_{rec.metric}", eval_config=dict(rec.config), eval_id=str(uuid.uuid4()),
         datetime_epoch_millis=int(time.time() * 1000),
-        eval_result_metrics={dimension: {"value": rec.value, **{k: v for k, v in flat.items() if k != "value"}}},
+        eval_result_metrics={dimension: {"value": rec.value,
+                                         **{k: v for k, v in flat.items() if k != "value"}}},
         eval_result_details=_details(folder, rec.metric) if folder is not None else [],
         eval_result_unstructured=nested or None,
         sae_bench_commit_hash=f"visae {rec.visae_version}",
@@ -206,7 +207,7 @@ def export_results(results: Path | str, out: Path | str) -> list[Path]:
     return written
 
 
-SCHEMAS = {"visae_result_record": ResultRecord, "saebench_result": SAEBenchResult}
+SCHEMAS: dict[str, type[BaseModel]] = {"visae_result_record": ResultRecord, "saebench_result": SAEBenchResult}
 """Schema file stem → model (``schemas/<stem>.schema.json``)."""
 
 

@@ -152,11 +152,11 @@ def export_saes(sae_dir: Path | str, out: Path | str, results: Sequence[Path | s
     """
     from visae.sae.checkpoint import load_sae, sae_fingerprint
     from visae.sae.hub import SAERef, checkpoint_folder, parse_sae_ref
-
     from visae.sae.writers import EXPORT_FORMATS
 
     if fmt not in EXPORT_FORMATS:
-        raise ConfigError(f"--format {fmt!r} is not an export format (choose one of {', '.join(EXPORT_FORMATS)})")
+        raise ConfigError(f"--format {fmt!r} is not an export format (choose one of "
+                          f"{', '.join(EXPORT_FORMATS)})")
     src_dir, out_dir = checkpoint_folder(sae_dir), Path(out)
     ref = parse_sae_ref(sae_dir)
     sources = find_saes(src_dir)

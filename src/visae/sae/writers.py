@@ -53,14 +53,15 @@ def raw_space_weights(sae: SAE) -> RawWeights:
 def _batchtopk_threshold(sae: SAE, where: str) -> float:
     t = float(sae.threshold)  # type: ignore[arg-type]
     if not math.isfinite(t):
-        raise CheckpointError(f"{where}: the BatchTopK SAE has no inference threshold yet (calibrate it, e.g. "
-                              "with 'visae train', before exporting); other libraries run BatchTopK as a "
-                              "JumpReLU at that threshold")
+        raise CheckpointError(f"{where}: the BatchTopK SAE has no inference threshold yet (calibrate it, "
+                              "e.g. with 'visae train', before exporting); other libraries run BatchTopK as "
+                              "a JumpReLU at that threshold")
     return max(t, 0.0)
 
 
 def _jumprelu_thresholds(sae: SAE, where: str) -> torch.Tensor:
-    t = sae.threshold.detach().float().cpu()  # type: ignore[union-attr]
+    threshold: torch.Tensor = sae.threshold  # type: ignore[assignment]
+    t = threshold.detach().float().cpu()
     if bool((t < 0).any()):
         raise CheckpointError(f"{where}: {int((t < 0).sum())} JumpReLU thresholds are negative; sae-lens "
                               "applies ReLU before the jump, so they would not export exactly")
@@ -103,7 +104,8 @@ def write_saelens(sae: SAE, dest: Path, metadata: dict[str, Any] | None = None) 
     cfg = {"architecture": arch.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32",
            "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
            "reshape_activations": "none", **arch.cfg(sae),
-           "metadata": {"exported_by": f"visae {__version__}", "visae_family": sae.family, **(metadata or {})}}
+           "metadata": {"exported_by": f"visae {__version__}", "visae_family": sae.family,
+                        **(metadata or {})}}
     dest.mkdir(parents=True, exist_ok=True)
     weights = dest / "sae_weights.safetensors"
     state = {k: v.contiguous() for k, v in tensors.items()}
@@ -130,7 +132,8 @@ SAEV_ACTIVATIONS: dict[str, SaevActivation] = {
     "topk": SaevActivation("TopK", lambda s: {"top_k": s.k_per_token}, lambda s, w: {}),
     # saev's eval-mode BatchTopK is a JumpReLU at its scalar threshold buffer (≤ 0: ReLU), like ours.
     "batchtopk": SaevActivation("BatchTopK", lambda s: {"top_k": s.k_per_token},
-                                lambda s, w: {"activation.threshold": torch.tensor(_batchtopk_threshold(s, w))}),
+                                lambda s, w: {"activation.threshold":
+                                              torch.tensor(_batchtopk_threshold(s, w))}),
 }
 """visae family → saev activation (schema 5). saev has no per-feature JumpReLU, so JumpReLU is refused."""
 
@@ -157,7 +160,11 @@ def write_saev(sae: SAE, dest: Path, metadata: dict[str, Any] | None = None) -> 
     data = json.dumps(header).encode("utf-8") + b"\n" + buf.getvalue()
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / "sae.pt"
-    atomic_write_with(path, lambda p: Path(p).write_bytes(data))
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    atomic_write_with(path, write)
     return [path]
 
 

@@ -108,8 +108,8 @@ def _dict_class(pt_path: Path, cfg: dict[str, Any], state: dict[str, torch.Tenso
     if "bias" in state and "encoder.weight" in state:
         return "AutoEncoder"
     raise CheckpointError(f"{pt_path.with_name(CONFIG)}: missing, or without field trainer.dict_class; it "
-                          "says which dictionary class wrote ae.pt (AutoEncoder, AutoEncoderTopK, BatchTopKSAE, "
-                          "…); put the trainSAE config.json beside ae.pt")
+                          "says which dictionary class wrote ae.pt (AutoEncoder, AutoEncoderTopK, "
+                          "BatchTopKSAE, …); put the trainSAE config.json beside ae.pt")
 
 
 def load(pt_path: Path) -> SAE:
@@ -132,7 +132,8 @@ def load(pt_path: Path) -> SAE:
     d_in, d_sae = W_enc.shape
     if W_dec.shape != (d_sae, d_in) or b_enc.shape != (d_sae,) or b_dec.shape != (d_in,):
         raise CheckpointError(f"{pt_path}: decoder {tuple(W_dec.shape)}, encoder bias {tuple(b_enc.shape)}, "
-                              f"decoder bias {tuple(b_dec.shape)} do not fit the encoder {tuple(W_enc.shape)}")
+                              f"decoder bias {tuple(b_dec.shape)} do not fit the encoder "
+                              f"{tuple(W_enc.shape)}")
     k = None
     if entry.needs_k:
         k = trainer.get("k") if isinstance(trainer.get("k"), int) else None

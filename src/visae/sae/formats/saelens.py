@@ -44,7 +44,8 @@ def detect(path: Path) -> Path | None:
 def _threshold_vector(sae: SAE, state: dict[str, torch.Tensor], where: Path) -> None:
     t = get_tensor(state, ("threshold",), where).float()
     if t.shape != (sae.d_sae,):
-        raise CheckpointError(f"{where}: tensor 'threshold' has shape {tuple(t.shape)}, expected ({sae.d_sae},)")
+        raise CheckpointError(f"{where}: tensor 'threshold' has shape {tuple(t.shape)}, expected "
+                              f"({sae.d_sae},)")
     sae.threshold.copy_(t.clamp_min(0.0))  # type: ignore[operator]  # ReLU first in sae-lens
 
 

@@ -64,8 +64,8 @@ def _batchtopk_threshold(schema: int | None, state: dict[str, torch.Tensor], whe
         raise CheckpointError(
             f"{where}: header field 'schema' = {schema} with cfg.activation.cls = 'BatchTopK': this saev's "
             "BatchTopK kept the top_k largest values of the whole batch at inference (until commit a4c2c60, "
-            "a per-sample top-k after, same schema), which no per-token SAE reproduces. Load it with the saev "
-            "version that wrote it; save it again with a current saev (schema 5 stores a threshold)")
+            "a per-sample top-k after, same schema), which no per-token SAE reproduces. Load it with the "
+            "saev version that wrote it; save it again with a current saev (schema 5 stores a threshold)")
     if schema == 4:
         raise CheckpointError(
             f"{where}: header field 'schema' = 4 with cfg.activation.cls = 'BatchTopK' and no "

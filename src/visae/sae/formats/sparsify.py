@@ -52,7 +52,8 @@ def load(dir_path: Path) -> SAE:
     b_dec = get_tensor(state, ("b_dec",), w_path).float()
     d_in, d_sae = W_enc.shape
     if "d_in" in cfg and int(cfg["d_in"]) != d_in:
-        raise CheckpointError(f"{w_path}: encoder.weight gives d_in={d_in} but {CONFIG} says d_in={cfg['d_in']}")
+        raise CheckpointError(f"{w_path}: encoder.weight gives d_in={d_in} but {CONFIG} says "
+                              f"d_in={cfg['d_in']}")
     if W_dec.shape != (d_sae, d_in) or b_dec.shape != (d_in,):
         raise CheckpointError(f"{w_path}: W_dec {tuple(W_dec.shape)} / b_dec {tuple(b_dec.shape)} do not fit "
                               f"encoder.weight {tuple(W_enc.T.shape)}")

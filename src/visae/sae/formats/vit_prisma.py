@@ -70,8 +70,8 @@ def _state_dict(pt_path: Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals([(_InertConfig, CONFIG_CLASS)]):
             obj = torch.load(str(pt_path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{pt_path}: not a readable ViT-Prisma checkpoint (refused to unpickle anything "
-                              f"but tensors and its config): {e}") from e
+        raise CheckpointError(f"{pt_path}: not a readable ViT-Prisma checkpoint (refused to unpickle "
+                              f"anything but tensors and its config): {e}") from e
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{pt_path}: expected a state dict of tensors (or {{'cfg', 'state_dict'}})")
@@ -96,15 +96,16 @@ def load(pt_path: Path) -> SAE:
                               f"(supported: {', '.join(ACTIVATIONS)})")
     norm = cfg.get("normalize_activations") or "none"
     if norm != "none":
-        raise CheckpointError(f"{cfg_path}: field 'normalize_activations' = {norm!r} normalizes each token by "
-                              "its own statistics, which no fixed affine map reproduces; only 'none' loads")
+        raise CheckpointError(f"{cfg_path}: field 'normalize_activations' = {norm!r} normalizes each "
+                              "token by its own statistics, which no fixed affine map reproduces; only "
+                              "'none' loads")
     kwargs = cfg.get("activation_fn_kwargs") or {}
     k = kwargs.get("k") if family == "topk" else None
     if family == "topk" and not isinstance(k, int):
         raise CheckpointError(f"{cfg_path}: field activation_fn_kwargs.k is missing for activation 'topk'")
     state = _state_dict(pt_path)
-    W_enc, b_enc, W_dec, b_dec = (get_tensor(state, (n,), pt_path).float() for n in ("W_enc", "b_enc", "W_dec",
-                                                                                   "b_dec"))
+    names = ("W_enc", "b_enc", "W_dec", "b_dec")
+    W_enc, b_enc, W_dec, b_dec = (get_tensor(state, (n,), pt_path).float() for n in names)
     d_in, d_sae = W_enc.shape
     if "d_in" in cfg and int(cfg["d_in"]) != d_in:
         raise CheckpointError(f"{pt_path}: W_enc gives d_in={d_in} but {CONFIG} says d_in={cfg['d_in']}")
