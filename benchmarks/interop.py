@@ -54,7 +54,8 @@ def main() -> None:
             e_lens = best(lambda: lens.encode(a), args.repeats)
             diff = float((ours.encode(a) - lens.encode(a)).abs().max())
     print(f"export to saelens (incl. load-back check): {t_export:.3f} s")
-    print(f"load SAELens files: visae {t_ours:.3f} s, sae-lens {t_lens:.3f} s; visae from saev: {t_saev:.3f} s")
+    print(f"load SAELens files: visae {t_ours:.3f} s, sae-lens {t_lens:.3f} s; "
+          f"visae from saev: {t_saev:.3f} s")
     print(f"encode {args.tokens} tokens: visae {e_ours * 1e3:.1f} ms, sae-lens {e_lens * 1e3:.1f} ms; "
           f"max |code difference| {diff:.2e}")
 
