@@ -145,8 +145,10 @@ def _sae_config(inputs: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def saebench_result(record: dict[str, Any], folder: Path | None = None) -> SAEBenchResult:
-    """The SAEBench-shaped result of one visae record (``folder``: where its per-feature tables are)."""
+def saebench_result(record: dict[str, Any], folder: Path | None = None,
+                    sae_cfg: dict[str, Any] | None = None) -> SAEBenchResult:
+    """The SAEBench-shaped result of one visae record (``folder``: where its per-feature tables are;
+    ``sae_cfg``: the evaluated SAE's config when the record's SAE is not a local visae folder)."""
     from visae import __version__
 
     rec = ResultRecord.model_validate(record)
@@ -164,15 +166,16 @@ def saebench_result(record: dict[str, Any], folder: Path | None = None) -> SAEBe
         sae_bench_commit_hash=f"visae {rec.visae_version}",
         sae_lens_id=str(rec.inputs.get("sae")) if rec.inputs.get("sae") is not None else None,
         sae_lens_release_id=str(prov.get("repo")) if isinstance(prov, dict) and prov.get("repo") else None,
-        sae_cfg_dict=_sae_config(rec.inputs), visae_version=__version__, visae_commit=visae_commit(),
+        sae_cfg_dict={**(sae_cfg or {}), **_sae_config(rec.inputs)}, visae_version=__version__, visae_commit=visae_commit(),
         cache={k: rec.inputs.get(k) for k in ("cache", "cache_path", "backbone")})
 
 
-def write_saebench(record_path: Path, out: Path | None = None) -> Path:
+def write_saebench(record_path: Path, out: Path | None = None,
+                   sae_cfg: dict[str, Any] | None = None) -> Path:
     """Write the SAEBench-shaped file of the record at ``record_path`` (default:
     ``<its folder>/saebench/<metric>.json``); return its path."""
     record = json.loads(record_path.read_text(encoding="utf-8"))
-    result = saebench_result(record, record_path.parent)
+    result = saebench_result(record, record_path.parent, sae_cfg)
     dest = out if out is not None else record_path.parent / SAEBENCH_DIR / f"{record_path.stem}.json"
     atomic_write_json(dest, result.model_dump(mode="json"))
     return dest
