@@ -166,7 +166,8 @@ def saebench_result(record: dict[str, Any], folder: Path | None = None,
         sae_bench_commit_hash=f"visae {rec.visae_version}",
         sae_lens_id=str(rec.inputs.get("sae")) if rec.inputs.get("sae") is not None else None,
         sae_lens_release_id=str(prov.get("repo")) if isinstance(prov, dict) and prov.get("repo") else None,
-        sae_cfg_dict={**(sae_cfg or {}), **_sae_config(rec.inputs)}, visae_version=__version__, visae_commit=visae_commit(),
+        sae_cfg_dict={**(sae_cfg or {}), **_sae_config(rec.inputs)}, visae_version=__version__,
+        visae_commit=visae_commit(),
         cache={k: rec.inputs.get(k) for k in ("cache", "cache_path", "backbone")})
 
 
