@@ -93,3 +93,21 @@ def test_cli_converts_a_folder_and_refuses_an_empty_one(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     res = CliRunner().invoke(app, ["saebench", str(tmp_path / "empty"), str(tmp_path / "sb2")])
     assert res.exit_code == 2 and "no visae result records" in res.output
+
+
+def test_foreign_checkpoint_results_carry_its_config(tmp_path: Path) -> None:
+    """An SAE evaluated from another library's files: sae_cfg_dict still says what was evaluated."""
+    from visae.sae.export import export_saes
+
+    _eval(tmp_path)
+    export_saes(tmp_path / "sae", tmp_path / "lens", fmt="saelens")
+    cache = open_cache(tmp_path / "cache")
+    evaluate(tmp_path / "lens", cache, metrics=["m2"], out_dir=tmp_path / "eval_lens", device="cpu",
+             group_size=8, bootstrap={"n_boot": 0})
+    doc = json.loads((tmp_path / "eval_lens" / "saebench" / "m2.json").read_text())
+    jsonschema.validate(doc, _schema("saebench_result"))
+    assert doc["sae_cfg_dict"]["family"] == "topk" and doc["sae_cfg_dict"]["k"] == 3
+    assert "saelens" in doc["sae_cfg_dict"]["hparams"]["source"]
+    ours = json.loads((tmp_path / "eval" / "saebench" / "m2.json").read_text())
+    mine = doc["eval_result_metrics"]["reconstruction"]
+    assert abs(mine["value"] - ours["eval_result_metrics"]["reconstruction"]["value"]) < 1e-4
