@@ -76,6 +76,9 @@ class SAELensArchitecture:
     architecture: str
     cfg: Callable[[SAE], dict[str, Any]]
     tensors: Callable[[SAE, str], dict[str, torch.Tensor]]
+    """The family's own tensors (thresholds; Gated: ``b_gate``, ``b_mag``, ``r_mag``)."""
+    encoder_bias: bool = True
+    """Whether sae-lens's architecture has ``b_enc`` (``gated`` has not)."""
 
 
 SAELENS_ARCHITECTURES: dict[str, SAELensArchitecture] = {
@@ -99,8 +102,8 @@ def write_saelens(sae: SAE, dest: Path, metadata: dict[str, Any] | None = None) 
         raise CheckpointError(f"{dest}: a {sae.family} SAE has no SAELens architecture here (supported: "
                               f"{', '.join(SAELENS_ARCHITECTURES)})")
     w = raw_space_weights(sae)
-    tensors = {"W_enc": w.W_enc, "b_enc": w.b_enc, "W_dec": w.W_dec, "b_dec": w.b_dec,
-               **arch.tensors(sae, str(dest))}
+    tensors = {"W_enc": w.W_enc, **({"b_enc": w.b_enc} if arch.encoder_bias else {}), "W_dec": w.W_dec,
+               "b_dec": w.b_dec, **arch.tensors(sae, str(dest))}
     cfg = {"architecture": arch.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae, "dtype": "float32",
            "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
            "reshape_activations": "none", **arch.cfg(sae),

@@ -64,8 +64,12 @@ class Architecture:
     k_field: str | None = None
     """The cfg field holding K (TopK kinds)."""
     extra: Callable[[SAE, dict[str, torch.Tensor], Path], None] | None = None
-    """Copies the family's own tensors (thresholds) into the built SAE."""
+    """Copies the family's own tensors (thresholds; a Gated SAE's ``b_gate``, ``b_mag``, ``r_mag``) into
+    the built SAE, after the shared ones."""
     hparams: dict[str, Any] = field(default_factory=dict)
+    encoder_bias: str | None = "b_enc"
+    """The tensor copied into ``b_enc`` (None: the architecture has none, e.g. ``gated``; ``extra`` sets
+    the family's biases)."""
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -112,8 +116,10 @@ def load(dir_path: Path) -> SAE:
     w_path = dir_path / WEIGHTS
     state = load_safetensors(w_path)
     W_enc, W_dec = (get_tensor(state, (n,), w_path).float() for n in ("W_enc", "W_dec"))
-    b_enc, b_dec = (get_tensor(state, (n,), w_path).float() for n in ("b_enc", "b_dec"))
+    b_dec = get_tensor(state, ("b_dec",), w_path).float()
     d_in, d_sae = W_enc.shape
+    b_enc = (get_tensor(state, (arch.encoder_bias,), w_path).float() if arch.encoder_bias is not None
+             else torch.zeros(d_sae))
     for key, have in (("d_in", d_in), ("d_sae", d_sae)):
         if key in cfg and int(cfg[key]) != have:
             raise CheckpointError(f"{w_path}: W_enc gives {key}={have} but {CONFIG} says {key}={cfg[key]}")
