@@ -56,6 +56,7 @@ EXTRAS = {
     "hf": ["datasets"],
     "ray": ["ray"],
     "bench": ["overcomplete"],
+    "interop": ["sae_lens", "saev", "dictionary_learning", "sparsify"],
 }
 
 

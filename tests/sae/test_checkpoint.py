@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from pathlib import Path
 
@@ -107,52 +105,6 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
     torch.save({"x": Evil()}, folder / "sae.pt")
     with pytest.raises(CheckpointError, match="refused to unpickle"):
         load_sae(folder)
-
-
-@pytest.mark.parametrize("arch", ["standard", "jumprelu"])
-def test_saelens_layout(arch: str, tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    d, f = 6, 20
-    W_enc, b_enc, W_dec, b_dec = torch.randn(d, f), torch.randn(f), torch.randn(f, d), torch.randn(d)
-    tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
-    if arch == "jumprelu":
-        tensors["threshold"] = torch.rand(f)
-    save_file(tensors, str(tmp_path / "sae_weights.safetensors"))
-    (tmp_path / "cfg.json").write_text(json.dumps({"architecture": arch, "d_in": d, "d_sae": f,
-                                                   "apply_b_dec_to_input": False,
-                                                   "normalize_activations": "none"}))
-    sae = load_sae(tmp_path)
-    x = torch.randn(7, d)
-    pre = x @ W_enc + b_enc  # SAELens with apply_b_dec_to_input=False
-    codes = torch.relu(pre) if arch == "standard" else pre * (pre > tensors["threshold"])
-    torch.testing.assert_close(sae.encode(x), codes, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(sae.decode(codes), codes @ W_dec + b_dec)
-    (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "gated", "d_in": d}))
-    with pytest.raises(CheckpointError, match=r"cfg\.json.*architecture"):
-        load_sae(tmp_path)
-
-
-def test_saev_layout(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    d, f = 6, 24
-    state = {"W_enc": torch.randn(d, f), "b_enc": torch.randn(f), "W_dec": torch.randn(f, d),
-             "b_dec": torch.randn(d)}
-    header = {"schema": 2, "cfg": {"d_vit": d, "exp_factor": 4,
-                                   "activation": {"cls": "TopK", "params": {"top_k": 3}}}, "lib": "x"}
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    (tmp_path / "sae.pt").write_bytes((json.dumps(header) + "\n").encode() + buf.getvalue())
-    sae = load_sae(tmp_path / "sae.pt")
-    assert sae.family == "topk" and sae.k == 3
-    x = torch.randn(5, d)
-    pre = x @ state["W_enc"] + state["b_enc"]  # saev encodes x directly
-    top = torch.topk(pre, 3, dim=1)
-    ref = torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
-    torch.testing.assert_close(sae.encode(x), ref, atol=1e-5, rtol=1e-5)
-    header["cfg"]["d_vit"] = 7
-    (tmp_path / "sae.pt").write_bytes((json.dumps(header) + "\n").encode() + buf.getvalue())
-    with pytest.raises(CheckpointError, match="d_vit=7"):
-        load_sae(tmp_path / "sae.pt")
 
 
 def test_hub_id_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

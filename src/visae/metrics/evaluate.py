@@ -80,8 +80,21 @@ def evaluate(
                 write_result(out_path / f"{name}.json", results[name], metric.config, ctx,
                              seconds=time.perf_counter() - finalize_started,
                              stream_seconds=time.perf_counter() - started)
+                write_saebench(out_path / f"{name}.json", sae_model if loaded is not None else None)
         del pooled  # its memory maps close before the folder goes
     return results
+
+
+def write_saebench(record_path: Path, sae: SAE | None) -> Path:
+    """The same numbers in SAEBench's shape: ``<folder>/saebench/<metric>.json`` beside a record
+    (visae.results.saebench), with the SAE's config."""
+    from visae.results.saebench import write_saebench as write
+    from visae.sae.checkpoint import sae_config
+
+    cfg = None
+    if sae is not None:
+        cfg = {k: v for k, v in sae_config(sae).items() if k not in ("normalization", "provenance")}
+    return write(record_path, sae_cfg=cfg)
 
 
 def _instantiate(name: str, given: MetricConfig | Mapping[str, Any], ctx: EvalContext) -> Metric[Any]:

@@ -5,7 +5,10 @@ one subfolder per configuration (``OUT/batchtopk_16x_k128/…``) and one ``READM
 README is a Hugging Face model card: metadata (``library_name: visae``, ``base_model`` when the
 backbone is a timm model), how to load it, every configuration's settings, the metrics found in
 ``visae eval`` result files, and the provenance (training cache, settings, file hashes).
-Checkpoints in other formats (the authors' release, SAELens, saev) are converted to ours on the way.
+Checkpoints in other formats (the authors' release, SAELens, saev …) are converted on the way.
+
+``fmt="saelens"`` or ``"saev"`` writes each configuration in that library's layout instead
+(:mod:`visae.sae.writers`: normalization folded into the weights, checked by loading the files back).
 """
 
 from __future__ import annotations
@@ -122,17 +125,38 @@ def _attach_metrics(items: list[Exported], roots: Sequence[Path]) -> None:
                                                      "cache_path": inputs.get("cache_path")}
 
 
+def _write_foreign(src: Path, dest: Path, fmt: str, origin: Any = None) -> dict[str, Any]:
+    """Write ``src`` in another library's layout into ``dest``; the visae config of what was written."""
+    from visae.sae.checkpoint import load_sae, sae_config
+    from visae.sae.hub import locate_sae
+    from visae.sae.writers import WRITERS, check_export
+
+    sae = load_sae(src)
+    prov = {"converted_from": locate_sae(origin if origin is not None else src).provenance}
+    config = sae_config(sae, prov)
+    metadata = {k: config["provenance"].get(k) for k in ("backbone", "layer", "cache")
+                if config["provenance"].get(k) is not None}
+    WRITERS[fmt](sae, dest, metadata)
+    check_export(sae, load_sae(dest), dest)
+    return config
+
+
 def export_saes(sae_dir: Path | str, out: Path | str, results: Sequence[Path | str] = (),
-                repo_id: str | None = None, force: bool = False) -> list[Exported]:
+                repo_id: str | None = None, force: bool = False, fmt: str = "visae") -> list[Exported]:
     """Write the hub-repo folder for the SAE(s) in ``sae_dir`` (a folder, or a hub reference) into ``out``;
     return what was exported.
 
     ``results``: folders searched (besides ``sae_dir``) for ``visae eval`` result files of these SAEs;
-    their values go into the model card. ``repo_id`` only names the repo in the card's examples.
+    their values go into the model card. ``repo_id`` only names the repo in the card's examples. ``fmt``:
+    ``visae`` (default), ``saelens`` or ``saev`` (see :mod:`visae.sae.writers`).
     """
     from visae.sae.checkpoint import load_sae, sae_fingerprint
     from visae.sae.hub import SAERef, checkpoint_folder, parse_sae_ref
+    from visae.sae.writers import EXPORT_FORMATS
 
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"--format {fmt!r} is not an export format (choose one of "
+                          f"{', '.join(EXPORT_FORMATS)})")
     src_dir, out_dir = checkpoint_folder(sae_dir), Path(out)
     ref = parse_sae_ref(sae_dir)
     sources = find_saes(src_dir)
@@ -142,9 +166,13 @@ def export_saes(sae_dir: Path | str, out: Path | str, results: Sequence[Path | s
     for src in sources:
         dest = out_dir if single else out_dir / src.name
         origin = SAERef(ref.target, ref.subfolder or src.name, ref.revision, hub=True) if ref.hub else None
-        _copy_or_convert(src, dest, origin)
-        sae = load_sae(dest)  # the export must load back
-        config = yaml.safe_load((dest / "config.yaml").read_text(encoding="utf-8"))
+        if fmt == "visae":
+            _copy_or_convert(src, dest, origin)
+            sae = load_sae(dest)  # the export must load back
+            config = yaml.safe_load((dest / "config.yaml").read_text(encoding="utf-8"))
+        else:
+            config = _write_foreign(src, dest, fmt, origin)
+            sae = load_sae(src)
         files = {p.name: sha256_file(p) for p in checkpoint_files(dest)}
         items.append(Exported(src.name if not single else (src.resolve().name or "sae"), src, dest, config,
                               sae_fingerprint(sae), files))

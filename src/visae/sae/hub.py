@@ -113,7 +113,8 @@ def checkpoint_files(path: Path) -> list[Path]:
         return sorted({path, *([extra] if extra.is_file() and path.suffix == ".pt" else [])})
     for marker in checkpoint_markers():
         if all((path / name).is_file() for name in marker):
-            optional = [p for p in (path / "config.yaml", path / "sparsity.safetensors") if p.is_file()]
+            optional = [p for p in (path / "config.yaml", path / "config.json", path / "sparsity.safetensors")
+                        if p.is_file()]
             return sorted({*(path / name for name in marker), *optional})
     return []
 

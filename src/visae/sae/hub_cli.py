@@ -45,7 +45,24 @@ def _ls_hub(repo: str, revision: str | None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``ls`` and ``export`` to the CLI."""
+    """Add ``ls``, ``export`` and ``saebench`` to the CLI."""
+
+    @app.command("saebench")
+    def saebench_command(
+        results: Annotated[Path, typer.Argument(help="A 'visae eval' output folder or a study folder.")],
+        out: Annotated[Path, typer.Argument(help="Folder to write the SAEBench-shaped JSON files into "
+                                                 "(same relative paths as the records).")],
+    ) -> None:
+        """Write every visae result record under RESULTS as a SAEBench-shaped JSON file (metrics grouped by
+        the four dimensions, per-feature details, SAE config and provenance, visae version and commit)."""
+
+        def go() -> None:
+            from visae.results.saebench import export_results
+
+            written = export_results(results, out)
+            typer.echo(f"{len(written)} SAEBench result file(s) under {out}")
+
+        run_guarded(go)
 
     @app.command("ls")
     def ls_command(
@@ -91,6 +108,10 @@ def register(app: typer.Typer) -> None:
                            typer.Option("--repo-id", help="Repo name used in the card's examples.")] = None,
         force: Annotated[bool, typer.Option("--force", help="Write into a non-empty OUT, replacing the "
                                                             "exported files.")] = False,
+        fmt: Annotated[str, typer.Option("--format", help="Checkpoint layout: visae, saelens "
+                                                          "(sae_weights.safetensors + cfg.json) or saev "
+                                                          "(sae.pt); normalization is folded into the "
+                                                          "weights for saelens and saev.")] = "visae",
     ) -> None:
         """Write the folder a hub repo would hold: checkpoint(s), one subfolder per configuration for a grid,
         and a model card (README.md) with the config, metrics and provenance."""
@@ -98,7 +119,7 @@ def register(app: typer.Typer) -> None:
         def go() -> None:
             from visae.sae.export import export_saes
 
-            items = export_saes(sae_dir, out, results or [], repo_id=repo_id, force=force)
+            items = export_saes(sae_dir, out, results or [], repo_id=repo_id, force=force, fmt=fmt)
             for it in items:
                 typer.echo(f"{it.dest}  ({it.name}: {len(it.metrics)} metric(s))")
             typer.echo(f"model card: {out / 'README.md'}; upload with 'hf upload <org>/<repo> {out}'")

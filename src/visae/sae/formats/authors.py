@@ -20,9 +20,12 @@ from visae.sae.formats.common import build_sae, get_tensor, read_yaml_mapping, s
 
 
 def detect(path: Path) -> Path | None:
-    """``sae.pt`` (or another ``.pt``) that is a plain torch file, not saev's JSON-headed one."""
+    """``sae.pt`` (or another ``.pt`` beside a ``config.yaml``) that is a plain torch file, not saev's
+    JSON-headed one."""
     pt_path = pt_file(path)
-    return pt_path if pt_path is not None and first_byte(pt_path) != b"{" else None
+    if pt_path is None or first_byte(pt_path) == b"{":
+        return None
+    return pt_path if pt_path.name == "sae.pt" or pt_path.with_name("config.yaml").is_file() else None
 
 
 def load(pt_path: Path) -> SAE:

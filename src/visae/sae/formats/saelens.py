@@ -1,9 +1,29 @@
-"""SAELens checkpoints: ``sae_weights.safetensors`` + ``cfg.json``."""
+"""SAELens checkpoints: ``sae_weights.safetensors`` + ``cfg.json`` (sae-lens ``save_model`` and
+``save_inference_model``; tested against sae-lens 6.54).
+
+Each ``architecture`` maps onto one visae family through :data:`ARCHITECTURES`; the weights are folded so
+that visae's ``(x − b_dec) W_enc + b_enc`` computes what sae-lens computes:
+
+- ``apply_b_dec_to_input: false``: sae-lens encodes ``x``: ``b_dec W_enc`` is added to ``b_enc``;
+- TopK with ``rescale_acts_by_decoder_norm``: sae-lens multiplies the pre-activations by ‖W_dec row‖ and
+  divides the codes by it before decoding: ``W_enc``, ``b_enc`` are scaled up and ``W_dec`` down (as
+  sae-lens's own fold does);
+- JumpReLU: sae-lens keeps ``ReLU(pre)`` where ``pre > threshold``, so a negative threshold acts as 0;
+- ``normalize_activations``: ``none`` and ``expected_average_only_in`` are the identity at inference in
+  sae-lens (the factor is folded before saving); per-token modes (``layer_norm``,
+  ``constant_norm_rescale``) and an unfolded ``covariance_whitening`` are refused.
+
+sae-lens saves BatchTopK and Matryoshka-BatchTopK training SAEs for inference as ``jumprelu`` with a
+per-feature threshold, so they load as JumpReLU. Another family is one entry in :data:`ARCHITECTURES`.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,55 +41,110 @@ def detect(path: Path) -> Path | None:
     return path if path.is_dir() and (path / WEIGHTS).is_file() and (path / CONFIG).is_file() else None
 
 
-_SAELENS_FAMILY = {"standard": "relu", "relu": "relu", "jumprelu": "jumprelu", "topk": "topk",
-                   "batchtopk": "batchtopk"}
+def _threshold_vector(sae: SAE, state: dict[str, torch.Tensor], where: Path) -> None:
+    t = get_tensor(state, ("threshold",), where).float()
+    if t.shape != (sae.d_sae,):
+        raise CheckpointError(f"{where}: tensor 'threshold' has shape {tuple(t.shape)}, expected "
+                              f"({sae.d_sae},)")
+    sae.threshold.copy_(t.clamp_min(0.0))  # type: ignore[operator]  # ReLU first in sae-lens
 
 
-def load(dir_path: Path) -> SAE:
-    """One of our families from a SAELens folder (b_dec folded into b_enc when SAELens does not subtract
-    it)."""
+def _threshold_scalar(sae: SAE, state: dict[str, torch.Tensor], where: Path) -> None:
+    t = state.get("topk_threshold", state.get("threshold"))
+    if t is None:
+        raise CheckpointError(f"{where}: batchtopk SAE without a 'topk_threshold' tensor")
+    sae.threshold.fill_(float(t.reshape(-1)[0]))  # type: ignore[operator]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How one sae-lens ``architecture`` maps onto a visae family."""
+
+    family: str
+    k_field: str | None = None
+    """The cfg field holding K (TopK kinds)."""
+    extra: Callable[[SAE, dict[str, torch.Tensor], Path], None] | None = None
+    """Copies the family's own tensors (thresholds; a Gated SAE's ``b_gate``, ``b_mag``, ``r_mag``) into
+    the built SAE, after the shared ones."""
+    hparams: dict[str, Any] = field(default_factory=dict)
+    encoder_bias: str | None = "b_enc"
+    """The tensor copied into ``b_enc`` (None: the architecture has none, e.g. ``gated``; ``extra`` sets
+    the family's biases)."""
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "standard": Architecture("relu"),
+    "topk": Architecture("topk", k_field="k"),
+    "jumprelu": Architecture("jumprelu", extra=_threshold_vector),
+    "batchtopk": Architecture("batchtopk", k_field="k", extra=_threshold_scalar),
+}
+"""sae-lens architecture → visae family. Gated (``gated``: ``b_gate``, ``b_mag``, ``r_mag``) is added here
+once a Gated family exists."""
+
+IDENTITY_NORMALIZATIONS = ("none", "expected_average_only_in")
+
+
+def read_config(dir_path: Path) -> dict[str, Any]:
+    """``cfg.json`` as a mapping; CheckpointError naming it otherwise."""
     cfg_path = dir_path / CONFIG
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{cfg_path}: cannot read JSON: {e}") from e
-    arch = str(cfg.get("architecture", "standard")).lower()
-    if arch not in _SAELENS_FAMILY:
-        raise CheckpointError(f"{cfg_path}: field 'architecture' = {arch!r} is not supported "
-                              f"(supported: {', '.join(_SAELENS_FAMILY)})")
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object")
+    return cfg
+
+
+def load(dir_path: Path) -> SAE:
+    """One of our families from a SAELens folder, computing what sae-lens computes."""
+    cfg_path = dir_path / CONFIG
+    cfg = read_config(dir_path)
+    arch_name = str(cfg.get("architecture", "standard")).lower()
+    arch = ARCHITECTURES.get(arch_name)
+    if arch is None:
+        raise CheckpointError(f"{cfg_path}: field 'architecture' = {arch_name!r} has no visae family "
+                              f"(supported: {', '.join(ARCHITECTURES)})")
     norm = cfg.get("normalize_activations", "none") or "none"
-    if norm not in ("none", "expected_average_only_in"):
-        raise CheckpointError(f"{cfg_path}: field 'normalize_activations' = {norm!r} rescales each token and "
-                              f"has no equivalent here; only 'none' is supported")
+    if norm not in IDENTITY_NORMALIZATIONS:
+        raise CheckpointError(f"{cfg_path}: field 'normalize_activations' = {norm!r} rescales each token (or "
+                              "is an unfolded whitening) and has no exact equivalent here; only "
+                              f"{' or '.join(IDENTITY_NORMALIZATIONS)} load")
+    if (cfg.get("reshape_activations") or "none") != "none":
+        raise CheckpointError(f"{cfg_path}: field 'reshape_activations' = {cfg['reshape_activations']!r}: "
+                              "attention-head SAEs are not ViT patch-token SAEs")
     w_path = dir_path / WEIGHTS
     state = load_safetensors(w_path)
-    W_enc, W_dec = get_tensor(state, ("W_enc",), w_path).float(), get_tensor(state, ("W_dec",),
-                                                                             w_path).float()
-    b_enc, b_dec = get_tensor(state, ("b_enc",), w_path).float(), get_tensor(state, ("b_dec",),
-                                                                             w_path).float()
+    W_enc, W_dec = (get_tensor(state, (n,), w_path).float() for n in ("W_enc", "W_dec"))
+    b_dec = get_tensor(state, ("b_dec",), w_path).float()
     d_in, d_sae = W_enc.shape
-    if "d_in" in cfg and int(cfg["d_in"]) != d_in:
-        raise CheckpointError(f"{w_path}: W_enc has d_in={d_in} but {cfg_path.name} says d_in={cfg['d_in']}")
-    if W_dec.shape != (d_sae, d_in):
-        raise CheckpointError(f"{w_path}: W_dec has shape {tuple(W_dec.shape)}, expected {(d_sae, d_in)}")
-    family = _SAELENS_FAMILY[arch]
-    k_per_token = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
-    sae = build_sae(w_path, family, d_in, d_sae, k_per_token, {})
+    b_enc = (get_tensor(state, (arch.encoder_bias,), w_path).float() if arch.encoder_bias is not None
+             else torch.zeros(d_sae))
+    for key, have in (("d_in", d_in), ("d_sae", d_sae)):
+        if key in cfg and int(cfg[key]) != have:
+            raise CheckpointError(f"{w_path}: W_enc gives {key}={have} but {CONFIG} says {key}={cfg[key]}")
+    if W_dec.shape != (d_sae, d_in) or b_enc.shape != (d_sae,) or b_dec.shape != (d_in,):
+        raise CheckpointError(f"{w_path}: W_dec {tuple(W_dec.shape)}, b_enc {tuple(b_enc.shape)}, b_dec "
+                              f"{tuple(b_dec.shape)} do not fit W_enc {tuple(W_enc.shape)}")
+    k = None
+    if arch.k_field is not None:
+        k = cfg.get(arch.k_field) or (cfg.get("activation_fn_kwargs") or {}).get("k")
+        if not isinstance(k, int):
+            raise CheckpointError(f"{cfg_path}: field {arch.k_field!r} (K) is missing for {arch_name}")
+    sae = build_sae(w_path, arch.family, d_in, d_sae, k, dict(arch.hparams))
     if not cfg.get("apply_b_dec_to_input", True):
         b_enc = b_enc + b_dec @ W_enc  # their encoder sees x, ours sees x − b_dec: fold b_dec in exactly
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        norm_f = W_dec.norm(dim=1)
+        W_enc, b_enc, W_dec = W_enc * norm_f, b_enc * norm_f, W_dec / norm_f[:, None]
     with torch.no_grad():
         sae.W_enc.copy_(W_enc)
         sae.b_enc.copy_(b_enc)
         sae.W_dec.copy_(W_dec)
         sae.b_dec.copy_(b_dec)
-        if family == "jumprelu":
-            sae.threshold.copy_(get_tensor(state, ("threshold",), w_path).float())  # type: ignore[operator]
-        if family == "batchtopk":
-            threshold = state.get("threshold", state.get("topk_threshold"))
-            if threshold is None:
-                raise CheckpointError(f"{w_path}: batchtopk SAE without a 'threshold' tensor")
-            sae.threshold.fill_(float(threshold.reshape(-1)[0]))  # type: ignore[operator]
-    sae.hparams.update(source="saelens", normalization="identity (raw activations)")
+        if arch.extra is not None:
+            arch.extra(sae, state, w_path)
+    sae.hparams.update(source=f"saelens ({arch_name})", normalization="identity (raw activations)")
     return sae
 
 

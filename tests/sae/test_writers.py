@@ -1,0 +1,140 @@
+"""``visae export --format saelens|saev``: the written files load in the peer library with visae's own
+raw-space outputs (normalize → encode → decode → de-normalize), within 1e-5.
+
+Known answers: sae-lens's own ``SAE.load_from_disk`` and forward (live); for saev, the outputs that saev's own
+``nn.load`` gave on the export of the same SAE (saev's current version is not on PyPI; recorded by
+``scripts/make_interop_fixtures.py``), after checking that today's export writes the same tensors.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import sae_lens
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from visae.errors import CheckpointError
+from visae.sae.base import SAE
+from visae.sae.checkpoint import load_sae, save_sae
+from visae.sae.export import export_saes
+from visae.sae.registry import make_sae
+
+D, F, K = 8, 32, 4
+FIXTURES = Path(__file__).parents[1] / "data" / "interop" / "saev_export"
+
+
+def planted_sae(family: str, seed: int = 0) -> SAE:
+    """A small SAE with non-trivial weights, biases, thresholds and normalization statistics."""
+    g = torch.Generator().manual_seed(seed)
+    sae = make_sae(family, D, d_sae=F, k=K)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(D, F, generator=g) * 0.5)
+        sae.b_enc.copy_(torch.randn(F, generator=g) * 0.3)
+        sae.W_dec.copy_(torch.randn(F, D, generator=g) * 0.5)
+        sae.b_dec.copy_(torch.randn(D, generator=g) * 0.3)
+        if family == "jumprelu":
+            sae.threshold.copy_(torch.rand(F, generator=g) * 0.5)  # type: ignore[operator]
+        if family == "batchtopk":
+            sae.threshold.fill_(0.35)  # type: ignore[operator]
+    sae.set_normalization(torch.randn(D, generator=g) * 2.0, 3.5)
+    return sae.eval()
+
+
+def raw_inputs(sae: SAE, n: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(11)
+    return sae.act_mean + float(sae.act_std) * torch.randn(n, D, generator=g)
+
+
+def visae_raw(sae: SAE, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """visae's own path: normalize → encode → decode → de-normalize."""
+    with torch.no_grad():
+        out = sae(sae.normalize(a))
+    return out.codes_nf, out.recon_nd * sae.act_std + sae.act_mean
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    torch.testing.assert_close(got, want, atol=1e-5 * max(1.0, float(want.abs().max())), rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["relu", "topk", "jumprelu", "batchtopk"])
+def test_saelens_export_loads_in_saelens(family: str, tmp_path: Path) -> None:
+    sae = planted_sae(family)
+    save_sae(sae, tmp_path / "ours")
+    export_saes(tmp_path / "ours", tmp_path / "out", fmt="saelens")
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    ref = sae_lens.SAE.load_from_disk(str(tmp_path / "out")).eval()
+    cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
+    assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu"}.get(family, family)
+    a = raw_inputs(sae)
+    codes, recon = visae_raw(sae, a)
+    assert int((codes > 0).sum()) > 0
+    with torch.no_grad():
+        ref_codes = ref.encode(a)
+        _close(ref_codes, codes)
+        _close(ref.decode(ref_codes), recon)
+
+
+def test_grid_exports_one_subfolder_per_configuration(tmp_path: Path) -> None:
+    for name, family in (("batchtopk_4x_k4", "batchtopk"), ("topk_4x_k4", "topk")):
+        save_sae(planted_sae(family), tmp_path / "grid" / name)
+    items = export_saes(tmp_path / "grid", tmp_path / "out", fmt="saelens")
+    assert sorted(it.name for it in items) == ["batchtopk_4x_k4", "topk_4x_k4"]
+    for it in items:
+        assert (tmp_path / "out" / it.name / "cfg.json").is_file()
+        sae_lens.SAE.load_from_disk(str(tmp_path / "out" / it.name))
+    assert (tmp_path / "out" / "README.md").is_file()
+
+
+def test_uncalibrated_batchtopk_and_unknown_format_are_refused(tmp_path: Path) -> None:
+    sae = planted_sae("batchtopk")
+    sae.threshold.fill_(float("nan"))  # type: ignore[operator]
+    save_sae(sae, tmp_path / "ours")
+    with pytest.raises(CheckpointError, match="no inference threshold yet"):
+        export_saes(tmp_path / "ours", tmp_path / "out", fmt="saelens")
+    from visae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'onnx' is not an export format"):
+        export_saes(tmp_path / "ours", tmp_path / "out2", fmt="onnx")
+    save_sae(planted_sae("jumprelu"), tmp_path / "jr")
+    with pytest.raises(CheckpointError, match="saev has no per-feature JumpReLU"):
+        export_saes(tmp_path / "jr", tmp_path / "out3", fmt="saev")
+
+
+@pytest.mark.parametrize("family", ["relu", "topk", "batchtopk"])
+def test_saev_export_matches_saev_own_load(family: str, tmp_path: Path) -> None:
+    """The export's tensors equal those saev's own loader read when the fixture was made, and saev's outputs
+    then equal visae's raw-space outputs now."""
+    sae = planted_sae(family)
+    save_sae(sae, tmp_path / "ours")
+    export_saes(tmp_path / "ours", tmp_path / "out", fmt="saev")
+    raw = (tmp_path / "out" / "sae.pt").read_bytes()
+    header, body = raw.split(b"\n", 1)
+    assert json.loads(header)["schema"] == 5
+    state = torch.load(io.BytesIO(body), weights_only=True)
+    fixture = FIXTURES / family
+    loaded_by_saev = torch.load(io.BytesIO((fixture / "sae.pt").read_bytes().split(b"\n", 1)[1]),
+                                weights_only=True)
+    assert set(state) == set(loaded_by_saev)
+    for name, t in state.items():
+        torch.testing.assert_close(t, loaded_by_saev[name], atol=0, rtol=0)
+    want = load_file(str(fixture / "expected.safetensors"))
+    codes, recon = visae_raw(sae, want["a"])
+    _close(want["codes"], codes)
+    _close(want["recon"], recon)
+    back = load_sae(tmp_path / "out")  # and visae reads its own export back
+    _close(back(want["a"]).codes_nf.detach(), codes)
+
+
+def test_cli_export_format(tmp_path: Path) -> None:
+    from visae.cli import app
+
+    save_sae(planted_sae("topk"), tmp_path / "ours")
+    args = ["export", str(tmp_path / "ours"), str(tmp_path / "out"), "--format", "saev"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "out" / "sae.pt").is_file() and load_sae(tmp_path / "out").family == "topk"
