@@ -91,7 +91,7 @@ def test_docs_site_builds_strict(tmp_path: Path) -> None:
 
 
 def test_stored_tutorial_matches_its_source() -> None:
-    """docs/tutorial.ipynb is make_tutorial.py's cells (run `python docs/scripts/make_tutorial.py --execute`)."""
+    """docs/tutorial.ipynb holds make_tutorial.py's cells (regenerate: make_tutorial.py --execute)."""
     nbformat = pytest.importorskip("nbformat", reason="the docs extra is not installed")
     stored = nbformat.read(ROOT / "docs" / "tutorial.ipynb", as_version=4)
     built = _script("make_tutorial").build()

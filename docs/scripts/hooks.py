@@ -32,7 +32,8 @@ def api_pages(src: Path = ROOT / "src" / "visae") -> dict[str, str]:
     pages["api/foundation.md"] = "\n".join(body)
     for pkg in sorted(p for p in src.iterdir() if (p / "__init__.py").is_file()):
         name = f"visae.{pkg.name}"
-        body = [f"# `{name}`\n", f"::: {name}\n    options:\n      show_root_heading: false\n      members: false\n"]
+        body = [f"# `{name}`\n",
+                f"::: {name}\n    options:\n      show_root_heading: false\n      members: false\n"]
         for mod in sorted(pkg.rglob("*.py")):
             if mod.stem in API_SKIP:
                 continue
