@@ -27,6 +27,11 @@ def _type_name(p: Any, ctx: Any) -> str:
     return f"{name}, repeatable" if getattr(p, "multiple", False) else name
 
 
+def _text(s: str) -> str:
+    """Help text as Markdown: ``<placeholders>`` kept visible (not read as HTML tags)."""
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _param_row(p: Any, ctx: Any) -> str:
     names = ", ".join(f"`{n}`" for n in [*p.opts, *p.secondary_opts])
     kind = "argument" if p.param_type_name == "argument" else _type_name(p, ctx)
@@ -34,7 +39,7 @@ def _param_row(p: Any, ctx: Any) -> str:
     shown = "" if default is None or callable(default) or default in ((), []) else f"`{default}`"
     if p.required:
         shown = "required"
-    text = (getattr(p, "help", None) or "").replace("|", "\\|").replace("\n", " ")
+    text = _text(getattr(p, "help", None) or "").replace("|", "\\|").replace("\n", " ")
     return f"| {names} | {kind} | {shown} | {text} |"
 
 
@@ -45,7 +50,7 @@ def _command(cmd: Any, path: list[str], out: list[str]) -> None:
     usage = " ".join(cmd.collect_usage_pieces(ctx))
     out.append(f"```text\n{' '.join(path)} {usage}\n```\n")
     if cmd.help:
-        out.append(cmd.help.strip().replace("\b\n", "") + "\n")
+        out.append(_text(cmd.help.strip().replace("\b\n", "")) + "\n")
     params = [p for p in cmd.get_params(ctx) if p.name != "help" and not getattr(p, "hidden", False)]
     if params:
         out.append("| option | type | default | what it does |\n|---|---|---|---|")
