@@ -1,5 +1,6 @@
 """The report of a study whose backbones carry the demo's long labels, opened in headless Chromium:
-Fig. 1b is drawn (not an error box), decodes, and its tick labels do not overlap."""
+Fig. 1b is drawn (not an error box), decodes, and its caption names its axes."""
+# ruff: noqa: E402
 
 from __future__ import annotations
 
