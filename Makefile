@@ -56,5 +56,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/m1.py
 	$(BIN)/python benchmarks/eval.py
 
+# The documentation site into site/ (mkdocs-material + mkdocstrings; the `docs` extra). --strict: a broken
+# link, an unresolved reference or a page that fails to render fails the build.
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
 clean:
 	rm -rf $(VENV) .visae-demo

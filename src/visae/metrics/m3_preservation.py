@@ -3,7 +3,8 @@ features.
 
 Image features are max-pooled over patches (in the SAE's normalized input space). The evaluation cache is
 split 80/20, stratified, seed 42; one multinomial logistic probe (lbfgs, C = 1, max_iter = 1000, no class
-weights; inputs standardized with the raw training split's statistics, :mod:`visae.metrics.probes`) is
+weights; inputs not rescaled per column unless ``probe.standardize`` is set, in which case the raw
+training split's statistics are used for both, :mod:`visae.metrics.probes`) is
 trained on the raw features of the training split and applied, unchanged, to the raw and to the
 reconstructed features of the held-out split.
 """

@@ -4,10 +4,11 @@ features.
 Codes are max-pooled over patches. The evaluation cache is split 80/20, stratified, seed 42. With the
 default ``ranking="global"`` the features are ranked once by descending multi-class ANOVA F
 (``f_classif``) on the training split; for every budget k a multinomial logistic probe (lbfgs, C = 1,
-max_iter = 500, no class weights, standardized inputs — :mod:`visae.metrics.probes`) is trained on the top-k
-features and scored by the mean over classes of the one-vs-rest ROC AUC of its predicted probabilities on
-the held-out split (= ``roc_auc_score(multi_class="ovr", average="macro")``; classes absent from the
-held-out split are left out of the mean). With ``ranking="per_class"`` each class gets its own ranking
+max_iter = 500, no class weights; inputs are the cache-normalized codes, not rescaled per column unless
+``probe.standardize`` is set — :mod:`visae.metrics.probes`) is trained on the top-k features and scored
+by the mean over classes of the one-vs-rest ROC AUC of its predicted probabilities on the held-out split
+(= ``roc_auc_score(multi_class="ovr", average="macro")``; classes absent from the held-out split are left
+out of the mean). With ``ranking="per_class"`` each class gets its own ranking
 (binary F, class vs rest) and a binary probe on its own top-k, scored by its AUC; the mean is reported.
 Budgets larger than the dictionary are skipped; k = 128 is the headline.
 """

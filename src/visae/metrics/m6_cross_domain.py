@@ -5,7 +5,8 @@ encodes that dataset's activation caches itself (:func:`visae.metrics.encode.enc
 normalized with the statistics stored in the SAE = the ImageNet training statistics, Table 2), and raw
 activations, reconstructions and codes are max-pooled to image features. Three probes are trained from
 scratch on the dataset's own training split — one per representation, same hyperparameters (lbfgs, C = 1,
-max_iter = 500, no class weights, standardized inputs) — and scored on its test split.
+max_iter = 500, no class weights; inputs not rescaled per column unless ``probe.standardize`` is set) —
+and scored on its test split.
 Preservation = acc(recon) / acc(raw); sparse code probing = mean one-vs-rest AUC of the M4 probe at k = 128.
 
 Each dataset is given as a training cache and a test cache built by ``visae cache`` on the same backbone and

@@ -2,12 +2,13 @@
 
 Codes are max-pooled over patches; the evaluation cache is split 80/20, stratified by class, seed 42 (the
 probe-training split). For every sibling group of the label hierarchy with at least 3 classes present, and
-every class c of the group, a binary task separates images of c from images of its siblings. Its features
-are ranked by ``f_classif`` (class vs siblings) on the task's training images; logistic probes (lbfgs, C = 1,
-max_iter = 500, no class weights, standardized inputs) on the top 1 and the top 4 features are scored by F1
-of class c on the task's held-out images. A task is *absorbed* when ``F1(k=1) < α`` and ``F1(k=4) > β``
-(α = 0.8, β = 0.5); M7 is the absorbed fraction of the eligible tasks (lower is better). Tasks whose class
-or siblings are missing from either split are not eligible. The App. N grid (α × β) comes in the same call.
+every class c of the group, a binary task separates images of c from images of its siblings. Its features are
+ranked by ``f_classif`` (class vs siblings) on the task's training images; logistic probes (lbfgs, C = 1,
+max_iter = 500, no class weights; inputs not rescaled per column unless ``probe.standardize`` is set) on the
+top 1 and the top 4 features are scored by F1 of class c on the task's held-out images. A task is *absorbed*
+when ``F1(k=1) < α`` and ``F1(k=4) > β`` (α = 0.8, β = 0.5); M7 is the absorbed fraction of the eligible tasks
+(lower is better). Tasks whose class or siblings are missing from either split are not eligible. The App. N
+grid (α × β) comes in the same call.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import textwrap
 from typing import Any
 
 import matplotlib
@@ -94,6 +95,30 @@ def m1_feature_scores(d: ReportData) -> dict[str, tuple[np.ndarray, float]]:
     return {b: (np.concatenate(v) if v else np.array([]), null) for b, (v, null) in out.items()}
 
 
+def _wrap(label: str, width: int = 20) -> str:
+    """A tick label broken into lines of at most ``width`` characters (words kept whole)."""
+    return "\n".join(textwrap.wrap(label, width, break_long_words=False, break_on_hyphens=False)) or label
+
+
+def tick_labels_overlap(fig: Figure, ax: Any) -> bool:
+    """Whether any two of ``ax``'s x tick labels overlap once drawn."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def fit_tick_labels(fig: Figure, ax: Any) -> None:
+    """Rotate ``ax``'s x tick labels (30°, 60°, then 90°) until no two overlap; then fit the layout."""
+    for angle in (30, 60, 90):
+        if not tick_labels_overlap(fig, ax):
+            break
+        for t in ax.get_xticklabels():
+            t.set_rotation(angle)
+            t.set_ha("right")
+    fig.tight_layout()
+
+
 def fig_moran_distributions(d: ReportData) -> Figure:
     """Fig. 1b: per-feature Moran's I distribution per backbone against the spatial-random null."""
     scores = {b: v for b, v in m1_feature_scores(d).items() if len(v[0])}
@@ -102,7 +127,7 @@ def fig_moran_distributions(d: ReportData) -> Figure:
                             "main slice")
     backbones = [b for b in d.backbones() if b in scores] + [b for b in scores if b not in d.labels]
     backbones = list(dict.fromkeys(backbones))
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    fig, ax = plt.subplots(figsize=(max(7.5, 1.6 * len(backbones)), 3.8))
     data = [scores[b][0] for b in backbones]
     parts = ax.violinplot(data, showmedians=True)
     colors = _colors(backbones)
@@ -116,11 +141,13 @@ def fig_moran_distributions(d: ReportData) -> Figure:
             ax.hlines(null, i + 0.6, i + 1.4, colors="k", linestyles="--", linewidth=1,
                       label="null E[I] = −1/(P−1)" if i == 0 else "_nolegend_")
     ax.set_xticks(np.arange(1, len(backbones) + 1),
-                  [f"{d.label(b)}\n(n={len(scores[b][0])})" for b in backbones])
+                  [f"{_wrap(d.label(b))}\n(n={len(scores[b][0])})" for b in backbones], fontsize=8)
+    ax.set_xlabel("backbone (n = evaluable features, all SAEs of the slice pooled)")
     ax.set_ylabel("per-feature mean Moran's I")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     ax.set_title("Per-feature Moran's I against the spatial-random null")
+    fit_tick_labels(fig, ax)
     return fig
 
 

@@ -36,31 +36,37 @@ def _overview(r: Report, d: ReportData) -> None:
     for n in d.analysis.get("notes", []):
         r.raw(f"<p class='small'>{esc(n)}</p>")
     r.figure("Figure 1a — metric profile",
-             "Per-backbone means over configurations, min–max normalized per metric "
-             "across backbones; lower-is-better metrics (M2, M7) inverted so 1 is best.",
+             "x: the headline metrics M1–M7; y: each backbone's mean over configurations, min–max "
+             "normalized per metric across backbones (1 = best; lower-is-better M2 and M7 inverted). "
+             "One line per backbone.",
              lambda: F.fig_profile(d))
     r.table("Uncertainty — headline metrics per backbone", "Mean over the SAEs of the main slice with a 95 % "
             "Student-t interval over those SAEs; beside it, the median width of each SAE's 95 % Poisson "
             "bootstrap interval over evaluation images (the image sample's share of the uncertainty).",
             lambda: T.table_uncertainty(d))
     r.figure("Figure 1b — per-feature Moran's I",
-             "Distribution of per-feature mean Moran's I of evaluable features "
-             "(all SAEs of the main slice pooled) against the null −1/(P−1).",
+             "x: backbone (n = evaluable features, all SAEs of the main slice pooled); y: per-feature "
+             "mean Moran's I. Violins show the distribution, the bar its median, the dashed line the "
+             "spatial-random null −1/(P−1).",
              lambda: F.fig_moran_distributions(d))
 
 
 def _metrics_sections(r: Report, d: ReportData) -> None:
     r.section("dissociations", "Metric dissociations")
-    r.figure("Figure 2a — FVU vs preservation", "One point per SAE configuration.",
+    r.figure("Figure 2a — FVU vs preservation", "x: M2 FVU (lower is better); y: M3 preservation "
+             "acc(recon)/acc(raw). One point per SAE configuration, coloured by backbone.",
              lambda: F.fig_fvu_preservation(d))
-    r.figure("Figure 2b — metric × task correlations", "Cross-backbone Spearman ρ of per-backbone means.",
+    r.figure("Figure 2b — metric × task correlations", "Rows: metrics; columns: downstream tasks; colour: "
+             "cross-backbone Spearman ρ of per-backbone means (−1 blue … +1 red).",
              lambda: F.fig_correlation_heatmap(d))
     r.section("variance", "Variance decomposition")
-    r.figure("Figure 3 — variance decomposition", "Two-way ANOVA η² (backbone, configuration, residual).",
+    r.figure("Figure 3 — variance decomposition", "x: metric; y: share of its variance (two-way ANOVA η²) "
+             "explained by backbone, by SAE configuration, and left as residual.",
              lambda: F.fig_variance(d))
     r.table("Table 3 — η² per metric", "App. B.", lambda: T.table_variance(d))
     r.section("layers", "Layer ablation")
-    r.figure("Figure 4 — layer ablation", "Mean over configurations at each layer, per backbone.",
+    r.figure("Figure 4 — layer ablation", "One panel per metric; x: backbone; y: the metric's mean over "
+             "configurations, one bar per layer.",
              lambda: F.fig_layer_ablation(d))
     r.section("spatial", "Spatial coherence")
     r.table("Table 4 — raw-backbone Moran's I", "Moran's I on raw activation channels (App. G).",
@@ -69,7 +75,8 @@ def _metrics_sections(r: Report, d: ReportData) -> None:
            "Moran's I is closest to the mean, and one from the top 5 %, with its top images and patch "
            "activation overlays.", lambda: activation_grid(d))
     r.section("probing", "Concept detection")
-    r.figure("Figure 6 — sparse probing curves", "M4 AUC against the number of features k.",
+    r.figure("Figure 6 — sparse probing curves", "One panel per backbone; x: feature budget k (log scale); "
+             "y: M4 mean one-vs-rest AUC; one line per SAE configuration.",
              lambda: F.fig_probing_curves(d))
     r.table("Table 6 — cross-domain probes (M6)", "Mean ± std over configurations.", lambda: T.table_m6(d))
     r.table("Table 7 — M7 threshold sensitivity", "Absorption rate per (α, β); lowest backbone per row.",
@@ -78,7 +85,8 @@ def _metrics_sections(r: Report, d: ReportData) -> None:
 
 def _task_sections(r: Report, d: ReportData) -> None:
     r.section("tasks", "Downstream tasks and hypotheses")
-    r.figure("Figure 7 — per-task correlations", "Spearman ρ of each metric with each task.",
+    r.figure("Figure 7 — per-task correlations", "One panel per task; x: metric; y: cross-backbone "
+             "Spearman ρ of the metric with the task.",
              lambda: F.fig_task_panels(d))
     r.table("Hypotheses", "Pre-registered thresholds (§4.5; the study's own when it sets 'hypotheses').",
             lambda: T.table_hypotheses(d))

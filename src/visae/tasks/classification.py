@@ -1,11 +1,11 @@
 """Fine-grained / texture classification accuracy and sparse-probing AUC (H2, H4; CUB-200, DTD, iNaturalist).
 
 Protocol (the M6 probes, paper Table 2): image features are max-pooled over patches; a multinomial logistic
-probe (:func:`visae.metrics.probes.fit_probe`: lbfgs, C = 1, no class weights, standardized on the training
-split, ``max_iter`` 500) is trained on the dataset's training images and scored on its test images, for each
-feature kind: accuracy → ``task:<name>_acc:<features>``. Sparse probing (codes only): features ranked once by
-ANOVA F (``f_classif``) on the training split, a probe on the top ``sparse_k``, mean one-vs-rest AUC over the
-test classes → ``task:<name>_sparse_auc<k>:codes``.
+probe (:func:`visae.metrics.probes.fit_probe`: lbfgs, C = 1, no class weights, ``max_iter`` 500; inputs
+standardized on the training split only with ``probe.standardize``) is trained on the dataset's training
+images and scored on its test images, for each feature kind: accuracy → ``task:<name>_acc:<features>``. Sparse
+probing (codes only): features ranked once by ANOVA F (``f_classif``) on the training split, a probe on the
+top ``sparse_k``, mean one-vs-rest AUC over the test classes → ``task:<name>_sparse_auc<k>:codes``.
 
 Train and test: two caches (``{"train": …, "test": …}``), or one cache split 80/20, stratified, seed 42.
 Code columns never active on the training images are dropped before the probe (their weights would be 0).
