@@ -13,13 +13,42 @@ from visae import __version__
 
 
 class _GuardedGroup(TyperGroup):
-    """The top-level group: every sub-command runs under :func:`visae.cli_common.cli_errors`."""
+    """The top-level group: every sub-command runs under :func:`visae.cli_common.cli_errors`, and a usage
+    error (unknown option, value out of range) is one ``error: …`` line with exit code 2, not a panel."""
 
     def invoke(self, ctx: Any) -> Any:
         from visae.cli_common import cli_errors
 
         with cli_errors():
             return super().invoke(ctx)
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Run the app; in standalone mode click's usage errors and aborts print as one ``error:`` line."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        import sys
+
+        try:  # typer >= 0.20 carries its own copy of click
+            from typer import _click as click
+        except ImportError:  # pragma: no cover - older typer
+            import click  # type: ignore[no-redef]
+
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:
+            typer.echo(e.format_message(), err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            where = e.ctx.command_path if getattr(e, "ctx", None) is not None else "visae"  # type: ignore[attr-defined]
+            message = " ".join(e.format_message().split())
+            typer.secho(f"error: {message} (see '{where} --help')", fg=typer.colors.RED, err=True)
+            sys.exit(e.exit_code)
+        except click.Abort as e:
+            cause = e.__cause__
+            what = f"unexpected end of input ({cause})" if isinstance(cause, EOFError) else "aborted"
+            typer.secho(f"error: {what}", fg=typer.colors.RED, err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 app = typer.Typer(

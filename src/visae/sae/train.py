@@ -294,6 +294,24 @@ def _load_state(out_dir: Path) -> dict[str, Any] | None:
 
 def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str,
                train_config: TrainConfig | None = None, force: bool = False) -> list[Path]:
+    """:func:`_train_saes` holding the writer lock of ``out_dir`` (``.lock``, as 'visae cache' does): a second
+    run into the same folder is refused while the first is alive."""
+    from visae.cache.lock import writer_lock
+
+    out = check_output_dir(out_dir)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with writer_lock(out, "visae train"):
+            return _train_saes(cache, configs, out, train_config, force)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a refused run leaves nothing behind
+        raise
+
+
+def _train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str,
+                train_config: TrainConfig | None = None, force: bool = False) -> list[Path]:
     """Train every SAE of ``configs`` on one pass over ``cache``; return their checkpoint folders.
 
     ``cache`` is an :class:`~visae.cache.reader.ActivationCache`, a path to one, or a list of either:
