@@ -41,11 +41,6 @@ def metric_configs(metrics: Sequence[str], config_path: Path | None = None,
     from visae.metrics.evaluate import metric_class
 
     source = str(config_path) if config_path is not None else "--set"
-    for text in overrides or []:  # a --set for a metric that does not run would be silently ignored
-        head = text.split("=", 1)[0].split(".", 1)[0].strip()
-        if head in METRICS and head not in metrics:
-            raise ConfigError(f"--set {text}: {head} is not among the metrics run ({', '.join(metrics)}); add "
-                              f"it to --metrics or drop the setting")
     data = apply_overrides(read_yaml(config_path) if config_path is not None else {}, list(overrides or []))
     for key, section in data.items():
         if key not in METRICS:
@@ -56,6 +51,11 @@ def metric_configs(metrics: Sequence[str], config_path: Path | None = None,
     built = {name: build_config(metric_class(name).config_cls, dict(data.get(name, {})),
                                 source=f"{source} [{name}]")
              for name in dict.fromkeys([*metrics, *data])}  # sections of metrics not run are validated too
+    for text in overrides or []:  # a --set for a metric that does not run would be silently ignored
+        head = text.split("=", 1)[0].split(".", 1)[0].strip()
+        if head in METRICS and head not in metrics:
+            raise ConfigError(f"--set {text}: {head} is not among the metrics run ({', '.join(metrics)}); add "
+                              f"it to --metrics or drop the setting")
     return {name: built[name] for name in metrics}
 
 
