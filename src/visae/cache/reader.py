@@ -130,7 +130,7 @@ class ActivationCache:
         if not p.is_file():
             raise CacheError(f"{p}: labels.npy is missing; rerun 'visae cache' to rebuild the "
                              "cache")
-        labels = read_npy(p, "labels", "rerun the same 'visae cache' command to rebuild it")
+        labels = read_npy(p, "labels", "rerun 'visae cache' (the same command) to rebuild it")
         if labels.shape != (self.manifest.n_images,):
             raise CacheError(f"{p}: expected {self.manifest.n_images} labels, found shape {labels.shape}")
         return labels.astype(np.int64, copy=False)
@@ -141,7 +141,7 @@ class ActivationCache:
         if arr is None:
             info = self.manifest.shards[k]
             p = self.path / info.file
-            arr = read_npy(p, "shard", "delete it and rerun the same 'visae cache' command to rebuild it",
+            arr = read_npy(p, "shard", "delete it and rerun 'visae cache' (the same command) to rebuild it",
                            mmap=True)
             want = (info.n_images, self.tokens_per_image, self.manifest.d_model)
             if arr.shape != want or arr.dtype != np.float16:
@@ -197,7 +197,7 @@ class ActivationCache:
             if hi <= start or lo >= stop or info.positions_file is None:
                 continue
             pos = read_npy(self.path / info.positions_file, "positions file",
-                           "delete it and rerun the same 'visae cache' command to rebuild it", mmap=True)
+                           "delete it and rerun 'visae cache' (the same command) to rebuild it", mmap=True)
             parts.append(np.asarray(pos[max(start, lo) - lo:min(stop, hi) - lo], dtype=np.int64))
         return np.concatenate(parts) if parts else np.empty((0, self.tokens_per_image), dtype=np.int64)
 

@@ -200,7 +200,7 @@ def _dispatch_format(path: Path) -> SAE:
 
     grid = describe_grid(path)
     if grid:
-        raise CheckpointError(f"{path}: {grid}")
+        raise CheckpointError(f"{path}: no SAE checkpoint in the folder itself; it is {grid}")
     raise CheckpointError(f"{path}: no SAE checkpoint found (looked for "
                           f"{', '.join(dict.fromkeys(looked_for))})")
 

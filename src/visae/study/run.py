@@ -65,6 +65,10 @@ def run_study(cfg: StudyConfig, executor: str = "local", address: str | None = N
         return plan, None
     if check_inputs:
         check_inputs_exist(cfg)
+    if executor == "ray" and address not in (None, "local"):
+        from visae.study.executors import check_ray_address
+
+        check_ray_address(str(address))  # seconds, not Ray's minutes of retries; before the folder is touched
     with study_lock(root):
         atomic_write_text(root / STUDY_YAML, dump_study_yaml(cfg))
         if executor == "local":
