@@ -22,28 +22,28 @@ class _GuardedGroup(TyperGroup):
         with cli_errors():
             return super().invoke(ctx)
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         """Run the app; in standalone mode click's usage errors and aborts print as one ``error:`` line."""
-        if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+        run: Any = super().main
+        if not kwargs.pop("standalone_mode", True):
+            return run(*args, standalone_mode=False, **kwargs)
         import sys
 
-        try:  # typer >= 0.20 carries its own copy of click
-            from typer import _click as click
-        except ImportError:  # pragma: no cover - older typer
-            import click  # type: ignore[no-redef]
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+        from typer.exceptions import Abort
 
         try:
-            rv = super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.NoArgsIsHelpError as e:
+            rv = run(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:
             typer.echo(e.format_message(), err=True)
             sys.exit(2)
-        except click.ClickException as e:
-            where = e.ctx.command_path if getattr(e, "ctx", None) is not None else "visae"  # type: ignore[attr-defined]
+        except ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            where = ctx.command_path if ctx is not None else "visae"
             message = " ".join(e.format_message().split())
             typer.secho(f"error: {message} (see '{where} --help')", fg=typer.colors.RED, err=True)
             sys.exit(e.exit_code)
-        except click.Abort as e:
+        except Abort as e:
             cause = e.__cause__
             what = f"unexpected end of input ({cause})" if isinstance(cause, EOFError) else "aborted"
             typer.secho(f"error: {what}", fg=typer.colors.RED, err=True)

@@ -35,8 +35,8 @@ def resolve_config(cls: type[C], config: Path | None, overrides: list[str] | Non
 
 
 def check_option_overrides(options: dict[str, Any], overrides: list[str] | None) -> None:
-    """ConfigError when ``--set KEY=V`` sets a field that an explicit option also sets to another value (one of
-    the two would be silently ignored)."""
+    """ConfigError when ``--set KEY=V`` sets a field that an explicit option also sets to another value (one
+    of the two would be silently ignored)."""
     from visae.config import parse_override
 
     for text in overrides or []:
@@ -101,8 +101,8 @@ def error_message(exc: BaseException) -> str | None:
                 "check the path and the disk")
         return f"{shown}: {exc.strerror or type(exc).__name__}; {hint}"
     if isinstance(exc, EOFError):
-        return (f"a file ended early ({exc}): it is empty or truncated; rebuild it with the command that wrote "
-                "it (VISAE_DEBUG=1 shows where)")
+        return (f"a file ended early ({exc}): it is empty or truncated; rebuild it with the command that "
+                "wrote it (VISAE_DEBUG=1 shows where)")
     return None
 
 

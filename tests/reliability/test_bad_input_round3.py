@@ -286,7 +286,8 @@ def test_local_grid_folder_lists_its_configurations(setup: dict[str, Path]) -> N
                grid, TrainConfig(batch_size=16, heldout_batches=1, steps=2, device="cpu", progress=False))
     line = _refused(root, _eval(grid, cache, "--subfolder", "nope"), "nope", "topk_2x_k2, topk_2x_k3")
     assert "hf download" not in line and "hub" not in line
-    _refused(root, _eval(grid, cache), "no SAE checkpoint in the folder itself", "a folder of 2 SAE(s)", "--subfolder NAME", "topk_2x_k2, topk_2x_k3")
+    _refused(root, _eval(grid, cache), "no SAE checkpoint in the folder itself", "a folder of 2 SAE(s)",
+             "--subfolder NAME", "topk_2x_k2, topk_2x_k3")
     code, text = _cli(_eval(grid, cache, "--subfolder", "topk_2x_k3"))
     assert code == 0, text
 
@@ -419,7 +420,8 @@ def _rows(blocks: list[dict[str, Any]]) -> pd.DataFrame:
                              "metric": "m2", "grid": block["name"],
                              "seed": math.nan if seed is None else float(seed),
                              "sae_config": json.dumps(config, sort_keys=True),
-                             "value": block["shift"] + rng.normal(0, 0.01) + {"a": 0, "b": 0.1, "c": 0.2}[backbone]})
+                             "value": block["shift"] + rng.normal(0, 0.01)
+                             + {"a": 0, "b": 0.1, "c": 0.2}[backbone]})
     return pd.DataFrame(rows)
 
 
@@ -481,3 +483,15 @@ def test_warning_kind_is_kept_for_pairing(setup: dict[str, Path]) -> None:
 
     with pytest.warns(VisaeWarning, match="other-net layer 2"):
         evaluate(setup["sae"], foreign, metrics=["m2"], device="cpu", bootstrap={"n_boot": 0})
+
+
+def test_family_hyper_parameters_are_checked(tmp_path: Path) -> None:
+    from visae.sae.registry import family_hparams
+    from visae.sae.train import SAESpec
+
+    assert family_hparams("relu") == {"l1_coeff": 1.0}  # read from the family's constructor
+    with pytest.raises(ConfigError, match="bandwith is not a setting of the jumprelu family"):
+        SAESpec(family="jumprelu", expansion=2, k=4, hparams={"bandwith": 0.01})
+    path = _study(tmp_path, saes=[{"name": "main", "family": "topk", "expansions": [2], "ks": [4],
+                                   "hparams": {"l1_coeff": 3}}])
+    _refused(tmp_path, ["study", "status", str(path)], "saes[0].hparams", "l1_coeff", "topk")

@@ -36,7 +36,8 @@ def writer_lock(folder: Path, command: str = "visae cache") -> Iterator[None]:
                 other = {}
             if isinstance(other, dict) and other and _holder_alive(other, me["host"]):
                 raise CacheError(f"{folder}: another '{command}' (pid {other.get('pid')} on "
-                                 f"{other.get('host')}) is writing this folder; wait for it, or delete {path} "
+                                 f"{other.get('host')}) is writing this folder; wait for it, or delete "
+                                 f"{path} "
                                  "if it is gone") from None
             path.unlink(missing_ok=True)
             continue

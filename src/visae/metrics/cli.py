@@ -54,8 +54,8 @@ def metric_configs(metrics: Sequence[str], config_path: Path | None = None,
     for text in overrides or []:  # a --set for a metric that does not run would be silently ignored
         head = text.split("=", 1)[0].split(".", 1)[0].strip()
         if head in METRICS and head not in metrics:
-            raise ConfigError(f"--set {text}: {head} is not among the metrics run ({', '.join(metrics)}); add "
-                              f"it to --metrics or drop the setting")
+            raise ConfigError(f"--set {text}: {head} is not among the metrics run ({', '.join(metrics)}); "
+                              f"add it to --metrics or drop the setting")
     return {name: built[name] for name in metrics}
 
 
@@ -106,10 +106,38 @@ def images_cache(images: str, sae: str | None, backbone: str | None, layer: int 
                           "--backbone dinov2-b14 --layer 11")
     root = cache_root if cache_root is not None else visae_home() / "caches"
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the results table
-        folder = build_cache(backbone, images, int(layer), root, split=split, max_images=max_images,
-                             device=device, **({"image_size": image_size} if image_size else {}))
+        settings: dict[str, Any] = {"split": split, "max_images": max_images, "device": device}
+        if image_size:
+            settings["image_size"] = image_size
+        folder = build_cache(backbone, images, int(layer), root, **settings)
     typer.echo(f"evaluation cache: {folder}", err=True)
     return folder
+
+
+def _check_mode(names: list[str], sae: str | None, cache: Path | None, images: str | None,
+                images_options: dict[str, Any], sae_options: dict[str, Any]) -> None:
+    """One evaluation mode, and no option that does not apply to it (given options are not None)."""
+    from visae.cli_common import refuse_inapplicable
+
+    if (cache is None) == (images is None):
+        raise ConfigError("give the evaluation images as --cache FOLDER (from 'visae cache') or as "
+                          "--images SPEC with --backbone and --layer, one of the two")
+    if cache is not None:
+        refuse_inapplicable("with --cache (they choose how --images are cached)",
+                            {flag: value is not None for flag, value in images_options.items()})
+    if sae is None:
+        refuse_inapplicable("without --sae", {flag: value is not None for flag, value in sae_options.items()})
+    if sae is None and names != ["raw"]:
+        raise ConfigError(f"--sae: metrics {', '.join(n for n in names if n != 'raw')} need an SAE; "
+                          "without one only the raw-backbone diagnostic runs (--metrics raw)")
+
+
+ImageSizeOpt = Annotated[int | None, typer.Option(
+    "--image-size", min=1, help="With --images: the input resolution to cache them at (default: the size the "
+                                "SAE was trained at; another size is allowed because you asked for it).")]
+AllowOtherSizeOpt = Annotated[bool, typer.Option(
+    "--allow-other-size", help="Evaluate although the cache's images have another size (patch grid) than the "
+                               "SAE's training images (default: refuse).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -155,16 +183,8 @@ def register(app: typer.Typer) -> None:
                               typer.Option("--cache-root",
                                            help="With --images: root folder of the evaluation caches "
                                                 "(default: $VISAE_HOME/caches).")] = None,
-        image_size: Annotated[int | None,
-                              typer.Option("--image-size", min=1,
-                                           help="With --images: the input resolution to cache them at "
-                                                "(default: the size the SAE was trained at; another size "
-                                                "is allowed because you asked for it).")] = None,
-        allow_other_size: Annotated[bool,
-                                    typer.Option("--allow-other-size",
-                                                 help="Evaluate although the cache's images have another "
-                                                      "size (patch grid) than the SAE's training images "
-                                                      "(default: refuse).")] = False,
+        image_size: ImageSizeOpt = None,
+        allow_other_size: AllowOtherSizeOpt = False,
         strict: Annotated[bool,
                           typer.Option("--strict", help="Refuse an SAE trained on another backbone or layer "
                                                         "than the cache's (default: warn).")] = False,
@@ -174,33 +194,20 @@ def register(app: typer.Typer) -> None:
         set_: SetOpt = None,
     ) -> None:
         """Evaluate one SAE on one cache (or on --images, cached first) in a single encoding pass; print a
-        table
-        and write a JSON per metric (value, every summary number, the config and the inputs' hashes)."""
-        from visae.cli_common import refuse_inapplicable
+        table and write a JSON per metric (value, every summary number, the config and the inputs' hashes)."""
         from visae.metrics.evaluate import evaluate
 
         names = parse_metric_names(metrics)
-        if cache is not None:
-            refuse_inapplicable("with --cache (they choose how --images are cached)",
-                                {"--layer": layer is not None, "--split": split is not None,
-                                 "--max-images": max_images is not None, "--cache-root": cache_root is not None,
-                                 "--image-size": image_size is not None})
-        if sae is None:
-            refuse_inapplicable("without --sae", {"--subfolder": subfolder is not None,
-                                                  "--revision": revision is not None,
-                                                  "--allow-other-size": allow_other_size,
-                                                  "--strict": strict})
+        _check_mode(names, sae, cache, images,
+                    {"--layer": layer, "--split": split, "--max-images": max_images,
+                     "--cache-root": cache_root, "--image-size": image_size},
+                    {"--subfolder": subfolder, "--revision": revision,
+                     "--allow-other-size": allow_other_size or None, "--strict": strict or None})
         cfgs = metric_configs(names, config, set_)
-        if (cache is None) == (images is None):
-            raise ConfigError("give the evaluation images as --cache FOLDER (from 'visae cache') or as "
-                              "--images SPEC with --backbone and --layer, one of the two")
-        if sae is None and names != ["raw"]:
-            raise ConfigError(f"--sae: metrics {', '.join(n for n in names if n != 'raw')} need an SAE; "
-                              "without one only the raw-backbone diagnostic runs (--metrics raw)")
         sae_arg = None if sae is None else sae_reference(sae, subfolder, revision)
         if cache is None:
-            cache = images_cache(str(images), sae_arg, backbone, layer, split or "val", max_images, cache_root,
-                                 device, image_size)
+            cache = images_cache(str(images), sae_arg, backbone, layer, split or "val", max_images,
+                                 cache_root, device, image_size)
             backbone = None  # the cache names its backbone
             allow_other_size = allow_other_size or image_size is not None  # an explicit size is asked for
         results = evaluate(sae_arg, cache, metrics=names, out_dir=out, configs=cfgs, device=device,

@@ -41,7 +41,8 @@ def metric_names(metrics: str | Sequence[str]) -> list[str]:
         raise ConfigError("metrics: no metric named; give e.g. metrics=['m1', 'm2'] (--metrics m1,m2)")
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise ConfigError(f"metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS.names())}")
+        raise ConfigError(f"metrics: unknown metric(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(METRICS.names())}")
     return names
 
 
@@ -79,8 +80,9 @@ def evaluate(
         raise ConfigError(f"group_size: expected a positive number of images per group, got {group_size!r}")
     unused = [name for name in (configs or {}) if name not in metrics]
     if unused:
-        raise ConfigError(f"configs: settings for {', '.join(unused)}, which {'is' if len(unused) == 1 else 'are'}"
-                          f" not among the metrics run ({', '.join(metrics)}); add "
+        raise ConfigError(f"configs: settings for {', '.join(unused)}, which "
+                          f"{'is' if len(unused) == 1 else 'are'} not among the metrics run "
+                          f"({', '.join(metrics)}); add "
                           f"{'it' if len(unused) == 1 else 'them'} to the metrics or drop the settings")
     dev = pick_device(device)
     out_path = check_output_dir(out_dir) if out_dir is not None else None
@@ -165,9 +167,11 @@ def training_geometry(sae: SAE | str | Path | None) -> dict[str, Any]:
         return {}
 
 
-def check_geometry(sae: SAE | str | Path | None, cache: ActivationCache, allow_other_size: bool = False) -> None:
-    """ConfigError when ``sae`` was trained on images of another patch grid (image size) than ``cache`` holds,
-    unless ``allow_other_size`` (then a VisaeWarning): positions and scales of its features would not match."""
+def check_geometry(sae: SAE | str | Path | None, cache: ActivationCache,
+                   allow_other_size: bool = False) -> None:
+    """ConfigError when ``sae`` was trained on images of another patch grid (image size) than ``cache``
+    holds, unless ``allow_other_size`` (then a VisaeWarning): positions and scales of its features would not
+    match."""
     geo = training_geometry(sae)
     lay = cache.layout
     if "grid" not in geo or geo["grid"] == (lay.grid_h, lay.grid_w):

@@ -120,7 +120,8 @@ def write_report(study_dir: Path | str, out_dir: Path | str | None = None, name:
     results = root / RESULTS_DIR / RESULTS_FILE
     if not allow_empty and not results.is_file():
         raise StudyError(f"{root}: no results table ({RESULTS_DIR}/{RESULTS_FILE} is missing), so the report "
-                         f"would be empty; run 'visae study run STUDY.yaml' first (it rebuilds a deleted table)")
+                         "would be empty; run 'visae study run STUDY.yaml' first (it rebuilds a deleted "
+                         "table)")
     if out_dir is not None:
         check_output_dir(out_dir)
     if name is None or labels is None:

@@ -109,13 +109,14 @@ def check_finite(sae: SAE, where: str | Path) -> None:
             n, total = int(bad.sum()), t.numel()
             kinds = "/".join(k for k, m in (("NaN", torch.isnan(t)), ("Inf", torch.isinf(t)))
                              if bool(m.any()))
-            raise CheckpointError(f"{where}: tensor {name!r} holds {n} of {total} non-finite value(s) ({kinds}); "
-                                  "the checkpoint is damaged or its training diverged: retrain it, or load "
-                                  "another checkpoint")
+            raise CheckpointError(f"{where}: tensor {name!r} holds {n} of {total} non-finite value(s) "
+                                  f"({kinds}); the checkpoint is damaged or its training diverged: "
+                                  "retrain it, or load another checkpoint")
     std = float(sae.act_std)
     if not std > 0:
         raise CheckpointError(f"{where}: normalization std act_std = {std} is not positive; the training "
-                              "cache's statistics are broken: retrain the SAE on a cache whose activations vary")
+                              "cache's statistics are broken: retrain the SAE on a cache whose activations "
+                              "vary")
 
 
 def _load_state(path: Path, sae: SAE, state: dict[str, torch.Tensor]) -> None:
@@ -220,5 +221,7 @@ def load_sae_with_provenance(ref: SAERef | str | Path, subfolder: str | None = N
     return sae, located.provenance
 
 
-__all__ = ["SAE_FAMILIES", "ResolvedSAE", "check_finite", "load_sae", "load_sae_with_provenance", "resolve_sae", "sae_config",
+__all__ = ["SAE_FAMILIES", "ResolvedSAE", "check_finite", "load_sae", "load_sae_with_provenance",
+           "resolve_sae",
+           "sae_config",
            "sae_fingerprint", "save_sae"]

@@ -115,11 +115,12 @@ def register(app: typer.Typer) -> None:
 
             for folder in results or []:
                 if not folder.is_dir():
-                    raise ConfigError(f"--results {folder}: {'is a file' if folder.exists() else 'no such folder'}"
-                                      "; give the --out folder of a 'visae eval' run")
+                    what = "is a file" if folder.exists() else "no such folder"
+                    raise ConfigError(f"--results {folder}: {what}; give the --out folder of a 'visae eval' "
+                                      "run")
             if repo_id is not None and _HUB_ID.fullmatch(repo_id) is None:
-                raise ConfigError(f"--repo-id {repo_id!r}: not a hub repo id; write ORG/NAME with letters, digits, "
-                                  "'-', '_' or '.', e.g. my-lab/dinov2-saes")
+                raise ConfigError(f"--repo-id {repo_id!r}: not a hub repo id; write ORG/NAME with letters, "
+                                  "digits, '-', '_' or '.', e.g. my-lab/dinov2-saes")
 
             items = export_saes(sae_dir, out, results or [], repo_id=repo_id, force=force)
             for it in items:

@@ -36,7 +36,7 @@ from visae.io import (
 from visae.sae.batchtopk import BatchTopKSAE, calibrate_threshold
 from visae.sae.checkpoint import save_sae
 from visae.sae.family import TrainableSAE
-from visae.sae.registry import canonical_family, make_sae
+from visae.sae.registry import canonical_family, check_hparams, make_sae
 
 if TYPE_CHECKING:
     from visae.cache.sampler import TokenStream
@@ -74,6 +74,7 @@ class SAESpec(FrozenConfig):
     @model_validator(mode="after")
     def _check(self) -> SAESpec:
         canonical_family(self.family)
+        check_hparams(self.family, self.hparams)
         if self.name is not None and (self.name != Path(self.name).name or self.name in ("", ".", "..")):
             raise ValueError(f"name {self.name!r} must be a plain folder name (no '/', '..'): it is created "
                              "inside the output folder")

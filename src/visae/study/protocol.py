@@ -60,7 +60,8 @@ def write_done(folder: Path, record: dict[str, Any]) -> None:
     folder's files (top level), so that a folder that lost one of them no longer counts as done."""
     folder.mkdir(parents=True, exist_ok=True)
     files = sorted(p.name for p in folder.iterdir() if p.name != DONE and not p.name.startswith("."))
-    atomic_write_json(folder / DONE, {**record, "files": files, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    atomic_write_json(folder / DONE,
+                      {**record, "files": files, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 @contextlib.contextmanager

@@ -53,8 +53,8 @@ def run_study(cfg: StudyConfig, executor: str = "local", address: str | None = N
     if executor not in ("local", "ray"):
         raise StudyError(f"--executor {executor!r}: expected 'local' or 'ray'")
     if executor == "local" and address is not None:
-        raise ConfigError(f"--address {address}: does not apply with the local executor and would be ignored; "
-                          "add --executor ray, or drop --address")
+        raise ConfigError(f"--address {address}: does not apply with the local executor and would be "
+                          "ignored; add --executor ray, or drop --address")
     if max_retries is not None and (isinstance(max_retries, bool) or max_retries < 0):
         raise ConfigError(f"--max-retries {max_retries}: must be 0 or more (retries of a failing job)")
     if not dry_run:

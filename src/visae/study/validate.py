@@ -12,11 +12,12 @@ checked.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from visae.study.config import StudyConfig
+if TYPE_CHECKING:
+    from visae.study.config import StudyConfig
 
 def _model_problems(cls: type[BaseModel], data: Mapping[str, Any], where: str) -> list[str]:
     """``where.<field>: what is wrong`` for every field of ``data`` that ``cls`` refuses."""
@@ -112,7 +113,7 @@ def _settings_problems(cfg: StudyConfig) -> list[str]:
 
 def _grid_problems(cfg: StudyConfig) -> list[str]:
     from visae.errors import ConfigError
-    from visae.sae.registry import canonical_family
+    from visae.sae.registry import canonical_family, check_hparams
 
     out = []
     shapes = {b.name: backbone_shape(b.name) for b in cfg.backbones}
@@ -126,8 +127,8 @@ def _grid_problems(cfg: StudyConfig) -> list[str]:
     for j, grid in enumerate(cfg.saes):
         if grid.name in first:
             out.append(f"saes[{j}].name: {grid.name!r} is already the name of saes[{first[grid.name]}]"
-                       f"{' (the default)' if grid.name == 'main' else ''}; give every block its own name (it "
-                       "tags the block's SAEs in the results)")
+                       f"{' (the default)' if grid.name == 'main' else ''}; give every block its own name "
+                       "(it tags the block's SAEs in the results)")
         first.setdefault(grid.name, j)
     for j, grid in enumerate(cfg.saes):
         try:
@@ -135,6 +136,11 @@ def _grid_problems(cfg: StudyConfig) -> list[str]:
         except ConfigError as e:
             out.append(f"saes[{j}].family: {e}")
             continue
+        if grid.hparams:
+            try:
+                check_hparams(family, grid.hparams)
+            except ConfigError as e:
+                out.append(f"saes[{j}].{e}")
         names = grid.backbones or [b.name for b in cfg.backbones]
         for li, layer in enumerate(grid.layers or []):
             for name in names:
