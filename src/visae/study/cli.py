@@ -38,7 +38,7 @@ def _run(study: Path, overrides: list[str] | None, executor: str, address: str |
     cfg = load_study_config(study, overrides, validate=False)
     check_study(study, cfg)  # every run, not only --dry-run: before any job runs
     plan, summary = run_study(cfg, executor=executor, address=address, dry_run=dry_run,
-                              max_retries=max_retries,
+                              max_retries=max_retries, validate=False,
                               on_event=lambda s: typer.echo(s, err=True))
     if summary is None:
         typer.echo(describe_plan(plan, Path(cfg.out_dir)))

@@ -45,11 +45,13 @@ def study_status(cfg: StudyConfig) -> str:
 
 def run_study(cfg: StudyConfig, executor: str = "local", address: str | None = None, dry_run: bool = False,
               max_retries: int | None = None, on_event: EventFn | None = None,
-              check_inputs: bool = True, execute: Execute = run_job) -> tuple[Plan, RunSummary | None]:
+              check_inputs: bool = True, execute: Execute = run_job,
+              validate: bool = True) -> tuple[Plan, RunSummary | None]:
     """Plan ``cfg`` and run what is missing (nothing when ``dry_run``); the summary lists failures.
 
     ``execute`` runs one job (default :func:`visae.study.stages.run_job`; tests wrap it to inject
-    failures)."""
+    failures). ``validate``: check every setting first (:func:`visae.study.config.check_study_config`;
+    False when the caller just did)."""
     if executor not in ("local", "ray"):
         raise StudyError(f"--executor {executor!r}: expected 'local' or 'ray'")
     if executor == "local" and address is not None:
@@ -57,7 +59,7 @@ def run_study(cfg: StudyConfig, executor: str = "local", address: str | None = N
                           "ignored; add --executor ray, or drop --address")
     if max_retries is not None and (isinstance(max_retries, bool) or max_retries < 0):
         raise ConfigError(f"--max-retries {max_retries}: must be 0 or more (retries of a failing job)")
-    if not dry_run:
+    if validate and not dry_run:
         check_study_config(cfg)  # every setting to its leaves, before any job runs
     root = Path(cfg.out_dir)
     plan = plan_study(cfg)
