@@ -149,7 +149,8 @@ def test_option_and_set_of_one_field_that_disagree(setup: dict[str, Path]) -> No
              "batch_size=256", "two different values")
     _refused(root, [*base, "--steps", "3", "--set", "steps=4"], "--steps 3", "steps=4")
     _refused(root, ["cache", "-b", "tiny-vit-a", "--source", "offline:digits", "-l", "0", "-o",
-                    str(root / "c"), "--max-images", "5", "--set", "max_images=6"], "--max-images 5", "max_images=6")
+                    str(root / "c"), "--max-images", "5", "--set", "max_images=6"],
+             "--max-images 5", "max_images=6")
     from visae.cli_common import check_option_overrides
 
     check_option_overrides({"steps": 3, "dtype": "bf16"}, ["steps=3", "dtype=bf16", "lr=0.01"])  # agree: fine
