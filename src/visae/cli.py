@@ -13,13 +13,42 @@ from visae import __version__
 
 
 class _GuardedGroup(TyperGroup):
-    """The top-level group: every sub-command runs under :func:`visae.cli_common.cli_errors`."""
+    """The top-level group: every sub-command runs under :func:`visae.cli_common.cli_errors`, and a usage
+    error (unknown option, value out of range) is one ``error: …`` line with exit code 2, not a panel."""
 
     def invoke(self, ctx: Any) -> Any:
         from visae.cli_common import cli_errors
 
         with cli_errors():
             return super().invoke(ctx)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the app; in standalone mode click's usage errors and aborts print as one ``error:`` line."""
+        run: Any = super().main
+        if not kwargs.pop("standalone_mode", True):
+            return run(*args, standalone_mode=False, **kwargs)
+        import sys
+
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+        from typer.exceptions import Abort
+
+        try:
+            rv = run(*args, standalone_mode=False, **kwargs)
+        except NoArgsIsHelpError as e:
+            typer.echo(e.format_message(), err=True)
+            sys.exit(2)
+        except ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            where = ctx.command_path if ctx is not None else "visae"
+            message = " ".join(e.format_message().split())
+            typer.secho(f"error: {message} (see '{where} --help')", fg=typer.colors.RED, err=True)
+            sys.exit(e.exit_code)
+        except Abort as e:
+            cause = e.__cause__
+            what = f"unexpected end of input ({cause})" if isinstance(cause, EOFError) else "aborted"
+            typer.secho(f"error: {what}", fg=typer.colors.RED, err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
 
 app = typer.Typer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from visae.config import FrozenConfig, load_config
-from visae.errors import VisaeError, VisaeWarning
+from visae.errors import ConfigError, VisaeError, VisaeWarning
 
 C = TypeVar("C", bound=FrozenConfig)
 
@@ -30,8 +31,31 @@ def resolve_config(cls: type[C], config: Path | None, overrides: list[str] | Non
                    base: dict[str, Any] | None = None) -> C:
     """YAML file, then explicit CLI options (``base``, None values dropped), then ``--set`` overrides."""
     data = {k: v for k, v in (base or {}).items() if v is not None}
+    check_option_overrides(data, overrides)
     return load_config(cls, config, overrides,
                        base=None) if not data else _merge(cls, config, data, overrides)
+
+
+def check_option_overrides(options: dict[str, Any], overrides: list[str] | None) -> None:
+    """ConfigError when ``--set KEY=V`` sets a field that an explicit option also sets to another value (one
+    of the two would be silently ignored)."""
+    from visae.config import parse_override
+
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        if len(keys) == 1 and keys[0] in options and options[keys[0]] != value:
+            flag = "--" + keys[0].replace("_", "-")
+            raise ConfigError(f"{flag} {options[keys[0]]} and --set {text} set {keys[0]} to two different "
+                              f"values; give it once")
+
+
+def refuse_inapplicable(mode: str, given: dict[str, bool]) -> None:
+    """ConfigError naming the options of ``given`` (flag → was it given) that do not apply in ``mode``: an
+    option that takes no effect is refused rather than silently ignored."""
+    extra = [flag for flag, was_given in given.items() if was_given]
+    if extra:
+        raise ConfigError(f"{', '.join(extra)}: {'does' if len(extra) == 1 else 'do'} not apply {mode} and "
+                          f"would be ignored; drop {'it' if len(extra) == 1 else 'them'}")
 
 
 def _merge(cls: type[C], config: Path | None, data: dict[str, Any], overrides: list[str] | None) -> C:
@@ -71,6 +95,16 @@ def error_message(exc: BaseException) -> str | None:
     for cls, hint in _OS_HINTS.items():
         if isinstance(exc, cls) and exc.filename is not None:
             return f"{exc.filename}: {exc.strerror or cls.__name__}; {hint}"
+    if isinstance(exc, OSError) and exc.filename is not None:  # any other OS error on a named path
+        name = str(exc.filename)
+        shown = name if len(name) <= 120 else f"{name[:60]}…{name[-40:]} ({len(name)} characters)"
+        hint = ("use a shorter name" if exc.errno == errno.ENAMETOOLONG else
+                "free some space or pick another disk" if exc.errno == errno.ENOSPC else
+                "check the path and the disk")
+        return f"{shown}: {exc.strerror or type(exc).__name__}; {hint}"
+    if isinstance(exc, EOFError):
+        return (f"a file ended early ({exc}): it is empty or truncated; rebuild it with the command that "
+                "wrote it (VISAE_DEBUG=1 shows where)")
     return None
 
 

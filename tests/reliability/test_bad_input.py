@@ -248,7 +248,8 @@ def test_config_unknown_key_wrong_type_missing_file(tmp_path: Path) -> None:
     from visae.study.config import check_inputs_exist, load_study_config
 
     study = tmp_path / "s.yaml"
-    study.write_text(json.dumps({"backbones": ["tiny-vit-a"], "saes": [{"expansions": [2], "ks": [4]}],
+    study.write_text(json.dumps({"backbones": ["tiny-vit-a"], "layers": [1],
+                                 "saes": [{"expansions": [2], "ks": [4]}],
                                  "data": {"train": {"spec": "folder:does-not-exist"},
                                           "eval": {"spec": "offline:digits"}}}))
     with pytest.raises(ConfigError, match=r"data.train.spec: .*does-not-exist does not exist"):
@@ -360,7 +361,7 @@ def test_cli_errors_are_clean(tmp_path: Path) -> None:
     lock_study.mkdir()
     holder = subprocess.Popen(["sleep", "60"])
     (lock_study / "s.yaml").write_text(json.dumps({
-        "out_dir": "out", "plugins": ["visae.study.testing"], "backbones": ["tiny-vit-a"],
+        "out_dir": "out", "plugins": ["visae.study.testing"], "backbones": ["tiny-vit-a"], "layers": [1],
         "saes": [{"expansions": [2], "ks": [4]}],
         "data": {"train": {"spec": "offline:digits"}, "eval": {"spec": "offline:digits"}}}))
     (lock_study / "out").mkdir()

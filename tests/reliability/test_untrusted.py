@@ -137,7 +137,7 @@ def test_study_folder_names_come_from_hashes(tmp_path: Path) -> None:
     study = tmp_path / "s.yaml"
     study.write_text(yaml.safe_dump({
         "name": "../../etc", "out_dir": "out", "plugins": ["visae.study.testing"],
-        "backbones": ["tiny-vit-a"],
+        "backbones": ["tiny-vit-a"], "layers": [1],
         "saes": [{"name": "../../etc", "expansions": [2], "ks": [4]}],
         "tasks": [{"name": "../../../etc/passwd", "kind": "retrieval"}],
         "data": {"train": {"spec": "offline:digits"}, "eval": {"spec": "offline:digits"}}}))

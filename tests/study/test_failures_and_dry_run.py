@@ -86,6 +86,7 @@ def test_dry_run_names_every_problem_by_its_yaml_path(tmp_path: Path) -> None:
                 "train.lr: should be greater than 0",
                 "train.batchsize: unknown key", "layers[1]: 5 is not a block of tiny-vit-a",
                 "saes[0].ks[1]: K=100 exceeds the dictionary size 64",
+                "saes[1].name: 'main' is already the name of saes[0]",
                 "saes[1].family: unknown SAE family 'nosuch'",
                 "data.eval.spec: unknown image source 'nosuch:foo'",
                 "data.eval.split: unknown split 'validation'",

@@ -102,6 +102,38 @@ def anova_two_way(values: Sequence[float], backbone: Sequence[str],
     return out
 
 
+def _without_seed(sae_config: object) -> str:
+    """An SAE's full settings (``sae_config`` JSON) with its seed left out; '' when unknown."""
+    import json
+
+    if not isinstance(sae_config, str) or not sae_config:
+        return ""
+    try:
+        settings = json.loads(sae_config)
+    except ValueError:
+        return sae_config
+    if not isinstance(settings, dict):
+        return sae_config
+    settings.pop("seed", None)
+    return json.dumps(settings, sort_keys=True)
+
+
+def settings_factor(data: pd.DataFrame) -> pd.Series:
+    """The configuration factor of the decomposition: expansion × K, told apart further by the SAE block and
+    every other setting (learning rate, steps, hyper-parameters …) but never by the seed. Only the ``seeds:``
+    of one block are replicates of a cell; blocks that differ in any setting are different configurations."""
+    label = data["config"].astype(str)
+    parts = [label]
+    if "grid" in data.columns:
+        parts.append(data["grid"].fillna("").astype(str))
+    if "sae_config" in data.columns:
+        parts.append(data["sae_config"].map(_without_seed))
+    keys = pd.Series(["|".join(p) for p in zip(*parts, strict=True)], index=data.index, dtype=object)
+    # keep the short label where a configuration has one setting: tables and notes read as before
+    distinct = keys.groupby(label).transform("nunique")
+    return label.where(distinct <= 1, keys)
+
+
 def variance_decomposition(df: pd.DataFrame, metrics: Sequence[str] | None = None,
                            backbones: Sequence[str] | None = None) -> pd.DataFrame:
     """Table 3: one row per metric with η²_backbone, η²_config (expansion × K) and η²_residual.
@@ -112,6 +144,7 @@ def variance_decomposition(df: pd.DataFrame, metrics: Sequence[str] | None = Non
     """
     data = with_config(df)
     data = data[data["config"] != ""]
+    data = data.assign(config=settings_factor(data))
     if backbones is not None:
         data = data[data["backbone"].isin(list(backbones))]
     names = list(metrics) if metrics is not None else sorted(

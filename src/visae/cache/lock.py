@@ -1,4 +1,4 @@
-"""One writer per cache folder: a ``.lock`` file holding the writer's pid and host."""
+"""One writer per cache or training folder: a ``.lock`` file holding the writer's pid and host."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ def _holder_alive(other: dict[str, object], host: str) -> bool:
 
 
 @contextlib.contextmanager
-def writer_lock(folder: Path) -> Iterator[None]:
-    """Hold ``folder/.lock`` for the body; a lock left by a dead process on this host is taken over."""
+def writer_lock(folder: Path, command: str = "visae cache") -> Iterator[None]:
+    """Hold ``folder/.lock`` for the body; a lock left by a dead process on this host is taken over. A live
+    holder is a CacheError naming it (``command``: the command that writes such folders, for the message)."""
     path = folder / ".lock"
     me: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
     for _ in range(2):
@@ -34,8 +35,9 @@ def writer_lock(folder: Path) -> Iterator[None]:
             except (OSError, ValueError):
                 other = {}
             if isinstance(other, dict) and other and _holder_alive(other, me["host"]):
-                raise CacheError(f"{folder}: another 'visae cache' (pid {other.get('pid')} on "
-                                 f"{other.get('host')}) is writing this cache; wait for it, or delete {path} "
+                raise CacheError(f"{folder}: another '{command}' (pid {other.get('pid')} on "
+                                 f"{other.get('host')}) is writing this folder; wait for it, or delete "
+                                 f"{path} "
                                  "if it is gone") from None
             path.unlink(missing_ok=True)
             continue

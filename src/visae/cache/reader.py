@@ -45,6 +45,17 @@ def _float32_copy(arr: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(arr).to(torch.float32)
 
 
+def read_npy(path: Path, what: str, repair: str, mmap: bool = False) -> np.ndarray:
+    """``np.load`` of one cache file; an empty, truncated or unreadable file is a CacheError naming it and
+    saying how to repair it (never a bare EOFError or ValueError)."""
+    try:
+        if path.stat().st_size == 0:
+            raise CacheError(f"{path}: the {what} file is empty (0 bytes); {repair}")
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise CacheError(f"{path}: unreadable {what} file ({type(e).__name__}: {e}); {repair}") from None
+
+
 class ActivationCache:
     """An opened, complete cache folder."""
 
@@ -116,13 +127,10 @@ class ActivationCache:
 
     def _load_labels(self) -> np.ndarray:
         p = self.path / "labels.npy"
-        try:
-            labels = np.load(p, allow_pickle=False)
-        except FileNotFoundError:
+        if not p.is_file():
             raise CacheError(f"{p}: labels.npy is missing; rerun 'visae cache' to rebuild the "
-                             "cache") from None
-        except ValueError as e:
-            raise CacheError(f"{p}: unreadable ({e}); rerun 'visae cache' to rebuild it") from None
+                             "cache")
+        labels = read_npy(p, "labels", "rerun 'visae cache' (the same command) to rebuild it")
         if labels.shape != (self.manifest.n_images,):
             raise CacheError(f"{p}: expected {self.manifest.n_images} labels, found shape {labels.shape}")
         return labels.astype(np.int64, copy=False)
@@ -133,11 +141,8 @@ class ActivationCache:
         if arr is None:
             info = self.manifest.shards[k]
             p = self.path / info.file
-            try:
-                arr = np.load(p, mmap_mode="r", allow_pickle=False)
-            except ValueError as e:
-                raise CacheError(f"{p}: unreadable shard ({e}); delete it and rerun 'visae cache' to rebuild "
-                                 "it") from None
+            arr = read_npy(p, "shard", "delete it and rerun 'visae cache' (the same command) to rebuild it",
+                           mmap=True)
             want = (info.n_images, self.tokens_per_image, self.manifest.d_model)
             if arr.shape != want or arr.dtype != np.float16:
                 raise CacheError(f"{p}: shape {arr.shape} {arr.dtype}, manifest says {want} float16; "
@@ -191,7 +196,8 @@ class ActivationCache:
             lo, hi = int(self._offsets[k]), int(self._offsets[k + 1])
             if hi <= start or lo >= stop or info.positions_file is None:
                 continue
-            pos = np.load(self.path / info.positions_file, mmap_mode="r", allow_pickle=False)
+            pos = read_npy(self.path / info.positions_file, "positions file",
+                           "delete it and rerun 'visae cache' (the same command) to rebuild it", mmap=True)
             parts.append(np.asarray(pos[max(start, lo) - lo:min(stop, hi) - lo], dtype=np.int64))
         return np.concatenate(parts) if parts else np.empty((0, self.tokens_per_image), dtype=np.int64)
 

@@ -84,7 +84,7 @@ def journal_from_finals(folder: Path, cache_hash: str) -> dict[str, Any] | None:
         ids = json.loads((folder / "image_ids.json").read_text())
         skipped = json.loads((folder / "skipped.json").read_text())
         stats = json.loads((folder / "stats.json").read_text())
-    except (OSError, ValueError, ValidationError):
+    except (OSError, ValueError, EOFError, ValidationError):
         return None
     if (m.hash != cache_hash or m.shard_images is None or not isinstance(ids, list)
             or not isinstance(skipped, list)):

@@ -93,6 +93,8 @@ class Metric(ABC, Generic[ConfigT]):
     """True when finalize needs the image-level pooled features of the whole evaluation set."""
     needs_stream: ClassVar[bool] = True
     """False when the metric does not need the patch-level encoded stream at all."""
+    min_classes: ClassVar[int] = 0
+    """Distinct image labels the evaluation set must hold (2 for a metric that fits class probes)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -51,6 +51,11 @@ def metric_configs(metrics: Sequence[str], config_path: Path | None = None,
     built = {name: build_config(metric_class(name).config_cls, dict(data.get(name, {})),
                                 source=f"{source} [{name}]")
              for name in dict.fromkeys([*metrics, *data])}  # sections of metrics not run are validated too
+    for text in overrides or []:  # a --set for a metric that does not run would be silently ignored
+        head = text.split("=", 1)[0].split(".", 1)[0].strip()
+        if head in METRICS and head not in metrics:
+            raise ConfigError(f"--set {text}: {head} is not among the metrics run ({', '.join(metrics)}); "
+                              f"add it to --metrics or drop the setting")
     return {name: built[name] for name in metrics}
 
 
@@ -76,19 +81,23 @@ def format_results(results: Mapping[str, MetricResult]) -> str:
 
 
 def images_cache(images: str, sae: str | None, backbone: str | None, layer: int | None, split: str,
-                 max_images: int | None, cache_root: Path | None, device: str) -> Path:
+                 max_images: int | None, cache_root: Path | None, device: str,
+                 image_size: int | None = None) -> Path:
     """The evaluation cache of ``images`` (built once, content-addressed under ``cache_root``, reused after).
 
-    Backbone and layer default to those the SAE's config.yaml says it was trained on.
+    Backbone, layer and image size default to those the SAE was trained on (its config.yaml and training
+    cache).
     """
     import contextlib
     import sys
 
     from visae.cache.writer import build_cache
     from visae.io import visae_home
-    from visae.metrics.evaluate import trained_on
+    from visae.metrics.evaluate import trained_on, training_geometry
 
     origin = trained_on(Path(sae)) if sae is not None and Path(sae).exists() else {}
+    if image_size is None:
+        image_size = training_geometry(sae).get("image_size")
     backbone = backbone or origin.get("backbone")
     layer = layer if layer is not None else origin.get("layer")
     if backbone is None or layer is None:
@@ -97,10 +106,38 @@ def images_cache(images: str, sae: str | None, backbone: str | None, layer: int 
                           "--backbone dinov2-b14 --layer 11")
     root = cache_root if cache_root is not None else visae_home() / "caches"
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the results table
-        folder = build_cache(backbone, images, int(layer), root, split=split, max_images=max_images,
-                             device=device)
+        settings: dict[str, Any] = {"split": split, "max_images": max_images, "device": device}
+        if image_size:
+            settings["image_size"] = image_size
+        folder = build_cache(backbone, images, int(layer), root, **settings)
     typer.echo(f"evaluation cache: {folder}", err=True)
     return folder
+
+
+def _check_mode(names: list[str], sae: str | None, cache: Path | None, images: str | None,
+                images_options: dict[str, Any], sae_options: dict[str, Any]) -> None:
+    """One evaluation mode, and no option that does not apply to it (given options are not None)."""
+    from visae.cli_common import refuse_inapplicable
+
+    if (cache is None) == (images is None):
+        raise ConfigError("give the evaluation images as --cache FOLDER (from 'visae cache') or as "
+                          "--images SPEC with --backbone and --layer, one of the two")
+    if cache is not None:
+        refuse_inapplicable("with --cache (they choose how --images are cached)",
+                            {flag: value is not None for flag, value in images_options.items()})
+    if sae is None:
+        refuse_inapplicable("without --sae", {flag: value is not None for flag, value in sae_options.items()})
+    if sae is None and names != ["raw"]:
+        raise ConfigError(f"--sae: metrics {', '.join(n for n in names if n != 'raw')} need an SAE; "
+                          "without one only the raw-backbone diagnostic runs (--metrics raw)")
+
+
+ImageSizeOpt = Annotated[int | None, typer.Option(
+    "--image-size", min=1, help="With --images: the input resolution to cache them at (default: the size the "
+                                "SAE was trained at; another size is allowed because you asked for it).")]
+AllowOtherSizeOpt = Annotated[bool, typer.Option(
+    "--allow-other-size", help="Evaluate although the cache's images have another size (patch grid) than the "
+                               "SAE's training images (default: refuse).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -136,8 +173,9 @@ def register(app: typer.Typer) -> None:
                                             "evaluate on in one go, instead of --cache.")] = None,
         layer: Annotated[int | None, typer.Option("--layer", "-l", help="With --images: the block to tap "
                                                                         "(default: the SAE's).")] = None,
-        split: Annotated[str,
-                         typer.Option("--split", help="With --images: train, val, test or all.")] = "val",
+        split: Annotated[str | None,
+                         typer.Option("--split", help="With --images: train, val, test or all (default: "
+                                                      "val).")] = None,
         max_images: Annotated[int | None,
                               typer.Option("--max-images", help="With --images: a seeded stratified subset "
                                                                 "of this size.")] = None,
@@ -145,6 +183,8 @@ def register(app: typer.Typer) -> None:
                               typer.Option("--cache-root",
                                            help="With --images: root folder of the evaluation caches "
                                                 "(default: $VISAE_HOME/caches).")] = None,
+        image_size: ImageSizeOpt = None,
+        allow_other_size: AllowOtherSizeOpt = False,
         strict: Annotated[bool,
                           typer.Option("--strict", help="Refuse an SAE trained on another backbone or layer "
                                                         "than the cache's (default: warn).")] = False,
@@ -154,24 +194,25 @@ def register(app: typer.Typer) -> None:
         set_: SetOpt = None,
     ) -> None:
         """Evaluate one SAE on one cache (or on --images, cached first) in a single encoding pass; print a
-        table
-        and write a JSON per metric (value, every summary number, the config and the inputs' hashes)."""
+        table and write a JSON per metric (value, every summary number, the config and the inputs' hashes)."""
         from visae.metrics.evaluate import evaluate
 
         names = parse_metric_names(metrics)
+        _check_mode(names, sae, cache, images,
+                    {"--layer": layer, "--split": split, "--max-images": max_images,
+                     "--cache-root": cache_root, "--image-size": image_size},
+                    {"--subfolder": subfolder, "--revision": revision,
+                     "--allow-other-size": allow_other_size or None, "--strict": strict or None})
         cfgs = metric_configs(names, config, set_)
-        if (cache is None) == (images is None):
-            raise ConfigError("give the evaluation images as --cache FOLDER (from 'visae cache') or as "
-                              "--images SPEC with --backbone and --layer, one of the two")
-        if sae is None and names != ["raw"]:
-            raise ConfigError(f"--sae: metrics {', '.join(n for n in names if n != 'raw')} need an SAE; "
-                              "without one only the raw-backbone diagnostic runs (--metrics raw)")
         sae_arg = None if sae is None else sae_reference(sae, subfolder, revision)
         if cache is None:
-            cache = images_cache(str(images), sae_arg, backbone, layer, split, max_images, cache_root, device)
+            cache = images_cache(str(images), sae_arg, backbone, layer, split or "val", max_images,
+                                 cache_root, device, image_size)
             backbone = None  # the cache names its backbone
+            allow_other_size = allow_other_size or image_size is not None  # an explicit size is asked for
         results = evaluate(sae_arg, cache, metrics=names, out_dir=out, configs=cfgs, device=device,
-                           group_size=group_size, backbone=backbone, strict=strict, force=force)
+                           group_size=group_size, backbone=backbone, strict=strict, force=force,
+                           allow_other_size=allow_other_size)
         typer.echo(format_results(results))
         if out is not None:
             typer.echo(f"wrote {len(results)} result file(s) to {out}")

@@ -27,10 +27,29 @@ def metric_class(name: str) -> type[Metric[Any]]:
     return METRICS[name]
 
 
+def metric_names(metrics: str | Sequence[str]) -> list[str]:
+    """The metrics asked for, as a list: ``"m1,m2"`` or ``["m1", "m2"]`` (order kept, duplicates dropped);
+    an empty request or an unknown name is a ConfigError (the CLI's ``--metrics`` and the API agree)."""
+    if isinstance(metrics, str):
+        items = [n.strip() for n in metrics.split(",")]
+    elif isinstance(metrics, Sequence) and all(isinstance(n, str) for n in metrics):
+        items = [n.strip() for n in metrics]
+    else:
+        raise ConfigError(f"metrics: expected metric names (e.g. 'm1,m2' or ['m1', 'm2']), got {metrics!r}")
+    names = list(dict.fromkeys(n for n in items if n))
+    if not names:
+        raise ConfigError("metrics: no metric named; give e.g. metrics=['m1', 'm2'] (--metrics m1,m2)")
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ConfigError(f"metrics: unknown metric(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(METRICS.names())}")
+    return names
+
+
 def evaluate(
     sae: SAE | str | Path | None,
     cache: ActivationCache | str | Path,
-    metrics: Sequence[str] = ("m1", "m2"),
+    metrics: str | Sequence[str] = ("m1", "m2"),
     out_dir: str | Path | None = None,
     configs: Mapping[str, MetricConfig | Mapping[str, Any]] | None = None,
     device: str | torch.device | None = "auto",
@@ -39,6 +58,7 @@ def evaluate(
     strict: bool = False,
     force: bool = False,
     bootstrap: BootstrapConfig | Mapping[str, Any] | None = None,
+    allow_other_size: bool = False,
 ) -> dict[str, MetricResult]:
     """Compute ``metrics`` for ``sae`` on ``cache``; write ``<out_dir>/<metric>.json`` when ``out_dir`` is
     given.
@@ -49,10 +69,21 @@ def evaluate(
     results of another SAE or cache is refused with an OutputConflictError unless ``force`` (they are
     replaced).
     ``bootstrap`` sets the intervals beside each headline (default: 200 Poisson replicates over images,
-    95 %; ``{"n_boot": 0}`` turns them off).
+    95 %; ``{"n_boot": 0}`` turns them off). An SAE whose training images had another patch grid (image
+    size) than the cache's is a ConfigError unless ``allow_other_size``. A headline that comes out NaN
+    is reported as None with a note saying so.
     """
     from visae.sae.checkpoint import sae_fingerprint
 
+    metrics = metric_names(metrics)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ConfigError(f"group_size: expected a positive number of images per group, got {group_size!r}")
+    unused = [name for name in (configs or {}) if name not in metrics]
+    if unused:
+        raise ConfigError(f"configs: settings for {', '.join(unused)}, which "
+                          f"{'is' if len(unused) == 1 else 'are'} not among the metrics run "
+                          f"({', '.join(metrics)}); add "
+                          f"{'it' if len(unused) == 1 else 'them'} to the metrics or drop the settings")
     dev = pick_device(device)
     out_path = check_output_dir(out_dir) if out_dir is not None else None
     loaded, sae_id, provenance = _load(sae, metrics)
@@ -60,6 +91,8 @@ def evaluate(
     sae_model, sae_id = (loaded, sae_id) if loaded is not None else _passthrough(cache_obj)
     sae_hash = "none" if loaded is None else sae_fingerprint(sae_model)
     check_pairing(sae, cache_obj, strict)
+    check_geometry(sae, cache_obj, allow_other_size)
+    check_classes(metrics, cache_obj)
     if out_path is not None:
         check_previous_results(out_path, sae_hash, cache_obj.manifest.hash, force)
     boot = bootstrap if isinstance(bootstrap, BootstrapConfig) else build_config(
@@ -75,7 +108,7 @@ def evaluate(
         pooled = _stream(list(instances.values()), ctx, group_size, Path(spill))
         for name, metric in instances.items():
             finalize_started = time.perf_counter()
-            results[name] = metric.finalize(pooled)
+            results[name] = _explained(metric.finalize(pooled))
             if out_path is not None:
                 write_result(out_path / f"{name}.json", results[name], metric.config, ctx,
                              seconds=time.perf_counter() - finalize_started,
@@ -95,6 +128,80 @@ def write_saebench(record_path: Path, sae: SAE | None) -> Path:
     if sae is not None:
         cfg = {k: v for k, v in sae_config(sae).items() if k not in ("normalization", "provenance")}
     return write(record_path, sae_cfg=cfg)
+
+
+def _explained(result: MetricResult) -> MetricResult:
+    """A NaN or infinite headline never goes out silently: it becomes None with a note saying what it was."""
+    import math
+
+    if result.value is None or math.isfinite(result.value):
+        return result
+    why = f"the computation gave {result.value} (non-finite inputs or a degenerate evaluation set)"
+    return result.model_copy(update={"value": None, "note": f"{result.note}; {why}" if result.note else why})
+
+
+def check_classes(metrics: Sequence[str], cache: ActivationCache) -> None:
+    """ConfigError when a metric that fits class probes runs on an evaluation set of fewer classes than it
+    needs (a one-class image set)."""
+    import numpy as np
+
+    have = len(np.unique(cache.labels))
+    short = [m for m in metrics if have < getattr(metric_class(m), "min_classes", 0)]
+    if short:
+        raise ConfigError(f"{cache.path}: the evaluation images hold {have} class(es), but "
+                          f"{', '.join(short)} fit{'s' if len(short) == 1 else ''} class probes that need at "
+                          f"least {max(metric_class(m).min_classes for m in short)}; evaluate on images of "
+                          f"several classes, or drop {', '.join(short)} from the metrics")
+
+
+def training_geometry(sae: SAE | str | Path | None) -> dict[str, Any]:
+    """Patch grid and image size of the images a local SAE was trained on ({} when unknown): read from its
+    training cache's manifest (named by the checkpoint's provenance)."""
+    import json
+
+    import yaml
+
+    if not isinstance(sae, (str, Path)) or not Path(sae).exists():
+        return {}
+    path = Path(sae)
+    cfg_path = (path.parent if path.is_file() else path) / "config.yaml"
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else None
+        prov = cfg.get("provenance") if isinstance(cfg, dict) else None
+        caches = prov.get("cache") if isinstance(prov, dict) else None
+        first = caches[0] if isinstance(caches, list) and caches else caches
+        if not isinstance(first, str):
+            return {}
+        manifest = json.loads((Path(first) / "manifest.json").read_text(encoding="utf-8"))
+        layout = manifest["layout"]
+        grid = (int(layout["grid_h"]), int(layout["grid_w"]))
+        return {"grid": grid, "image_size": grid[0] * int(layout["patch_size"]), "cache": first}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        return {}
+
+
+def check_geometry(sae: SAE | str | Path | None, cache: ActivationCache,
+                   allow_other_size: bool = False) -> None:
+    """ConfigError when ``sae`` was trained on images of another patch grid (image size) than ``cache``
+    holds, unless ``allow_other_size`` (then a VisaeWarning): positions and scales of its features would not
+    match."""
+    geo = training_geometry(sae)
+    lay = cache.layout
+    if "grid" not in geo or geo["grid"] == (lay.grid_h, lay.grid_w):
+        return
+    gh, gw = geo["grid"]
+    message = (f"SAE {sae} was trained on images of {geo['image_size']} px ({gh}×{gw} patches, cache "
+               f"{geo['cache']}), but the cache {cache.path} holds {lay.grid_h * lay.patch_size} px images "
+               f"({lay.grid_h}×{lay.grid_w} patches)")
+    if not allow_other_size:
+        raise ConfigError(message + f"; evaluate on images of {geo['image_size']} px (--image-size "
+                          f"{geo['image_size']}), or pass --allow-other-size (allow_other_size=True) to "
+                          "evaluate at this size anyway")
+    import warnings
+
+    from visae.errors import VisaeWarning
+
+    warnings.warn(message + " (allowed: --allow-other-size)", VisaeWarning, stacklevel=3)
 
 
 def _instantiate(name: str, given: MetricConfig | Mapping[str, Any], ctx: EvalContext) -> Metric[Any]:

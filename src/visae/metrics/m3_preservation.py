@@ -73,6 +73,7 @@ class M3Preservation(Metric[M3Config]):
 
     name: ClassVar[str] = "m3"
     needs_pooled: ClassVar[bool] = True
+    min_classes: ClassVar[int] = 2  # fits class probes
     needs_stream: ClassVar[bool] = False
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:

@@ -217,6 +217,7 @@ class M4SparseProbing(Metric[M4Config]):
 
     name: ClassVar[str] = "m4"
     needs_pooled: ClassVar[bool] = True
+    min_classes: ClassVar[int] = 2  # fits class probes
     needs_stream: ClassVar[bool] = False
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:

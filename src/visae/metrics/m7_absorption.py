@@ -186,6 +186,7 @@ class M7Absorption(Metric[M7Config]):
 
     name: ClassVar[str] = "m7"
     needs_pooled: ClassVar[bool] = True
+    min_classes: ClassVar[int] = 2  # fits class probes
     needs_stream: ClassVar[bool] = False
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:

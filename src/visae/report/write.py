@@ -18,7 +18,7 @@ from visae.report.data import ReportData, load_report_data, study_names
 from visae.report.grid import activation_grid
 from visae.report.guide import practitioner_guide
 from visae.report.page import Report, esc, note
-from visae.results.layout import BROWSER_PAGE, REPORT_DIR, REPORT_PAGE
+from visae.results.layout import BROWSER_PAGE, REPORT_DIR, REPORT_PAGE, RESULTS_DIR, RESULTS_FILE
 
 
 def _overview(r: Report, d: ReportData) -> None:
@@ -110,9 +110,11 @@ def build_report(d: ReportData) -> Report:
 
 
 def write_report(study_dir: Path | str, out_dir: Path | str | None = None, name: str | None = None,
-                 labels: dict[str, str] | None = None) -> dict[str, Path]:
+                 labels: dict[str, str] | None = None, allow_empty: bool = False) -> dict[str, Path]:
     """Write ``index.html`` and ``features.html`` for a study folder; returns their paths. ``name`` and
-    ``labels`` (backbone display names) default to the study's ``study.yaml``."""
+    ``labels`` (backbone display names) default to the study's ``study.yaml``. A folder without
+    ``results/results.parquet`` (empty, not run yet, or its table deleted) is a StudyError unless
+    ``allow_empty`` (then the report holds notes instead of figures)."""
     from visae.errors import StudyError
     from visae.io import check_output_dir
     from visae.results.table import is_study, not_a_study
@@ -123,6 +125,11 @@ def write_report(study_dir: Path | str, out_dir: Path | str | None = None, name:
                          else not_a_study(root, "visae report"))
     if not is_study(root) and any(root.iterdir()):  # an empty folder is a study not run yet: notes, no error
         raise StudyError(not_a_study(root, "visae report"))
+    results = root / RESULTS_DIR / RESULTS_FILE
+    if not allow_empty and not results.is_file():
+        raise StudyError(f"{root}: no results table ({RESULTS_DIR}/{RESULTS_FILE} is missing), so the report "
+                         "would be empty; run 'visae study run STUDY.yaml' first (it rebuilds a deleted "
+                         "table)")
     if out_dir is not None:
         check_output_dir(out_dir)
     if name is None or labels is None:

@@ -90,11 +90,33 @@ class ResolvedSAE:
 def resolve_sae(sae: SAE | Path | str, with_provenance: bool = False) -> ResolvedSAE:
     """Load a checkpoint reference (path or ``repo[:subfolder][@revision]``), or take a model as it is."""
     if not isinstance(sae, (str, Path)):
+        check_finite(sae, f"SAE {type(sae).__name__}")
         return ResolvedSAE(sae, sae_fingerprint(sae))
     if with_provenance:
         model, provenance = load_sae_with_provenance(sae)
         return ResolvedSAE(model, str(sae), provenance)
     return ResolvedSAE(load_sae(sae), str(sae))
+
+
+def check_finite(sae: SAE, where: str | Path) -> None:
+    """CheckpointError naming the first tensor (weights, thresholds, normalization statistics) that holds NaN
+    or ±Inf, or a normalization std that is not positive: such an SAE evaluates to silently wrong numbers."""
+    for name, t in sae.state_dict().items():
+        if not t.is_floating_point():
+            continue
+        bad = ~torch.isfinite(t.detach())
+        if bool(bad.any()):
+            n, total = int(bad.sum()), t.numel()
+            kinds = "/".join(k for k, m in (("NaN", torch.isnan(t)), ("Inf", torch.isinf(t)))
+                             if bool(m.any()))
+            raise CheckpointError(f"{where}: tensor {name!r} holds {n} of {total} non-finite value(s) "
+                                  f"({kinds}); the checkpoint is damaged or its training diverged: "
+                                  "retrain it, or load another checkpoint")
+    std = float(sae.act_std)
+    if not std > 0:
+        raise CheckpointError(f"{where}: normalization std act_std = {std} is not positive; the training "
+                              "cache's statistics are broken: retrain the SAE on a cache whose activations "
+                              "vary")
 
 
 def _load_state(path: Path, sae: SAE, state: dict[str, torch.Tensor]) -> None:
@@ -153,7 +175,14 @@ def load_sae(path_or_hub_id: Path | str, subfolder: str | None = None,
 
 
 def _dispatch(path: Path) -> SAE:
-    """Ours first (a folder with both files, or its weights file), then the registered foreign formats."""
+    """Ours first (a folder with both files, or its weights file), then the registered foreign formats; every
+    tensor of the result must be finite (:func:`check_finite`)."""
+    sae = _dispatch_format(path)
+    check_finite(sae, path)
+    return sae
+
+
+def _dispatch_format(path: Path) -> SAE:
     if path.is_file() and path.name == WEIGHTS_FILE:
         return _load_ours(path.parent)
     if path.is_dir() and (path / WEIGHTS_FILE).is_file() and (path / CONFIG_FILE).is_file():
@@ -168,6 +197,11 @@ def _dispatch(path: Path) -> SAE:
         raise CheckpointError(f"{path}: unknown checkpoint file (expected a folder, {WEIGHTS_FILE} "
                               "or sae.pt)")
     looked_for = [f"{WEIGHTS_FILE}+{CONFIG_FILE}", *("+".join(f.files) for f in CHECKPOINT_FORMATS.values())]
+    from visae.sae.hub import describe_grid
+
+    grid = describe_grid(path)
+    if grid:
+        raise CheckpointError(f"{path}: no SAE checkpoint in the folder itself; it is {grid}")
     raise CheckpointError(f"{path}: no SAE checkpoint found (looked for "
                           f"{', '.join(dict.fromkeys(looked_for))})")
 
@@ -187,5 +221,7 @@ def load_sae_with_provenance(ref: SAERef | str | Path, subfolder: str | None = N
     return sae, located.provenance
 
 
-__all__ = ["SAE_FAMILIES", "ResolvedSAE", "load_sae", "load_sae_with_provenance", "resolve_sae", "sae_config",
+__all__ = ["SAE_FAMILIES", "ResolvedSAE", "check_finite", "load_sae", "load_sae_with_provenance",
+           "resolve_sae",
+           "sae_config",
            "sae_fingerprint", "save_sae"]

@@ -46,6 +46,25 @@ def checkpoint_markers() -> list[tuple[str, ...]]:
 
     return list(dict.fromkeys([OURS, *(f.files for f in CHECKPOINT_FORMATS.values())]))
 
+def local_configurations(folder: Path) -> list[str]:
+    """Names of the sub-folders of ``folder`` that hold an SAE checkpoint (a 'visae train' grid's SAEs)."""
+    if not folder.is_dir():
+        return []
+    markers = checkpoint_markers()
+    return sorted(p.name for p in folder.iterdir()
+                  if p.is_dir() and any(all((p / name).is_file() for name in m) for m in markers))
+
+
+def describe_grid(folder: Path) -> str:
+    """``a folder of N SAEs: pick one with --subfolder NAME (…): a, b`` ('' when ``folder`` is no grid)."""
+    names = local_configurations(folder)
+    if not names:
+        return ""
+    shown = ", ".join(names[:20]) + (f" … ({len(names)} in all)" if len(names) > 20 else "")
+    return (f"a folder of {len(names)} SAE(s); pick one with --subfolder NAME or {folder}/NAME "
+            f"(subfolder=NAME in Python): {shown}")
+
+
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _REF = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<sub>[^@:]+))?(?:@(?P<rev>[^@:]+))?")
 

@@ -23,7 +23,15 @@ def sae_reference(sae: str, subfolder: str | None = None, revision: str | None =
 
     ref = parse_sae_ref(sae, subfolder, revision)
     if not ref.hub and ref.subfolder:
-        return str(Path(ref.target) / ref.subfolder)
+        inside = Path(ref.target) / ref.subfolder
+        if not inside.exists():  # a local grid: never fall through to the hub
+            from visae.errors import CheckpointError
+            from visae.sae.hub import describe_grid
+
+            grid = describe_grid(Path(ref.target))
+            raise CheckpointError(f"{inside}: no such configuration in the local folder {ref.target}"
+                                  + (f"; it is {grid}" if grid else "; it holds no SAE checkpoints"))
+        return str(inside)
     return str(SAERef(ref.target, ref.subfolder, ref.revision, hub=ref.hub)) if ref.hub else ref.target
 
 
@@ -75,7 +83,12 @@ def register(app: typer.Typer) -> None:
         """List activation caches and SAEs under a folder, or the SAE configurations of a hub repo."""
 
         def go() -> None:
+            from visae.cli_common import refuse_inapplicable
+
             path = Path(target)
+            if path.exists():
+                refuse_inapplicable(f"to a local folder ({target}; it is for hub repos)",
+                                    {"--revision": revision is not None})
             if path.is_dir():
                 from visae.inventory import format_entries, scan
 
@@ -117,7 +130,18 @@ def register(app: typer.Typer) -> None:
         and a model card (README.md) with the config, metrics and provenance."""
 
         def go() -> None:
+            from visae.errors import ConfigError
             from visae.sae.export import export_saes
+            from visae.sae.hub import _HUB_ID
+
+            for folder in results or []:
+                if not folder.is_dir():
+                    what = "is a file" if folder.exists() else "no such folder"
+                    raise ConfigError(f"--results {folder}: {what}; give the --out folder of a 'visae eval' "
+                                      "run")
+            if repo_id is not None and _HUB_ID.fullmatch(repo_id) is None:
+                raise ConfigError(f"--repo-id {repo_id!r}: not a hub repo id; write ORG/NAME with letters, "
+                                  "digits, '-', '_' or '.', e.g. my-lab/dinov2-saes")
 
             items = export_saes(sae_dir, out, results or [], repo_id=repo_id, force=force, fmt=fmt)
             for it in items:

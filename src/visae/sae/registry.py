@@ -47,3 +47,30 @@ def make_sae(family: str, d_in: int, expansion: float | None = None, d_sae: int 
     if k is not None and k > d_sae:
         raise ConfigError(f"{name}: k={k} exceeds d_sae={d_sae}")
     return SAE_FAMILIES[name](d_in, d_sae, k, **hparams)
+
+
+def family_hparams(family: str) -> dict[str, Any]:
+    """The hyper-parameters family ``family`` takes, with their defaults: the named keyword parameters of its
+    constructors (``bandwidth``, ``l1_coeff`` …)."""
+    import inspect
+
+    out: dict[str, Any] = {}
+    for cls in reversed(SAE_FAMILIES[canonical_family(family)].__mro__):
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        for p in list(inspect.signature(init).parameters.values())[1:]:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("d_in", "d_sae", "k"):
+                out[p.name] = p.default
+    return out
+
+
+def check_hparams(family: str, hparams: dict[str, Any]) -> None:
+    """ConfigError naming every key of ``hparams`` that family ``family`` does not take (it would be stored
+    and silently ignored)."""
+    known = family_hparams(family)
+    unknown = sorted(set(hparams) - set(known))
+    if unknown:
+        raise ConfigError(f"hparams: {', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not a "
+                          f"setting of the {canonical_family(family)} family (it takes: "
+                          f"{', '.join(sorted(known)) or 'none'})")

@@ -36,7 +36,7 @@ from visae.io import (
 from visae.sae.batchtopk import BatchTopKSAE, calibrate_threshold
 from visae.sae.checkpoint import save_sae
 from visae.sae.family import TrainableSAE
-from visae.sae.registry import canonical_family, make_sae
+from visae.sae.registry import canonical_family, check_hparams, make_sae
 
 if TYPE_CHECKING:
     from visae.cache.sampler import TokenStream
@@ -74,6 +74,7 @@ class SAESpec(FrozenConfig):
     @model_validator(mode="after")
     def _check(self) -> SAESpec:
         canonical_family(self.family)
+        check_hparams(self.family, self.hparams)
         if self.name is not None and (self.name != Path(self.name).name or self.name in ("", ".", "..")):
             raise ValueError(f"name {self.name!r} must be a plain folder name (no '/', '..'): it is created "
                              "inside the output folder")
@@ -294,6 +295,24 @@ def _load_state(out_dir: Path) -> dict[str, Any] | None:
 
 def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str,
                train_config: TrainConfig | None = None, force: bool = False) -> list[Path]:
+    """:func:`_train_saes` holding the writer lock of ``out_dir`` (``.lock``, as 'visae cache' does): a second
+    run into the same folder is refused while the first is alive."""
+    from visae.cache.lock import writer_lock
+
+    out = check_output_dir(out_dir)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with writer_lock(out, "visae train"):
+            return _train_saes(cache, configs, out, train_config, force)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a refused run leaves nothing behind
+        raise
+
+
+def _train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str,
+                train_config: TrainConfig | None = None, force: bool = False) -> list[Path]:
     """Train every SAE of ``configs`` on one pass over ``cache``; return their checkpoint folders.
 
     ``cache`` is an :class:`~visae.cache.reader.ActivationCache`, a path to one, or a list of either:

@@ -31,11 +31,10 @@ def _run(study: Path, overrides: list[str] | None, executor: str, address: str |
     from visae.study.config import load_study_config
     from visae.study.run import describe_plan, run_study
 
-    cfg = load_study_config(study, overrides)
-    if dry_run:
-        check_study(study, cfg)
+    cfg = load_study_config(study, overrides, validate=False)
+    check_study(study, cfg)  # every run, not only --dry-run: before any job runs
     plan, summary = run_study(cfg, executor=executor, address=address, dry_run=dry_run,
-                              max_retries=max_retries,
+                              max_retries=max_retries, validate=False,
                               on_event=lambda s: typer.echo(s, err=True))
     if summary is None:
         typer.echo(describe_plan(plan, Path(cfg.out_dir)))
@@ -87,7 +86,7 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option("--dry-run",
                                               help="print the plan and what exists; run nothing")] = False,
         max_retries: Annotated[int | None,
-                               typer.Option(help="retries of a failing job (local 0, ray 2)")] = None,
+                               typer.Option(min=0, help="retries of a failing job (local 0, ray 2)")] = None,
     ) -> None:
         """Plan the study and run every job that is not done yet."""
         path, sets = run_guarded(_study_and_overrides, study, overrides)

@@ -283,16 +283,26 @@ def expand_placeholders(data: Any, where: str = "") -> Any:
 
 
 # Spec prefixes whose remainder is a file-system path (resolved relative to the YAML, checked before a run).
-PATH_PREFIXES = ("folder:", "ade20k:", "imagefolder:")
+PATH_PREFIXES = ("folder:", "ade20k:", "imagefolder:", "inat:", "cub:", "dtd:")
+QUERY_PREFIXES = ("dtd:",)
+"""Path prefixes whose spec may end in ``?option=value`` after the path (``dtd:/root?fold=2``)."""
+
+
+def _split_query(prefix: str, rest: str) -> tuple[str, str]:
+    """(path, ``?query`` or '') of a spec's remainder."""
+    if prefix in QUERY_PREFIXES and "?" in rest:
+        path, _, query = rest.partition("?")
+        return path, "?" + query
+    return rest, ""
 
 
 def _resolve_spec(spec: str, base: Path) -> str:
     for prefix in PATH_PREFIXES:
         if spec.startswith(prefix):
-            rest = spec[len(prefix):]
-            if rest and not Path(rest).is_absolute():
-                return prefix + str((base / rest).resolve())
-            return spec
+            rest, query = _split_query(prefix, spec[len(prefix):])
+            if rest and not Path(rest).expanduser().is_absolute():
+                return prefix + str((base / rest).resolve()) + query
+            return prefix + str(Path(rest).expanduser()) + query if rest.startswith("~") else spec
     if spec.startswith((".", "/", "~")):
         return str((base / Path(spec).expanduser()).resolve())
     return spec
@@ -323,15 +333,34 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
-def load_study_config(path: Path | str, overrides: list[str] | None = None) -> StudyConfig:
-    """Read a study YAML, apply ``--set`` overrides, expand ``${ENV}`` and resolve paths against the file."""
+def load_study_config(path: Path | str, overrides: list[str] | None = None,
+                      validate: bool = True) -> StudyConfig:
+    """Read a study YAML, apply ``--set`` overrides, expand ``${ENV}`` and resolve paths against the file.
+
+    ``validate``: also check every setting down to its leaves against the config models it feeds (metric,
+    training, cache and task settings, layers, K, sources, hypotheses: :func:`check_study_config`), so a
+    typo is an error here, before any job runs."""
     from visae.config import apply_overrides
 
     path = Path(path)
     data = apply_overrides(read_yaml(path), overrides)
     data = expand_placeholders(data)
     data = _resolve_paths(data, path.resolve().parent)
-    return build_config(StudyConfig, data, None, source=str(path))
+    cfg = build_config(StudyConfig, data, None, source=str(path))
+    if validate:
+        check_study_config(cfg, str(path))
+    return cfg
+
+
+def check_study_config(cfg: StudyConfig, source: str = "study") -> None:
+    """ConfigError listing every problem :func:`visae.study.validate.validate_study` finds (``source: N
+    problem(s): key: what; key: what``); nothing when the study is sound."""
+    from visae.study.validate import validate_study
+
+    problems = validate_study(cfg)
+    if problems:
+        raise ConfigError(f"{source}: {len(problems)} problem(s) found without computing: "
+                          + "; ".join(problems) + "; fix them in the YAML or with --set KEY=VALUE")
 
 
 def check_inputs_exist(cfg: StudyConfig) -> None:
@@ -359,7 +388,7 @@ def spec_path(spec: str) -> Path | None:
     """The file-system path inside a spec, or None when the spec names a built-in source."""
     for prefix in PATH_PREFIXES:
         if spec.startswith(prefix):
-            return Path(spec[len(prefix):])
+            return Path(_split_query(prefix, spec[len(prefix):])[0])
     if spec.startswith("/"):
         return Path(spec)
     return None

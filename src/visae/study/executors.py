@@ -131,6 +131,25 @@ def _ray_execute(execute: Execute, job: Job, root: str, device: str, plugins: tu
     return job.id
 
 
+def check_ray_address(address: str, timeout: float = 3.0) -> None:
+    """StudyError within ``timeout`` seconds when a ``host:port`` or ``ray://host:port`` address does not
+    answer (Ray itself would retry for minutes); 'auto' and other forms are left to Ray."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        if address != "auto" and "://" not in address:
+            raise StudyError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT, 'auto' or 'local'")
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise StudyError(f"--address {address}: no Ray cluster answers there ({e.strerror or e}); start one "
+                         "('ray start --head'), check the address, or use --address local") from None
+
+
 def run_ray(plan: Plan, root: Path, address: str | None = "local", device: str = "auto", max_retries: int = 2,
             on_event: EventFn | None = None, init_kwargs: dict[str, Any] | None = None,
             plugins: tuple[str, ...] = (), execute: Execute = run_job) -> RunSummary:
@@ -140,6 +159,8 @@ def run_ray(plan: Plan, root: Path, address: str | None = "local", device: str =
     ``address``: 'local' starts a local Ray instance; otherwise the address of a running cluster
     ('auto', 'ray://host:10001', …). The study folder must be on a path every node sees.
     """
+    if address not in (None, "local"):
+        check_ray_address(str(address))
     try:
         import ray
     except ImportError as e:

@@ -1,7 +1,8 @@
 """The job protocol: skip a job when done, run its stage, then write ``done.json`` last; and the folder lock.
 
-A job is done iff each of its output folders holds a ``done.json`` (written after every other file), so a
-killed job leaves at worst an incomplete folder without one, which the next run redoes. The lock (pid +
+A job is done iff each of its output folders holds a ``done.json`` (written after every other file) and
+every file it lists is still there, so a killed job leaves at worst an incomplete folder without one, which
+the next run redoes, and a deleted result file (``results.parquet``) is rebuilt. The lock (pid +
 host) makes a second run on the same folder fail while the first lives; a dead holder's lock is taken over.
 What each kind of job does is its stage's business (:mod:`visae.study.stages`).
 """
@@ -31,7 +32,12 @@ def read_done(folder: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    files = data.get("files")
+    if isinstance(files, list) and not all(isinstance(f, str) and (folder / f).exists() for f in files):
+        return None  # a file the job wrote was deleted since (e.g. results.parquet): the job is not done
+    return data
 
 
 def output_done(root: Path, output: str, job_id: str | None = None) -> bool:
@@ -50,9 +56,12 @@ def job_done(job: Job, root: Path | str) -> bool:
 
 
 def write_done(folder: Path, record: dict[str, Any]) -> None:
-    """Mark a folder complete; called after every other file of the job is in place."""
+    """Mark a folder complete; called after every other file of the job is in place. The record lists the
+    folder's files (top level), so that a folder that lost one of them no longer counts as done."""
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / DONE, {**record, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    files = sorted(p.name for p in folder.iterdir() if p.name != DONE and not p.name.startswith("."))
+    atomic_write_json(folder / DONE,
+                      {**record, "files": files, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 @contextlib.contextmanager

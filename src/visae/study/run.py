@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from visae.errors import StudyError
+from visae.errors import ConfigError, StudyError
 from visae.io import atomic_write_text
 from visae.results.layout import LOCK_FILE, STUDY_YAML
-from visae.study.config import StudyConfig, check_inputs_exist, dump_study_yaml
+from visae.study.config import StudyConfig, check_inputs_exist, check_study_config, dump_study_yaml
 from visae.study.executors import EventFn, Execute, RunSummary, run_local, run_ray
 from visae.study.job import Plan
 from visae.study.plan import plan_study
@@ -45,19 +45,32 @@ def study_status(cfg: StudyConfig) -> str:
 
 def run_study(cfg: StudyConfig, executor: str = "local", address: str | None = None, dry_run: bool = False,
               max_retries: int | None = None, on_event: EventFn | None = None,
-              check_inputs: bool = True, execute: Execute = run_job) -> tuple[Plan, RunSummary | None]:
+              check_inputs: bool = True, execute: Execute = run_job,
+              validate: bool = True) -> tuple[Plan, RunSummary | None]:
     """Plan ``cfg`` and run what is missing (nothing when ``dry_run``); the summary lists failures.
 
     ``execute`` runs one job (default :func:`visae.study.stages.run_job`; tests wrap it to inject
-    failures)."""
+    failures). ``validate``: check every setting first (:func:`visae.study.config.check_study_config`;
+    False when the caller just did)."""
+    if executor not in ("local", "ray"):
+        raise StudyError(f"--executor {executor!r}: expected 'local' or 'ray'")
+    if executor == "local" and address is not None:
+        raise ConfigError(f"--address {address}: does not apply with the local executor and would be "
+                          "ignored; add --executor ray, or drop --address")
+    if max_retries is not None and (isinstance(max_retries, bool) or max_retries < 0):
+        raise ConfigError(f"--max-retries {max_retries}: must be 0 or more (retries of a failing job)")
+    if validate and not dry_run:
+        check_study_config(cfg)  # every setting to its leaves, before any job runs
     root = Path(cfg.out_dir)
     plan = plan_study(cfg)
     if dry_run:
         return plan, None
     if check_inputs:
         check_inputs_exist(cfg)
-    if executor not in ("local", "ray"):
-        raise StudyError(f"--executor {executor!r}: expected 'local' or 'ray'")
+    if executor == "ray" and address not in (None, "local"):
+        from visae.study.executors import check_ray_address
+
+        check_ray_address(str(address))  # seconds, not Ray's minutes of retries; before the folder is touched
     with study_lock(root):
         atomic_write_text(root / STUDY_YAML, dump_study_yaml(cfg))
         if executor == "local":

@@ -3,23 +3,21 @@ path of its key: metric names and settings, training and cache settings, layers 
 depth, K against the dictionary size, SAE families, task kinds and settings, image-set names and splits,
 and the hypotheses' metrics and tasks. ``visae study run --dry-run`` reports them all at once.
 
-Backbone depth and width come from the architecture alone (timm models are built on the ``meta`` device:
-no weights, no memory; a plugin's backbone without a timm name is built without pretrained weights); a
-backbone whose architecture cannot be read that way is not checked.
+Backbone depth and width come from the backbone registry: a shape the entry declares, else the architecture
+alone (timm models are built on the ``meta`` device: no weights, no memory; a plugin's backbone without a
+timm name is built without pretrained weights); a backbone whose architecture cannot be read that way is not
+checked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from visae.study.config import StudyConfig
-
-OFFLINE_DEPTH = {"dinov2-s14-offline": (12, 384), "random-vit-s14": (12, 384)}
-"""Blocks and width of the registered backbones that are not timm models (DINOv2-S/14)."""
-
+if TYPE_CHECKING:
+    from visae.study.config import StudyConfig
 
 def _model_problems(cls: type[BaseModel], data: Mapping[str, Any], where: str) -> list[str]:
     """``where.<field>: what is wrong`` for every field of ``data`` that ``cls`` refuses."""
@@ -42,12 +40,15 @@ def _model_problems(cls: type[BaseModel], data: Mapping[str, Any], where: str) -
 
 def backbone_shape(name: str) -> tuple[int, int] | None:
     """(blocks, width) of a backbone from its architecture, or None when it cannot be read cheaply."""
-    if name in OFFLINE_DEPTH:
-        return OFFLINE_DEPTH[name]
     try:
-        from visae.backbones.registry import backbone_entry
+        from visae.backbones.registry import _split_wrapper, backbone_entry
 
+        split = _split_wrapper(name)
+        if split is not None:  # a wrapper (shuffled:<name>) keeps its inner backbone's shape
+            return backbone_shape(split[1])
         entry = backbone_entry(name)
+        if entry is not None and entry.shape is not None:  # declared in the registry
+            return entry.shape
         arch = entry.timm_name if entry is not None else name
         if arch is None:  # a plugin's own backbone: build it without pretrained weights (test-sized ones)
             from visae.backbones.registry import load_backbone
@@ -112,7 +113,7 @@ def _settings_problems(cfg: StudyConfig) -> list[str]:
 
 def _grid_problems(cfg: StudyConfig) -> list[str]:
     from visae.errors import ConfigError
-    from visae.sae.registry import canonical_family
+    from visae.sae.registry import canonical_family, check_hparams
 
     out = []
     shapes = {b.name: backbone_shape(b.name) for b in cfg.backbones}
@@ -122,12 +123,24 @@ def _grid_problems(cfg: StudyConfig) -> list[str]:
             if shape is not None and not 0 <= layer < shape[0]:
                 out.append(f"layers[{li}]: {layer} is not a block of {b.name} (backbones[{i}]), which has "
                            f"blocks 0..{shape[0] - 1}")
+    first: dict[str, int] = {}
+    for j, grid in enumerate(cfg.saes):
+        if grid.name in first:
+            out.append(f"saes[{j}].name: {grid.name!r} is already the name of saes[{first[grid.name]}]"
+                       f"{' (the default)' if grid.name == 'main' else ''}; give every block its own name "
+                       "(it tags the block's SAEs in the results)")
+        first.setdefault(grid.name, j)
     for j, grid in enumerate(cfg.saes):
         try:
             family = canonical_family(grid.family)
         except ConfigError as e:
             out.append(f"saes[{j}].family: {e}")
             continue
+        if grid.hparams:
+            try:
+                check_hparams(family, grid.hparams)
+            except ConfigError as e:
+                out.append(f"saes[{j}].{e}")
         names = grid.backbones or [b.name for b in cfg.backbones]
         for li, layer in enumerate(grid.layers or []):
             for name in names:
