@@ -277,7 +277,8 @@ def _interval(ms_f: np.ndarray, baseline_g: np.ndarray, bootstrap: BootstrapConf
 def compute_m5(top_values_kf: np.ndarray, top_index_kf: np.ndarray, min_f: np.ndarray, max_f: np.ndarray,
                labels_n: np.ndarray, embed: ImageEmbedder, config: M5Config,
                evaluator: str = "", embedding_kind: str = "",
-               bootstrap: BootstrapConfig | None = None) -> tuple[M5Result, pd.DataFrame]:
+               bootstrap: BootstrapConfig | None = None,
+               baseline_out: dict[str, np.ndarray] | None = None) -> tuple[M5Result, pd.DataFrame]:
     """M5 from the streamed top-N statistics; ``embed`` maps cache positions to evaluator embeddings.
 
     Returns the summary and the per-feature table (one row per scored feature). With ``bootstrap``, the
@@ -309,6 +310,8 @@ def compute_m5(top_values_kf: np.ndarray, top_index_kf: np.ndarray, min_f: np.nd
     labels_fk = np.asarray(labels_n)[index_fk]
     scores = feature_scores(emb_pe[pos_fk], weights_fk, labels_fk)
     baseline_g = random_group_baseline(emb_pe, n_top, config.n_baseline_groups, config.seed)
+    if baseline_out is not None:
+        baseline_out["groups"] = baseline_g
 
     raw = _mean(scores.ms)
     baseline = float(baseline_g.mean()) if len(baseline_g) else None
