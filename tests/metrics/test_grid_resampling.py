@@ -86,6 +86,8 @@ def test_m1_on_resampled_blobs_matches_esda() -> None:
     assert result.null_expectation == pytest.approx(-1 / 195)
     native, native_means, _ = compute_m1(batches(codes, (h, w), 7), 2, M1Config(min_valid_images=1))
     assert native.null_expectation == pytest.approx(null_expectation(256)) and native.native_grid == ""
+    assert result.native_mean_i == pytest.approx(native.value, abs=1e-6)  # both from one pass
+    assert native.native_mean_i is None
     # blobs stay coherent and noise stays near the null, but resampling moves both (interpolation smooths)
     assert means[0] > 0.5 and abs(native_means[1]) < 0.1 and means[1] > native_means[1]
 

@@ -160,6 +160,8 @@ class SpatialSummary(MetricResult):
     grid_w: int = Field(description="columns of the grid Moran's I was computed on")
     native_grid: str = Field("", description="the backbone's patch grid 'HxW' when the maps were resampled "
                              "to grid_h × grid_w before scoring (App. G control); empty otherwise")
+    native_mean_i: float | None = Field(None, description="with resampling: the same mean computed on the "
+                                        "native grid from the same maps (the comparison App. G asks for)")
 
 
 class MoranAccumulator:
@@ -176,6 +178,8 @@ class MoranAccumulator:
         self.boot_count_fb = torch.zeros(0, dtype=torch.float64)
         self.resample_hw: tuple[int, int] | None = None
         """Grid every valid map is bilinearly resampled to before Moran's I (None: the native grid)."""
+        self.native_sum_f = torch.zeros(n_features, dtype=torch.float64, device=device)
+        self.native_count_f = torch.zeros(n_features, dtype=torch.int64, device=device)
 
     def enable_bootstrap(self, config: BootstrapConfig) -> None:
         """Also keep per-replicate weighted sums ``[F, B]`` (Poisson weights of each map's image)."""
@@ -246,6 +250,13 @@ class MoranAccumulator:
         """Moran's I of maps already known to have variance > eps (on the resampling grid when one is set);
         accumulate the finite ones."""
         if self.resample_hw is not None:
+            native_k = morans_i(maps_khw)
+            ok = torch.isfinite(native_k)
+            if self.native_sum_f.device != native_k.device:
+                self.native_sum_f = self.native_sum_f.to(native_k.device)
+                self.native_count_f = self.native_count_f.to(native_k.device)
+            self.native_sum_f.index_add_(0, feature_k[ok], native_k[ok].double())
+            self.native_count_f.index_add_(0, feature_k[ok], torch.ones_like(feature_k[ok]))
             maps_khw = resample_maps(maps_khw, self.resample_hw)
         i_k = morans_i(maps_khw)
         finite = torch.isfinite(i_k)
@@ -262,6 +273,16 @@ class MoranAccumulator:
         with np.errstate(invalid="ignore", divide="ignore"):
             means = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         return means, count
+
+    def _native_mean(self, min_valid_images: int) -> float | None:
+        """Mean over evaluable features of their native-grid mean I (None without resampling)."""
+        if self.resample_hw is None:
+            return None
+        count = self.native_count_f.cpu().numpy()
+        ok = count >= min_valid_images
+        if not ok.any():
+            return None
+        return float((self.native_sum_f.cpu().numpy()[ok] / count[ok]).mean())
 
     def summarize(self, metric: str, min_valid_images: int, result_cls: type[S], note_empty: str) -> S:
         """Mean (headline), median, IQR, N_eval/N_dict, null and z over the evaluable features."""
@@ -280,6 +301,7 @@ class MoranAccumulator:
             "null_expectation": null_expectation(n_patches), "sd_ddof": 1, "n_images": self.n_images,
             "n_valid_pairs": int(count.sum()), "grid_h": grid_h, "grid_w": grid_w,
             "native_grid": f"{native[0]}x{native[1]}" if self.resample_hw is not None else "",
+            "native_mean_i": self._native_mean(min_valid_images),
         }
         if n_eval == 0:
             return result_cls(value=None, mean_i=None, median_i=None, q25_i=None, q75_i=None, iqr_i=None,
