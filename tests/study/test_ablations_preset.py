@@ -27,7 +27,8 @@ def test_ablations_preset_plans_every_question() -> None:
     assert plan.of_kind("collect")[0].params["stability"] == {"threshold": 0.7}
 
 
-def test_paper_switches_uncommented_make_a_valid_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_paper_switches_uncommented_make_a_valid_study(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("IMAGENET", "INAT", "CUB", "DTD", "ADE20K"):
         monkeypatch.setenv(var, f"/nonexistent/{var.lower()}")
     lines = (ROOT / "studies" / "paper.yaml").read_text().splitlines()
