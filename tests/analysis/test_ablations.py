@@ -58,11 +58,13 @@ def test_whitening_without_whitened_saes() -> None:
 def test_grid_gap_with_and_without_resampling() -> None:
     res, det = [], []
     for i in range(4):
-        for b, native, resampled in (("dino", 0.60, 0.50), ("clip", 0.45, 0.48), ("mae", 0.30, 0.31)):
+        for b, native, resampled in (("dino", 0.60, 0.50), ("clip", 0.45, 0.48), ("mae", 0.30, 0.31),
+                                     ("shuffled:dino", -0.02, 0.05)):
             res.append(row(b, "m1", resampled + 0.01 * i, f"{b}{i}"))
             det.append(row(b, "m1.native_mean_i", native + 0.01 * i, f"{b}{i}"))
     verdict, table = grid_ablation(pd.DataFrame(res), pd.DataFrame(det))
-    assert list(table["backbone"]) == ["dino", "clip", "mae"]
+    assert list(table["backbone"]) == ["dino", "clip", "mae", "shuffled:dino"]
+    assert table.loc[3, "shift"] == pytest.approx(0.07) and "null shuffled:dino by +0.070" in verdict
     assert table.loc[0, "gap_to_next_native"] == pytest.approx(0.15)
     assert table.loc[0, "gap_to_next_resampled"] == pytest.approx(0.02)
     assert "+0.150" in verdict and "+0.020" in verdict and "ranking is unchanged" in verdict

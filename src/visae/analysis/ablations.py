@@ -130,6 +130,7 @@ def grid_ablation(results: pd.DataFrame, details: pd.DataFrame, metric: str = "m
         rows.append({"backbone": backbone, "n": len(g), "native": float(g["value_native"].mean()),
                      "resampled": float(g["value_resampled"].mean())})
     table = pd.DataFrame(rows).sort_values("native", ascending=False, ignore_index=True)
+    table["shift"] = table["resampled"] - table["native"]
     if len(table) < 2:
         return "one backbone only: no gap to compare", table
     lead, second = table.loc[0, "backbone"], table.loc[1, "backbone"]
@@ -142,11 +143,17 @@ def grid_ablation(results: pd.DataFrame, details: pd.DataFrame, metric: str = "m
     table["gap_to_next_resampled"] = table["resampled"] - table["resampled"].shift(-1)
     same_rank = list(table.sort_values("resampled", ascending=False)["backbone"]) == list(table["backbone"])
     (gn, ln, hn), (gr, lr, hr) = out["native"], out["resampled"]
-    holds = "survives" if lr is not None and lr > 0 else (
-        "is not resolved" if lr is None else "does not survive")
+    holds = ("survives resampling" if lr is not None and lr > 0 else
+             "has no interval (fewer than 2 values per backbone)" if lr is None else
+             "does not survive resampling")
     verdict = (f"{lead} leads {second} by {gn:+.3f} {_interval_text(ln, hn)} on the native grids and by "
-               f"{gr:+.3f} {_interval_text(lr, hr)} after resampling to a common grid: the gap {holds} "
-               f"resampling; the backbone ranking is {'unchanged' if same_rank else 'changed'}")
+               f"{gr:+.3f} {_interval_text(lr, hr)} after resampling to a common grid: the gap {holds}; "
+               f"the backbone ranking is {'unchanged' if same_rank else 'changed'}")
+    controls = table[table["backbone"].str.startswith("shuffled:") & (table["shift"].abs() > 1e-9)]
+    if len(controls):
+        c = controls.iloc[0]
+        verdict += (f". Resampling alone moves the spatial null {c['backbone']} by {c['shift']:+.3f} "
+                    "(interpolation adds autocorrelation): read a resampled backbone's shift against it")
     return verdict, table
 
 
