@@ -101,3 +101,14 @@ def test_stability_per_backbone_and_family_against_chance() -> None:
     assert t.loc["a", "configurations"] == 2 and t.loc["a", "seeds"] == 2
     assert t.loc["a", "mean_cosine"] == pytest.approx(0.905) and t.loc["a", "random_mean_cosine"] == 0.4
     assert verdict.startswith("1 of 2") and "most stable: a" in verdict
+
+
+def test_analysis_asks_m5_hypotheses_of_m5d_when_present() -> None:
+    from visae.analysis.run import with_m5d
+
+    h2 = Hypothesis(id="H2", metric="m5", task="task:cub_acc:raw", threshold=0.6)
+    h1 = Hypothesis(id="H1", metric="m1", task="task:seg:raw", threshold=0.7)
+    got = with_m5d([h1, h2], {"m1", "m5", "m5d"})
+    assert [(h.id, h.metric, h.task) for h in got] == [("H1", "m1", "task:seg:raw"), ("H2", "m5", h2.task),
+                                                       ("H2d", "m5d", h2.task)]
+    assert with_m5d([h1, h2], {"m1", "m5"}) == [h1, h2]
