@@ -62,3 +62,24 @@ def test_m3_through_evaluate_with_an_exact_sae(tmp_path) -> None:
     res = evaluate(identity_sae(8), cache, metrics=["m3"], out_dir=tmp_path / "out", device="cpu")
     assert res["m3"].value == 1.0
     assert (tmp_path / "out" / "m3.json").is_file()
+
+
+def test_whiten_before_probe_is_fitted_on_the_training_split() -> None:
+    from visae.metrics.m3_preservation import M3Config, compute_m3, whiten_features
+    from visae.metrics.probes import stratified_split
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 60)
+    acts = rng.normal(size=(180, 6)) @ rng.normal(size=(6, 6)) + labels[:, None]
+    recon = acts + 0.1 * rng.normal(size=acts.shape)
+    train, _ = stratified_split(labels, 0.2, 42)
+    for kind in ("pca", "zca"):
+        wa, wr = whiten_features(kind, acts, recon, train)
+        same_a, same_r = whiten_features(kind, acts, acts, train)  # one map for raw and recon
+        np.testing.assert_array_equal(same_a, same_r)
+        np.testing.assert_array_equal(same_a, wa)
+        assert not np.allclose(wr, wa)
+        np.testing.assert_allclose(np.cov(wa[train], rowvar=False), np.eye(6), atol=1e-9)
+        assert not np.allclose(np.cov(wa, rowvar=False), np.eye(6), atol=1e-3)  # only the train rows
+        r = compute_m3(acts, recon, labels, M3Config(whiten=kind))
+        assert r.value is not None and 0.5 < r.value <= 1.2

@@ -100,6 +100,20 @@ def _exclude(backbones: list[str], patterns: list[str]) -> list[str]:
     return [b for b in backbones if not any(b.lower() == p or b.lower().startswith(p) for p in pats)]
 
 
+def with_m5d(hypotheses: list[Hypothesis], metrics: set[str]) -> list[Hypothesis]:
+    """The hypotheses, plus each one on ``m5`` asked of ``m5d`` too (id + "d") when the table has m5d and no
+    hypothesis names it: §5.5's question asked of both (docs/ablations.md)."""
+    if "m5d" not in metrics or any(h.metric == "m5d" for h in hypotheses):
+        return list(hypotheses)
+    out: list[Hypothesis] = []
+    for h in hypotheses:
+        out.append(h)
+        if h.metric == "m5":
+            out.append(h.model_copy(update={"id": f"{h.id}d", "metric": "m5d",
+                                            "description": f"{h.description} — asked of M5d"}))
+    return out
+
+
 def check_filters(df: pd.DataFrame, cfg: AnalysisConfig) -> None:
     """ConfigError naming the filter (--family / --layer) and the values that exist when it leaves no SAE
     rows."""
@@ -135,7 +149,7 @@ def analyze(df: pd.DataFrame, config: AnalysisConfig | None = None) -> dict[str,
     if subset != all_b:
         out["variance_decomposition_subset"] = variance_decomposition(main, backbones=subset)
         notes.append(f"restricted variance decomposition on {', '.join(subset)}")
-    out["hypotheses"] = evaluate_hypotheses(main, cfg.hypotheses)
+    out["hypotheses"] = evaluate_hypotheses(main, with_m5d(cfg.hypotheses, set(main["metric"])))
     corr = correlation_table(main)
     out["correlations"] = corr
     out["correlation_matrix"] = correlation_matrix(corr)

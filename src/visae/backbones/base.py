@@ -46,6 +46,29 @@ class Backbone(ABC):
     def embed(self, pixels_bchw: torch.Tensor) -> torch.Tensor:
         """Pooled image representation ``[B, D_embed]`` (used as the M5 evaluator embedding)."""
 
+    def final_norm(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The backbone's final normalization of tokens (None: it has none); used by
+        :meth:`patch_mean_embed`."""
+        return None
+
+    def patch_mean_embed(self, pixels_bchw: torch.Tensor, layer: int) -> torch.Tensor:
+        """Mean over patches of block ``layer``'s patch tokens after the final norm, ``[B, D]``: the M5
+        evaluator embedding of the authors' ``visaebench`` (``get_intermediate_layers(norm=True)``, then a
+        patch mean). A layer past the last block is clamped to it."""
+        layer = min(int(layer), self.n_blocks - 1)
+        with torch.inference_mode():
+            tokens_bpd = self.patch_tokens(pixels_bchw, layer)
+            norm = self.final_norm()
+            if norm is not None:
+                tokens_bpd = norm(tokens_bpd)
+            return tokens_bpd.mean(dim=1)
+
+    def patch_mean_kind(self, layer: int) -> str:
+        """What :meth:`patch_mean_embed` returns, in words."""
+        layer = min(int(layer), self.n_blocks - 1)
+        normed = " after the final norm" if self.final_norm() is not None else ""
+        return f"mean of block-{layer} patch tokens{normed}"
+
     def preprocessing_spec(self) -> dict[str, Any]:
         """JSON-compatible description of :attr:`transform` (part of an activation cache's hash).
 

@@ -195,6 +195,14 @@ class EfficientNetLiteBackbone(Backbone):
             feats = self.model.forward_features(self._prepare(pixels_bchw))
             return self.model.forward_head(feats, pre_logits=True)  # type: ignore[no-any-return]
 
+    def patch_mean_embed(self, pixels_bchw: torch.Tensor, layer: int) -> torch.Tensor:
+        """A CNN has no block-11 tokens: the spatial mean of its final feature map, which is :meth:`embed`."""
+        return self.embed(pixels_bchw)
+
+    def patch_mean_kind(self, layer: int) -> str:
+        """The pooled head features (the mean over the final map's positions)."""
+        return self.embedding_kind
+
     def logits(self, pixels_bchw: torch.Tensor) -> torch.Tensor:
         """ImageNet-1k class logits ``[B, 1000]``."""
         with torch.inference_mode():

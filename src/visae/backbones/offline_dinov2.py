@@ -264,6 +264,10 @@ class Dinov2Backbone(Backbone):
                     out[i] = hidden
         return out
 
+    def final_norm(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The model's final LayerNorm."""
+        return self.model.layernorm  # type: ignore[no-any-return]
+
     def embed(self, pixels_bchw: torch.Tensor) -> torch.Tensor:
         """CLS token after the final LayerNorm (``pooler_output``), ``[B, 384]``."""
         with torch.inference_mode():

@@ -93,3 +93,11 @@ class ShuffledBackbone(Backbone):
     def embed(self, pixels_bchw: torch.Tensor) -> torch.Tensor:
         """The inner backbone's image embedding (pooled, so the shuffle does not apply)."""
         return self.inner.embed(pixels_bchw)
+
+    def patch_mean_embed(self, pixels_bchw: torch.Tensor, layer: int) -> torch.Tensor:
+        """The inner backbone's patch mean (a mean over patches is unchanged by their order)."""
+        return self.inner.patch_mean_embed(pixels_bchw, layer)
+
+    def patch_mean_kind(self, layer: int) -> str:
+        """The inner backbone's patch-mean kind."""
+        return f"{self.inner.patch_mean_kind(layer)} of {self.inner.name}"

@@ -232,6 +232,11 @@ class TimmViT(Backbone):
             out[layer] = torch.cat([item[1], item[0]], dim=1) if isinstance(item, tuple) else item
         return out
 
+    def final_norm(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """timm's final ``norm`` (None where it is an identity)."""
+        norm = getattr(self.model, "norm", None)
+        return None if norm is None or isinstance(norm, nn.Identity) else norm  # type: ignore[no-any-return]
+
     def embed(self, pixels_bchw: torch.Tensor) -> torch.Tensor:
         """``forward_head(forward_features(x), pre_logits=True)``: see :attr:`embedding_kind`."""
         m: Any = self.model

@@ -130,6 +130,7 @@ METRICS.register_package("visae.metrics", [
     ("m5", "m5_monosemanticity:M5Monosemanticity", "monosemanticity of top images, in an evaluator's space"),
     ("m6", "m6_cross_domain:M6CrossDomain", "cross-domain generalization on out-of-domain sets"),
     ("m7", "m7_absorption:M7Absorption", "probe-based feature absorption rate"),
+    ("m5d", "m5d_discriminative:M5dDiscriminative", "M5 consistency × class discriminability (§5.5)"),
 ])
 
 MetricClass = TypeVar("MetricClass", bound=type[Metric[Any]])

@@ -78,15 +78,39 @@ def open_cache_source(cache: ActivationCache) -> tuple[ImageSource, np.ndarray]:
     return source, source_indices_for_cache(cache.image_ids, source)
 
 
+EMBEDDINGS = ("patch_mean", "cls")
+"""M5 evaluator embeddings: ``patch_mean`` (the authors' ``visaebench``: mean of block-11 patch tokens after
+the final norm) and ``cls`` (``Backbone.embed``: the CLS token after the final norm, or the pooled head)."""
+
+
 class BackboneEmbedder:
-    """Embeds cache images with an evaluator backbone's pooled representation (``Backbone.embed``)."""
+    """Embeds cache images with an evaluator backbone: its patch mean at ``layer``
+    (``embedding="patch_mean"``,
+    the authors' convention) or its pooled representation (``"cls"``, ``Backbone.embed``)."""
 
     def __init__(self, backbone: Backbone, source: ImageSource, source_index_n: np.ndarray,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, embedding: str = "cls", layer: int = 11) -> None:
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
         self.backbone = backbone
         self.source = source
         self.source_index_n = np.asarray(source_index_n, dtype=np.int64)
         self.batch_size = max(1, int(batch_size))
+        self.embedding = embedding
+        self.layer = int(layer)
+
+    @property
+    def embedding_kind(self) -> str:
+        """What the embedding is, in words (part of the embedding store's key)."""
+        if self.embedding == "patch_mean":
+            return self.backbone.patch_mean_kind(self.layer)
+        return self.backbone.embedding_kind
+
+    def embed_pixels(self, pixels_bchw: torch.Tensor) -> torch.Tensor:
+        """The chosen embedding of preprocessed pixels, ``[B, E]``."""
+        if self.embedding == "patch_mean":
+            return self.backbone.patch_mean_embed(pixels_bchw, self.layer)
+        return self.backbone.embed(pixels_bchw)
 
     @torch.no_grad()
     def __call__(self, image_index_n: np.ndarray) -> np.ndarray:
@@ -97,7 +121,7 @@ class BackboneEmbedder:
         for start in range(0, len(index_n), self.batch_size):
             part = index_n[start:start + self.batch_size]
             pixels = torch.stack([transform(self.source.load(int(self.source_index_n[i]))) for i in part])
-            emb = self.backbone.embed(pixels.to(self.backbone.device))
+            emb = self.embed_pixels(pixels.to(self.backbone.device))
             chunks.append(emb.float().cpu().numpy())
         if not chunks:
             return np.zeros((0, 0), dtype=np.float32)

@@ -8,6 +8,9 @@ it is evaluable in aggregate with at least 50 such images (paper Table 2). The S
 over evaluable features of their per-feature mean I; the z-statistic of App. F checks it against the
 spatial-random null E[I] = −1/(P − 1).
 
+``m1.grid = "HxW"`` (the App. G resolution control) resamples every valid map bilinearly to H × W before
+Moran's I; the null is then that of the new grid, −1/(H·W − 1). Validity is decided on the native map.
+
 Only the features active in an image are scored: codes are sparse, so per image the maps of features with
 enough active patches are gathered and scored in one batched call.
 """
@@ -97,6 +100,29 @@ def _tridiagonal_ones(size: int, dtype: torch.dtype, device: torch.device) -> to
     return ((idx[:, None] - idx[None, :]).abs() <= 1).to(dtype)
 
 
+GRID_PATTERN = r"^[1-9][0-9]*x[1-9][0-9]*$"
+
+
+def parse_grid(text: str | None) -> tuple[int, int] | None:
+    """``"14x14"`` → ``(14, 14)``; None stays None."""
+    if text is None:
+        return None
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def resample_maps(maps_khw: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resampling of every map to ``grid_hw`` (``align_corners=False``: half-pixel centres, edge
+    values clamped; no antialiasing), the App. G control for grid resolution. A map already on that grid
+    is returned as is."""
+    if tuple(maps_khw.shape[-2:]) == tuple(grid_hw):
+        return maps_khw
+    x = maps_khw.reshape(-1, 1, *maps_khw.shape[-2:])
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    out = torch.nn.functional.interpolate(x.to(dtype), size=grid_hw, mode="bilinear", align_corners=False)
+    return out.reshape(*maps_khw.shape[:-2], *grid_hw)
+
+
 def z_statistic(feature_means: np.ndarray, n_patches: int, ddof: int = 1) -> tuple[float, float]:
     """App. F: ``z = (Ī_SAE − E[I]) / (sd({Ī_i}) / √N_eval)``; returns ``(z, sd)`` (sd with ``ddof``).
 
@@ -130,8 +156,12 @@ class SpatialSummary(MetricResult):
     sd_ddof: int = Field(description="delta degrees of freedom of that sd (1: sample sd)")
     n_images: int = Field(description="images streamed")
     n_valid_pairs: int = Field(description="valid (feature, image) maps scored in total")
-    grid_h: int = Field(description="patch-grid rows")
-    grid_w: int = Field(description="patch-grid columns")
+    grid_h: int = Field(description="rows of the grid Moran's I was computed on (the resampled grid if any)")
+    grid_w: int = Field(description="columns of the grid Moran's I was computed on")
+    native_grid: str = Field("", description="the backbone's patch grid 'HxW' when the maps were resampled "
+                             "to grid_h × grid_w before scoring (App. G control); empty otherwise")
+    native_mean_i: float | None = Field(None, description="with resampling: the same mean computed on the "
+                                        "native grid from the same maps (the comparison App. G asks for)")
 
 
 class MoranAccumulator:
@@ -146,6 +176,10 @@ class MoranAccumulator:
         self.boot: BootstrapConfig | None = None
         self.boot_sum_fb = torch.zeros(0, dtype=torch.float64)
         self.boot_count_fb = torch.zeros(0, dtype=torch.float64)
+        self.resample_hw: tuple[int, int] | None = None
+        """Grid every valid map is bilinearly resampled to before Moran's I (None: the native grid)."""
+        self.native_sum_f = torch.zeros(n_features, dtype=torch.float64, device=device)
+        self.native_count_f = torch.zeros(n_features, dtype=torch.int64, device=device)
 
     def enable_bootstrap(self, config: BootstrapConfig) -> None:
         """Also keep per-replicate weighted sums ``[F, B]`` (Poisson weights of each map's image)."""
@@ -213,7 +247,17 @@ class MoranAccumulator:
         self._score(x[keep], feature_k[keep], None if image_k is None else image_k[keep])
 
     def _score(self, maps_khw: torch.Tensor, feature_k: torch.Tensor, image_k: torch.Tensor | None) -> None:
-        """Moran's I of maps already known to have variance > eps; accumulate the finite ones."""
+        """Moran's I of maps already known to have variance > eps (on the resampling grid when one is set);
+        accumulate the finite ones."""
+        if self.resample_hw is not None:
+            native_k = morans_i(maps_khw)
+            ok = torch.isfinite(native_k)
+            if self.native_sum_f.device != native_k.device:
+                self.native_sum_f = self.native_sum_f.to(native_k.device)
+                self.native_count_f = self.native_count_f.to(native_k.device)
+            self.native_sum_f.index_add_(0, feature_k[ok], native_k[ok].double())
+            self.native_count_f.index_add_(0, feature_k[ok], torch.ones_like(feature_k[ok]))
+            maps_khw = resample_maps(maps_khw, self.resample_hw)
         i_k = morans_i(maps_khw)
         finite = torch.isfinite(i_k)
         feats = feature_k[finite]
@@ -230,11 +274,22 @@ class MoranAccumulator:
             means = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         return means, count
 
+    def _native_mean(self, min_valid_images: int) -> float | None:
+        """Mean over evaluable features of their native-grid mean I (None without resampling)."""
+        if self.resample_hw is None:
+            return None
+        count = self.native_count_f.cpu().numpy()
+        ok = count >= min_valid_images
+        if not ok.any():
+            return None
+        return float((self.native_sum_f.cpu().numpy()[ok] / count[ok]).mean())
+
     def summarize(self, metric: str, min_valid_images: int, result_cls: type[S], note_empty: str) -> S:
         """Mean (headline), median, IQR, N_eval/N_dict, null and z over the evaluable features."""
         if self.grid_hw is None:
             raise ValueError(f"{metric}: no images were streamed")
-        grid_h, grid_w = self.grid_hw
+        native = self.grid_hw
+        grid_h, grid_w = self.resample_hw or native
         n_patches = grid_h * grid_w
         means, count = self.feature_means()
         evaluable = count >= min_valid_images
@@ -245,6 +300,8 @@ class MoranAccumulator:
             "eval_fraction": n_eval / self.n_features if self.n_features else 0.0,
             "null_expectation": null_expectation(n_patches), "sd_ddof": 1, "n_images": self.n_images,
             "n_valid_pairs": int(count.sum()), "grid_h": grid_h, "grid_w": grid_w,
+            "native_grid": f"{native[0]}x{native[1]}" if self.resample_hw is not None else "",
+            "native_mean_i": self._native_mean(min_valid_images),
         }
         if n_eval == 0:
             return result_cls(value=None, mean_i=None, median_i=None, q25_i=None, q75_i=None, iqr_i=None,
@@ -283,6 +340,9 @@ class M1Config(MetricConfig):
                                 "(paper Table 2: ε = 1e-8)")
     min_valid_images: int = Field(50, ge=1, description="a feature is evaluable in aggregate with at least "
                                   "this many valid images (paper Table 2: 50)")
+    grid: str | None = Field(None, pattern=GRID_PATTERN, description="'HxW': bilinearly resample each valid "
+                             "feature map to this grid before Moran's I, with the null −1/(P'−1) of the new "
+                             "grid (App. G resolution control, e.g. '14x14'); None: the native grid")
     write_features: bool = Field(True, description=f"write per-feature scores to <out>/{FEATURES_TABLE}")
 
 
@@ -296,6 +356,7 @@ class M1Accumulator(MoranAccumulator):
     def __init__(self, n_features: int, config: M1Config, device: torch.device) -> None:
         super().__init__(n_features, device)
         self.config = config
+        self.resample_hw = parse_grid(config.grid)
 
     def update(self, codes_npf: torch.Tensor, grid_hw: tuple[int, int],
                image_index_n: np.ndarray | None = None) -> None:

@@ -16,6 +16,7 @@ import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,11 @@ class M5Config(MetricConfig):
     n_baseline_groups: int = Field(1000, ge=1, description="random image groups in the baseline "
                                    "(paper App. K: 1000)")
     seed: int = Field(42, description="seed of the feature sample and of the baseline groups")
+    tie_rule: Literal["earliest"] = Field(
+        "earliest", description="which images fill a feature's top N when activations tie (notably at 0 for "
+        "a feature active on fewer than N images): 'earliest' = the lowest cache positions. Tied zero-weight "
+        "images add nothing to MS but enter the baseline's image pool (visaebench's argpartition leaves the "
+        "choice to the sort)")
     evaluator: str = Field("auto", description="embedding backbone: 'auto' (paper Table 5 pairing) or a "
                            "registered backbone name")
     allow_same_backbone: bool = Field(False, description="permit the SAE's own backbone as evaluator "
@@ -49,6 +55,13 @@ class M5Config(MetricConfig):
                                           "(None: its default weights)")
     evaluator_image_size: int | None = Field(None, ge=1, description="input resolution of the evaluator "
                                              "(None: its default)")
+    embedding: Literal["patch_mean", "cls"] = Field(
+        "patch_mean", description="evaluator embedding: 'patch_mean' (default; the authors' visaebench: mean "
+        "of the evaluator's block-`embedding_layer` patch tokens after its final norm; a CNN's pooled head) "
+        "or 'cls' (the CLS token after the final norm); the paper only says 'embedded with the designated "
+        "cross-backbone evaluator' (App. K)")
+    embedding_layer: int = Field(11, ge=0, description="evaluator block whose patch tokens 'patch_mean' "
+                                 "averages (visaebench evaluator_layer: 11; clamped to the last block)")
     embed_batch_size: int = Field(32, ge=1, description="images per evaluator forward pass")
     embeddings_dir: str | None = Field(None, description="where embedding stores live (None: "
                                        "<cache_dir>/embeddings)")
@@ -264,7 +277,8 @@ def _interval(ms_f: np.ndarray, baseline_g: np.ndarray, bootstrap: BootstrapConf
 def compute_m5(top_values_kf: np.ndarray, top_index_kf: np.ndarray, min_f: np.ndarray, max_f: np.ndarray,
                labels_n: np.ndarray, embed: ImageEmbedder, config: M5Config,
                evaluator: str = "", embedding_kind: str = "",
-               bootstrap: BootstrapConfig | None = None) -> tuple[M5Result, pd.DataFrame]:
+               bootstrap: BootstrapConfig | None = None,
+               baseline_out: dict[str, np.ndarray] | None = None) -> tuple[M5Result, pd.DataFrame]:
     """M5 from the streamed top-N statistics; ``embed`` maps cache positions to evaluator embeddings.
 
     Returns the summary and the per-feature table (one row per scored feature). With ``bootstrap``, the
@@ -296,6 +310,8 @@ def compute_m5(top_values_kf: np.ndarray, top_index_kf: np.ndarray, min_f: np.nd
     labels_fk = np.asarray(labels_n)[index_fk]
     scores = feature_scores(emb_pe[pos_fk], weights_fk, labels_fk)
     baseline_g = random_group_baseline(emb_pe, n_top, config.n_baseline_groups, config.seed)
+    if baseline_out is not None:
+        baseline_out["groups"] = baseline_g
 
     raw = _mean(scores.ms)
     baseline = float(baseline_g.mean()) if len(baseline_g) else None
@@ -408,18 +424,19 @@ class M5Monosemanticity(Metric[M5Config]):
                               f"backbone {cache.manifest.backbone!r}; choose another evaluator or set "
                               "allow_same_backbone: true")
         source, source_index_n = open_cache_source(cache)
-        inner = BackboneEmbedder(backbone, source, source_index_n, batch_size=self.config.embed_batch_size)
+        inner = BackboneEmbedder(backbone, source, source_index_n, batch_size=self.config.embed_batch_size,
+                                 embedding=self.config.embedding, layer=self.config.embedding_layer)
         store_dir = (Path(self.config.embeddings_dir) if self.config.embeddings_dir
                      else Path(cache.path) / "embeddings")
         self.store = EmbeddingStore(store_dir, self.evaluator, backbone.weights_id, cache.image_ids,
-                                    embedding_kind=backbone.embedding_kind,
+                                    embedding_kind=inner.embedding_kind,
                                     preprocessing=preprocessing_of(backbone))
         store = self.store
 
         def embed(index_n: np.ndarray) -> np.ndarray:
             return store.get(index_n, inner)
 
-        return embed, backbone.embedding_kind
+        return embed, inner.embedding_kind
 
     def finalize(self, pooled: PooledFeatures | None) -> MetricResult:
         """Sample live features, embed the union of their top images, score, write the feature table."""

@@ -16,7 +16,13 @@ import torch
 from pydantic import Field
 
 from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
-from visae.metrics.m1_spatial import MoranAccumulator, SpatialSummary, write_feature_table
+from visae.metrics.m1_spatial import (
+    GRID_PATTERN,
+    MoranAccumulator,
+    SpatialSummary,
+    parse_grid,
+    write_feature_table,
+)
 from visae.uncertainty import BootstrapConfig
 
 if TYPE_CHECKING:
@@ -35,6 +41,9 @@ class RawConfig(MetricConfig):
                                 "variance (ddof 0, raw cache units) exceeds this (paper: ε = 1e-8)")
     min_valid_images: int = Field(50, ge=1, description="a channel is evaluable with at least this many "
                                   "valid images (as M1, paper Table 2: 50)")
+    grid: str | None = Field(None, pattern=GRID_PATTERN, description="'HxW': bilinearly resample each valid "
+                             "channel map to this grid before Moran's I, null −1/(P'−1) of the new grid (as "
+                             "m1.grid; App. G); None: the native grid")
     write_features: bool = Field(True, description=f"write per-channel scores to <out>/{CHANNELS_TABLE}")
 
 
@@ -49,6 +58,7 @@ class RawAccumulator(MoranAccumulator):
                  input_scale: float = 1.0) -> None:
         super().__init__(n_channels, device)
         self.config = config
+        self.resample_hw = parse_grid(config.grid)
         # Activations arrive divided by the SAE's scalar std; a raw variance is scale² times theirs.
         self.eps_in_input_units = config.variance_eps / (input_scale ** 2)
 

@@ -100,12 +100,72 @@ def _task_sections(r: Report, d: ReportData) -> None:
             lambda: practitioner_guide(d))
 
 
+def _verdict_table(r: Report, title: str, caption: str, verdict: str, table: object) -> None:
+    import pandas as pd
+
+    r.raw(f"<p><b>Verdict:</b> {esc(verdict)}</p>")
+
+    def make() -> pd.DataFrame:
+        from visae.report.data import NotEnoughData
+
+        if not isinstance(table, pd.DataFrame) or table.empty:
+            raise NotEnoughData("nothing to tabulate (see the verdict)")
+        return table
+
+    r.table(title, caption, make)
+
+
+def _ablation_sections(r: Report, d: ReportData) -> None:
+    """The paper's open questions (App. C, App. G, §5.5, seeds), one section each
+    (visae.analysis.ablations)."""
+    import pandas as pd
+
+    from visae.analysis import ablations as A
+    from visae.results.hypotheses import PREREGISTERED, Hypothesis
+
+    res, det = d.results, d.details
+    if res.empty:
+        return
+    r.section("ablation-whitening", "Open question: whitening before SAE training (App. C)")
+    verdict, table = A.whitening_ablation(res)
+    _verdict_table(r, "Whitened − unwhitened twins", "Mean paired difference per metric (same backbone, "
+                   "layer, family, expansion, k, seed) with a 95 % Student-t interval over the pairs.",
+                   verdict, table)
+    r.section("ablation-grid", "Open question: grid resolution (App. G)")
+    for metric, what in (("m1", "M1 (SAE features)"), ("raw", "raw diagnostic (backbone channels)")):
+        verdict, table = A.grid_ablation(res, det, metric=metric)
+        _verdict_table(r, f"{what}: native vs resampled grid", "Mean Moran's I per backbone on its native "
+                       "grid and after bilinear resampling to the common grid (m1.grid / raw.grid); the "
+                       "leader's "
+                       "gap over the runner-up with a 95 % Welch interval over SAEs.", verdict, table)
+    r.section("ablation-m5d", "Open question: discriminative monosemanticity (§5.5)")
+    hyps: list[Hypothesis] = list(PREREGISTERED)
+    ht = d.analysis.get("hypotheses")
+    if isinstance(ht, pd.DataFrame) and len(ht):
+        hyps = [Hypothesis(id=str(h["id"]), metric=str(h["metric"]), task=str(h["task"]),
+                           threshold=float(h["threshold"]), description=str(h.get("description", "")))
+                for _, h in ht.iterrows()]
+    verdict, table, hyp = A.m5d_ablation(res, hyps)
+    _verdict_table(r, "M5 and M5d per backbone", "Mean over SAEs with a 95 % Student-t interval over SAEs.",
+                   verdict, table)
+    if isinstance(hyp, pd.DataFrame) and len(hyp):
+        r.table("H2 asked of M5 and of M5d", "Same task and threshold (§4.5).",
+                lambda: hyp[["id", "metric", "task", "threshold", "n", "rho", "p", "verdict"]])
+    r.section("ablation-stability", "Open question: seed stability")
+    verdict, table = A.stability_ablation(res, det)
+    _verdict_table(r, "Matched decoder cosine across seeds", "Hungarian matching of decoder atoms on cosine "
+                   "between every pair of seeds of a configuration; per backbone and family the mean over "
+                   "configurations (95 % Student-t interval over configurations, or the atom bootstrap for "
+                   "one), beside the expectation for independent random dictionaries.", verdict, table)
+
+
 def build_report(d: ReportData) -> Report:
-    """Every section of ``index.html``, in paper order."""
+    """Every section of ``index.html``, in paper order, then the paper's open questions."""
     r = Report()
     _overview(r, d)
     _metrics_sections(r, d)
     _task_sections(r, d)
+    _ablation_sections(r, d)
     return r
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
+from visae.cache.whitening import Whitening, fold_into_sae, whitening_for, whitening_path
 from visae.config import FrozenConfig
 from visae.device import check_device_string, pick_device
 from visae.errors import CheckpointError, ConfigError, OutputConflictError
@@ -122,6 +123,10 @@ class TrainConfig(FrozenConfig):
     heldout_batches: int = Field(8, ge=1, description="batches of held-out tokens for the threshold")
     validation_cache: str | None = Field(None, description="cache folder used when heldout='validation'")
     progress: bool = Field(True, description="show a tqdm progress bar")
+    whiten: Literal["none", "pca", "zca"] = Field(
+        "none", description="whiten the standardized tokens before training (App. C ablation): PCA or ZCA "
+                            "fitted on the training cache and stored beside it; the saved SAE is folded back "
+                            "to standardized inputs and reconstructions (visae.cache.whitening)")
 
     _device = field_validator("device")(check_device_string)
 
@@ -354,12 +359,18 @@ def _train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | st
     atomic_write_json(out / RUN_FILE, run_record)
     remove_leftover_tmp(out, recursive=True)  # partial files of a killed run: never read, only reclaimed
     start = _resume(out, trainees, names)
+    whitening = whitening_for(cache_obj, cfg.whiten)
+    if whitening is not None:
+        provenance["whitening"] = {"kind": whitening.kind, "path": str(whitening_path(cache_obj, cfg.whiten)),
+                                   "n_tokens": whitening.n_tokens}
     if start < total:
         # ship fp16 tokens, normalize on the device (half the copy, no CPU pass)
         on_gpu = device.type != "cpu"
         sampled = cache_obj.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=True, epochs=cfg.epochs,
                                           start_step=start, half=on_gpu)
         batches = cache_obj.finish_on(sampled, device) if on_gpu else sampled
+        if whitening is not None:
+            batches = (whitening.apply(b) for b in batches)
         try:
             train_on_batches([], batches, cfg, out_dir=out, start_step=start, total_steps=total,
                              trainees=trainees)
@@ -368,7 +379,10 @@ def _train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | st
         _save_state(out, total, trainees, {})
     heldout_desc, held = _heldout(cache_obj, cfg, trainable)
     held = [h.to(device) for h in held]  # one copy for the whole group
-    paths = [_finish_trainee(t, out, cfg, device, (heldout_desc, held), provenance) for t in trainees]
+    if whitening is not None:
+        held = [whitening.apply(h) for h in held]
+    paths = [_finish_trainee(t, out, cfg, device, (heldout_desc, held), provenance, whitening)
+             for t in trainees]
     atomic_write_json(out / "trained.json", {"saes": [str(p) for p in paths]})
     return paths
 
@@ -408,7 +422,8 @@ def _resume(out: Path, trainees: list[_Trainee], names: list[str]) -> int:
 
 
 def _finish_trainee(t: _Trainee, out: Path, cfg: TrainConfig, device: torch.device,
-                    heldout: tuple[str, list[torch.Tensor]], provenance: dict[str, Any]) -> Path:
+                    heldout: tuple[str, list[torch.Tensor]], provenance: dict[str, Any],
+                    whitening: Whitening | None = None) -> Path:
     """Calibrate (BatchTopK) and measure the inference L0 of a trained SAE on the held-out tokens, save
     it under ``out`` with its provenance and log its final row; return its folder."""
     heldout_desc, held = heldout
@@ -421,6 +436,8 @@ def _finish_trainee(t: _Trainee, out: Path, cfg: TrainConfig, device: torch.devi
         info["calibration"] = calibrate_threshold(t.sae, x_held)
     info["inference_l0"] = (sum(t.sae.inference_l0(h) * h.shape[0] for h in x_held)
                             / max(sum(h.shape[0] for h in x_held), 1))
+    if whitening is not None:  # codes unchanged; inputs and reconstructions back in the standardized space
+        fold_into_sae(t.sae, whitening)
     path = save_sae(t.sae, safe_join(out, t.name), provenance={**provenance, **info})
     _append_jsonl(out / LOG_FILE, {"final": t.name, **info})
     return path

@@ -190,6 +190,9 @@ class StudyConfig(FrozenConfig):
     seed: int = Field(42, description="seed of every random choice (paper Table 1)")
     bootstrap: BootstrapConfig | None = Field(None, description="intervals beside every headline metric: "
                                               "n_boot, level, seed (None: 200 replicates, 95 %)")
+    stability: dict[str, Any] | None = Field(
+        None, description="seed-stability settings (visae.metrics.stability.StabilityConfig: threshold, "
+                          "max_atoms …) for SAE blocks with several 'seeds' (None: its defaults)")
     plugins: list[str] = Field(
         default_factory=list,
         description="modules imported before every job (they may register backbones, sources)")

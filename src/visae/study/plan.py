@@ -141,7 +141,7 @@ def plan_study(cfg: StudyConfig) -> Plan:
     p = _Planner(cfg, existing={i: existing_saes(g, cfg) for i, g in enumerate(cfg.saes)})
     for backbone, layer, grids in grid_pairs(cfg, p.existing):
         p.pair(backbone, layer, grids)
-    collected = p.add(collect.plan(p.saes, p.evals, p.raws, p.tasks))
+    collected = p.add(collect.plan(p.saes, p.evals, p.raws, p.tasks, stability=cfg.stability))
     analysed = p.add(analysis.plan(cfg, collected))
     views = p.add(features.plan(cfg, p.saes, p.evals, collected))
     p.add(report.plan(cfg, analysed, views))

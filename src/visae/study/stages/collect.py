@@ -47,12 +47,15 @@ class TaskOut(RawOut):
 class Params(StageParams):
     """Every evaluation, raw diagnostic and task job of the plan."""
 
+    omit_when_none = ("stability",)
     saes: list[SAERecord] = Field(description="the study's SAEs with their evaluation folders")
     raw: list[RawOut] = Field(description="raw diagnostic outputs")
     tasks: list[TaskOut] = Field(description="task outputs")
+    stability: dict[str, Any] | None = Field(None, description="seed-stability settings (None: defaults)")
 
 
-def plan(saes: list[SAERecord], evals: list[Job], raws: list[Job], tasks: list[Job]) -> Job:
+def plan(saes: list[SAERecord], evals: list[Job], raws: list[Job], tasks: list[Job],
+         stability: dict[str, Any] | None = None) -> Job:
     """The collect job, after every evaluation, raw diagnostic and task."""
     raw_params = [(j, raw.Params.model_validate(j.params)) for j in raws]
     task_params = [(j, task.Params.model_validate(j.params)) for j in tasks]
@@ -60,7 +63,7 @@ def plan(saes: list[SAERecord], evals: list[Job], raws: list[Job], tasks: list[J
         saes=saes,
         raw=[RawOut(out=j.outputs[0], backbone=p.backbone, layer=p.layer) for j, p in raw_params],
         tasks=[TaskOut(out=j.outputs[0], backbone=p.backbone, layer=p.layer, task=p.task.name)
-               for j, p in task_params])
+               for j, p in task_params], stability=stability)
     return make_job("collect", "collect results", params, [*evals, *raws, *tasks], outputs=(RESULTS_DIR,),
                     exact_done=True)
 
@@ -92,7 +95,65 @@ def collect_results(root: Path, p: Params) -> tuple[pd.DataFrame, pd.DataFrame]:
         rec = read_record(root / t.out / TASK_RECORD)
         if rec is not None:
             rows.extend(task_record_rows(rec, t.task, t.backbone, t.layer, by_id))
+    rows.extend(stability_rows(root, p))
     return split_details(rows)
+
+
+def _configuration(s: SAERecord) -> str:
+    """What SAEs of one configuration share: everything but the seed."""
+    import json
+
+    return json.dumps([s.backbone, s.layer, s.grid, s.family, s.expansion, s.k, s.train, s.hparams],
+                      sort_keys=True, default=str)
+
+
+def stability_rows(root: Path, p: Params) -> list[dict[str, Any]]:
+    """Seed stability (visae.metrics.stability) of every configuration trained with several seeds: one row
+    ``stability`` per member SAE (the configuration's value and interval) and its details."""
+    import math
+
+    from visae.metrics.stability import StabilityConfig, seed_stability
+    from visae.results.table import metric_rows
+    from visae.sae.checkpoint import load_sae
+    from visae.uncertainty import BootstrapConfig
+
+    groups: dict[str, list[SAERecord]] = {}
+    for s in p.saes:
+        if s.seed is not None and s.source is None and s.eval is not None:
+            groups.setdefault(_configuration(s), []).append(s)
+    cfg = StabilityConfig.model_validate(p.stability or {})
+    rows: list[dict[str, Any]] = []
+    for members in groups.values():
+        present = [m for m in members if (root / m.out).is_dir()]
+        if len(present) < 2:
+            continue
+        decoders = [load_sae(root / m.out).W_dec.detach().cpu().numpy() for m in present]
+        result = seed_stability(decoders, cfg, BootstrapConfig())
+        record = {"metric": "stability", "result": result.model_dump(mode="json")}
+        for m in present:
+            base = sae_rows_base(root, m)
+            for metric, value, hib in metric_rows("stability", record):
+                rows.append({**base, "metric": metric, "value": value,
+                             "higher_is_better": True if hib is None else bool(hib),
+                             "ci_low": math.nan if result.ci_low is None or metric != "stability"
+                             else result.ci_low,
+                             "ci_high": math.nan if result.ci_high is None or metric != "stability"
+                             else result.ci_high})
+    return rows
+
+
+def sae_rows_base(root: Path, s: SAERecord) -> dict[str, Any]:
+    """The identifying columns of an SAE's rows (as :func:`visae.results.table.sae_rows` writes them)."""
+    import json
+    import math
+
+    entry = sae_entry(root, s)
+    return {"backbone": s.backbone, "family": s.family, "expansion": float(s.expansion), "k": float(s.k),
+            "layer": int(s.layer), "sae_id": s.sae_id, "grid": s.grid,
+            "seed": math.nan if s.seed is None else float(s.seed), "l0": math.nan,
+            "sae_config": json.dumps({"family": s.family, "expansion": s.expansion, "k": s.k,
+                                      "train": entry.get("train", {}),
+                                      **({"seed": s.seed} if s.seed is not None else {})}, sort_keys=True)}
 
 
 def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:

@@ -80,13 +80,14 @@ def study_metric_extras(p: Params, root: Path) -> dict[str, dict[str, Any]]:
             {"name": name, "train_cache": str(cache_path(root, out)),
              **({"test_cache": str(cache_path(root, tests[name]))} if name in tests else {})}
             for name, out in p.ood.items()]}
-    if "m5" in p.metrics and p.evaluator is not None:
-        ev = p.evaluator
-        extras["m5"] = {"evaluator": ev.name}
-        if ev.weights_path:
-            extras["m5"]["evaluator_weights"] = ev.weights_path
-        if ev.image_size:
-            extras["m5"]["evaluator_image_size"] = ev.image_size
+    for m5 in ("m5", "m5d"):  # m5d scores M5's features with the same evaluator
+        if m5 in p.metrics and p.evaluator is not None:
+            ev = p.evaluator
+            extras[m5] = {"evaluator": ev.name}
+            if ev.weights_path:
+                extras[m5]["evaluator_weights"] = ev.weights_path
+            if ev.image_size:
+                extras[m5]["evaluator_image_size"] = ev.image_size
     return extras
 
 
