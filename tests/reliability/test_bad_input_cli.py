@@ -202,7 +202,9 @@ def test_eval_out_holding_results_of_another_sae(setup: dict[str, Path]) -> None
     _refused(root, args, str(ev), "another SAE or cache", "--force")
     code, text = _cli([*args, "--force"])
     assert code == 0, text
-    assert sorted(p.name for p in ev.iterdir()) == ["m2.json"]  # m4 of the old SAE replaced, not left beside
+    # m4 of the old SAE (its tables and its SAEBench-shaped copy) replaced, not left beside
+    assert sorted(p.name for p in ev.iterdir()) == ["m2.json", "saebench"]
+    assert sorted(p.name for p in (ev / "saebench").iterdir()) == ["m2.json"]
     code, text = _cli(args)  # the same SAE and cache again: fine
     assert code == 0, text
 

@@ -359,8 +359,8 @@ def _record_inputs(path: Path) -> dict[str, Any] | None:
 
 def check_previous_results(out_dir: Path, sae_hash: str, cache_hash: str, force: bool = False) -> list[Path]:
     """Refuse an output folder holding metric results of another SAE or cache, unless ``force``: then those
-    results (``<metric>.json`` and the metric's tables ``<metric>_*``) are removed. Returns what was
-    removed."""
+    results (``<metric>.json``, the metric's tables ``<metric>_*`` and ``saebench/<metric>.json``) are
+    removed. Returns what was removed."""
     if not out_dir.is_dir():
         return []
     stale: list[tuple[Path, str]] = []
@@ -382,9 +382,12 @@ def check_previous_results(out_dir: Path, sae_hash: str, cache_hash: str, force:
         raise OutputConflictError(f"{out_dir}: holds results of another SAE or cache ({record.name}: "
                                   f"{diff}); pass --force (force=True) to replace them, or write to another "
                                   "--out folder")
+    from visae.results.saebench import SAEBENCH_DIR
+
     removed = []
     for record, _ in stale:
-        for p in [record, *out_dir.glob(f"{record.stem}_*")]:
+        shaped = out_dir / SAEBENCH_DIR / record.name  # its SAEBench-shaped copy goes with it
+        for p in [record, *out_dir.glob(f"{record.stem}_*"), shaped]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
