@@ -35,6 +35,10 @@ class TrainableSAE(SAE):
             dot_f = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
             self.W_dec.grad.sub_(dot_f * self.W_dec)
 
+    def decoder_atoms(self) -> torch.Tensor:
+        """The decoder rows as a differentiable function of the parameters (for decoder penalties)."""
+        return self.W_dec
+
     def config_extra(self) -> dict[str, Any]:
         """Family-specific entries of ``config.yaml`` (thresholds …)."""
         return {}

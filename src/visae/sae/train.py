@@ -52,14 +52,17 @@ class SAESpec(FrozenConfig):
     """One SAE configuration of a grid."""
 
     family: str = Field("batchtopk",
-                        description="SAE family: batchtopk (paper default), topk, jumprelu, relu")
+                        description="SAE family: batchtopk (paper default), topk, jumprelu, relu, "
+                                    "matryoshka, gated, archetypal (or a plugin's)")
     expansion: float | None = Field(None, gt=0, allow_inf_nan=False,
                                     description="d_sae as a multiple of d_in (paper: 8, 16, 32)")
     d_sae: int | None = Field(None, ge=1, description="dictionary size; overrides expansion when given")
     k: int | None = Field(None, ge=1,
-                          description="active features per token (TopK/BatchTopK; JumpReLU's target L0)")
+                          description="active features per token (TopK/BatchTopK/Matryoshka/Archetypal; "
+                                      "the target L0 of JumpReLU and Gated)")
     hparams: dict[str, Any] = Field(default_factory=dict,
-                                    description="family hyper-parameters (l1_coeff, bandwidth, kernel …)")
+                                    description="family hyper-parameters (l1_coeff, bandwidth, kernel, "
+                                                "widths, n_centroids, delta …)")
     seed: int | None = Field(None, description="initialisation seed of this SAE (default: the training seed "
                              "plus its position in the grid); several seeds of one configuration train on "
                              "the same pass and differ only in their initialisation")
@@ -109,6 +112,10 @@ class TrainConfig(FrozenConfig):
                                                       "(Gao et al. 2024; e.g. 512); None disables it")
     aux_coeff: float = Field(1 / 32, ge=0, allow_inf_nan=False,
                              description="weight of the AuxK loss (Gao et al.: 1/32)")
+    ortho_coeff: float = Field(0.0, ge=0, allow_inf_nan=False,
+                               description="weight of OrtSAE's decoder-orthogonality penalty (any family; "
+                                           "visae.sae.orthogonal); 0 turns it off")
+    ortho_chunk: int = Field(4096, ge=2, description="atoms per random chunk of the orthogonality penalty")
     heldout: Literal["tail", "validation"] = Field(
         "tail", description="held-out tokens for the BatchTopK inference threshold (paper App. E): "
                             "'tail' = the last heldout_batches batches of the training stream, never trained "
@@ -235,6 +242,13 @@ def _step_trainee(t: _Trainee, x_bd: torch.Tensor, cfg: TrainConfig, compute_dty
     aux = 0.0
     if want_aux and res.residual_bd is not None and cfg.aux_k is not None:
         aux = _aux_k_loss(t, x_bd, res.residual_bd, dead_f, cfg.aux_k, cfg.aux_coeff)
+    ortho = 0.0
+    if cfg.ortho_coeff > 0:
+        from visae.sae.orthogonal import orthogonality_penalty
+
+        penalty = cfg.ortho_coeff * orthogonality_penalty(t.sae.decoder_atoms(), cfg.ortho_chunk)
+        penalty.backward()
+        ortho = float(penalty)
     if cfg.remove_parallel_grads:
         t.sae.remove_parallel_grad()
     t.opt.step()
@@ -244,7 +258,8 @@ def _step_trainee(t: _Trainee, x_bd: torch.Tensor, cfg: TrainConfig, compute_dty
     t.since_fired_f.masked_fill_(res.fired_f, 0)  # not a boolean index: no host sync on a GPU
     t.sum_l0 += res.l0
     t.n_steps += 1
-    return {"loss": res.loss, "fvu": res.fvu, "l0": res.l0, "aux": aux}
+    stats = {"loss": res.loss, "fvu": res.fvu, "l0": res.l0, "aux": aux}
+    return {**stats, "ortho": ortho} if cfg.ortho_coeff > 0 else stats
 
 
 def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str,

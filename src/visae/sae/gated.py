@@ -1,0 +1,93 @@
+"""Gated SAE (Rajamanoharan et al. 2024, "Improving dictionary learning with gated sparse autoencoders").
+
+Two paths share the encoder matrix: a gate decides which features fire, a magnitude path how strongly::
+
+    π_gate = (x − b_dec) W_enc + b_gate
+    f = 1[π_gate > 0] · ReLU((x − b_dec) (W_enc ⊙ e^{r_mag}) + b_mag)
+
+``b_enc`` of the base class is the gate bias (SAELens's ``b_gate``); ``r_mag`` and ``b_mag`` are ``[F]``.
+Inference equals SAELens's ``GatedSAE.encode`` on the same weights (:attr:`foreign_keys` maps its names).
+
+Training loss (the paper's eq. 6, as SAELens's ``GatedTrainingSAE`` computes it)::
+
+    ‖x − x̂‖² + λ · Σ_f ReLU(π_gate)_f ‖W_dec[f]‖ + ‖x − (ReLU(π_gate) Ŵ_dec + b̂_dec)‖²
+
+summed over ``d`` and averaged over tokens. The auxiliary reconstruction uses frozen copies ``Ŵ_dec``,
+``b̂_dec`` of the decoder, as the paper defines it (``detach_aux_decoder=True``); SAELens 6 lets its
+gradient reach the decoder (``detach_aux_decoder=False`` reproduces that). The Heaviside gate gives the
+reconstruction term no gradient into the gate path, which learns through the L1 and auxiliary terms only
+(no custom backward: autograd). With ``k`` given, λ is steered to an L0 target by the same multiplicative
+controller as JumpReLU's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from visae.sae.family import TrainableSAE, dense_stats
+from visae.sae.sparse import StepResult
+
+
+class GatedSAE(TrainableSAE):
+    """Gated encoder (gate and magnitude paths sharing ``W_enc``), linear decoder."""
+
+    family = "gated"
+    foreign_keys: ClassVar[dict[str, str]] = {"b_gate": "b_enc"}
+    l1_coeff: torch.Tensor
+
+    def __init__(self, d_in: int, d_sae: int, k: int | None = None, l1_coeff: float = 1.0,
+                 controller_rate: float = 0.05, detach_aux_decoder: bool = True, **hparams: Any) -> None:
+        super().__init__(d_in, d_sae, k, controller_rate=controller_rate,
+                         detach_aux_decoder=detach_aux_decoder, **hparams)
+        self.controller_rate = controller_rate
+        self.detach_aux_decoder = detach_aux_decoder
+        self.r_mag = torch.nn.Parameter(torch.zeros(d_sae))
+        self.b_mag = torch.nn.Parameter(torch.zeros(d_sae))
+        self.register_buffer("l1_coeff", torch.tensor(float(l1_coeff)))
+
+    def gated_pre(self, x_nd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate and magnitude pre-activations ``(π_gate, π_mag)``.
+
+        The magnitude path scales the gate's matmul by ``e^{r_mag}`` column-wise (one matmul for both);
+        that equals SAELens's ``x (W_enc ⊙ e^{r_mag})`` up to float rounding.
+        """
+        shared = (x_nd - self.b_dec) @ self.W_enc
+        return shared + self.b_enc, shared * self.r_mag.exp() + self.b_mag
+
+    def encode(self, x_nd: torch.Tensor) -> torch.Tensor:
+        """``1[π_gate > 0] · ReLU(π_mag)``."""
+        gate, mag = self.gated_pre(x_nd)
+        return (gate > 0).to(mag.dtype) * torch.relu(mag)
+
+    def training_step(self, x_bd: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
+                      keep_residual: bool = False) -> StepResult:
+        """Reconstruction + λ·L1 of the gate + auxiliary gate reconstruction, through autograd."""
+        with torch.autocast(x_bd.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
+            shared = (x_bd - self.b_dec) @ self.W_enc
+        shared = shared.float()
+        gate = shared + self.b_enc
+        mag = shared * self.r_mag.exp() + self.b_mag
+        codes = (gate > 0).to(mag.dtype) * torch.relu(mag)
+        recon = self.decode(codes)
+        gate_act = torch.relu(gate)
+        l1 = (gate_act * self.W_dec.norm(dim=1)).sum(1).mean()
+        frozen = self.detach_aux_decoder
+        W, b = (self.W_dec.detach(), self.b_dec.detach()) if frozen else (self.W_dec, self.b_dec)
+        aux = (gate_act @ W + b - x_bd).pow(2).sum(1).mean()
+        loss = (recon - x_bd).pow(2).sum(1).mean() + self.l1_coeff * l1 + aux
+        loss.backward()
+        res = dense_stats(x_bd, recon.detach(), codes.detach(), loss.detach())
+        self._control(res.l0)
+        return res
+
+    @torch.no_grad()
+    def _control(self, l0: float) -> None:
+        if self.k and self.controller_rate > 0 and l0 > 0:
+            factor = math.exp(self.controller_rate * math.log(l0 / self.k))
+            self.l1_coeff.mul_(min(max(factor, 0.5), 2.0))
+
+    def config_extra(self) -> dict[str, Any]:
+        return {"l1_coeff": float(self.l1_coeff)}
