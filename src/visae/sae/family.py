@@ -65,6 +65,8 @@ class TrainableSAE(SAE):
                               f"{sorted(tensors)}")
         d_in, d_sae = (int(n) for n in state["W_enc"].shape)
         sae = cls(d_in, d_sae, k, **hparams)
+        if state["W_enc"].is_floating_point():
+            sae.to(state["W_enc"].dtype)
         own = sae.state_dict()
         params = {name for name, _ in sae.named_parameters()}
         missing = sorted(params - set(state))

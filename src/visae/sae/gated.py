@@ -67,7 +67,7 @@ class GatedSAE(TrainableSAE):
         """Reconstruction + λ·L1 of the gate + auxiliary gate reconstruction, through autograd."""
         with torch.autocast(x_bd.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
             shared = (x_bd - self.b_dec) @ self.W_enc
-        shared = shared.float()
+        shared = shared.to(self.W_enc.dtype)  # back from bf16 under mixed precision
         gate = shared + self.b_enc
         mag = shared * self.r_mag.exp() + self.b_mag
         codes = (gate > 0).to(mag.dtype) * torch.relu(mag)

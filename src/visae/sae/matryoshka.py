@@ -171,8 +171,9 @@ class MatryoshkaSAE(BatchTopKSAE):
         sub = MatryoshkaSAE(self.d_in, prefix, self.k, widths=[w for w in self.widths if w <= prefix],
                             threshold_momentum=self.threshold_momentum, **rest)
         sub.hparams["prefix_of"] = self.d_sae
+        sub.to(device=self.W_enc.device, dtype=self.W_enc.dtype)
         state = self.state_dict()
         state["W_enc"], state["b_enc"] = state["W_enc"][:, :prefix], state["b_enc"][:prefix]
         state["W_dec"] = state["W_dec"][:prefix]
         sub.load_state_dict(state)
-        return sub.to(self.W_enc.device).train(self.training)
+        return sub.train(self.training)
