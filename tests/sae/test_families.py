@@ -28,8 +28,8 @@ def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def _saelens_step_input(x: torch.Tensor, coefficients: dict[str, float] | None = None):  # type: ignore[no-untyped-def]
     from sae_lens.saes.sae import TrainStepInput
 
-    return TrainStepInput(sae_in=x, coefficients=coefficients or {}, dead_neuron_mask=None, n_training_steps=0,
-                          is_logging_step=False)
+    return TrainStepInput(sae_in=x, coefficients=coefficients or {}, dead_neuron_mask=None,
+                          n_training_steps=0, is_logging_step=False)
 
 
 # --- registry and hooks ---------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def test_matryoshka_prefix_is_the_nested_dictionary() -> None:
     assert sae.with_options(prefix=32) is sae and sae.with_options() is sae
     with pytest.raises(ConfigError, match=r"sae\.prefix=5.*\[4, 12, 32\]"):
         sae.with_options(prefix=5)
-    with pytest.raises(ConfigError, match="sae.width"):
+    with pytest.raises(ConfigError, match=r"sae\.width"):
         sae.with_options(width=4)
     with pytest.raises(ConfigError, match="no evaluation option"):
         make_sae("topk", 8, d_sae=16, k=2).with_options(prefix=4)
@@ -192,7 +192,8 @@ def test_gated_loss_and_gradients_equal_saelens() -> None:
                          ("W_dec", "W_dec"), ("b_dec", "b_dec")):
         torch.testing.assert_close(got[mine], getattr(ref, theirs).grad, rtol=1e-10, atol=1e-12, msg=mine)
     # the paper's frozen decoder in the auxiliary term: same loss, the decoder gradient lacks that term
-    frozen = GatedSAE.from_tensors({k: v.detach() for k, v in ref.state_dict().items()}, l1_coeff=0.5).double()
+    state = {k: v.detach() for k, v in ref.state_dict().items()}
+    frozen = GatedSAE.from_tensors(state, l1_coeff=0.5).double()
     assert frozen.training_step(x).loss == pytest.approx(res.loss, rel=1e-12)
     assert not torch.allclose(frozen.W_dec.grad, got["W_dec"])  # type: ignore[arg-type]
     torch.testing.assert_close(frozen.W_enc.grad, got["W_enc"])
@@ -266,7 +267,8 @@ def test_archetypal_gradients_equal_overcomplete_through_autograd() -> None:
     res = ours.training_step(x)
     assert res.loss == pytest.approx(float((recon - x).pow(2).sum(1).mean()), rel=1e-5)
     got = _grads(ours)
-    pairs = (("W", ref.dictionary.W), ("relax", ref.dictionary.Relax), ("multiplier", ref.dictionary.multiplier),
+    pairs = (("W", ref.dictionary.W), ("relax", ref.dictionary.Relax),
+             ("multiplier", ref.dictionary.multiplier),
              ("W_enc", ref.encoder.final_block[0].weight), ("b_enc", ref.encoder.final_block[0].bias))
     for name, p in pairs:
         want = p.grad.T if name == "W_enc" else p.grad
