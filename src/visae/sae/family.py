@@ -48,6 +48,10 @@ class TrainableSAE(SAE):
         returns what it measured for the provenance, or None for a family that needs none."""
         return None
 
+    target_l0: ClassVar[bool] = False
+    """True when ``k`` is a target the training steers L0 towards (JumpReLU, Gated) rather than the sparsity
+    rule itself: such configurations can miss it, and the cross-family analysis filters them (App. Q)."""
+
     foreign_keys: ClassVar[dict[str, str]] = {}
     """Other libraries' names of this family's tensors → ours (e.g. SAELens's ``b_gate`` → ``b_enc``)."""
 

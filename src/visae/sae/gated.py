@@ -35,6 +35,7 @@ class GatedSAE(TrainableSAE):
     """Gated encoder (gate and magnitude paths sharing ``W_enc``), linear decoder."""
 
     family = "gated"
+    target_l0 = True
     foreign_keys: ClassVar[dict[str, str]] = {"b_gate": "b_enc"}
     l1_coeff: torch.Tensor
 

@@ -90,6 +90,7 @@ class JumpReLUSAE(TrainableSAE):
     """JumpReLU codes with learned per-feature thresholds (``threshold`` parameter, ``[d_sae]``)."""
 
     family = "jumprelu"
+    target_l0 = True
     sparsity_coeff: torch.Tensor
 
     def __init__(self, d_in: int, d_sae: int, k: int | None = None, bandwidth: float = 1e-3,
