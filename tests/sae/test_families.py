@@ -368,3 +368,20 @@ def test_checkpoint_round_trip(family: str, tmp_path) -> None:  # type: ignore[n
     with torch.no_grad():
         torch.testing.assert_close(back(x).recon_nd, sae(x).recon_nd)
         torch.testing.assert_close(back.encode(x), sae.encode(x))
+
+
+def test_a_matryoshka_threshold_that_disagrees_with_config_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from visae.errors import CheckpointError
+    from visae.sae.checkpoint import load_sae, save_sae
+
+    sae = make_sae("matryoshka", 8, d_sae=32, k=3)
+    sae.threshold.fill_(0.25)
+    folder = save_sae(sae, tmp_path / "m")
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    assert cfg["threshold"] == 0.25 and cfg["hparams"]["widths"] == [2, 4, 8, 16, 32]
+    cfg["threshold"] = 0.5
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CheckpointError, match="threshold"):
+        load_sae(folder)
