@@ -385,3 +385,13 @@ def test_a_matryoshka_threshold_that_disagrees_with_config_is_refused(tmp_path) 
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(CheckpointError, match="threshold"):
         load_sae(folder)
+
+
+def test_a_misspelt_family_option_is_refused_with_the_options() -> None:
+    from pydantic import ValidationError
+
+    from visae.sae.train import SAESpec
+
+    with pytest.raises((ConfigError, ValidationError), match=r"'widht'.*matryoshka.*widths"):
+        SAESpec(family="matryoshka", expansion=2, k=2, hparams={"widht": [4]})
+    assert SAESpec(family="gated", expansion=2, hparams={"l1_coeff": 2.0}).hparams == {"l1_coeff": 2.0}

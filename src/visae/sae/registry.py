@@ -38,6 +38,32 @@ def canonical_family(family: str) -> str:
     return SAE_FAMILIES.canonical(family)
 
 
+def family_options(family: str) -> list[str]:
+    """The hyper-parameters a family's constructor takes (``hparams`` keys), from its and its bases'
+    ``__init__`` signatures."""
+    import inspect
+
+    names: set[str] = set()
+    for cls in SAE_FAMILIES[canonical_family(family)].__mro__:
+        init = vars(cls).get("__init__")
+        if init is None or cls is object:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD
+                                             and p.name not in ("self", "d_in", "d_sae", "k")):
+                names.add(p.name)
+    return sorted(names)
+
+
+def check_hparams(family: str, hparams: dict[str, Any]) -> None:
+    """ConfigError naming any ``hparams`` key the family's constructor does not take."""
+    known = family_options(family)
+    unknown = sorted(set(hparams) - set(known))
+    if unknown:
+        raise ConfigError(f"hparams: {', '.join(map(repr, unknown))} is not an option of the "
+                          f"{canonical_family(family)} family (options: {', '.join(known) or 'none'})")
+
+
 def make_sae(family: str, d_in: int, expansion: float | None = None, d_sae: int | None = None,
              k: int | None = None, **hparams: Any) -> TrainableSAE:
     """Build a fresh SAE; ``d_sae`` is given directly or as ``expansion × d_in``.

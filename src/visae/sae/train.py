@@ -23,7 +23,7 @@ from visae.errors import ConfigError
 from visae.io import atomic_write_json, check_output_dir, remove_leftover_tmp, safe_join
 from visae.sae.checkpoint import save_sae
 from visae.sae.family import TrainableSAE
-from visae.sae.registry import canonical_family, make_sae
+from visae.sae.registry import canonical_family, check_hparams, make_sae
 from visae.sae.run_policy import (
     LOG_FILE,
     RUN_FILE,
@@ -72,6 +72,7 @@ class SAESpec(FrozenConfig):
     @model_validator(mode="after")
     def _check(self) -> SAESpec:
         canonical_family(self.family)
+        check_hparams(self.family, self.hparams)
         if self.name is not None and (self.name != Path(self.name).name or self.name in ("", ".", "..")):
             raise ValueError(f"name {self.name!r} must be a plain folder name (no '/', '..'): it is created "
                              "inside the output folder")

@@ -112,7 +112,7 @@ def _settings_problems(cfg: StudyConfig) -> list[str]:
 
 def _grid_problems(cfg: StudyConfig) -> list[str]:
     from visae.errors import ConfigError
-    from visae.sae.registry import canonical_family
+    from visae.sae.registry import SAE_FAMILIES, canonical_family
 
     out = []
     shapes = {b.name: backbone_shape(b.name) for b in cfg.backbones}
@@ -135,7 +135,7 @@ def _grid_problems(cfg: StudyConfig) -> list[str]:
                 if shape is not None and not 0 <= layer < shape[0]:
                     out.append(f"saes[{j}].layers[{li}]: {layer} is not a block of {name}, which has blocks "
                                f"0..{shape[0] - 1}")
-        if family not in ("batchtopk", "topk"):
+        if not SAE_FAMILIES[family].needs_k:
             continue
         for name in names:
             shape = shapes.get(name)
