@@ -54,9 +54,10 @@ def register(app: typer.Typer) -> None:
             cfg = resolve_config(TrainConfig, config, set_, base={"steps": steps, "batch_size": batch_size,
                                                                  "dtype": dtype, "device": device})
             exps = _numbers(expansion, float, "expansion") or [8.0]
-            from visae.sae.registry import SAE_FAMILIES
+            from visae.sae.registry import SAE_FAMILIES, canonical_family
 
-            needs_k = SAE_FAMILIES[family].needs_k or family == "jumprelu"
+            # keep-K families and JumpReLU (the paper's target L0s) sweep the paper's Ks by default
+            needs_k = SAE_FAMILIES[family].needs_k or canonical_family(family) == "jumprelu"
             ks = _numbers(k, int, "k") or ([64, 128, 192, 256] if needs_k else [None])
             specs = [SAESpec(family=family, expansion=e, k=kk) for e in exps for kk in ks]
             paths = train_saes(list(cache), specs, out, cfg, force=force)
