@@ -94,10 +94,14 @@ def rank_consistency_filtered(df: pd.DataFrame, family_a: str, family_b: str,
                               metrics: Sequence[str] | None = None,
                               l0_tolerance: float | None = L0_TOLERANCE) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(table, excluded)``: :func:`rank_consistency` and the configurations its filter left out."""
-    df, excluded = convergence_filter(df[df["family"].isin([family_a, family_b])], l0_tolerance)
-    a_rows, b_rows = df[df["family"] == family_a], df[df["family"] == family_b]
+    pair = df[df["family"].isin([family_a, family_b])]
+    # the metrics both families were evaluated on, before the filter (a metric whose configurations were
+    # all left out still gets its row, saying so)
     names = (list(metrics) if metrics is not None
-             else sorted(set(sae_metrics(a_rows)) & set(sae_metrics(b_rows))))
+             else sorted(set(sae_metrics(pair[pair["family"] == family_a]))
+                         & set(sae_metrics(pair[pair["family"] == family_b]))))
+    df, excluded = convergence_filter(pair, l0_tolerance)
+    a_rows, b_rows = df[df["family"] == family_a], df[df["family"] == family_b]
     rows = []
     for metric in names:
         mean_a, mean_b = backbone_means(a_rows, metric), backbone_means(b_rows, metric)
@@ -108,6 +112,9 @@ def rank_consistency_filtered(df: pd.DataFrame, family_a: str, family_b: str,
         note = corr.note
         if not shared:
             note = f"no backbone has {metric} under both {family_a} and {family_b}"
+            if len(excluded):
+                note += (f" after the convergence filter left out {len(excluded)} configuration(s) "
+                         f"(|L0 − target| > {l0_tolerance:g})")
         rows.append({"metric": metric, "family_a": family_a, "family_b": family_b,
                      "ranking_a": ", ".join(rank_a), "ranking_b": ", ".join(rank_b), "n": corr.n,
                      "rho": corr.rho, "p": corr.p, "p_exact": corr.p_exact, "higher_is_better": hib,

@@ -249,7 +249,7 @@ def _step_trainee(t: _Trainee, x_bd: torch.Tensor, cfg: TrainConfig, compute_dty
 
         penalty = cfg.ortho_coeff * orthogonality_penalty(t.sae.decoder_atoms(), cfg.ortho_chunk)
         penalty.backward()
-        ortho = float(penalty)
+        ortho = float(penalty.detach())
     if cfg.remove_parallel_grads:
         t.sae.remove_parallel_grad()
     t.opt.step()
