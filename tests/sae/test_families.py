@@ -395,3 +395,20 @@ def test_a_misspelt_family_option_is_refused_with_the_options() -> None:
     with pytest.raises((ConfigError, ValidationError), match=r"'widht'.*matryoshka.*widths"):
         SAESpec(family="matryoshka", expansion=2, k=2, hparams={"widht": [4]})
     assert SAESpec(family="gated", expansion=2, hparams={"l1_coeff": 2.0}).hparams == {"l1_coeff": 2.0}
+
+
+def test_gated_codes_function_gradcheck() -> None:
+    from visae.sae.gated import GatedCodesFn
+
+    torch.manual_seed(4)
+    shared = torch.randn(12, 7, dtype=torch.float64, requires_grad=True)
+    params = [torch.randn(7, dtype=torch.float64, requires_grad=True) * 0.5 for _ in range(3)]
+    params = [p.detach().requires_grad_(True) for p in params]
+    assert torch.autograd.gradcheck(lambda s, bg, rm, bm: GatedCodesFn.apply(s, bg, rm, bm),
+                                    (shared, *params))
+    # and it equals the plain expressions
+    codes, gate_act = GatedCodesFn.apply(shared, *params)
+    gate = shared + params[0]
+    mag = shared * params[1].exp() + params[2]
+    torch.testing.assert_close(codes, (gate > 0).double() * torch.relu(mag))
+    torch.testing.assert_close(gate_act, torch.relu(gate))

@@ -112,11 +112,12 @@ class ArchetypalSAE(TopKSAE):
         """Sparse TopK step against the fused dictionary; its gradient flows into ``W``, ``Λ``, ``m``."""
         if not bool(self.centroids_ready):
             self.init_centroids(x_bd)
-        d_leaf = self.dictionary().detach().requires_grad_(True)
+        dictionary = self.dictionary()  # once: its graph takes the kernels' gradient below
+        d_leaf = dictionary.detach().requires_grad_(True)
         res = topk_step(x_bd, self.W_enc, self.b_enc, d_leaf, self.b_dec, self.k_per_token,  # type: ignore[arg-type]
                         batch=False, compute_dtype=compute_dtype, keep_residual=keep_residual)
         if d_leaf.grad is not None:
-            self.dictionary().backward(d_leaf.grad)
+            dictionary.backward(d_leaf.grad)
         return res
 
     def decoder_atoms(self) -> torch.Tensor:

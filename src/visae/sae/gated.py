@@ -15,9 +15,10 @@ Training loss (the paper's eq. 6, as SAELens's ``GatedTrainingSAE`` computes it)
 summed over ``d`` and averaged over tokens. The auxiliary reconstruction uses frozen copies ``Ŵ_dec``,
 ``b̂_dec`` of the decoder, as the paper defines it (``detach_aux_decoder=True``); SAELens 6 lets its
 gradient reach the decoder (``detach_aux_decoder=False`` reproduces that). The Heaviside gate gives the
-reconstruction term no gradient into the gate path, which learns through the L1 and auxiliary terms only
-(no custom backward: autograd). With ``k`` given, λ is steered to an L0 target by the same multiplicative
-controller as JumpReLU's.
+reconstruction term no gradient into the gate path, which learns through the L1 and auxiliary terms only.
+:class:`GatedCodesFn` computes both paths' codes and their gradients in one pass each way (gradchecked
+against autograd through the plain expressions). With ``k`` given, λ is steered to an L0 target by the
+same multiplicative controller as JumpReLU's.
 """
 
 from __future__ import annotations
@@ -29,6 +30,36 @@ import torch
 
 from visae.sae.family import TrainableSAE, dense_stats
 from visae.sae.sparse import StepResult
+
+
+class GatedCodesFn(torch.autograd.Function):
+    """``(codes, ReLU(π_gate))`` from the shared matmul ``s = (x − b_dec) W_enc``, in one pass each way.
+
+    ``π_gate = s + b_gate``, ``π_mag = s·e^{r_mag} + b_mag``, ``codes = 1[π_gate > 0]·ReLU(π_mag)``. The
+    backward is autograd's through those expressions (the Heaviside gate passes no gradient), written out
+    so that the ``[B, F]`` intermediates are recomputed from ``s`` rather than stored: with ``o = 1[π_gate >
+    0]`` and ``g = ∂L/∂codes · o · 1[π_mag > 0]``, ``∂L/∂s = g·e^{r_mag} + ∂L/∂ReLU(π_gate) · o``,
+    ``∂L/∂b_mag = Σ_r g``, ``∂L/∂r_mag = e^{r_mag} Σ_r g·s``, ``∂L/∂b_gate = Σ_r ∂L/∂ReLU(π_gate) · o``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, shared: torch.Tensor, b_gate: torch.Tensor, r_mag: torch.Tensor,
+                b_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = r_mag.exp()
+        gate = shared + b_gate
+        mag = torch.addcmul(b_mag, shared, scale)
+        codes = torch.where((gate > 0) & (mag > 0), mag, 0.0)
+        ctx.save_for_backward(shared, b_gate, scale, b_mag)
+        return codes, gate.clamp_(min=0.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_codes: torch.Tensor, grad_gate_act: torch.Tensor) -> Any:
+        shared, b_gate, scale, b_mag = ctx.saved_tensors
+        open_ = (shared + b_gate) > 0
+        g = torch.where(open_ & (torch.addcmul(b_mag, shared, scale) > 0), grad_codes, 0.0)
+        gg = torch.where(open_, grad_gate_act, 0.0)
+        grad_shared = torch.addcmul(gg, g, scale)
+        return grad_shared, gg.sum(0), scale * (g * shared).sum(0), g.sum(0)
 
 
 class GatedSAE(TrainableSAE):
@@ -69,12 +100,9 @@ class GatedSAE(TrainableSAE):
         with torch.autocast(x_bd.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
             shared = (x_bd - self.b_dec) @ self.W_enc
         shared = shared.to(self.W_enc.dtype)  # back from bf16 under mixed precision
-        gate = shared + self.b_enc
-        mag = shared * self.r_mag.exp() + self.b_mag
-        codes = (gate > 0).to(mag.dtype) * torch.relu(mag)
+        codes, gate_act = GatedCodesFn.apply(shared, self.b_enc, self.r_mag, self.b_mag)
         recon = self.decode(codes)
-        gate_act = torch.relu(gate)
-        l1 = (gate_act * self.W_dec.norm(dim=1)).sum(1).mean()
+        l1 = (gate_act @ self.W_dec.norm(dim=1)).mean()
         frozen = self.detach_aux_decoder
         W, b = (self.W_dec.detach(), self.b_dec.detach()) if frozen else (self.W_dec, self.b_dec)
         aux = (gate_act @ W + b - x_bd).pow(2).sum(1).mean()
