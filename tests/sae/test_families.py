@@ -412,3 +412,18 @@ def test_gated_codes_function_gradcheck() -> None:
     mag = shared * params[1].exp() + params[2]
     torch.testing.assert_close(codes, (gate > 0).double() * torch.relu(mag))
     torch.testing.assert_close(gate_act, torch.relu(gate))
+
+
+def test_study_validation_names_a_misspelt_family_option(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from visae.study.config import load_study_config
+    from visae.study.testing import TINY_STUDY
+    from visae.study.validate import validate_study
+
+    path = tmp_path / "t.yaml"
+    block = {"name": "m", "family": "matryoshka", "expansions": [2], "ks": [4], "hparams": {"widht": [3]}}
+    path.write_text(yaml.safe_dump({**TINY_STUDY, "saes": [block]}))
+    assert validate_study(load_study_config(path)) == [
+        "saes[0].hparams: 'widht' is not an option of the matryoshka family "
+        "(options: threshold_momentum, widths)"]

@@ -112,7 +112,7 @@ def _settings_problems(cfg: StudyConfig) -> list[str]:
 
 def _grid_problems(cfg: StudyConfig) -> list[str]:
     from visae.errors import ConfigError
-    from visae.sae.registry import SAE_FAMILIES, canonical_family
+    from visae.sae.registry import SAE_FAMILIES, canonical_family, check_hparams
 
     out = []
     shapes = {b.name: backbone_shape(b.name) for b in cfg.backbones}
@@ -128,6 +128,10 @@ def _grid_problems(cfg: StudyConfig) -> list[str]:
         except ConfigError as e:
             out.append(f"saes[{j}].family: {e}")
             continue
+        try:
+            check_hparams(family, dict(grid.hparams or {}))
+        except ConfigError as e:
+            out.append(f"saes[{j}].{e}")
         names = grid.backbones or [b.name for b in cfg.backbones]
         for li, layer in enumerate(grid.layers or []):
             for name in names:
