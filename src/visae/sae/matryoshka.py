@@ -2,8 +2,8 @@
 
 The features are ordered and cut into nested prefixes ``widths = [w_1 < w_2 < … < w_G = F]``. Selection is
 BatchTopK over all ``F`` features; the loss sums the reconstruction error of every prefix, each decoded
-from the selected codes of its first ``w_g`` features only (SAELens's ``MatryoshkaBatchTopKTrainingSAE``,
-saev's Matryoshka objective)::
+from the selected codes of its first ``w_g`` features only (SAELens's ``MatryoshkaBatchTopKTrainingSAE``;
+saev nests the same way but samples its cuts per batch and averages)::
 
     L = Σ_g mean_r ‖x_r − (b_dec + Σ_{f < w_g} z_rf W_dec[f])‖²
 
