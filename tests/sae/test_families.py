@@ -427,3 +427,21 @@ def test_study_validation_names_a_misspelt_family_option(tmp_path) -> None:  # t
     assert validate_study(load_study_config(path)) == [
         "saes[0].hparams: 'widht' is not an option of the matryoshka family "
         "(options: threshold_momentum, widths)"]
+
+
+def test_gated_saelens_without_decoder_bias_on_input_folds_exactly() -> None:
+    from sae_lens.saes.gated_sae import GatedSAE as LensGated
+    from sae_lens.saes.gated_sae import GatedSAEConfig
+
+    from visae.sae.gated import fold_decoder_bias
+
+    torch.manual_seed(6)
+    ref = LensGated(GatedSAEConfig(d_in=8, d_sae=32, dtype="float64", apply_b_dec_to_input=False))
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.4)
+    ours = GatedSAE.from_tensors(fold_decoder_bias({k: v.detach() for k, v in ref.state_dict().items()}))
+    x = torch.randn(64, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x), ref.encode(x), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ours(x).recon_nd, ref(x), rtol=1e-12, atol=1e-12)

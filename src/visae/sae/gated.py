@@ -32,6 +32,15 @@ from visae.sae.family import TrainableSAE, dense_stats
 from visae.sae.sparse import StepResult
 
 
+def fold_decoder_bias(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SAELens gated tensors saved with ``apply_b_dec_to_input: false`` (the encoder sees ``x``, not
+    ``x − b_dec``) → the same function in visae's form, which always subtracts ``b_dec``:
+    ``b_gate += b_dec W_enc`` and ``b_mag += (b_dec W_enc) ⊙ e^{r_mag}``."""
+    shift = tensors["b_dec"] @ tensors["W_enc"]
+    return {**tensors, "b_gate": tensors["b_gate"] + shift,
+            "b_mag": tensors["b_mag"] + shift * tensors["r_mag"].exp()}
+
+
 class GatedCodesFn(torch.autograd.Function):
     """``(codes, ReLU(π_gate))`` from the shared matmul ``s = (x − b_dec) W_enc``, in one pass each way.
 
