@@ -233,10 +233,9 @@ def _ra_pair(d: int = 8, f: int = 24, n_c: int = 16, k: int = 3):  # type: ignor
     raw = {"W": ref.dictionary.W.detach().clone(), "relax": ref.dictionary.Relax.detach().clone(),
            "multiplier": ref.dictionary.multiplier.detach().clone(), "C": points.clone(),
            "W_enc": ref.encoder.final_block[0].weight.detach().T.clone(),
-           "b_enc": ref.encoder.final_block[0].bias.detach().clone(), "b_dec": torch.zeros(d),
-           "centroids_ready": torch.tensor(True)}
-    ours = ArchetypalSAE.from_tensors(raw, k=k, n_centroids=n_c, delta=0.5)
-    ours.project()
+           "b_enc": ref.encoder.final_block[0].bias.detach().clone(), "b_dec": torch.zeros(d)}
+    ours = ArchetypalSAE.from_tensors(raw, k=k, delta=0.5)  # n_centroids from C, W_dec fused
+    assert ours.C.shape[0] == n_c and bool(ours.centroids_ready)
     return ref, ours
 
 

@@ -22,7 +22,7 @@ pre-encoder bias and is zero on overcomplete weights.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -84,6 +84,27 @@ class ArchetypalSAE(TopKSAE):
         self.W = torch.nn.Parameter(init)
         self.relax = torch.nn.Parameter(torch.zeros(d_sae, d_in))
         self.multiplier = torch.nn.Parameter(torch.zeros(()), requires_grad=self.use_multiplier)
+
+    foreign_keys: ClassVar[dict[str, str]] = {
+        "dictionary.C": "C", "dictionary.W": "W", "dictionary.Relax": "relax",
+        "dictionary.multiplier": "multiplier"}
+    """overcomplete's ``RelaxedArchetypalDictionary`` names (its encoder weight is ``W_encᵀ``)."""
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], k: int | None = None,
+                     **hparams: Any) -> ArchetypalSAE:
+        """As :meth:`TrainableSAE.from_tensors`; ``n_centroids`` is read from ``C``, and given centroids
+        count as computed (no k-means on the next step). ``W_dec`` is the fused dictionary of the
+        (projected) ``W``, ``Λ``, ``m`` unless given."""
+        state = {cls.foreign_keys.get(n, n): t for n, t in tensors.items()}
+        if "C" in state:
+            hparams.setdefault("n_centroids", int(state["C"].shape[0]))
+            state.setdefault("centroids_ready", torch.tensor(True))
+        sae = super().from_tensors(state, k, **hparams)
+        assert isinstance(sae, ArchetypalSAE)
+        if "W_dec" not in state:
+            sae.project()
+        return sae
 
     def dictionary(self) -> torch.Tensor:
         """``D = (W C + Λ) · e^m`` (differentiable in ``W``, ``Λ``, ``m``)."""
