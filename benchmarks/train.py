@@ -38,6 +38,14 @@ def _time(fn, steps: int) -> float:
     return statistics.median(times)
 
 
+def _time_once(fn) -> float:
+    _sync()
+    t = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - t
+
+
 def gemm_rate(b: int, d: int, f: int, steps: int, dtype: torch.dtype = torch.float32) -> float:
     """Measured FLOP/s of the encoder-shaped GEMM."""
     x, w, bias = (torch.randn(b, d, device=DEVICE, dtype=dtype),
@@ -164,9 +172,10 @@ def overcomplete_ra_step(d: int, f: int, k: int, b: int, n_centroids: int):
 
 
 def families(d: int, f: int, k: int, b: int, steps: int) -> None:
-    """Every visae family's step beside its peer's, in one process, interleaved (ours, peer, ours, peer …;
-    each keeps its fastest median so that a load spike hits neither alone), with each TopK-style family's
-    roofline at the GEMM rate measured in the same run."""
+    """Every visae family's step beside its peer's, in one process: single steps alternate (ours, peer,
+    ours, peer …, ``steps`` of each after a warm-up) and each side keeps its fastest, so that other jobs on
+    the machine, which only ever slow a step, hit neither alone. Each TopK-style family's roofline is at
+    the best GEMM rate measured in the same run."""
     widths = [f // 8, f // 4, f // 2, f]
     n_c = min(f, b)
     rows = [("batchtopk", lambda: family_step("batchtopk", d, f, k, b),
@@ -180,7 +189,7 @@ def families(d: int, f: int, k: int, b: int, steps: int) -> None:
             ("gated", lambda: family_step("gated", d, f, None, b),
              "sae-lens Gated", lambda: saelens_step("gated", d, f, k, b), None)]
     rate = max(gemm_rate(b, d, f, steps) for _ in range(2))
-    print(f"families: d={d} F={f} K={k} batch={b} fp32 Adam, median of {steps} steps; matryoshka widths "
+    print(f"families: d={d} F={f} K={k} batch={b} fp32 Adam, fastest of {steps} alternating steps; widths "
           f"{widths}; archetypal {n_c} centroids; fp32 GEMM {rate / 1e9:.1f} GFLOP/s; load average "
           f"{os.getloadavg()[0]:.1f}")
     print(f"  {'family':<11} {'visae tok/s':>12} {'peer':<24} {'peer tok/s':>11} {'ratio':>7} "
@@ -188,11 +197,14 @@ def families(d: int, f: int, k: int, b: int, steps: int) -> None:
     for name, ours_fn, peer, peer_fn, flops in rows:
         ours_step_fn = ours_fn()
         peer_step_fn = peer_fn() if peer_fn is not None else None
+        ours_step_fn()  # warm-up
+        if peer_step_fn is not None:
+            peer_step_fn()
         t_ours, t_peer = float("inf"), float("inf")
-        for _ in range(2):
-            t_ours = min(t_ours, _time(ours_step_fn, steps))
+        for _ in range(steps):  # alternate single steps; each side keeps its fastest (load only slows)
+            t_ours = min(t_ours, _time_once(ours_step_fn))
             if peer_step_fn is not None:
-                t_peer = min(t_peer, _time(peer_step_fn, steps))
+                t_peer = min(t_peer, _time_once(peer_step_fn))
         rate = max(rate, gemm_rate(b, d, f, steps))  # the best GEMM rate of the run (load only slows it)
         ours = b / t_ours
         peer_rate = b / t_peer if peer_step_fn is not None else float("nan")

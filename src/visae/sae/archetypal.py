@@ -12,8 +12,9 @@ on the first step); ``W`` (``[d_sae, n_centroids]``), ``Λ`` (``relax``, ``[d_sa
 ``RelaxedArchetypalDictionary`` does the same at the start of each training forward pass. The atoms stay
 in (a δ-neighbourhood of) the conical hull of the data, which makes dictionaries agree across runs.
 
-``W_dec`` is a buffer holding the fused dictionary ``D``, refreshed after every step, so inference,
-evaluation, checkpoints and exporters see a plain decoder (overcomplete's fused eval-mode dictionary).
+``W_dec`` is a buffer holding the fused dictionary ``D`` (refreshed at each step and on ``eval()``), so
+inference, evaluation, checkpoints and exporters see a plain decoder (overcomplete's fused eval-mode
+dictionary).
 Codes are per-token TopK of ``ReLU(pre)`` as in ``RATopKSAE``; the sparse TopK kernels compute the
 gradient with respect to ``D``, which then flows through ``W``, ``Λ`` and ``m`` by autograd. Unlike
 visae's other families the atoms are not unit-norm; ``b_dec`` (overcomplete has none) is kept as the
@@ -111,13 +112,22 @@ class ArchetypalSAE(TopKSAE):
         return (self.W @ self.C + self.relax) * torch.exp(self.multiplier)
 
     @torch.no_grad()
-    def project(self) -> None:
-        """``W`` row-stochastic, each ``Λ_f`` inside the δ-ball; then refresh the fused ``W_dec``."""
+    def project(self, refresh: bool = True) -> None:
+        """``W`` row-stochastic, each ``Λ_f`` inside the δ-ball; then (``refresh``) the fused ``W_dec``."""
         w = torch.relu(self.W)
         self.W.copy_(w / (w.sum(1, keepdim=True) + 1e-8))
         norm = self.relax.norm(dim=1, keepdim=True)
         self.relax.mul_(torch.clamp(self.delta / norm, max=1.0).nan_to_num(1.0))
-        self.W_dec.copy_(self.dictionary())
+        if refresh:
+            self.W_dec.copy_(self.dictionary())
+
+    def train(self, mode: bool = True) -> ArchetypalSAE:
+        """Switching to eval mode fuses the dictionary into ``W_dec`` (as overcomplete does): during
+        training it is refreshed at the start of each step, not after it."""
+        if not mode:
+            with torch.no_grad():
+                self.W_dec.copy_(self.dictionary())
+        return super().train(mode)
 
     @torch.no_grad()
     def init_centroids(self, x_bd: torch.Tensor) -> None:
@@ -134,6 +144,8 @@ class ArchetypalSAE(TopKSAE):
         if not bool(self.centroids_ready):
             self.init_centroids(x_bd)
         dictionary = self.dictionary()  # once: its graph takes the kernels' gradient below
+        with torch.no_grad():
+            self.W_dec.copy_(dictionary)  # the fused dictionary of the current parameters (AuxK reads it)
         d_leaf = dictionary.detach().requires_grad_(True)
         res = topk_step(x_bd, self.W_enc, self.b_enc, d_leaf, self.b_dec, self.k_per_token,  # type: ignore[arg-type]
                         batch=False, compute_dtype=compute_dtype, keep_residual=keep_residual)
@@ -150,8 +162,9 @@ class ArchetypalSAE(TopKSAE):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Overcomplete's projections (:meth:`project`) instead of unit-norm rows."""
-        self.project()
+        """Overcomplete's projections (:meth:`project`) instead of unit-norm rows; ``W_dec`` follows at the
+        next step or on :meth:`eval`."""
+        self.project(refresh=False)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
