@@ -444,3 +444,35 @@ def test_gated_saelens_without_decoder_bias_on_input_folds_exactly() -> None:
     with torch.no_grad():
         torch.testing.assert_close(ours.encode(x), ref.encode(x), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(ours(x).recon_nd, ref(x), rtol=1e-12, atol=1e-12)
+
+
+def test_new_families_resume_bitwise_after_a_kill(planted_cache, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import visae.sae.train as tr
+    from visae.sae.checkpoint import load_sae
+    from visae.sae.train import STATE_FILE, SAESpec, train_saes
+
+    cache_path, _ = planted_cache
+    cfg = TrainConfig(batch_size=512, steps=8, checkpoint_every=3, heldout_batches=1, progress=False,
+                      ortho_coeff=0.1, ortho_chunk=16)
+    specs = [SAESpec(family="matryoshka", expansion=2, k=2, hparams={"widths": [8, 24]}),
+             SAESpec(family="gated", expansion=2, k=3), SAESpec(family="archetypal", expansion=2, k=2)]
+    refs = [load_sae(p) for p in train_saes(cache_path, specs, tmp_path / "ref", cfg)]
+    real = tr.train_on_batches
+    calls = {"n": 0}
+
+    def killed(*a, **kw):  # type: ignore[no-untyped-def]  # die after the step-6 checkpoint
+        calls["n"] += 1
+        if calls["n"] == 1:
+            kw["total_steps"] = 7
+            real(*a, **kw)
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tr, "train_on_batches", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_saes(cache_path, specs, tmp_path / "run", cfg)
+    assert (tmp_path / "run" / STATE_FILE).is_file()
+    for ref, path in zip(refs, train_saes(cache_path, specs, tmp_path / "run", cfg), strict=True):
+        got = load_sae(path).state_dict()
+        for name, t in ref.state_dict().items():
+            assert torch.equal(got[name], t), (path.name, name)
