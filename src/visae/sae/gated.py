@@ -80,7 +80,7 @@ class GatedSAE(TrainableSAE):
     l1_coeff: torch.Tensor
 
     def __init__(self, d_in: int, d_sae: int, k: int | None = None, l1_coeff: float = 1.0,
-                 controller_rate: float = 0.05, detach_aux_decoder: bool = True, **hparams: Any) -> None:
+                 controller_rate: float = 0.01, detach_aux_decoder: bool = True, **hparams: Any) -> None:
         super().__init__(d_in, d_sae, k, controller_rate=controller_rate,
                          detach_aux_decoder=detach_aux_decoder, **hparams)
         self.controller_rate = controller_rate
