@@ -74,10 +74,13 @@ def _matryoshka(d: int = 8, f: int = 32, k: int = 3, widths: list[int] | None = 
     return sae
 
 
-def test_matryoshka_sparse_step_equals_autograd_of_the_dense_loss() -> None:
-    sae = _matryoshka()
+@pytest.mark.parametrize(("k", "widths"), [(3, [4, 12]), (1, [1, 2, 3, 31])])  # the second: empty groups
+def test_matryoshka_sparse_step_equals_autograd_of_the_dense_loss(k: int, widths: list[int]) -> None:
+    sae = _matryoshka(k=k, widths=widths)
+    with torch.no_grad():
+        sae.b_enc[:3] -= 5.0  # the first features rarely fire: some prefix groups hold no entry
     x = torch.randn(96, 8, dtype=torch.float64)
-    res = matryoshka_step(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, 3, sae.widths, keep_residual=True)
+    res = matryoshka_step(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k, sae.widths, keep_residual=True)
     ours = _grads(sae)
     sae.zero_grad(set_to_none=True)
     with warnings.catch_warnings():
@@ -87,7 +90,7 @@ def test_matryoshka_sparse_step_equals_autograd_of_the_dense_loss() -> None:
     ref = _grads(sae)
     assert res.loss == pytest.approx(float(sum(losses)), rel=1e-12)
     assert res.mse * 8 == pytest.approx(float(losses[-1]), rel=1e-12)
-    assert res.l0 == pytest.approx(3.0)
+    assert res.l0 == pytest.approx(k)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(ours[name], ref[name], rtol=1e-10, atol=1e-12, msg=name)
     codes = sae.train_forward_codes(x).detach()

@@ -63,12 +63,6 @@ def check_widths(widths: list[int] | None, d_sae: int) -> list[int]:
     return ws
 
 
-def _subset(codes: SparseCodes, keep_n: torch.Tensor) -> SparseCodes:
-    rows = codes.rows_n[keep_n]
-    return SparseCodes(rows, codes.cols_n[keep_n], codes.vals_n[keep_n], row_offsets(rows, codes.n_rows),
-                       codes.n_rows, codes.n_cols, codes.cut)
-
-
 @torch.no_grad()
 def matryoshka_step(x_bd: torch.Tensor, W_enc: torch.nn.Parameter, b_enc: torch.nn.Parameter,
                     W_dec: torch.nn.Parameter, b_dec: torch.nn.Parameter, k: int, widths: list[int],
@@ -79,21 +73,28 @@ def matryoshka_step(x_bd: torch.Tensor, W_enc: torch.nn.Parameter, b_enc: torch.
     """
     n_rows = x_bd.shape[0]
     codes, xc_bd = encode_select(x_bd, W_enc, b_enc, b_dec, k, True, compute_dtype)
+    n_groups = len(widths)
     bounds = torch.tensor(widths[:-1], dtype=codes.cols_n.dtype, device=codes.cols_n.device)
     group_n = torch.bucketize(codes.cols_n, bounds, right=True)
-    groups = [_subset(codes, (group_n == g).nonzero().squeeze(1)) for g in range(len(widths))]
+    # entries grouped by prefix group, rows still sorted within each group (a stable sort): group g is
+    # the slice [starts[g], starts[g + 1]) of the permuted lists
+    by_group = torch.argsort(group_n, stable=True)
+    starts = [0, *torch.bincount(group_n, minlength=n_groups).cumsum(0).tolist()]
+    rows_s, cols_s, vals_s = codes.rows_n[by_group], codes.cols_n[by_group], codes.vals_n[by_group]
+    groups = [SparseCodes(rows_s[a:b], cols_s[a:b], vals_s[a:b], row_offsets(rows_s[a:b], n_rows), n_rows,
+                          codes.n_cols, codes.cut) for a, b in itertools.pairwise(starts)]
     recon_bd = b_dec.detach().expand_as(x_bd)
     grads: list[torch.Tensor] = []
-    sse_total = 0.0
-    sse_full = 0.0
+    sse: list[torch.Tensor] = []
     for sub in groups:
         part = F.embedding_bag(sub.cols_n, W_dec, sub.offsets_b, mode="sum",
                                per_sample_weights=sub.vals_n.to(W_dec.dtype))
         recon_bd = recon_bd + part
         diff = recon_bd - x_bd
-        sse_full = float(diff.pow(2).sum())
-        sse_total += sse_full
+        sse.append(diff.pow(2).sum())
         grads.append(diff.mul_(2.0 / n_rows))
+    sse_g = torch.stack(sse).tolist()  # one host sync for all prefixes
+    sse_total, sse_full = float(sum(sse_g)), float(sse_g[-1])
     residual = None
     if keep_residual:
         residual = grads[-1].mul(-n_rows / 2.0)
@@ -101,16 +102,23 @@ def matryoshka_step(x_bd: torch.Tensor, W_enc: torch.nn.Parameter, b_enc: torch.
     for g in range(len(grads) - 2, -1, -1):
         grads[g].add_(grads[g + 1])
     g_all = grads[0]  # Σ over every prefix: the gradient reaching b_dec directly
+    gval_s = torch.cat([_sddmm(sub, grads[g], W_dec).to(vals_s.dtype) if sub.nnz else vals_s[:0]
+                        for g, sub in enumerate(groups)])
     gval_n = torch.empty_like(codes.vals_n)
-    for g, sub in enumerate(groups):
-        if sub.nnz:
-            gval_n[(group_n == g).nonzero().squeeze(1)] = _sddmm(sub, grads[g], W_dec).to(gval_n.dtype)
-    # W_dec gradient: each entry scatters its own group's gradient table (stacked as [G·B, D])
-    table = torch.cat(grads, 0)
+    gval_n[by_group] = gval_s
+    # W_dec gradient: the groups are column ranges, so sorted by feature each group's entries are one
+    # slice, scattered through its own gradient table
     order_n = torch.argsort(codes.cols_n, stable=True)
     offsets_f = row_offsets(codes.cols_n[order_n], codes.n_cols)
-    stacked_rows = (codes.rows_n + group_n * n_rows)[order_n]
-    grad_W_dec = _scatter_by_feature(order_n, stacked_rows, offsets_f, table, codes.vals_n)
+    rows_f = codes.rows_n[order_n]
+    vals_f = codes.vals_n[order_n].to(W_dec.dtype)
+    lows = [0, *widths[:-1]]
+    edges = [*offsets_f[torch.tensor(lows, device=offsets_f.device)].tolist(), codes.nnz]  # one sync
+    grad_W_dec = torch.empty_like(W_dec)
+    for g, (lo, hi) in enumerate(zip(lows, widths, strict=True)):
+        first, last = edges[g], edges[g + 1]
+        grad_W_dec[lo:hi] = F.embedding_bag(rows_f[first:last], grads[g], offsets_f[lo:hi] - first,
+                                            mode="sum", per_sample_weights=vals_f[first:last])
     grad_W_enc_t = _scatter_by_feature(order_n, codes.rows_n[order_n], offsets_f, xc_bd, gval_n)
     grad_b_enc = torch.bincount(codes.cols_n, weights=gval_n, minlength=codes.n_cols).to(b_enc.dtype)
     grad_b_dec = g_all.sum(0) - W_enc @ grad_b_enc
