@@ -114,8 +114,8 @@ class ArchetypalSAE(TopKSAE):
     @torch.no_grad()
     def project(self, refresh: bool = True) -> None:
         """``W`` row-stochastic, each ``Λ_f`` inside the δ-ball; then (``refresh``) the fused ``W_dec``."""
-        w = torch.relu(self.W)
-        self.W.copy_(w / (w.sum(1, keepdim=True) + 1e-8))
+        w = self.W.clamp_(min=0.0)  # in place: the [F, n_centroids] matrix is the largest parameter
+        w.div_(w.sum(1, keepdim=True).add_(1e-8))
         norm = self.relax.norm(dim=1, keepdim=True)
         self.relax.mul_(torch.clamp(self.delta / norm, max=1.0).nan_to_num(1.0))
         if refresh:
