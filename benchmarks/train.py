@@ -6,6 +6,7 @@ sparse decode of K columns (2·K·D) and its two gradients (4·K·D), at the fp3
 Also prints the bf16 figure, and a 12-configuration grid trained on one pass vs 12 separate passes.
 
     python benchmarks/train.py [--steps 3] [--d 768] [--batch 8192]
+    python benchmarks/train.py --families [--small]   # every family beside sae-lens / overcomplete
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def _time(fn, steps: int) -> float:
         _sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def _time_once(fn) -> float:
+    _sync()
+    t = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - t
 
 
 def gemm_rate(b: int, d: int, f: int, steps: int, dtype: torch.dtype = torch.float32) -> float:
@@ -72,6 +81,137 @@ def overcomplete_step(d: int, f: int, k: int, b: int):
         opt.zero_grad(set_to_none=True)
 
     return step
+
+
+def family_step(family: str, d: int, f: int, k: int, b: int, **hparams):
+    """visae's training step of any family (Adam, the family's own constraints), on one fixed batch."""
+    from visae.sae.registry import make_sae
+
+    torch.manual_seed(0)
+    sae = make_sae(family, d, d_sae=f, k=k, **hparams).to(DEVICE)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    x = torch.randn(b, d, device=DEVICE)
+    sae.training_step(x)  # first call: Archetypal's centroids (k-means), not part of a step
+    opt.zero_grad(set_to_none=True)
+
+    def step() -> None:
+        sae.training_step(x)
+        sae.remove_parallel_grad()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sae.after_step()
+
+    return step
+
+
+def saelens_step(arch: str, d: int, f: int, k: int, b: int, widths: list[int] | None = None):
+    """sae-lens's training step (``training_forward_pass``, backward, Adam) for BatchTopK,
+    Matryoshka-BatchTopK or Gated, as its trainer runs it (decoder-norm rescaling off: visae keeps unit
+    rows)."""
+    import warnings
+
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+    from sae_lens.saes.matryoshka_batchtopk_sae import (
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+    )
+    from sae_lens.saes.sae import TrainStepInput
+
+    torch.manual_seed(0)
+    coefficients: dict[str, float] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if arch == "gated":
+            from sae_lens.saes.gated_sae import GatedTrainingSAE, GatedTrainingSAEConfig
+
+            model = GatedTrainingSAE(GatedTrainingSAEConfig(d_in=d, d_sae=f, device=str(DEVICE)))
+            coefficients = {"l1": 1.0}
+        elif arch == "matryoshka":
+            model = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
+                d_in=d, d_sae=f, k=k, matryoshka_widths=list(widths or []), device=str(DEVICE),
+                rescale_acts_by_decoder_norm=False))
+        else:
+            model = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d, d_sae=f, k=k, device=str(DEVICE),
+                                                                    rescale_acts_by_decoder_norm=False))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(b, d, device=DEVICE)
+    inp = TrainStepInput(sae_in=x, coefficients=coefficients, dead_neuron_mask=None, n_training_steps=0,
+                         is_logging_step=False)
+
+    def step() -> None:
+        model.training_forward_pass(inp).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def overcomplete_ra_step(d: int, f: int, k: int, b: int, n_centroids: int):
+    """overcomplete's RA-SAE (``RATopKSAE``) step: forward (its archetypal projection included), the
+    reconstruction loss, backward, Adam."""
+    import matplotlib
+    import matplotlib.cm
+
+    if not hasattr(matplotlib.cm, "get_cmap"):
+        matplotlib.cm.get_cmap = matplotlib.colormaps.get_cmap
+    from overcomplete.sae import RATopKSAE
+
+    torch.manual_seed(0)
+    x = torch.randn(b, d, device=DEVICE)
+    points = x[torch.randperm(b, device=DEVICE)[:n_centroids]].clone()
+    model = RATopKSAE(d, f, points=points, top_k=k, device=str(DEVICE))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        _, _, recon = model(x)
+        (recon - x).pow(2).sum(1).mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def families(d: int, f: int, k: int, b: int, steps: int) -> None:
+    """Every visae family's step beside its peer's, in one process: single steps alternate (ours, peer,
+    ours, peer …, ``steps`` of each after a warm-up) and each side keeps its fastest, so that other jobs on
+    the machine, which only ever slow a step, hit neither alone. Each TopK-style family's roofline is at
+    the best GEMM rate measured in the same run."""
+    widths = [f // 8, f // 4, f // 2, f]
+    n_c = min(f, b)
+    rows = [("batchtopk", lambda: family_step("batchtopk", d, f, k, b),
+             "sae-lens BatchTopK", lambda: saelens_step("batchtopk", d, f, k, b), 4 * d * f + 6 * k * d),
+            ("matryoshka", lambda: family_step("matryoshka", d, f, k, b, widths=widths),
+             "sae-lens Matryoshka", lambda: saelens_step("matryoshka", d, f, k, b, widths),
+             4 * d * f + 6 * k * d + 2 * d * len(widths)),
+            ("archetypal", lambda: family_step("archetypal", d, f, k, b, n_centroids=n_c),
+             "overcomplete RATopKSAE", lambda: overcomplete_ra_step(d, f, k, b, n_c),
+             4 * d * f + 6 * k * d + 4 * f * n_c * d / b),
+            ("gated", lambda: family_step("gated", d, f, None, b),
+             "sae-lens Gated", lambda: saelens_step("gated", d, f, k, b), None)]
+    rate = max(gemm_rate(b, d, f, steps) for _ in range(2))
+    print(f"families: d={d} F={f} K={k} batch={b} fp32 Adam, fastest of {steps} alternating steps; widths "
+          f"{widths}; archetypal {n_c} centroids; fp32 GEMM {rate / 1e9:.1f} GFLOP/s; load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"  {'family':<11} {'visae tok/s':>12} {'peer':<24} {'peer tok/s':>11} {'ratio':>7} "
+          f"{'roofline':>9}")
+    for name, ours_fn, peer, peer_fn, flops in rows:
+        ours_step_fn = ours_fn()
+        peer_step_fn = peer_fn() if peer_fn is not None else None
+        ours_step_fn()  # warm-up
+        if peer_step_fn is not None:
+            peer_step_fn()
+        t_ours, t_peer = float("inf"), float("inf")
+        for _ in range(steps):  # alternate single steps; each side keeps its fastest (load only slows)
+            t_ours = min(t_ours, _time_once(ours_step_fn))
+            if peer_step_fn is not None:
+                t_peer = min(t_peer, _time_once(peer_step_fn))
+        rate = max(rate, gemm_rate(b, d, f, steps))  # the best GEMM rate of the run (load only slows it)
+        ours = b / t_ours
+        peer_rate = b / t_peer if peer_step_fn is not None else float("nan")
+        roof = f"{100 * ours / (rate / flops):8.1f}%" if flops else f"{'dense':>9}"
+        print(f"  {name:<11} {ours:12,.0f} {peer or '—':<24} {peer_rate:11,.0f} {ours / peer_rate:6.2f}x "
+              f"{roof}")
+        del ours_step_fn, peer_step_fn
 
 
 PAPER_GRID_FLOPS = 4 * 768 * 4 * (6144 + 12288 + 24576)
@@ -196,7 +336,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu.sh)")
     ap.add_argument("--grid-only", action="store_true", help="only the grid-from-disk comparison")
     ap.add_argument("--skip-peer", action="store_true", help="skip overcomplete (e.g. not installed)")
+    ap.add_argument("--families", action="store_true",
+                    help="only every family's step beside its peer's (sae-lens BatchTopK and Matryoshka, "
+                         "overcomplete RA-SAE)")
+    ap.add_argument("--small", action="store_true",
+                    help="small sizes for a quick run: d 128, 8x, K 16, batch 1024")
     a = ap.parse_args()
+    if a.small:
+        a.d, a.expansion, a.k, a.batch = 128, 8, 16, 1024
     global DEVICE
     DEVICE = torch.device(a.device)
     if a.threads:
@@ -205,6 +352,9 @@ def main() -> None:
     print(f"conditions: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other jobs share this machine), "
           f"device {DEVICE}" + (f" ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else ""))
+    if a.families:
+        families(a.d, a.d * a.expansion, a.k, a.batch, a.steps)
+        return
     if a.grid_only:
         grid_from_disk(a.grid_d, a.grid_batch, a.grid_steps, a.device,
                        f"load average {os.getloadavg()[0]:.1f}", a.grid_repeats)

@@ -93,3 +93,26 @@ def test_table7_deit_lowest_in_7_of_9() -> None:
     exceptions = table[table["lowest"] != "DeiT"]
     assert list(zip(exceptions["alpha"], exceptions["beta"], exceptions["lowest"], strict=True)) == [
         (0.9, 0.5, "MAE"), (0.9, 0.7, "MAE")]
+
+
+def test_table9_convergence_filter_leaves_out_and_lists_missed_targets() -> None:
+    from visae.analysis.consistency import convergence_filter, rank_consistency_filtered
+
+    metric, a, b, _, _ = TABLE9[0]
+    rows = _rows_from_ranking(metric, "batchtopk", a.split(", "), False)
+    rows += _rows_from_ranking(metric, "gated", b.split(", "), False)
+    for r in rows:  # BatchTopK's L0 is its rule; Gated's is a target it may miss
+        r["l0"] = r["k"] + (9.0 if r["family"] == "batchtopk" else 1.5)
+    # one gated configuration of the first backbone missed its target: it would otherwise flip the ranking
+    first = b.split(", ")[0]
+    rows.append({"backbone": first, "family": "gated", "expansion": 32, "k": 128, "layer": 11,
+                 "metric": metric, "value": -100.0, "l0": 140.0})
+    df = pd.DataFrame(rows)
+    table, excluded = rank_consistency_filtered(df, "batchtopk", "gated")
+    assert table["ranking_b"].item() == b  # the outlier is gone
+    assert len(excluded) == 1 and excluded["backbone"].item() == first and excluded["k"].item() == 128
+    assert "12.00 > 2" in excluded["reason"].item()
+    kept_all, none = convergence_filter(df, None)
+    assert len(kept_all) == len(df) and none.empty
+    unfiltered, _ = rank_consistency_filtered(df, "batchtopk", "gated", l0_tolerance=None)
+    assert unfiltered["ranking_b"].item() != b

@@ -48,7 +48,7 @@ def test_wrong_shape_and_family_are_clear(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError,
                        match=r"model\.safetensors: tensor .W_dec. has shape \(32, 8\), expected \(16, 8\)"):
         load_sae(tmp_path / "s")
-    cfg["d_sae"], cfg["family"] = 32, "gated"
+    cfg["d_sae"], cfg["family"] = 32, "no-such-family"
     cfg_path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(CheckpointError, match=r"config\.yaml.*family"):
         load_sae(tmp_path / "s")

@@ -23,3 +23,39 @@ def test_visae_train_cli(planted_cache: tuple[Path, torch.Tensor], tmp_path: Pat
     assert load_sae(out / "batchtopk_4x_k2").d_sae == 96
     bad = CliRunner().invoke(app, ["train", "--cache", str(cache_path), "--out", str(out), "--set", "lr=x"])
     assert bad.exit_code == 2 and "lr" in bad.output
+
+
+def test_new_families_train_in_one_grid_and_evaluate_at_a_prefix(planted_cache: tuple[Path, torch.Tensor],
+                                                                  tmp_path: Path) -> None:
+    import json
+
+    from visae.sae.train import SAESpec, TrainConfig, train_saes
+
+    cache_path, _ = planted_cache
+    cfg = TrainConfig(batch_size=256, steps=4, heldout_batches=1, progress=False, ortho_coeff=0.1)
+    specs = [SAESpec(family="matryoshka", expansion=2, k=2, hparams={"widths": [12, 24]}),
+             SAESpec(family="gated", expansion=2), SAESpec(family="archetypal", expansion=2, k=2)]
+    paths = train_saes(cache_path, specs, tmp_path / "grid", cfg)
+    assert [p.name for p in paths] == ["matryoshka_2x_k2", "gated_2x", "archetypal_2x_k2"]
+    mat = load_sae(paths[0])
+    assert mat.calibrated and mat.widths == [12, 24, 48]  # type: ignore[attr-defined]
+    runner = CliRunner()
+    res = runner.invoke(app, ["eval", "--sae", str(paths[0]), "--cache", str(cache_path), "--metrics", "m2",
+                              "--set", "sae.prefix=12", "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "ev" / "m2.json").read_text())
+    assert rec["inputs"]["sae"].endswith("#prefix=12")
+    from visae.metrics.evaluate import evaluate
+
+    direct = evaluate(mat.with_options(prefix=12), cache_path, metrics=["m2"], device="cpu")  # type: ignore[attr-defined]
+    assert rec["value"] == direct["m2"].value
+    full = evaluate(mat, cache_path, metrics=["m2"], device="cpu")
+    assert full["m2"].value != direct["m2"].value
+    bad = runner.invoke(app, ["eval", "--sae", str(paths[0]), "--cache", str(cache_path), "--metrics", "m2",
+                              "--set", "sae.prefix=5"])
+    assert bad.exit_code == 2 and "sae.prefix=5" in bad.output and "[12, 24, 48]" in bad.output
+    bad = runner.invoke(app, ["eval", "--sae", str(paths[1]), "--cache", str(cache_path), "--metrics", "m2",
+                              "--set", "sae.prefix=5"])
+    assert bad.exit_code == 2 and "gated" in bad.output
+    res = runner.invoke(app, ["info"])
+    assert "matryoshka" in res.output and "gated" in res.output and "archetypal" in res.output

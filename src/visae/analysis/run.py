@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 from pydantic import Field
 
-from visae.analysis.consistency import rank_consistency
+from visae.analysis.consistency import rank_consistency_filtered
 from visae.analysis.hypotheses import (
     PREREGISTERED,
     Hypothesis,
@@ -38,6 +38,10 @@ class AnalysisConfig(FrozenConfig):
     compare_families: list[str] | None = Field(
         None, description="families whose backbone rankings are compared with the main one (App. Q); None: "
                           "all others")
+    l0_tolerance: float | None = Field(
+        2.0, ge=0, description="rank consistency's convergence filter (App. Q): configurations of target-L0 "
+                               "families (jumprelu, gated) with |L0 − k| above this are left out and listed; "
+                               "None keeps every configuration")
     ablation_layers: list[int] | None = Field(
         None, description="two layers for the layer ablation (App. D); None: the other layer present and "
                           "the main one")
@@ -162,8 +166,15 @@ def analyze(df: pd.DataFrame, config: AnalysisConfig | None = None) -> dict[str,
                                                                             if f != family]
     if family is not None and others:
         layer_rows = select(df, layer=layer)
-        out["rank_consistency"] = pd.concat([rank_consistency(layer_rows, family, other) for other in others],
-                                            ignore_index=True)
+        pairs = [rank_consistency_filtered(layer_rows, family, other, l0_tolerance=cfg.l0_tolerance)
+                 for other in others]
+        out["rank_consistency"] = pd.concat([t for t, _ in pairs], ignore_index=True)
+        excluded = pd.concat([e for _, e in pairs], ignore_index=True).drop_duplicates()
+        out["rank_consistency_excluded"] = excluded.reset_index(drop=True)
+        off = cfg.l0_tolerance is None
+        notes.append("rank consistency: convergence filter off (l0_tolerance=None)" if off
+                     else f"rank consistency: {len(excluded)} configuration(s) outside |L0 − target| ≤ "
+                          f"{cfg.l0_tolerance:g} left out (rank_consistency_excluded)")
     else:
         notes.append("rank consistency: one SAE family only; nothing to compare")
 
@@ -195,6 +206,8 @@ TITLES = {
     "codes_lift": "Codes lift per backbone and task (App. O)",
     "codes_lift_correlation": "Raw performance vs codes lift (App. O, Table 8)",
     "rank_consistency": "Cross-family rank consistency (App. Q, Table 9)",
+    "rank_consistency_excluded": "Configurations left out of the rank consistency by the convergence filter "
+                                 "(|L0 − target| > tolerance)",
     "m7_sensitivity": "M7 absorption over the α × β grid (App. N, Table 7)",
     "layer_ablation": "Layer ablation (App. D)",
 }

@@ -59,6 +59,24 @@ def metric_configs(metrics: Sequence[str], config_path: Path | None = None,
     return {name: built[name] for name in metrics}
 
 
+def sae_options(overrides: Sequence[str] | None) -> tuple[dict[str, Any], list[str]]:
+    """Split ``--set sae.<option>=value`` (options of the SAE's family, e.g. Matryoshka's ``sae.prefix``)
+    from the metric overrides."""
+    from visae.config import parse_override
+
+    opts: dict[str, Any] = {}
+    rest: list[str] = []
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        if keys[0] != "sae":
+            rest.append(text)
+        elif len(keys) != 2:
+            raise ConfigError(f"--set {text!r}: SAE options read 'sae.<option>=value', e.g. sae.prefix=768")
+        else:
+            opts[keys[1]] = value
+    return opts, rest
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -203,6 +221,7 @@ def register(app: typer.Typer) -> None:
                      "--cache-root": cache_root, "--image-size": image_size},
                     {"--subfolder": subfolder, "--revision": revision,
                      "--allow-other-size": allow_other_size or None, "--strict": strict or None})
+        sae_opts, set_ = sae_options(set_)
         cfgs = metric_configs(names, config, set_)
         sae_arg = None if sae is None else sae_reference(sae, subfolder, revision)
         if cache is None:
@@ -212,7 +231,7 @@ def register(app: typer.Typer) -> None:
             allow_other_size = allow_other_size or image_size is not None  # an explicit size is asked for
         results = evaluate(sae_arg, cache, metrics=names, out_dir=out, configs=cfgs, device=device,
                            group_size=group_size, backbone=backbone, strict=strict, force=force,
-                           allow_other_size=allow_other_size)
+                           allow_other_size=allow_other_size, sae_options=sae_opts)
         typer.echo(format_results(results))
         if out is not None:
             typer.echo(f"wrote {len(results)} result file(s) to {out}")

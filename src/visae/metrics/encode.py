@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from visae.cache.reader import ActivationCache
-from visae.sae.base import SAE
+from visae.sae.base import SAE, InferenceRule
 from visae.sae.sparse import SparseCodes, row_offsets, select_topk, sparse_decode
 
 DEFAULT_GROUP_BYTES = 256 * 2**20
@@ -56,37 +56,20 @@ def dense_to_sparse(codes_tf: torch.Tensor) -> SparseCodes:
     return _coo(idx // n_cols, idx % n_cols, vals, n_rows, n_cols)
 
 
-@dataclass(frozen=True)
-class InferenceRule:
-    """How a known family turns pre-activations into codes: ``pre · 1[pre > threshold]`` or per-token
-    top-k."""
-
-    threshold: float | torch.Tensor | None = None
-    """Scalar or per-feature ``[F]`` threshold (None: top-k)."""
-    k: int = 0
+def _owner(cls: type, name: str) -> type:
+    """The class of ``cls``'s MRO that defines attribute ``name``."""
+    return next(c for c in cls.__mro__ if name in vars(c))
 
 
 def inference_rule(sae: SAE) -> InferenceRule | None:
-    """The inference rule of ``sae`` when it is one of the built-in families unchanged, else None."""
-    from visae.sae.batchtopk import BatchTopKSAE
-    from visae.sae.jumprelu import JumpReLUSAE
-    from visae.sae.relu import ReLUSAE
-    from visae.sae.topk import TopKSAE
-
-    if type(sae).pre_acts is not SAE.pre_acts:
+    """The family's :meth:`~visae.sae.base.SAE.inference_rule` hook, or None (dense path) when a subclass
+    redefines :meth:`encode` or :meth:`pre_acts` below the class that states the rule: the rule then no
+    longer describes what ``encode`` does."""
+    cls = type(sae)
+    owner = _owner(cls, "inference_rule")
+    if not all(issubclass(owner, _owner(cls, name)) for name in ("encode", "pre_acts")):
         return None
-    enc = type(sae).encode
-    if enc is BatchTopKSAE.encode and isinstance(sae, BatchTopKSAE):
-        if not sae.calibrated:
-            return InferenceRule(k=sae.k_per_token)
-        return InferenceRule(threshold=float(sae.threshold.to(sae.W_enc.dtype).clamp_min(0.0)))
-    if enc is JumpReLUSAE.encode and isinstance(sae, JumpReLUSAE):
-        return InferenceRule(threshold=sae.threshold.detach().to(sae.W_enc.dtype))
-    if enc is ReLUSAE.encode:
-        return InferenceRule(threshold=0.0)
-    if enc is TopKSAE.encode:
-        return InferenceRule(k=sae.k_per_token)
-    return None
+    return sae.inference_rule()
 
 
 @torch.no_grad()

@@ -59,6 +59,7 @@ def evaluate(
     force: bool = False,
     bootstrap: BootstrapConfig | Mapping[str, Any] | None = None,
     allow_other_size: bool = False,
+    sae_options: Mapping[str, Any] | None = None,
 ) -> dict[str, MetricResult]:
     """Compute ``metrics`` for ``sae`` on ``cache``; write ``<out_dir>/<metric>.json`` when ``out_dir`` is
     given.
@@ -72,6 +73,9 @@ def evaluate(
     95 %; ``{"n_boot": 0}`` turns them off). An SAE whose training images had another patch grid (image
     size) than the cache's is a ConfigError unless ``allow_other_size``. A headline that comes out NaN
     is reported as None with a note saying so.
+    ``sae_options`` are handed to the family's :meth:`~visae.sae.base.SAE.with_options` (Matryoshka:
+    ``{"prefix": 768}`` evaluates the nested dictionary of the first 768 features); the results' SAE id
+    then names them.
     """
     from visae.sae.checkpoint import sae_fingerprint
 
@@ -87,6 +91,9 @@ def evaluate(
     dev = pick_device(device)
     out_path = check_output_dir(out_dir) if out_dir is not None else None
     loaded, sae_id, provenance = _load(sae, metrics)
+    if sae_options and loaded is not None:
+        loaded = loaded.with_options(**sae_options)
+        sae_id += "#" + ",".join(f"{k}={v}" for k, v in sorted(sae_options.items()))
     cache_obj = open_cache(cache)
     sae_model, sae_id = (loaded, sae_id) if loaded is not None else _passthrough(cache_obj)
     sae_hash = "none" if loaded is None else sae_fingerprint(sae_model)

@@ -161,6 +161,12 @@ def table_consistency(d: ReportData) -> pd.DataFrame:
     return t[t["metric"].isin(HEADLINE)] if t["metric"].isin(HEADLINE).any() else t
 
 
+def table_consistency_excluded(d: ReportData) -> pd.DataFrame:
+    """What Table 9's convergence filter left out."""
+    t = _analysis_table(d, "rank_consistency_excluded", "the convergence filter left nothing out")
+    return _with_labels(d, t, ["backbone"])
+
+
 def table_hypotheses(d: ReportData) -> pd.DataFrame:
     """Hypothesis verdicts."""
     t = _analysis_table(d, "hypotheses", "no hypotheses evaluated")

@@ -93,6 +93,9 @@ def _task_sections(r: Report, d: ReportData) -> None:
     r.table("Table 8 — codes lift", "Spearman ρ between raw performance and codes lift (App. O).",
             lambda: T.table_lift(d))
     r.table("Table 9 — cross-family rank consistency", "App. Q.", lambda: T.table_consistency(d))
+    r.table("Table 9 — left out by the convergence filter",
+            "Configurations of target-L0 families (JumpReLU, Gated) with |L0 − target| > 2 (App. Q).",
+            lambda: T.table_consistency_excluded(d))
     r.section("guide", "Practitioner guide")
     r.table("Backbone per task (App. P, Fig. 8)",
             "Best backbone by mean task score; supporting metric = highest |ρ| "

@@ -24,6 +24,16 @@ class SAEOutput:
     """Pre-activations (encoder output before the sparsity rule), for auxiliary losses."""
 
 
+@dataclass(frozen=True)
+class InferenceRule:
+    """How a family turns encoder pre-activations into codes at inference, when it is one of the two
+    rules the fused sparse encoder knows: ``pre · 1[pre > threshold]`` or per-token top-k."""
+
+    threshold: float | torch.Tensor | None = None
+    """Scalar or per-feature ``[F]`` threshold (None: top-k)."""
+    k: int = 0
+
+
 class SAE(nn.Module):
     """Base class: ``x → codes = σ(W_encᵀ(x − b_dec) + b_enc) → x̂ = codes W_dec + b_dec``.
 
@@ -103,6 +113,19 @@ class SAE(nn.Module):
         """Inference forward pass: codes then reconstruction."""
         codes = self.encode(x_nd)
         return SAEOutput(self.decode(codes), codes)
+
+    # --- family hooks ------------------------------------------------------------------------------
+    def inference_rule(self) -> InferenceRule | None:
+        """The family's inference rule on :meth:`pre_acts`, for the fused sparse encoder; None when
+        :meth:`encode` is no threshold or top-k rule (the evaluation then encodes densely)."""
+        return None
+
+    def with_options(self, **options: Any) -> SAE:
+        """A variant of this SAE for evaluation (``--set sae.<option>=…``); the base class has none."""
+        if options:
+            raise ConfigError(f"sae.{next(iter(options))}: the {self.family} family has no evaluation option "
+                              f"{next(iter(options))!r}")
+        return self
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from visae.sae.base import SAEOutput
+from visae.sae.base import InferenceRule, SAEOutput
 from visae.sae.family import TrainableSAE
 from visae.sae.sparse import StepResult, encode_select, select_topk, topk_step
 
@@ -45,18 +45,32 @@ class BatchTopKSAE(TrainableSAE):
             return select_topk(pre, self.k_per_token).to_dense().to(x_nd.dtype)
         return pre * (pre > self.threshold.to(pre.dtype).clamp_min(0.0))
 
+    def inference_rule(self) -> InferenceRule:
+        """The stored threshold (per-token top-K before one exists)."""
+        if not self.calibrated:
+            return InferenceRule(k=self.k_per_token)
+        return InferenceRule(threshold=float(self.threshold.to(self.W_enc.dtype).clamp_min(0.0)))
+
+    def calibrate(self, batches_bd: list[torch.Tensor]) -> dict[str, float]:
+        """Set the inference threshold from held-out tokens (:func:`calibrate_threshold`)."""
+        return calibrate_threshold(self, batches_bd)
+
     def training_step(self, x_bd: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
                       keep_residual: bool = False) -> StepResult:
         """Sparse BatchTopK step; the threshold buffer tracks an EMA of the batch cut."""
         res = topk_step(x_bd, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.k_per_token, batch=True,
                         compute_dtype=compute_dtype, keep_residual=keep_residual)
-        with torch.no_grad():
-            if self.calibrated:
-                m = self.threshold_momentum
-                self.threshold.mul_(m).add_((1 - m) * res.cut)
-            else:
-                self.threshold.fill_(res.cut)
+        self.track_cut(res.cut)
         return res
+
+    @torch.no_grad()
+    def track_cut(self, cut: float) -> None:
+        """Move the threshold buffer towards a training batch's cut (EMA; the first cut sets it)."""
+        if self.calibrated:
+            m = self.threshold_momentum
+            self.threshold.mul_(m).add_((1 - m) * cut)
+        else:
+            self.threshold.fill_(cut)
 
     def train_forward_codes(self, x_bd: torch.Tensor) -> torch.Tensor:
         """Dense training-mode codes (batch-coupled), for tests and small problems."""

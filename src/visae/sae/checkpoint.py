@@ -148,8 +148,10 @@ def _load_ours(dir_path: Path) -> SAE:
     sae = build_sae(cfg_path, family, cfg["d_in"], cfg["d_sae"], cfg.get("k"), dict(cfg.get("hparams") or {}))
     state = load_safetensors(dir_path / WEIGHTS_FILE)
     _load_state(dir_path / WEIGHTS_FILE, sae, state)
-    if family == "batchtopk" and isinstance(cfg.get("threshold"), int | float):
-        stored = float(sae.threshold)  # type: ignore[arg-type]
+    scalar = getattr(sae, "threshold", None)
+    given = cfg.get("threshold")
+    if isinstance(scalar, torch.Tensor) and scalar.ndim == 0 and isinstance(given, int | float):
+        stored = float(scalar)  # BatchTopK's and Matryoshka's calibrated threshold
         if not math.isclose(stored, float(cfg["threshold"]), rel_tol=1e-5, abs_tol=1e-7):
             raise CheckpointError(f"{cfg_path}: field 'threshold' = {cfg['threshold']} disagrees with the "
                                   f"weights' threshold buffer {stored}; the files are from different runs")

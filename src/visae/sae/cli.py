@@ -31,7 +31,8 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path,
                        typer.Option("--out", help="Output folder: one sub-folder per SAE, log, state.")],
         family: Annotated[str,
-                          typer.Option(help="SAE family: batchtopk, topk, jumprelu, relu.")] = "batchtopk",
+                          typer.Option(help="SAE family: batchtopk, topk, jumprelu, relu, matryoshka, gated, "
+                                               "archetypal ('visae info' lists them).")] = "batchtopk",
         expansion: Annotated[str, typer.Option(help="Expansion factors, comma-separated.")] = "8,16,32",
         k: Annotated[str | None, typer.Option("--k", help="K values, comma-separated (default: the paper's "
                                                           "64,128,192,256).")] = None,
@@ -53,7 +54,11 @@ def register(app: typer.Typer) -> None:
             cfg = resolve_config(TrainConfig, config, set_, base={"steps": steps, "batch_size": batch_size,
                                                                  "dtype": dtype, "device": device})
             exps = _numbers(expansion, float, "expansion") or [8.0]
-            ks = _numbers(k, int, "k") or ([None] if family == "relu" else [64, 128, 192, 256])
+            from visae.sae.registry import SAE_FAMILIES, canonical_family
+
+            # keep-K families and JumpReLU (the paper's target L0s) sweep the paper's Ks by default
+            needs_k = SAE_FAMILIES[family].needs_k or canonical_family(family) == "jumprelu"
+            ks = _numbers(k, int, "k") or ([64, 128, 192, 256] if needs_k else [None])
             specs = [SAESpec(family=family, expansion=e, k=kk) for e in exps for kk in ks]
             paths = train_saes(list(cache), specs, out, cfg, force=force)
             for p in paths:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -35,9 +35,55 @@ class TrainableSAE(SAE):
             dot_f = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
             self.W_dec.grad.sub_(dot_f * self.W_dec)
 
+    def decoder_atoms(self) -> torch.Tensor:
+        """The decoder rows as a differentiable function of the parameters (for decoder penalties)."""
+        return self.W_dec
+
     def config_extra(self) -> dict[str, Any]:
         """Family-specific entries of ``config.yaml`` (thresholds …)."""
         return {}
+
+    def calibrate(self, batches_bd: list[torch.Tensor]) -> dict[str, float] | None:
+        """Post-training calibration on held-out normalized tokens (BatchTopK's inference threshold);
+        returns what it measured for the provenance, or None for a family that needs none."""
+        return None
+
+    target_l0: ClassVar[bool] = False
+    """True when ``k`` is a target the training steers L0 towards (JumpReLU, Gated) rather than the sparsity
+    rule itself: such configurations can miss it, and the cross-family analysis filters them (App. Q)."""
+
+    foreign_keys: ClassVar[dict[str, str]] = {}
+    """Other libraries' names of this family's tensors → ours (e.g. SAELens's ``b_gate`` → ``b_enc``)."""
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], k: int | None = None,
+                     **hparams: Any) -> TrainableSAE:
+        """An SAE of this family holding ``tensors`` (a plain state dict, our names or the ones in
+        :attr:`foreign_keys`); ``d_in``/``d_sae`` come from ``W_enc``. Missing buffers keep their defaults
+        (normalization: identity); a missing parameter or a shape mismatch is a ConfigError."""
+        from visae.errors import ConfigError
+
+        state = {cls.foreign_keys.get(name, name): t for name, t in tensors.items()}
+        if "W_enc" not in state or state["W_enc"].ndim != 2:
+            raise ConfigError(f"{cls.family}: from_tensors needs a 2-D 'W_enc' [d_in, d_sae]; got keys "
+                              f"{sorted(tensors)}")
+        d_in, d_sae = (int(n) for n in state["W_enc"].shape)
+        sae = cls(d_in, d_sae, k, **hparams)
+        if state["W_enc"].is_floating_point():
+            sae.to(state["W_enc"].dtype)
+        own = sae.state_dict()
+        params = {name for name, _ in sae.named_parameters()}
+        missing = sorted(params - set(state))
+        unknown = sorted(set(state) - set(own))
+        if missing or unknown:
+            raise ConfigError(f"{cls.family}: from_tensors: missing {missing or 'none'}, unknown "
+                              f"{unknown or 'none'} (known: {sorted(own)})")
+        for name, t in state.items():
+            if tuple(t.shape) != tuple(own[name].shape):
+                raise ConfigError(f"{cls.family}: tensor {name!r} has shape {tuple(t.shape)}, expected "
+                                  f"{tuple(own[name].shape)} for d_in={d_in} d_sae={d_sae}")
+        sae.load_state_dict({**own, **{n: t.to(own[n].dtype) for n, t in state.items()}})
+        return sae
 
     def inference_l0(self, x_bd: torch.Tensor) -> float:
         """Mean number of active features per token under :meth:`encode`."""

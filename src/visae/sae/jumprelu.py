@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import torch
 
+from visae.sae.base import InferenceRule
 from visae.sae.family import TrainableSAE, dense_stats
 from visae.sae.sparse import StepResult
 
@@ -89,6 +90,7 @@ class JumpReLUSAE(TrainableSAE):
     """JumpReLU codes with learned per-feature thresholds (``threshold`` parameter, ``[d_sae]``)."""
 
     family = "jumprelu"
+    target_l0 = True
     sparsity_coeff: torch.Tensor
 
     def __init__(self, d_in: int, d_sae: int, k: int | None = None, bandwidth: float = 1e-3,
@@ -105,6 +107,10 @@ class JumpReLUSAE(TrainableSAE):
         """JumpReLU at the learned thresholds."""
         pre = self.pre_acts(x_nd)
         return pre * (pre > self.threshold.to(pre.dtype))
+
+    def inference_rule(self) -> InferenceRule:
+        """The learned per-feature thresholds."""
+        return InferenceRule(threshold=self.threshold.detach().to(self.W_enc.dtype))
 
     def training_step(self, x_bd: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
                       keep_residual: bool = False) -> StepResult:

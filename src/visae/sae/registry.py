@@ -21,6 +21,16 @@ SAE_FAMILIES.register_lazy("jumprelu", "visae.sae.jumprelu:JumpReLUSAE", aliases
                            summary="JumpReLU (Rajamanoharan et al. 2024), L0 penalty or target L0")
 SAE_FAMILIES.register_lazy("relu", "visae.sae.relu:ReLUSAE", aliases=("standard", "l1", "relu_l1"),
                            summary="ReLU with an L1 penalty (standard SAE)")
+SAE_FAMILIES.register_lazy("matryoshka", "visae.sae.matryoshka:MatryoshkaSAE",
+                           aliases=("matryoshka_batchtopk", "matryoshka-batchtopk"),
+                           summary="Matryoshka BatchTopK (Bussmann et al. 2025): loss summed over nested "
+                                   "prefixes, BatchTopK's calibrated threshold")
+SAE_FAMILIES.register_lazy("gated", "visae.sae.gated:GatedSAE",
+                           summary="Gated (Rajamanoharan et al. 2024): gate and magnitude paths, as SAELens")
+SAE_FAMILIES.register_lazy("archetypal", "visae.sae.archetypal:ArchetypalSAE",
+                           aliases=("ra-sae", "rasae", "ra_sae", "relaxed_archetypal"),
+                           summary="Relaxed archetypal TopK (Fel et al. 2025, overcomplete RA-SAE): atoms in "
+                                   "the hull of data centroids")
 
 
 def canonical_family(family: str) -> str:
@@ -32,8 +42,8 @@ def make_sae(family: str, d_in: int, expansion: float | None = None, d_sae: int 
              k: int | None = None, **hparams: Any) -> TrainableSAE:
     """Build a fresh SAE; ``d_sae`` is given directly or as ``expansion × d_in``.
 
-    ``k`` is the per-token sparsity for TopK/BatchTopK (required) and the target L0 of JumpReLU's
-    controller (optional).
+    ``k`` is the per-token sparsity for TopK/BatchTopK/Matryoshka/Archetypal (required) and the target L0
+    of JumpReLU's and Gated's controllers (optional).
     """
     name = canonical_family(family)
     if d_sae is None:
@@ -67,7 +77,12 @@ def family_hparams(family: str) -> dict[str, Any]:
 
 def check_hparams(family: str, hparams: dict[str, Any]) -> None:
     """ConfigError naming every key of ``hparams`` that family ``family`` does not take (it would be stored
-    and silently ignored)."""
+    and silently ignored). A family whose constructor takes ``**hparams`` (a plugin) checks its own."""
+    import inspect
+
+    init = SAE_FAMILIES[canonical_family(family)].__init__
+    if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+        return
     known = family_hparams(family)
     unknown = sorted(set(hparams) - set(known))
     if unknown:

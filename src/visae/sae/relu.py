@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from visae.sae.base import InferenceRule
 from visae.sae.family import TrainableSAE, dense_stats
 from visae.sae.sparse import StepResult
 
@@ -23,6 +24,10 @@ class ReLUSAE(TrainableSAE):
     def encode(self, x_nd: torch.Tensor) -> torch.Tensor:
         """``ReLU(pre)``."""
         return torch.relu(self.pre_acts(x_nd))
+
+    def inference_rule(self) -> InferenceRule:
+        """A threshold at 0."""
+        return InferenceRule(threshold=0.0)
 
     def training_step(self, x_bd: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
                       keep_residual: bool = False) -> StepResult:

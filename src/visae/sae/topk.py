@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from visae.sae.base import InferenceRule
 from visae.sae.family import TrainableSAE
 from visae.sae.sparse import StepResult, select_topk, topk_step
 
@@ -17,6 +18,10 @@ class TopKSAE(TrainableSAE):
     def encode(self, x_nd: torch.Tensor) -> torch.Tensor:
         """Per-token top-K of the positive pre-activations (batch independent)."""
         return select_topk(self.pre_acts(x_nd), self.k_per_token).to_dense().to(x_nd.dtype)
+
+    def inference_rule(self) -> InferenceRule:
+        """Per-token top-K."""
+        return InferenceRule(k=self.k_per_token)
 
     def training_step(self, x_bd: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
                       keep_residual: bool = False) -> StepResult:

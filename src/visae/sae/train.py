@@ -9,11 +9,6 @@ calibrated on held-out tokens (paper App. E) and each SAE is saved with :func:`s
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import json
-import logging
-import os
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -25,47 +20,50 @@ from pydantic import Field, field_validator, model_validator
 from visae.cache.whitening import Whitening, fold_into_sae, whitening_for, whitening_path
 from visae.config import FrozenConfig
 from visae.device import check_device_string, pick_device
-from visae.errors import CheckpointError, ConfigError, OutputConflictError
-from visae.io import (
-    atomic_write_json,
-    atomic_write_text,
-    atomic_write_with,
-    check_output_dir,
-    remove_leftover_tmp,
-    safe_join,
-)
-from visae.sae.batchtopk import BatchTopKSAE, calibrate_threshold
+from visae.errors import ConfigError
+from visae.io import atomic_write_json, check_output_dir, remove_leftover_tmp, safe_join
 from visae.sae.checkpoint import save_sae
 from visae.sae.family import TrainableSAE
 from visae.sae.registry import canonical_family, check_hparams, make_sae
+from visae.sae.run_policy import (
+    LOG_FILE,
+    RUN_FILE,
+    RUNTIME_SETTINGS,
+    STATE_FILE,
+    TrainStateMismatch,
+    append_jsonl,
+    check_previous_run,
+    heldout,
+    heldout_tail,
+    note,
+    resume,
+    save_state,
+    train_settings,
+)
 
 if TYPE_CHECKING:
     from visae.cache.sampler import TokenStream
 
-STATE_FILE = "train_state.pt"
-LOG_FILE = "train_log.jsonl"
-RUN_FILE = "run.json"
-"""What a training folder was trained on and with (cache hash, settings); a rerun with others is refused."""
-RUNTIME_SETTINGS = ("device", "checkpoint_every", "log_every", "progress")
-"""TrainConfig fields that do not change the trained SAEs (a rerun may change them freely)."""
-
-
-class TrainStateMismatch(ConfigError):
-    """The output folder holds the resumable state of a different set of SAEs (another grid)."""
+__all__ = ["LOG_FILE", "RUNTIME_SETTINGS", "RUN_FILE", "STATE_FILE", "SAESpec", "TrainConfig",
+           "TrainStateMismatch", "grid", "train_on_batches", "train_saes", "train_settings",
+           "training_stream"]
 
 
 class SAESpec(FrozenConfig):
     """One SAE configuration of a grid."""
 
     family: str = Field("batchtopk",
-                        description="SAE family: batchtopk (paper default), topk, jumprelu, relu")
+                        description="SAE family: batchtopk (paper default), topk, jumprelu, relu, "
+                                    "matryoshka, gated, archetypal (or a plugin's)")
     expansion: float | None = Field(None, gt=0, allow_inf_nan=False,
                                     description="d_sae as a multiple of d_in (paper: 8, 16, 32)")
     d_sae: int | None = Field(None, ge=1, description="dictionary size; overrides expansion when given")
     k: int | None = Field(None, ge=1,
-                          description="active features per token (TopK/BatchTopK; JumpReLU's target L0)")
+                          description="active features per token (TopK/BatchTopK/Matryoshka/Archetypal; "
+                                      "the target L0 of JumpReLU and Gated)")
     hparams: dict[str, Any] = Field(default_factory=dict,
-                                    description="family hyper-parameters (l1_coeff, bandwidth, kernel …)")
+                                    description="family hyper-parameters (l1_coeff, bandwidth, kernel, "
+                                                "widths, n_centroids, delta …)")
     seed: int | None = Field(None, description="initialisation seed of this SAE (default: the training seed "
                              "plus its position in the grid); several seeds of one configuration train on "
                              "the same pass and differ only in their initialisation")
@@ -116,6 +114,10 @@ class TrainConfig(FrozenConfig):
                                                       "(Gao et al. 2024; e.g. 512); None disables it")
     aux_coeff: float = Field(1 / 32, ge=0, allow_inf_nan=False,
                              description="weight of the AuxK loss (Gao et al.: 1/32)")
+    ortho_coeff: float = Field(0.0, ge=0, allow_inf_nan=False,
+                               description="weight of OrtSAE's decoder-orthogonality penalty (any family; "
+                                           "visae.sae.orthogonal); 0 turns it off")
+    ortho_chunk: int = Field(4096, ge=2, description="atoms per random chunk of the orthogonality penalty")
     heldout: Literal["tail", "validation"] = Field(
         "tail", description="held-out tokens for the BatchTopK inference threshold (paper App. E): "
                             "'tail' = the last heldout_batches batches of the training stream, never trained "
@@ -225,9 +227,9 @@ def train_on_batches(saes: list[tuple[str, TrainableSAE]], batches: Iterator[tor
             for t, st in zip(trainees, stats, strict=True):
                 row[t.name] = {**st, "dead": int((t.since_fired_f >= cfg.dead_after_tokens).sum())}
             row["elapsed_s"] = time.perf_counter() - t0
-            _append_jsonl(out_dir / LOG_FILE, row)
+            append_jsonl(out_dir / LOG_FILE, row)
         if out_dir is not None and step % cfg.checkpoint_every == 0:
-            _save_state(out_dir, step, trainees, extra_state or {})
+            save_state(out_dir, step, trainees, extra_state or {})
         if total_steps is not None and step >= total_steps:
             break
     if bar is not None:
@@ -246,6 +248,13 @@ def _step_trainee(t: _Trainee, x_bd: torch.Tensor, cfg: TrainConfig, compute_dty
     aux = 0.0
     if want_aux and res.residual_bd is not None and cfg.aux_k is not None:
         aux = _aux_k_loss(t, x_bd, res.residual_bd, dead_f, cfg.aux_k, cfg.aux_coeff)
+    ortho = 0.0
+    if cfg.ortho_coeff > 0:
+        from visae.sae.orthogonal import orthogonality_penalty
+
+        penalty = cfg.ortho_coeff * orthogonality_penalty(t.sae.decoder_atoms(), cfg.ortho_chunk)
+        penalty.backward()
+        ortho = float(penalty.detach())
     if cfg.remove_parallel_grads:
         t.sae.remove_parallel_grad()
     t.opt.step()
@@ -255,47 +264,8 @@ def _step_trainee(t: _Trainee, x_bd: torch.Tensor, cfg: TrainConfig, compute_dty
     t.since_fired_f.masked_fill_(res.fired_f, 0)  # not a boolean index: no host sync on a GPU
     t.sum_l0 += res.l0
     t.n_steps += 1
-    return {"loss": res.loss, "fvu": res.fvu, "l0": res.l0, "aux": aux}
-
-
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _truncate_log(path: Path, last_step: int) -> None:
-    """Keep the log rows up to the checkpoint a run resumes from, so no step is logged twice after a kill
-    (rows written after the last checkpoint, a torn last line, and 'final' rows are dropped)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= last_step:
-            keep.append(line)
-    atomic_write_text(path, "".join(f"{line}\n" for line in keep))
-
-
-def _save_state(out_dir: Path, step: int, trainees: list[_Trainee], extra: dict[str, Any]) -> None:
-    state = {"step": step, "trainees": {t.name: t.state() for t in trainees},
-             "rng": torch.get_rng_state(), **extra}
-    atomic_write_with(out_dir / STATE_FILE, lambda p: torch.save(state, p))
-
-
-def _load_state(out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
-    except Exception as e:  # unpickling refused, truncated or not a torch file
-        raise CheckpointError(f"{path}: unreadable training state ({type(e).__name__}: {str(e)[:200]}); "
-                              "delete it to restart training from step 0") from None
+    stats = {"loss": res.loss, "fvu": res.fvu, "l0": res.l0, "aux": aux}
+    return {**stats, "ortho": ortho} if cfg.ortho_coeff > 0 else stats
 
 
 def train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | str,
@@ -345,20 +315,20 @@ def _train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | st
                   "train_config": cfg.to_dict()}
     run_record = {**{k: v for k, v in provenance.items() if k != "train_config"},
                   "settings": train_settings(cfg.to_dict())}
-    _check_previous_run(out, run_record, dict(zip(names, specs, strict=True)), d_in, force)
+    check_previous_run(out, run_record, dict(zip(names, specs, strict=True)), d_in, force)
     trainees = _make_trainees(cache_obj, specs, names, cfg, device)
     n_per_epoch = cache_obj.n_batches(cfg.batch_size, 1)
-    heldout_tail = _heldout_tail(cfg, n_per_epoch)
-    trainable = n_per_epoch * cfg.epochs - heldout_tail
+    n_tail = heldout_tail(cfg, n_per_epoch)
+    trainable = n_per_epoch * cfg.epochs - n_tail
     total = min(cfg.steps, trainable) if cfg.steps else trainable
     if cfg.steps and cfg.steps > trainable:
-        _note(f"train: steps={cfg.steps} is more than the cache holds ({trainable} batches of "
-              f"{cfg.batch_size} tokens in {cfg.epochs} epoch(s), {heldout_tail} held out); capped at "
+        note(f"train: steps={cfg.steps} is more than the cache holds ({trainable} batches of "
+              f"{cfg.batch_size} tokens in {cfg.epochs} epoch(s), {n_tail} held out); capped at "
               f"{trainable} steps. Raise epochs (--set epochs=N) to train longer")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / RUN_FILE, run_record)
     remove_leftover_tmp(out, recursive=True)  # partial files of a killed run: never read, only reclaimed
-    start = _resume(out, trainees, names)
+    start = resume(out, trainees, names)
     whitening = whitening_for(cache_obj, cfg.whiten)
     if whitening is not None:
         provenance["whitening"] = {"kind": whitening.kind, "path": str(whitening_path(cache_obj, cfg.whiten)),
@@ -376,8 +346,8 @@ def _train_saes(cache: Any, configs: list[SAESpec] | SAESpec, out_dir: Path | st
                              trainees=trainees)
         finally:
             sampled.close()  # type: ignore[attr-defined]  # ends the sampler's reader thread
-        _save_state(out, total, trainees, {})
-    heldout_desc, held = _heldout(cache_obj, cfg, trainable)
+        save_state(out, total, trainees, {})
+    heldout_desc, held = heldout(cache_obj, cfg, trainable)
     held = [h.to(device) for h in held]  # one copy for the whole group
     if whitening is not None:
         held = [whitening.apply(h) for h in held]
@@ -404,42 +374,27 @@ def _make_trainees(cache_obj: TokenStream, specs: list[SAESpec], names: list[str
     return trainees
 
 
-def _resume(out: Path, trainees: list[_Trainee], names: list[str]) -> int:
-    """Load the saved training state of ``out`` into ``trainees`` (and the RNG); return its step (0 when
-    none). The log keeps only the rows up to that step."""
-    state = _load_state(out)
-    _truncate_log(out / LOG_FILE, int(state["step"]) if state is not None else 0)
-    if state is None:
-        return 0
-    saved = state["trainees"]
-    if set(saved) != set(names):
-        raise TrainStateMismatch(f"{out / STATE_FILE}: the saved run trained {sorted(saved)}, "
-                                 f"not {sorted(names)}; use another --out folder")
-    for t in trainees:
-        t.load(saved[t.name])
-    torch.set_rng_state(state["rng"])
-    return int(state["step"])
-
-
 def _finish_trainee(t: _Trainee, out: Path, cfg: TrainConfig, device: torch.device,
-                    heldout: tuple[str, list[torch.Tensor]], provenance: dict[str, Any],
+                    held_out: tuple[str, list[torch.Tensor]], provenance: dict[str, Any],
                     whitening: Whitening | None = None) -> Path:
-    """Calibrate (BatchTopK) and measure the inference L0 of a trained SAE on the held-out tokens, save
-    it under ``out`` with its provenance and log its final row; return its folder."""
-    heldout_desc, held = heldout
+    """Calibrate (the family's :meth:`~TrainableSAE.calibrate` hook) and measure the inference L0 of a
+    trained SAE on the held-out tokens, save it under ``out`` with its provenance and log its final row;
+    return its folder."""
+    heldout_desc, held = held_out
     t.sae.eval()
     info: dict[str, Any] = {"train_l0": t.sum_l0 / max(t.n_steps, 1), "steps": t.n_steps,
                             "tokens": t.n_steps * cfg.batch_size, "heldout": heldout_desc,
                             "init_seed": t.init_seed}
     x_held = [h.to(device) for h in held]
-    if isinstance(t.sae, BatchTopKSAE):
-        info["calibration"] = calibrate_threshold(t.sae, x_held)
+    calibration = t.sae.calibrate(x_held)
+    if calibration is not None:
+        info["calibration"] = calibration
     info["inference_l0"] = (sum(t.sae.inference_l0(h) * h.shape[0] for h in x_held)
                             / max(sum(h.shape[0] for h in x_held), 1))
     if whitening is not None:  # codes unchanged; inputs and reconstructions back in the standardized space
         fold_into_sae(t.sae, whitening)
     path = save_sae(t.sae, safe_join(out, t.name), provenance={**provenance, **info})
-    _append_jsonl(out / LOG_FILE, {"final": t.name, **info})
+    append_jsonl(out / LOG_FILE, {"final": t.name, **info})
     return path
 
 
@@ -456,110 +411,3 @@ def training_stream(cache: Any) -> TokenStream:
     return TokenStream([c if isinstance(c, ActivationCache) else open_cache(c) for c in items])
 
 
-def train_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The TrainConfig fields that shape the trained SAEs (:data:`RUNTIME_SETTINGS` left out)."""
-    return {k: v for k, v in config.items() if k not in RUNTIME_SETTINGS}
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key old → new`` for each key both hold with different values (keys only one side has are skipped,
-    so a setting added in a later visae version does not count as a difference)."""
-    def norm(v: Any) -> Any:
-        return json.loads(json.dumps(v, default=str))
-
-    return [f"{k} {norm(old[k])!r} → {norm(new[k])!r}" for k in sorted(set(old) & set(new))
-            if norm(old[k]) != norm(new[k])]
-
-
-def _previous_runs(out: Path, specs: dict[str, SAESpec], d_in: int) -> list[tuple[Path, dict[str, Any]]]:
-    """What ``out`` says it was trained with: its run.json and each SAE's config.yaml provenance."""
-    import yaml
-
-    found: list[tuple[Path, dict[str, Any]]] = []
-    run = out / RUN_FILE
-    if run.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            found.append((run, json.loads(run.read_text(encoding="utf-8"))))
-    for name, spec in specs.items():
-        path = out / name / "config.yaml"
-        try:
-            cfg = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
-        except (OSError, yaml.YAMLError):
-            cfg = None
-        if not isinstance(cfg, dict):
-            continue
-        prov: dict[str, Any] = cfg["provenance"] if isinstance(cfg.get("provenance"), dict) else {}
-        record: dict[str, Any] = {k: prov[k] for k in ("cache_hash", "cache") if k in prov}
-        if isinstance(prov.get("train_config"), dict):
-            record["settings"] = train_settings(prov["train_config"])
-        d_sae = spec.d_sae if spec.d_sae is not None else round((spec.expansion or 0) * d_in)
-        record["sae"] = ({"family": cfg.get("family"), "d_sae": cfg.get("d_sae"), "k": cfg.get("k")},
-                         {"family": canonical_family(spec.family), "d_sae": d_sae, "k": spec.k})
-        found.append((path, record))
-    return found
-
-
-def _check_previous_run(out: Path, new: dict[str, Any], specs: dict[str, SAESpec], d_in: int,
-                        force: bool) -> None:
-    """Refuse to train into a folder whose SAEs or run used another cache or other settings (unless
-    ``force``)."""
-    for where, old in _previous_runs(out, specs, d_in):
-        diffs = []
-        if old.get("cache_hash") not in (None, new["cache_hash"]):
-            diffs.append(f"cache hash {old['cache_hash']} ({old.get('cache', '?')}) → {new['cache_hash']} "
-                         f"({new['cache']})")
-        if isinstance(old.get("settings"), dict):
-            diffs += _differences(old["settings"], new["settings"])
-        if "sae" in old:
-            diffs += [f"SAE {d}" for d in _differences(*old["sae"])]
-        if not diffs:
-            continue
-        if not force:
-            raise OutputConflictError(
-                f"{out}: holds an SAE run trained on another cache or with other settings ({where}: "
-                f"{'; '.join(diffs)}); pass --force (force=True) to replace it, or train into another "
-                "--out folder")
-        for leftover in (STATE_FILE, LOG_FILE, RUN_FILE, "trained.json"):
-            (out / leftover).unlink(missing_ok=True)
-        return
-
-
-log = logging.getLogger(__name__)
-
-
-def _note(msg: str) -> None:
-    log.warning(msg)
-
-
-def _heldout_tail(cfg: TrainConfig, n_per_epoch: int) -> int:
-    """Batches held out at the end of the stream: ``heldout_batches``, fewer on a cache too small for them."""
-    if cfg.heldout != "tail":
-        return 0
-    if cfg.epochs > 1 or cfg.heldout_batches < n_per_epoch:
-        return cfg.heldout_batches
-    if n_per_epoch < 2:
-        raise ConfigError(f"the cache has only {n_per_epoch} batch(es) of {cfg.batch_size} tokens: nothing "
-                          "to train on after holding out the threshold's batches; use a smaller batch_size "
-                          "(--set batch_size=…), a bigger cache, or heldout='validation' with "
-                          "validation_cache")
-    tail = max(1, n_per_epoch // 4)
-    _note(f"train: the cache has only {n_per_epoch} batches of {cfg.batch_size} tokens; holding out {tail} "
-          f"(not heldout_batches={cfg.heldout_batches}) for the threshold, training on the other "
-          f"{n_per_epoch - tail}")
-    return tail
-
-
-def _heldout(cache: Any, cfg: TrainConfig, trainable: int) -> tuple[str, list[torch.Tensor]]:
-    """The held-out batches for threshold calibration and inference L0 (normalized with ``cache``'s stats)."""
-    if cfg.heldout == "validation":
-        from visae.cache.reader import open_cache
-
-        val = open_cache(str(cfg.validation_cache))
-        it = val.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=False, drop_last=False)
-        held = [cache.normalize(b) for b in itertools.islice(it, cfg.heldout_batches)]
-        return f"validation cache {cfg.validation_cache} ({sum(len(h) for h in held)} tokens)", held
-    it = cache.token_sampler(cfg.batch_size, seed=cfg.seed, normalize=True, epochs=cfg.epochs,
-                             start_step=trainable)
-    held = list(itertools.islice(it, cfg.heldout_batches))
-    return (f"tail: the last {len(held)} batches of the training stream (steps {trainable}+), "
-            f"never trained on"), held

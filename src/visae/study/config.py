@@ -62,7 +62,8 @@ class SAEGrid(FrozenConfig):
     name: str = Field("main",
                       description="tag of this block in the results ('main', 'jumprelu', 'layer-ablation')")
     family: str = Field("batchtopk",
-                        description="SAE family (visae.sae.registry): batchtopk, topk, jumprelu, relu")
+                        description="SAE family (visae.sae.registry): batchtopk, topk, jumprelu, relu, "
+                                    "matryoshka, gated, archetypal, or a plugin's")
     expansions: list[int] = Field(
         default_factory=list, description="dictionary sizes as multiples of d_model (paper: 8, 16, 32); "
                                           "empty for a block of existing checkpoints")

@@ -113,7 +113,7 @@ def _settings_problems(cfg: StudyConfig) -> list[str]:
 
 def _grid_problems(cfg: StudyConfig) -> list[str]:
     from visae.errors import ConfigError
-    from visae.sae.registry import canonical_family, check_hparams
+    from visae.sae.registry import SAE_FAMILIES, canonical_family, check_hparams
 
     out = []
     shapes = {b.name: backbone_shape(b.name) for b in cfg.backbones}
@@ -136,11 +136,10 @@ def _grid_problems(cfg: StudyConfig) -> list[str]:
         except ConfigError as e:
             out.append(f"saes[{j}].family: {e}")
             continue
-        if grid.hparams:
-            try:
-                check_hparams(family, grid.hparams)
-            except ConfigError as e:
-                out.append(f"saes[{j}].{e}")
+        try:
+            check_hparams(family, dict(grid.hparams or {}))
+        except ConfigError as e:
+            out.append(f"saes[{j}].{e}")
         names = grid.backbones or [b.name for b in cfg.backbones]
         for li, layer in enumerate(grid.layers or []):
             for name in names:
@@ -148,7 +147,7 @@ def _grid_problems(cfg: StudyConfig) -> list[str]:
                 if shape is not None and not 0 <= layer < shape[0]:
                     out.append(f"saes[{j}].layers[{li}]: {layer} is not a block of {name}, which has blocks "
                                f"0..{shape[0] - 1}")
-        if family not in ("batchtopk", "topk"):
+        if not SAE_FAMILIES[family].needs_k:
             continue
         for name in names:
             shape = shapes.get(name)

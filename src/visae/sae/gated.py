@@ -1,0 +1,131 @@
+"""Gated SAE (Rajamanoharan et al. 2024, "Improving dictionary learning with gated sparse autoencoders").
+
+Two paths share the encoder matrix: a gate decides which features fire, a magnitude path how strongly::
+
+    π_gate = (x − b_dec) W_enc + b_gate
+    f = 1[π_gate > 0] · ReLU((x − b_dec) (W_enc ⊙ e^{r_mag}) + b_mag)
+
+``b_enc`` of the base class is the gate bias (SAELens's ``b_gate``); ``r_mag`` and ``b_mag`` are ``[F]``.
+Inference equals SAELens's ``GatedSAE.encode`` on the same weights (:attr:`foreign_keys` maps its names).
+
+Training loss (the paper's eq. 6, as SAELens's ``GatedTrainingSAE`` computes it)::
+
+    ‖x − x̂‖² + λ · Σ_f ReLU(π_gate)_f ‖W_dec[f]‖ + ‖x − (ReLU(π_gate) Ŵ_dec + b̂_dec)‖²
+
+summed over ``d`` and averaged over tokens. The auxiliary reconstruction uses frozen copies ``Ŵ_dec``,
+``b̂_dec`` of the decoder, as the paper defines it (``detach_aux_decoder=True``); SAELens 6 lets its
+gradient reach the decoder (``detach_aux_decoder=False`` reproduces that). The Heaviside gate gives the
+reconstruction term no gradient into the gate path, which learns through the L1 and auxiliary terms only.
+:class:`GatedCodesFn` computes both paths' codes and their gradients in one pass each way (gradchecked
+against autograd through the plain expressions). With ``k`` given, λ is steered to an L0 target by the
+same multiplicative controller as JumpReLU's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from visae.sae.family import TrainableSAE, dense_stats
+from visae.sae.sparse import StepResult
+
+
+def fold_decoder_bias(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SAELens gated tensors saved with ``apply_b_dec_to_input: false`` (the encoder sees ``x``, not
+    ``x − b_dec``) → the same function in visae's form, which always subtracts ``b_dec``:
+    ``b_gate += b_dec W_enc`` and ``b_mag += (b_dec W_enc) ⊙ e^{r_mag}``."""
+    shift = tensors["b_dec"] @ tensors["W_enc"]
+    return {**tensors, "b_gate": tensors["b_gate"] + shift,
+            "b_mag": tensors["b_mag"] + shift * tensors["r_mag"].exp()}
+
+
+class GatedCodesFn(torch.autograd.Function):
+    """``(codes, ReLU(π_gate))`` from the shared matmul ``s = (x − b_dec) W_enc``, in one pass each way.
+
+    ``π_gate = s + b_gate``, ``π_mag = s·e^{r_mag} + b_mag``, ``codes = 1[π_gate > 0]·ReLU(π_mag)``. The
+    backward is autograd's through those expressions (the Heaviside gate passes no gradient), written out
+    so that the ``[B, F]`` intermediates are recomputed from ``s`` rather than stored: with ``o = 1[π_gate >
+    0]`` and ``g = ∂L/∂codes · o · 1[π_mag > 0]``, ``∂L/∂s = g·e^{r_mag} + ∂L/∂ReLU(π_gate) · o``,
+    ``∂L/∂b_mag = Σ_r g``, ``∂L/∂r_mag = e^{r_mag} Σ_r g·s``, ``∂L/∂b_gate = Σ_r ∂L/∂ReLU(π_gate) · o``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, shared: torch.Tensor, b_gate: torch.Tensor, r_mag: torch.Tensor,
+                b_mag: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = r_mag.exp()
+        gate = shared + b_gate
+        mag = torch.addcmul(b_mag, shared, scale)
+        codes = torch.where((gate > 0) & (mag > 0), mag, 0.0)
+        ctx.save_for_backward(shared, b_gate, scale, b_mag)
+        return codes, gate.clamp_(min=0.0)
+
+    @staticmethod
+    def backward(ctx: Any, grad_codes: torch.Tensor, grad_gate_act: torch.Tensor) -> Any:
+        shared, b_gate, scale, b_mag = ctx.saved_tensors
+        open_ = (shared + b_gate) > 0
+        g = torch.where(open_ & (torch.addcmul(b_mag, shared, scale) > 0), grad_codes, 0.0)
+        gg = torch.where(open_, grad_gate_act, 0.0)
+        grad_shared = torch.addcmul(gg, g, scale)
+        return grad_shared, gg.sum(0), scale * (g * shared).sum(0), g.sum(0)
+
+
+class GatedSAE(TrainableSAE):
+    """Gated encoder (gate and magnitude paths sharing ``W_enc``), linear decoder."""
+
+    family = "gated"
+    target_l0 = True
+    foreign_keys: ClassVar[dict[str, str]] = {"b_gate": "b_enc"}
+    l1_coeff: torch.Tensor
+
+    def __init__(self, d_in: int, d_sae: int, k: int | None = None, l1_coeff: float = 1.0,
+                 controller_rate: float = 0.01, detach_aux_decoder: bool = True, **hparams: Any) -> None:
+        super().__init__(d_in, d_sae, k, controller_rate=controller_rate,
+                         detach_aux_decoder=detach_aux_decoder, **hparams)
+        self.controller_rate = controller_rate
+        self.detach_aux_decoder = detach_aux_decoder
+        self.r_mag = torch.nn.Parameter(torch.zeros(d_sae))
+        self.b_mag = torch.nn.Parameter(torch.zeros(d_sae))
+        self.register_buffer("l1_coeff", torch.tensor(float(l1_coeff)))
+
+    def gated_pre(self, x_nd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gate and magnitude pre-activations ``(π_gate, π_mag)``.
+
+        The magnitude path scales the gate's matmul by ``e^{r_mag}`` column-wise (one matmul for both);
+        that equals SAELens's ``x (W_enc ⊙ e^{r_mag})`` up to float rounding.
+        """
+        shared = (x_nd - self.b_dec) @ self.W_enc
+        return shared + self.b_enc, shared * self.r_mag.exp() + self.b_mag
+
+    def encode(self, x_nd: torch.Tensor) -> torch.Tensor:
+        """``1[π_gate > 0] · ReLU(π_mag)``."""
+        gate, mag = self.gated_pre(x_nd)
+        return (gate > 0).to(mag.dtype) * torch.relu(mag)
+
+    def training_step(self, x_bd: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
+                      keep_residual: bool = False) -> StepResult:
+        """Reconstruction + λ·L1 of the gate + auxiliary gate reconstruction, through autograd."""
+        with torch.autocast(x_bd.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
+            shared = (x_bd - self.b_dec) @ self.W_enc
+        shared = shared.to(self.W_enc.dtype)  # back from bf16 under mixed precision
+        codes, gate_act = GatedCodesFn.apply(shared, self.b_enc, self.r_mag, self.b_mag)
+        recon = self.decode(codes)
+        l1 = (gate_act @ self.W_dec.norm(dim=1)).mean()
+        frozen = self.detach_aux_decoder
+        W, b = (self.W_dec.detach(), self.b_dec.detach()) if frozen else (self.W_dec, self.b_dec)
+        aux = (gate_act @ W + b - x_bd).pow(2).sum(1).mean()
+        loss = (recon - x_bd).pow(2).sum(1).mean() + self.l1_coeff * l1 + aux
+        loss.backward()
+        res = dense_stats(x_bd, recon.detach(), codes.detach(), loss.detach())
+        self._control(res.l0)
+        return res
+
+    @torch.no_grad()
+    def _control(self, l0: float) -> None:
+        if self.k and self.controller_rate > 0 and l0 > 0:
+            factor = math.exp(self.controller_rate * math.log(l0 / self.k))
+            self.l1_coeff.mul_(min(max(factor, 0.5), 2.0))
+
+    def config_extra(self) -> dict[str, Any]:
+        return {"l1_coeff": float(self.l1_coeff)}
