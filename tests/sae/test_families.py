@@ -398,7 +398,7 @@ def test_a_misspelt_family_option_is_refused_with_the_options() -> None:
 
     from visae.sae.train import SAESpec
 
-    with pytest.raises((ConfigError, ValidationError), match=r"'widht'.*matryoshka.*widths"):
+    with pytest.raises((ConfigError, ValidationError), match=r"widht.*matryoshka.*widths"):
         SAESpec(family="matryoshka", expansion=2, k=2, hparams={"widht": [4]})
     assert SAESpec(family="gated", expansion=2, hparams={"l1_coeff": 2.0}).hparams == {"l1_coeff": 2.0}
 

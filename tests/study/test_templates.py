@@ -33,7 +33,7 @@ def test_a_template_by_name_writes_into_the_current_folder(tmp_path: Path,
     own = tmp_path / "demo"  # a file of that name in the current folder wins over the template
     own.write_text("name: mine\n")
     assert resolve_study("demo") == (Path("demo"), []) and own.is_file()
-    with pytest.raises(ConfigError, match=r"'nope': no such YAML file.*templates: demo, paper, release"):
+    with pytest.raises(ConfigError, match=r"'nope': no such YAML file.*templates: .*demo, paper, release"):
         resolve_study("nope")
     with pytest.raises(ConfigError, match="no such YAML file"):
         resolve_study("../studies/demo")

@@ -54,7 +54,12 @@ def _ls_hub(repo: str, revision: str | None) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``ls``, ``export`` and ``saebench`` to the CLI."""
+    _register_saebench(app)
+    _register_ls(app)
+    _register_export(app)
 
+
+def _register_saebench(app: typer.Typer) -> None:
     @app.command("saebench")
     def saebench_command(
         results: Annotated[Path, typer.Argument(help="A 'visae eval' output folder or a study folder.")],
@@ -72,6 +77,8 @@ def register(app: typer.Typer) -> None:
 
         run_guarded(go)
 
+
+def _register_ls(app: typer.Typer) -> None:
     @app.command("ls")
     def ls_command(
         target: Annotated[str,
@@ -107,6 +114,8 @@ def register(app: typer.Typer) -> None:
 
         run_guarded(go)
 
+
+def _register_export(app: typer.Typer) -> None:
     @app.command("export")
     def export_command(
         sae_dir: Annotated[str,
