@@ -128,6 +128,7 @@ METRICS.register_package("visae.metrics", [
     ("m5", "m5_monosemanticity:M5Monosemanticity", "monosemanticity of top images, in an evaluator's space"),
     ("m6", "m6_cross_domain:M6CrossDomain", "cross-domain generalization on out-of-domain sets"),
     ("m7", "m7_absorption:M7Absorption", "probe-based feature absorption rate"),
+    ("recovery", "recovery:RecoveryMetric", "recovery of planted features on a synthetic cache (MCC, F1)"),
 ])
 
 MetricClass = TypeVar("MetricClass", bound=type[Metric[Any]])
