@@ -106,6 +106,7 @@ def _register_defaults() -> None:
     register_source("dtd", "visae.datasets.ood:open_dtd_spec", usage="dtd:PATH[?fold=N]")
     register_source("ade20k", "visae.datasets.ade20k:open_ade20k")
     register_source("texture-mosaic", "visae.datasets.mosaic:open_texture_mosaic", usage="texture-mosaic")
+    register_source("synth", "visae.synth.study:open_synth_source", usage="synth")  # a synth: backbone's own
 
 
 _register_defaults()

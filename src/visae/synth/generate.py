@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from visae.config import build_config
+from visae.synth.backbone import SynthBackbone, SynthSource
 from visae.synth.config import SynthConfig
 from visae.synth.truth import GROUND_TRUTH, GroundTruth, write_ground_truth
 
@@ -25,8 +26,6 @@ def generate(preset: str | SynthConfig = "spatial", out: Path | str | None = Non
     truth beside it; return the cache folder. Settings are fields of :class:`SynthConfig` (``n_images``,
     ``grid``, ``d``, ``n_features``, ``seed`` …). A complete cache is returned as it is; a partial one is
     resumed. ``GroundTruth.load(path)`` reads what was planted."""
-    from visae.cache.writer import build_cache
-    from visae.synth.backbone import SynthBackbone, SynthSource
     from visae.synth.model import SyntheticModel
 
     if isinstance(preset, SynthConfig):
@@ -37,10 +36,20 @@ def generate(preset: str | SynthConfig = "spatial", out: Path | str | None = Non
     if out is not None:
         cfg = cfg.model_copy(update={"out": Path(out)})
     model = SyntheticModel(cfg)
-    folder = build_cache(SynthBackbone(model), SynthSource(model), 0, cfg.out, batch_size=cfg.batch_size,
-                         shard_images=cfg.shard_images, num_workers=0, device="cpu", progress=cfg.progress)
+    return write_synth_cache(SynthBackbone(model), SynthSource(model), cfg.out, batch_size=cfg.batch_size,
+                             shard_images=cfg.shard_images, num_workers=0, progress=cfg.progress)
+
+
+def write_synth_cache(backbone: SynthBackbone, source: SynthSource, out: Path | str,
+                      **cache_settings: Any) -> Path:
+    """The cache of ``source`` through ``backbone`` (:func:`visae.build_cache`, ``cache_settings`` its
+    settings) with the ground truth beside it; return the folder."""
+    from visae.cache.writer import build_cache
+
+    cache_settings.setdefault("device", str(backbone.device))
+    folder = build_cache(backbone, source, 0, out, **cache_settings)
     if not (folder / GROUND_TRUTH).is_file():
-        write_ground_truth(folder, model)
+        write_ground_truth(folder, backbone.model)
     else:
         GroundTruth.load(folder).model  # noqa: B018  (checks the stored truth matches these settings)
     return folder

@@ -218,21 +218,35 @@ class SyntheticModel:
 
     def tokens(self, scene: Scene, index: int, split: str = "train") -> np.ndarray:
         """Patch tokens ``[P, D]`` (float32) of a drawn scene, noise from ``rng([seed, 2, split, index])``."""
-        cfg = self.cfg
-        x = np.zeros((self.n_patches, cfg.d), dtype=np.float64)
-        np.add.at(x, scene.patch_k, scene.value_k[:, None].astype(np.float64)
-                  * self.dictionary_fd[scene.feature_k])
-        x += self.bias_d
+        return self._tokens([scene], [index], split)[0].numpy()
+
+    def _noise(self, index: int, split: str) -> np.ndarray:
+        rng = np.random.default_rng([self.cfg.seed, 2, SPLIT_CODES[split], index])
+        return rng.standard_normal((self.n_patches, self.cfg.d), dtype=np.float32)
+
+    def _tokens(self, scenes: list[Scene], indices: list[int], split: str) -> torch.Tensor:
+        """Per image, its codes on its present features times their atoms, all images in one batched
+        product (float64), plus the offset and each image's noise; float32 ``[B, P, D]``."""
+        cfg, p = self.cfg, self.n_patches
+        present = [np.unique(sc.feature_k, return_inverse=True) for sc in scenes]
+        k_max = max([len(f) for f, _ in present] + [1])
+        codes_bpk = np.zeros((len(scenes), p, k_max))
+        atoms_bkd = np.zeros((len(scenes), k_max, cfg.d))
+        for j, (sc, (feats, local)) in enumerate(zip(scenes, present, strict=True)):
+            codes_bpk[j, sc.patch_k, local] = sc.value_k  # a feature fires once per patch
+            atoms_bkd[j, :len(feats)] = self.dictionary_fd[feats]
+        x = torch.bmm(torch.from_numpy(codes_bpk), torch.from_numpy(atoms_bkd))
+        x += torch.from_numpy(self.bias_d)
+        out = x.to(torch.float32)
         if cfg.noise > 0:
-            rng = np.random.default_rng([cfg.seed, 2, SPLIT_CODES[split], index])
-            x += cfg.noise * rng.standard_normal((self.n_patches, cfg.d))
-        return x.astype(np.float32)
+            out += cfg.noise * torch.from_numpy(np.stack([self._noise(i, split) for i in indices]))
+        return out
 
     def batch_tokens(self, indices: list[int], split: str = "train") -> torch.Tensor:
         """Tokens ``[B, P, D]`` of images ``indices`` of ``split``."""
-        out = np.stack([self.tokens(self.scene(i, split), i, split) for i in indices]) if indices else \
-            np.zeros((0, self.n_patches, self.cfg.d), dtype=np.float32)
-        return torch.from_numpy(out)
+        if not indices:
+            return torch.zeros(0, self.n_patches, self.cfg.d)
+        return self._tokens([self.scene(i, split) for i in indices], list(indices), split)
 
     # --- known answers ---------------------------------------------------------------------------
     def expected_morans_i(self, n_scenes: int = 512) -> tuple[np.ndarray, np.ndarray]:
