@@ -27,7 +27,7 @@ without one is refused.
 
 from __future__ import annotations
 
-import math
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -279,14 +279,14 @@ class RecoveryAccumulator:
         return result, columns
 
 
-def write_features(path: object, columns: dict[str, np.ndarray]) -> None:
+def write_features(path: Path, columns: dict[str, np.ndarray]) -> None:
     """Per planted feature: match, cosine, M1 of the true and the learned feature, absorption (Parquet)."""
     import pandas as pd
 
     from visae.io import atomic_write_with
 
     df = pd.DataFrame({k: (v.astype(str) if v.dtype.kind in "OU" else v) for k, v in columns.items()})
-    atomic_write_with(path, lambda tmp: df.to_parquet(tmp, index=False))  # type: ignore[arg-type]
+    atomic_write_with(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 @register_metric
@@ -317,6 +317,4 @@ class RecoveryMetric(Metric[RecoveryConfig]):
         result, columns = self.acc.result()
         if self.ctx.out_dir is not None and self.config.write_features:
             write_features(self.ctx.out_dir / FEATURES_TABLE, columns)
-        if not math.isfinite(result.mcc):
-            return result.model_copy(update={"value": None, "note": "no latent could be matched"})
         return result
