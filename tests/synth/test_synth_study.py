@@ -73,3 +73,7 @@ def test_a_tiny_synthetic_study_reports_recovery_and_the_preset_effect(tmp_path:
     assert m1["eta2_backbone"] > 0.9 and m1["eta2_backbone"] > 10 * m1["eta2_config"]
     results = pd.read_parquet(tmp_path / "out" / "results" / "results.parquet")
     assert (results["metric"] == "recovery").sum() == 4
+    # trained SAEs: M1 at the null on `null` (within 0.01 of −1/63), far above it on `spatial`
+    m1 = results[results["metric"] == "m1"].groupby("backbone")["value"]
+    assert (m1.max()["synth:null"] - (-1 / 63)) < 0.01 and (m1.min()["synth:null"] - (-1 / 63)) > -0.01
+    assert m1.min()["synth:spatial"] > 0.3
