@@ -272,11 +272,10 @@ class SyntheticModel:
                 continue
             rows = np.searchsorted(ok, sc.feature_k)
             on = (rows < len(ok)) & (ok[np.minimum(rows, len(ok) - 1)] == sc.feature_k)
-            maps = np.zeros((len(ok), p))
-            maps[rows[on], sc.patch_k[on]] = sc.value_k[on]
-            maps = maps.reshape(-1, h, h)
-            keep = maps.reshape(len(ok), -1).var(axis=1) > 1e-8
-            vals = morans_i_maps(maps[keep])
+            maps_kp = np.zeros((len(ok), p))
+            maps_kp[rows[on], sc.patch_k[on]] = sc.value_k[on]
+            keep = maps_kp.var(axis=1) > 1e-8
+            vals = morans_i_maps(maps_kp[keep].reshape(-1, h, h))
             good = np.isfinite(vals)
             np.add.at(total, ok[keep][good], vals[good])
             np.add.at(count, ok[keep][good], 1)
