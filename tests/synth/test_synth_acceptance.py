@@ -12,7 +12,6 @@ from typing import Any
 
 import esda
 import numpy as np
-import pytest
 from libpysal.weights import lat2W
 
 from visae.metrics.evaluate import evaluate
@@ -133,7 +132,6 @@ def test_m7_counts_planted_absorption(hierarchical_cache: Path, tmp_path: Path) 
     check("absorbed class tokens", by_role["class"], want["absorbing"]["absorbed_class_edges"])
 
 
-@pytest.mark.slow  # ~10 s alone, ~30 s on a loaded machine
 def test_trained_batchtopk_recovers_most_features_of_easy(tmp_path: Path) -> None:
     from visae.sae.train import SAESpec, TrainConfig, train_saes
 

@@ -53,7 +53,7 @@ def test_studies_synth_yaml_is_valid() -> None:
     assert "recovery" in cfg.metrics and cfg.layers == [0]
 
 
-@pytest.mark.slow  # a whole (tiny) study: cache, train, eval, collect, analysis, report
+@pytest.mark.slow  # a whole (tiny) study: cache, train, eval, collect, analysis, report (2–10 s)
 def test_a_tiny_synthetic_study_reports_recovery_and_the_preset_effect(tmp_path: Path) -> None:
     from visae.study.run import run_study
 
