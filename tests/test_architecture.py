@@ -9,6 +9,7 @@ backbones → datasets   models and image sources
 cache                  activation caches
 sae                    SAE families, training, checkpoints, the hub
 inventory              ``visae ls``: what caches and checkpoints lie under a folder
+synth                  synthetic caches with a planted ground truth (``visae synth``)
 metrics → tasks        M1–M7, downstream tasks (write result records through ``results``)
 features               per-feature views (Fig. 5, browser) of trained SAEs
 analysis               statistics on the results table
@@ -44,6 +45,7 @@ STAGE_ORDER: list[tuple[str, ...]] = [
     ("cache",),
     ("sae",),
     ("inventory",),
+    ("synth",),
     ("metrics",),
     ("tasks",),
     ("features",),

@@ -81,7 +81,7 @@ def test_every_builtin_registry_resolves_and_refuses_duplicates() -> None:
     from visae.sae.registry import SAE_FAMILIES
     from visae.tasks.registry import TASKS
 
-    assert METRICS.names() == ["m1", "raw", "m2", "m3", "m4", "m5", "m6", "m7", "m5d"]
+    assert METRICS.names() == ["m1", "raw", "m2", "m3", "m4", "m5", "m6", "m7", "m5d", "recovery"]
     for name in METRICS:
         assert METRICS[name].name == name and issubclass(METRICS[name].config_cls, MetricConfig)
         assert METRICS[name].config_cls is not MetricConfig  # typed by Metric[Config]

@@ -63,6 +63,7 @@ app = typer.Typer(
 # Stage modules that contribute commands, in pipeline order.
 STAGE_CLIS = [
     "visae.cache.cli",       # cache
+    "visae.synth.cli",       # synth
     "visae.sae.cli",         # train
     "visae.metrics.cli",     # eval
     "visae.analysis.cli",    # analyze

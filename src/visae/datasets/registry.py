@@ -107,6 +107,7 @@ def _register_defaults() -> None:
     register_source("ade20k", "visae.datasets.ade20k:open_ade20k")
     register_source("texture-mosaic", "visae.datasets.offline.mosaic:open_texture_mosaic",
                     usage="texture-mosaic")
+    register_source("synth", "visae.synth.study:open_synth_source", usage="synth")  # a synth: backbone's own
 
 
 _register_defaults()

@@ -131,6 +131,7 @@ METRICS.register_package("visae.metrics", [
     ("m6", "m6_cross_domain:M6CrossDomain", "cross-domain generalization on out-of-domain sets"),
     ("m7", "m7_absorption:M7Absorption", "probe-based feature absorption rate"),
     ("m5d", "m5d_discriminative:M5dDiscriminative", "M5 consistency × class discriminability (§5.5)"),
+    ("recovery", "recovery:RecoveryMetric", "recovery of planted features on a synthetic cache (MCC, F1)"),
 ])
 
 MetricClass = TypeVar("MetricClass", bound=type[Metric[Any]])

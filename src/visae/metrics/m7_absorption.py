@@ -36,13 +36,16 @@ from visae.metrics.probes import (
 from visae.uncertainty import BootstrapConfig, percentile_interval, weighted_replicates
 
 TASKS_TABLE = "m7_tasks.parquet"
+CACHE_HIERARCHY = "hierarchy.json"
+"""A hierarchy file in the cache folder, read under ``hierarchy: auto`` (``visae synth`` plants one)."""
 
 
 class M7Config(MetricConfig):
     """Settings for M7; defaults are the paper's Table 2."""
 
     hierarchy: str = Field("auto",
-                           description="'auto' (the shipped hierarchy matching the cache's class names: "
+                           description="'auto' (the cache folder's hierarchy.json when it has one, else "
+                           "the shipped hierarchy matching the cache's class names: "
                            "ImageNet wnids/lemmas → 'imagenet', or Fashion-MNIST), a shipped name "
                            "('imagenet': the paper-literal depth-1 WordNet siblings, the default; "
                            "'imagenet-authors': the authors' release, depth-1 + depth-2 groups; "
@@ -196,7 +199,10 @@ class M7Absorption(Metric[M7Config]):
         if pooled is None:
             raise ValueError("m7: needs the pooled features of the evaluation pass")
         class_names = list(self.ctx.cache.class_names)
-        hierarchy = load_hierarchy(self.config.hierarchy, class_names, self.config.min_group_size)
+        spec = self.config.hierarchy
+        if spec == "auto" and (self.ctx.cache.path / CACHE_HIERARCHY).is_file():
+            spec = str(self.ctx.cache.path / CACHE_HIERARCHY)  # e.g. a synthetic cache's planted hierarchy
+        hierarchy = load_hierarchy(spec, class_names, self.config.min_group_size)
         named = hierarchy.named_sibling_groups(class_names, self.config.min_group_size) if hierarchy else []
         if not named:
             if self.config.hierarchy != "auto":

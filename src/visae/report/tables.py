@@ -178,3 +178,35 @@ def table_hypotheses(d: ReportData) -> pd.DataFrame:
                                 for v in t["backbones"].fillna("")])
         cols.insert(5, "backbones")
     return t[cols]
+
+
+RECOVERY_FIELDS = (("recovery", "F1"), ("recovery.mcc", "MCC"), ("recovery.feature_recall", "recall@τ"),
+                   ("recovery.dead", "dead"), ("recovery.absorption", "absorption"))
+"""The recovery numbers of the synthetic table (``recovery`` itself is the SynthSAEBench F1)."""
+
+
+def has_recovery(d: ReportData) -> bool:
+    """True when the study scored SAEs against a planted ground truth (synthetic presets)."""
+    return "metric" in d.results and bool((d.results["metric"] == "recovery").any())
+
+
+def table_recovery(d: ReportData) -> pd.DataFrame:
+    """Recovery of the planted features per family, width and K (rows) and preset (columns): F1 and MCC, the
+    share of atoms recovered at the stated |cos|, dead latents, absorbed share of the planted children."""
+    rows_all = pd.concat([d.results, d.details], ignore_index=True)
+    sub = rows_all[rows_all["metric"].isin([m for m, _ in RECOVERY_FIELDS])]
+    if sub.empty:
+        raise NotEnoughData("no recovery results (synthetic presets with 'recovery' in metrics)")
+    rows = []
+    for (fam, x, k), g in sub.groupby(["family", "expansion", "k"], sort=True):
+        row: dict[str, Any] = {"family": fam, "width": f"{x:g}×", "K": int(k)}
+        for b, gb in g.groupby("backbone", sort=False):
+            for metric, label in RECOVERY_FIELDS:
+                v = gb.loc[gb["metric"] == metric, "value"].astype(float)
+                v = v[np.isfinite(v)]
+                if metric == "recovery.absorption" and v.empty:
+                    continue  # a preset without a hierarchy
+                fmt = "{:.0f}" if metric == "recovery.dead" else "{:.3f}"
+                row[f"{d.label(str(b))} {label}"] = fmt.format(v.mean()) if len(v) else "—"
+        rows.append(row)
+    return pd.DataFrame(rows)

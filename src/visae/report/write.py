@@ -64,6 +64,13 @@ def _metrics_sections(r: Report, d: ReportData) -> None:
              "explained by backbone, by SAE configuration, and left as residual.",
              lambda: F.fig_variance(d))
     r.table("Table 3 — η² per metric", "App. B.", lambda: T.table_variance(d))
+    if T.has_recovery(d):  # a synthetic study: the planted features are known
+        r.section("recovery", "Recovery of planted features")
+        r.table("Recovery — F1 and MCC per family, width and K",
+                "Against the ground truth of each synthetic preset (visae synth): F1 and precision/recall "
+                "as in SynthSAEBench, MCC = mean |cos| of the Hungarian-matched atoms, recall@τ = atoms "
+                "matched at |cos| ≥ τ (recovery.cos_threshold), absorbed share of planted children's tokens "
+                "(docs/synthetic.md).", lambda: T.table_recovery(d))
     r.section("layers", "Layer ablation")
     r.figure("Figure 4 — layer ablation", "One panel per metric; x: backbone; y: the metric's mean over "
              "configurations, one bar per layer.",

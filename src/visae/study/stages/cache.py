@@ -41,12 +41,17 @@ def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
     from visae.cache.writer import build_cache
     from visae.datasets.registry import open_source
 
-    backbone = load_backbone(p.backbone.name, device=device, weights_path=p.backbone.weights_path,
-                             image_size=p.backbone.image_size)
     s = p.source
-    source = open_source(s.spec, split=s.split, max_images=s.max_images, seed=s.seed)
     out_dir = root / job.outputs[0]
     settings = {"progress": False, **p.settings}
+    if p.backbone.name.startswith("synth:"):  # a synthetic preset draws its own images (visae.synth.study)
+        from visae.synth.study import synth_cache
+
+        cache_dir, n_images = synth_cache(p.backbone.name, s, p.layer, out_dir, device, settings)
+        return {"cache": str(cache_dir.relative_to(out_dir)), "n_images": n_images}
+    backbone = load_backbone(p.backbone.name, device=device, weights_path=p.backbone.weights_path,
+                             image_size=p.backbone.image_size)
+    source = open_source(s.spec, split=s.split, max_images=s.max_images, seed=s.seed)
     cache_dir = Path(build_cache(backbone, source, p.layer, out_dir, device=device, **settings))
     return {"cache": str(cache_dir.relative_to(out_dir)) if cache_dir != out_dir else "",
             "n_images": len(source)}
