@@ -15,7 +15,6 @@ from sae_lens import SAE
 
 from visae.errors import CheckpointError
 from visae.sae.checkpoint import load_sae
-from visae.sae.registry import SAE_FAMILIES
 
 D, F, K = 8, 32, 4
 
@@ -113,15 +112,22 @@ def test_per_token_normalization_is_refused(mode: str, tmp_path: Path) -> None:
         load_sae(folder)
 
 
-def test_gated(tmp_path: Path) -> None:
-    model = sae_lens.GatedSAE(sae_lens.GatedSAEConfig(d_in=D, d_sae=F))
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_gated(apply_b_dec: bool, tmp_path: Path) -> None:
+    """b_gate → b_enc, r_mag and b_mag copied; without the input b_dec both paths' biases absorb it."""
+    model = sae_lens.GatedSAE(sae_lens.GatedSAEConfig(d_in=D, d_sae=F, apply_b_dec_to_input=apply_b_dec))
     _randomize(model)
     folder = _save(model, tmp_path / "s")
-    if "gated" in SAE_FAMILIES:  # the Gated family exists: sae-lens's own outputs
-        _compare(folder, "gated")
-    else:
-        with pytest.raises(CheckpointError, match=r"cfg\.json: field 'architecture' = 'gated'"):
-            load_sae(folder)
+    assert json.loads((folder / "cfg.json").read_text())["architecture"] == "gated"
+    _compare(folder, "gated")
+
+
+def test_gated_training_sae_saved_for_inference(tmp_path: Path) -> None:
+    cfg = sae_lens.GatedTrainingSAEConfig(d_in=D, d_sae=F, l1_coefficient=3.0)
+    model = sae_lens.GatedTrainingSAE(cfg)
+    _randomize(model)
+    _compare(_save(model, tmp_path / "s", inference=True), "gated")
+    _compare(_save(model, tmp_path / "t"), "gated")
 
 
 @pytest.mark.parametrize("arch", ["abstopk", "transcoder", "matching_pursuit"])

@@ -14,7 +14,10 @@ that visae's ``(x − b_dec) W_enc + b_enc`` computes what sae-lens computes:
   ``constant_norm_rescale``) and an unfolded ``covariance_whitening`` are refused.
 
 sae-lens saves BatchTopK and Matryoshka-BatchTopK training SAEs for inference as ``jumprelu`` with a
-per-feature threshold, so they load as JumpReLU. Another family is one entry in :data:`ARCHITECTURES`.
+per-feature threshold, so they load as JumpReLU. ``gated`` loads as visae's Gated family (``b_gate`` is our
+``b_enc``; ``r_mag``, ``b_mag`` are copied; with ``apply_b_dec_to_input: false`` both paths' biases absorb
+``b_dec W_enc`` through :func:`visae.sae.gated.fold_decoder_bias`). Another family is one entry in
+:data:`ARCHITECTURES`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from visae.errors import CheckpointError
 from visae.sae.base import SAE
 from visae.sae.formats import CheckpointFormat
 from visae.sae.formats.common import build_sae, get_tensor, load_safetensors
+from visae.sae.gated import fold_decoder_bias
 
 WEIGHTS = "sae_weights.safetensors"
 CONFIG = "cfg.json"
@@ -56,6 +60,16 @@ def _threshold_scalar(sae: SAE, state: dict[str, torch.Tensor], where: Path) -> 
     sae.threshold.fill_(float(t.reshape(-1)[0]))  # type: ignore[operator]
 
 
+def _gated(sae: SAE, state: dict[str, torch.Tensor], where: Path) -> None:
+    """sae-lens ``b_gate`` → our ``b_enc`` (the gate bias); ``r_mag``, ``b_mag`` as they are."""
+    for ours, theirs in (("b_enc", "b_gate"), ("r_mag", "r_mag"), ("b_mag", "b_mag")):
+        t = get_tensor(state, (theirs,), where).float()
+        if t.shape != (sae.d_sae,):
+            raise CheckpointError(f"{where}: tensor {theirs!r} has shape {tuple(t.shape)}, expected "
+                                  f"({sae.d_sae},)")
+        getattr(sae, ours).copy_(t)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """How one sae-lens ``architecture`` maps onto a visae family."""
@@ -70,6 +84,9 @@ class Architecture:
     encoder_bias: str | None = "b_enc"
     """The tensor copied into ``b_enc`` (None: the architecture has none, e.g. ``gated``; ``extra`` sets
     the family's biases)."""
+    fold_input_bias: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    """With ``apply_b_dec_to_input: false``: rewrites the tensors so that an encoder on ``x − b_dec``
+    computes what theirs computes on ``x`` (None: ``b_enc += b_dec W_enc``)."""
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -77,9 +94,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "topk": Architecture("topk", k_field="k"),
     "jumprelu": Architecture("jumprelu", extra=_threshold_vector),
     "batchtopk": Architecture("batchtopk", k_field="k", extra=_threshold_scalar),
+    "gated": Architecture("gated", extra=_gated, encoder_bias=None, fold_input_bias=fold_decoder_bias),
 }
-"""sae-lens architecture → visae family. Gated (``gated``: ``b_gate``, ``b_mag``, ``r_mag``) is added here
-once a Gated family exists."""
+"""sae-lens architecture → visae family."""
 
 IDENTITY_NORMALIZATIONS = ("none", "expected_average_only_in")
 
@@ -132,8 +149,11 @@ def load(dir_path: Path) -> SAE:
         if not isinstance(k, int):
             raise CheckpointError(f"{cfg_path}: field {arch.k_field!r} (K) is missing for {arch_name}")
     sae = build_sae(w_path, arch.family, d_in, d_sae, k, dict(arch.hparams))
-    if not cfg.get("apply_b_dec_to_input", True):
-        b_enc = b_enc + b_dec @ W_enc  # their encoder sees x, ours sees x − b_dec: fold b_dec in exactly
+    if not cfg.get("apply_b_dec_to_input", True):  # their encoder sees x, ours x − b_dec: fold b_dec in
+        if arch.fold_input_bias is not None:
+            state = arch.fold_input_bias({**state, "W_enc": W_enc, "b_dec": b_dec})
+        else:
+            b_enc = b_enc + b_dec @ W_enc
     if cfg.get("rescale_acts_by_decoder_norm"):
         norm_f = W_dec.norm(dim=1)
         W_enc, b_enc, W_dec = W_enc * norm_f, b_enc * norm_f, W_dec / norm_f[:, None]
