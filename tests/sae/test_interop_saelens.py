@@ -158,3 +158,26 @@ def test_batchtopk_training_save_equals_its_inference_save(tmp_path: Path) -> No
         out = sae(x)
         torch.testing.assert_close(out.codes_nf, codes, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out.recon_nd, ref.decode(codes), atol=1e-5, rtol=1e-5)
+
+
+def test_matryoshka_training_save_equals_its_inference_save(tmp_path: Path) -> None:
+    """A training ``save_model`` of Matryoshka-BatchTopK loads as visae's Matryoshka (widths and threshold
+    kept), with the outputs of sae-lens's own inference save; each prefix decodes from its own features."""
+    cfg = sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(d_in=D, d_sae=F, k=K, matryoshka_widths=[8, 16, F])
+    model = sae_lens.MatryoshkaBatchTopKTrainingSAE(cfg)
+    _randomize(model)
+    model.topk_threshold = torch.tensor(0.35)
+    _save(model, tmp_path / "train")
+    _save(model, tmp_path / "inference", inference=True)
+    assert json.loads((tmp_path / "train" / "cfg.json").read_text())["architecture"] == "matryoshka_batchtopk"
+    ref = SAE.load_from_disk(str(tmp_path / "inference")).eval()
+    sae = load_sae(tmp_path / "train")
+    assert sae.family == "matryoshka" and sae.k == K and sae.widths == [8, 16, F]  # type: ignore[attr-defined]
+    x = _inputs()
+    with torch.no_grad():
+        codes = ref.encode(x)
+        out = sae(x)
+        torch.testing.assert_close(out.codes_nf, codes, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.recon_nd, ref.decode(codes), atol=1e-5, rtol=1e-5)
+        sub = sae.with_options(prefix=8)(x)
+        torch.testing.assert_close(sub.recon_nd, codes[:, :8] @ ref.W_dec[:8] + ref.b_dec, atol=1e-5, rtol=1e-5)
