@@ -180,4 +180,5 @@ def test_matryoshka_training_save_equals_its_inference_save(tmp_path: Path) -> N
         torch.testing.assert_close(out.codes_nf, codes, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out.recon_nd, ref.decode(codes), atol=1e-5, rtol=1e-5)
         sub = sae.with_options(prefix=8)(x)
-        torch.testing.assert_close(sub.recon_nd, codes[:, :8] @ ref.W_dec[:8] + ref.b_dec, atol=1e-5, rtol=1e-5)
+        want = codes[:, :8] @ ref.W_dec[:8] + ref.b_dec
+        torch.testing.assert_close(sub.recon_nd, want, atol=1e-5, rtol=1e-5)

@@ -66,9 +66,10 @@ def _batchtopk_threshold(sae: SAE, where: str) -> float:
 def _gated_tensors(sae: SAE, where: str) -> dict[str, torch.Tensor]:
     """sae-lens ``gated``: ``b_gate`` (our ``b_enc``), ``r_mag``, ``b_mag``; the training-only ``l1_coeff``
     buffer is not written."""
-    return {"b_gate": sae.b_enc.detach().float().cpu(),
-            "r_mag": sae.r_mag.detach().float().cpu(),  # type: ignore[union-attr]
-            "b_mag": sae.b_mag.detach().float().cpu()}  # type: ignore[union-attr]
+    r_mag: torch.Tensor = sae.r_mag  # type: ignore[assignment]
+    b_mag: torch.Tensor = sae.b_mag  # type: ignore[assignment]
+    return {"b_gate": sae.b_enc.detach().float().cpu(), "r_mag": r_mag.detach().float().cpu(),
+            "b_mag": b_mag.detach().float().cpu()}
 
 
 def _jumprelu_thresholds(sae: SAE, where: str) -> torch.Tensor:
@@ -147,8 +148,8 @@ class SaevActivation:
 
 
 # saev's eval-mode BatchTopK is a JumpReLU at its scalar threshold buffer (≤ 0: ReLU), like ours.
-_SAEV_BATCHTOPK = SaevActivation("BatchTopK", lambda s: {"top_k": s.k_per_token},
-                                 lambda s, w: {"activation.threshold": torch.tensor(_batchtopk_threshold(s, w))})
+_SAEV_BATCHTOPK = SaevActivation("BatchTopK", lambda s: {"top_k": s.k_per_token}, lambda s, w: {
+    "activation.threshold": torch.tensor(_batchtopk_threshold(s, w))})
 
 SAEV_ACTIVATIONS: dict[str, SaevActivation] = {
     "relu": SaevActivation("Relu", lambda s: {}, lambda s, w: {}),

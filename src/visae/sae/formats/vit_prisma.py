@@ -99,8 +99,9 @@ def load(pt_path: Path) -> SAE:
                               f"(supported: {', '.join(ACTIVATIONS)})")
     if arch == "gated":
         if act != "relu":
-            raise CheckpointError(f"{cfg_path}: field 'activation_fn_str' = {act!r} with architecture 'gated' "
-                                  "(a top-k of the magnitude path) has no visae family; only 'relu' loads")
+            raise CheckpointError(f"{cfg_path}: field 'activation_fn_str' = {act!r} with architecture "
+                                  "'gated' (a top-k of the magnitude path) has no visae family; only 'relu' "
+                                  "loads")
         family = "gated"
     norm = cfg.get("normalize_activations") or "none"
     if norm != "none":
