@@ -65,7 +65,8 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got, want, atol=1e-5 * max(1.0, float(want.abs().max())), rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["relu", "topk", "jumprelu", "batchtopk", "matryoshka", "gated"])
+@pytest.mark.parametrize("family", ["relu", "topk", "jumprelu", "batchtopk", "matryoshka", "gated",
+                                    "archetypal"])
 def test_saelens_export_loads_in_saelens(family: str, tmp_path: Path) -> None:
     sae = planted_sae(family)
     save_sae(sae, tmp_path / "ours")
@@ -73,8 +74,8 @@ def test_saelens_export_loads_in_saelens(family: str, tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "model.safetensors").exists()
     ref = sae_lens.SAE.load_from_disk(str(tmp_path / "out")).eval()
     cfg = json.loads((tmp_path / "out" / "cfg.json").read_text())
-    assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu",
-                                   "matryoshka": "jumprelu"}.get(family, family)
+    assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu", "matryoshka": "jumprelu",
+                                   "archetypal": "topk"}.get(family, family)
     a = raw_inputs(sae)
     codes, recon = visae_raw(sae, a)
     assert int((codes > 0).sum()) > 0
@@ -102,7 +103,7 @@ def test_gated_export_writes_sae_lens_names_only(tmp_path: Path) -> None:
         out = back(a)
     _close(out.codes_nf, codes)
     _close(out.recon_nd, recon)
-    with pytest.raises(CheckpointError, match="no gated or archetypal encoder"):
+    with pytest.raises(CheckpointError, match="no gated encoder"):
         export_saes(tmp_path / "ours", tmp_path / "out2", fmt="saev")
 
 
@@ -199,3 +200,25 @@ def test_cli_export_format(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "out" / "sae.pt").is_file() and load_sae(tmp_path / "out").family == "topk"
+
+
+def test_archetypal_exports_as_the_topk_sae_of_its_fused_dictionary(tmp_path: Path) -> None:
+    """RA-SAE infers as per-token TopK with its fused dictionary in ``W_dec``: its saev and SAELens exports
+    are exactly those of a TopK SAE holding the same tensors (whose exports the tests above check against
+    saev and sae-lens)."""
+    arch = planted_sae("archetypal")
+    twin = make_sae("topk", D, d_sae=F, k=K)
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(twin, name).copy_(getattr(arch, name))
+    twin.set_normalization(arch.act_mean, float(arch.act_std))
+    for fmt, weights in (("saev", "sae.pt"), ("saelens", "sae_weights.safetensors")):
+        files = {}
+        for name, sae in (("arch", arch), ("twin", twin.eval())):
+            save_sae(sae, tmp_path / name)
+            export_saes(tmp_path / name, tmp_path / f"{name}_{fmt}", fmt=fmt)
+            files[name] = (tmp_path / f"{name}_{fmt}" / weights).read_bytes()
+            if fmt == "saev":
+                header, body = files[name].split(b"\n", 1)
+                files[name] = json.dumps(json.loads(header)["cfg"]).encode() + body
+        assert files["arch"] == files["twin"], fmt

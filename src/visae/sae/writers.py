@@ -98,10 +98,14 @@ class SAELensArchitecture:
 _SAELENS_BATCHTOPK = SAELensArchitecture("jumprelu", lambda s: {}, lambda s, w: {
     "threshold": torch.full((s.d_sae,), _batchtopk_threshold(s, w))})
 
+_SAELENS_TOPK = SAELensArchitecture("topk", lambda s: {"k": s.k_per_token, "rescale_acts_by_decoder_norm": False},
+                                    lambda s, w: {})
+
 SAELENS_ARCHITECTURES: dict[str, SAELensArchitecture] = {
     "relu": SAELensArchitecture("standard", lambda s: {}, lambda s, w: {}),
-    "topk": SAELensArchitecture("topk", lambda s: {"k": s.k_per_token, "rescale_acts_by_decoder_norm": False},
-                                lambda s, w: {}),
+    "topk": _SAELENS_TOPK,
+    # RA-SAE infers as per-token TopK on its fused dictionary (the W_dec buffer): a TopK SAE elsewhere.
+    "archetypal": _SAELENS_TOPK,
     "jumprelu": SAELensArchitecture("jumprelu", lambda s: {},
                                     lambda s, w: {"threshold": _jumprelu_thresholds(s, w)}),
     "batchtopk": _SAELENS_BATCHTOPK,
@@ -154,6 +158,7 @@ _SAEV_BATCHTOPK = SaevActivation("BatchTopK", lambda s: {"top_k": s.k_per_token}
 SAEV_ACTIVATIONS: dict[str, SaevActivation] = {
     "relu": SaevActivation("Relu", lambda s: {}, lambda s, w: {}),
     "topk": SaevActivation("TopK", lambda s: {"top_k": s.k_per_token}, lambda s, w: {}),
+    "archetypal": SaevActivation("TopK", lambda s: {"top_k": s.k_per_token}, lambda s, w: {}),
     "batchtopk": _SAEV_BATCHTOPK,
     # saev's Matryoshka is an objective, not an activation: it saves a BatchTopK SAE whose decoder rows are
     # ordered by prefix, which is what a visae Matryoshka SAE is.
@@ -172,7 +177,7 @@ def write_saev(sae: SAE, dest: Path, metadata: dict[str, Any] | None = None) -> 
     if act is None:
         raise CheckpointError(f"{dest}: a {sae.family} SAE has no saev activation (supported: "
                               f"{', '.join(SAEV_ACTIVATIONS)}; saev has no per-feature JumpReLU and no gated "
-                              "or archetypal encoder; export it with --format saelens or visae)")
+                              "encoder; export it with --format saelens or visae)")
     w = raw_space_weights(sae)
     state = {"W_dec": w.W_dec, "b_dec": w.b_dec, "W_enc": w.W_enc, "b_enc": w.b_enc - w.b_dec @ w.W_enc,
              **act.tensors(sae, str(dest))}
