@@ -98,8 +98,8 @@ class SAELensArchitecture:
 _SAELENS_BATCHTOPK = SAELensArchitecture("jumprelu", lambda s: {}, lambda s, w: {
     "threshold": torch.full((s.d_sae,), _batchtopk_threshold(s, w))})
 
-_SAELENS_TOPK = SAELensArchitecture("topk", lambda s: {"k": s.k_per_token, "rescale_acts_by_decoder_norm": False},
-                                    lambda s, w: {})
+_SAELENS_TOPK = SAELensArchitecture(
+    "topk", lambda s: {"k": s.k_per_token, "rescale_acts_by_decoder_norm": False}, lambda s, w: {})
 
 SAELENS_ARCHITECTURES: dict[str, SAELensArchitecture] = {
     "relu": SAELensArchitecture("standard", lambda s: {}, lambda s, w: {}),
