@@ -120,6 +120,13 @@ def test_gated(apply_b_dec: bool, tmp_path: Path) -> None:
     folder = _save(model, tmp_path / "s")
     assert json.loads((folder / "cfg.json").read_text())["architecture"] == "gated"
     _compare(folder, "gated")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "sae_weights.safetensors"))
+    del state["b_mag"]
+    save_file(state, str(folder / "sae_weights.safetensors"))
+    with pytest.raises(CheckpointError, match=r"sae_weights\.safetensors: missing tensor 'b_mag'"):
+        load_sae(folder)
 
 
 def test_gated_training_sae_saved_for_inference(tmp_path: Path) -> None:

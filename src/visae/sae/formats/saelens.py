@@ -166,7 +166,13 @@ def load(dir_path: Path) -> SAE:
     sae = build_sae(w_path, arch.family, d_in, d_sae, k, hparams)
     if not cfg.get("apply_b_dec_to_input", True):  # their encoder sees x, ours x − b_dec: fold b_dec in
         if arch.fold_input_bias is not None:
-            state = arch.fold_input_bias({**state, "W_enc": W_enc, "b_dec": b_dec})
+            try:
+                state = arch.fold_input_bias({**state, "W_enc": W_enc, "b_dec": b_dec})
+            except KeyError as e:
+                raise CheckpointError(f"{w_path}: missing tensor {e} (found {sorted(state)})") from e
+            except RuntimeError as e:  # a bias whose shape does not fit W_enc
+                raise CheckpointError(f"{w_path}: the {arch_name} biases do not fit W_enc "
+                                      f"{tuple(W_enc.shape)}: {e}") from e
         else:
             b_enc = b_enc + b_dec @ W_enc
     if cfg.get("rescale_acts_by_decoder_norm"):
