@@ -155,14 +155,14 @@ PRISMA_CHILD = r'''
 import sys, torch
 from safetensors.torch import save_file
 from vit_prisma.sae.config import VisionModelSAERunnerConfig
-from vit_prisma.sae.sae import SparseAutoencoder, StandardSparseAutoencoder
-act, norm, out = sys.argv[1], sys.argv[2], sys.argv[3]
-cfg = VisionModelSAERunnerConfig(d_in=8, expansion_factor=4, activation_fn_str=act,
+from vit_prisma.sae.sae import GatedSparseAutoencoder, SparseAutoencoder, StandardSparseAutoencoder
+act, norm, out, arch = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+cfg = VisionModelSAERunnerConfig(d_in=8, expansion_factor=4, activation_fn_str=act, architecture=arch,
                                  activation_fn_kwargs={"k": 4} if act == "topk" else {},
                                  normalize_activations=norm, log_to_wandb=False, checkpoint_path=out,
                                  _device="cpu")
 torch.manual_seed(99)
-sae = StandardSparseAutoencoder(cfg)
+sae = (GatedSparseAutoencoder if arch == "gated" else StandardSparseAutoencoder)(cfg)
 with torch.no_grad():
     for name, p in sae.named_parameters():
         p.copy_(torch.randn_like(p) * (0.5 if name.startswith("W") else 0.3))
@@ -176,18 +176,23 @@ with torch.no_grad():
 save_file({"x": x, "codes": codes.contiguous(), "recon": recon.contiguous()}, out + "/expected.safetensors")
 '''
 PRISMA_COMMIT = "aa5ff6a"
-PRISMA_VERSIONS = {"relu": ("relu", "none"), "topk": ("topk", "none"),
-                   "topk_layer_norm": ("topk", "layer_norm")}
+PRISMA_VERSIONS = {"relu": ("relu", "none", "standard"), "topk": ("topk", "none", "standard"),
+                   "topk_layer_norm": ("topk", "layer_norm", "standard"), "gated": ("relu", "none", "gated")}
 
 
-def make_prisma_fixtures(repo: Path, out: Path, extra_path: str, tmp: Path) -> None:
-    """ViT-Prisma SAEs saved by its own save_config + save_model, with its own outputs."""
+def make_prisma_fixtures(repo: Path, out: Path, extra_path: str, tmp: Path,
+                         only: list[str] | None = None) -> None:
+    """ViT-Prisma SAEs saved by its own save_config + save_model, with its own outputs (``only``: those
+    names)."""
     root = export_commit(repo, PRISMA_COMMIT, tmp, part="src")
-    for name, (act, norm) in PRISMA_VERSIONS.items():
+    for name, (act, norm, arch) in PRISMA_VERSIONS.items():
+        if only is not None and name not in only:
+            continue
         dest = out / name
         dest.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), extra_path) if p)}
-        subprocess.run([sys.executable, "-W", "ignore", "-c", PRISMA_CHILD, act, norm, str(dest.resolve())],
+        subprocess.run([sys.executable, "-W", "ignore", "-c", PRISMA_CHILD, act, norm, str(dest.resolve()),
+                        arch],
                        check=True, env=env, cwd=str(tmp), stdout=subprocess.DEVNULL)
         print("vit_prisma", name)
 

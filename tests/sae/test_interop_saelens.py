@@ -15,7 +15,6 @@ from sae_lens import SAE
 
 from visae.errors import CheckpointError
 from visae.sae.checkpoint import load_sae
-from visae.sae.registry import SAE_FAMILIES
 
 D, F, K = 8, 32, 4
 
@@ -113,15 +112,29 @@ def test_per_token_normalization_is_refused(mode: str, tmp_path: Path) -> None:
         load_sae(folder)
 
 
-def test_gated(tmp_path: Path) -> None:
-    model = sae_lens.GatedSAE(sae_lens.GatedSAEConfig(d_in=D, d_sae=F))
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_gated(apply_b_dec: bool, tmp_path: Path) -> None:
+    """b_gate → b_enc, r_mag and b_mag copied; without the input b_dec both paths' biases absorb it."""
+    model = sae_lens.GatedSAE(sae_lens.GatedSAEConfig(d_in=D, d_sae=F, apply_b_dec_to_input=apply_b_dec))
     _randomize(model)
     folder = _save(model, tmp_path / "s")
-    if "gated" in SAE_FAMILIES:  # the Gated family exists: sae-lens's own outputs
-        _compare(folder, "gated")
-    else:
-        with pytest.raises(CheckpointError, match=r"cfg\.json: field 'architecture' = 'gated'"):
-            load_sae(folder)
+    assert json.loads((folder / "cfg.json").read_text())["architecture"] == "gated"
+    _compare(folder, "gated")
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "sae_weights.safetensors"))
+    del state["b_mag"]
+    save_file(state, str(folder / "sae_weights.safetensors"))
+    with pytest.raises(CheckpointError, match=r"sae_weights\.safetensors: missing tensor 'b_mag'"):
+        load_sae(folder)
+
+
+def test_gated_training_sae_saved_for_inference(tmp_path: Path) -> None:
+    cfg = sae_lens.GatedTrainingSAEConfig(d_in=D, d_sae=F, l1_coefficient=3.0)
+    model = sae_lens.GatedTrainingSAE(cfg)
+    _randomize(model)
+    _compare(_save(model, tmp_path / "s", inference=True), "gated")
+    _compare(_save(model, tmp_path / "t"), "gated")
 
 
 @pytest.mark.parametrize("arch", ["abstopk", "transcoder", "matching_pursuit"])
@@ -152,3 +165,27 @@ def test_batchtopk_training_save_equals_its_inference_save(tmp_path: Path) -> No
         out = sae(x)
         torch.testing.assert_close(out.codes_nf, codes, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out.recon_nd, ref.decode(codes), atol=1e-5, rtol=1e-5)
+
+
+def test_matryoshka_training_save_equals_its_inference_save(tmp_path: Path) -> None:
+    """A training ``save_model`` of Matryoshka-BatchTopK loads as visae's Matryoshka (widths and threshold
+    kept), with the outputs of sae-lens's own inference save; each prefix decodes from its own features."""
+    cfg = sae_lens.MatryoshkaBatchTopKTrainingSAEConfig(d_in=D, d_sae=F, k=K, matryoshka_widths=[8, 16, F])
+    model = sae_lens.MatryoshkaBatchTopKTrainingSAE(cfg)
+    _randomize(model)
+    model.topk_threshold = torch.tensor(0.35)
+    _save(model, tmp_path / "train")
+    _save(model, tmp_path / "inference", inference=True)
+    assert json.loads((tmp_path / "train" / "cfg.json").read_text())["architecture"] == "matryoshka_batchtopk"
+    ref = SAE.load_from_disk(str(tmp_path / "inference")).eval()
+    sae = load_sae(tmp_path / "train")
+    assert sae.family == "matryoshka" and sae.k == K and sae.widths == [8, 16, F]  # type: ignore[attr-defined]
+    x = _inputs()
+    with torch.no_grad():
+        codes = ref.encode(x)
+        out = sae(x)
+        torch.testing.assert_close(out.codes_nf, codes, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.recon_nd, ref.decode(codes), atol=1e-5, rtol=1e-5)
+        sub = sae.with_options(prefix=8)(x)
+        want = codes[:, :8] @ ref.W_dec[:8] + ref.b_dec
+        torch.testing.assert_close(sub.recon_nd, want, atol=1e-5, rtol=1e-5)

@@ -19,7 +19,7 @@ from visae.sae.formats import detect_format
 FIXTURES = Path(__file__).parents[1] / "data" / "interop" / "vit_prisma"
 
 
-@pytest.mark.parametrize("name,family", [("relu", "relu"), ("topk", "topk")])
+@pytest.mark.parametrize("name,family", [("relu", "relu"), ("topk", "topk"), ("gated", "gated")])
 def test_prisma_fixture(name: str, family: str) -> None:
     folder = FIXTURES / name
     fmt, target = detect_format(folder) or (None, None)
@@ -36,14 +36,15 @@ def test_prisma_fixture(name: str, family: str) -> None:
 def test_prisma_layer_norm_and_other_fields_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"config\.json: field 'normalize_activations' = 'layer_norm'"):
         load_sae(FIXTURES / "topk_layer_norm")
-    for field, value in (("architecture", "gated"), ("activation_fn_str", "tanh-relu"),
-                         ("is_transcoder", True)):
-        shutil.copytree(FIXTURES / "relu", tmp_path / field)
-        cfg = json.loads((tmp_path / field / "config.json").read_text())
+    cases = (("relu", "architecture", "jumprelu"), ("relu", "activation_fn_str", "tanh-relu"),
+             ("relu", "is_transcoder", True), ("gated", "activation_fn_str", "topk"))
+    for src, field, value in cases:
+        shutil.copytree(FIXTURES / src, tmp_path / src / field)
+        cfg = json.loads((tmp_path / src / field / "config.json").read_text())
         cfg[field] = value
-        (tmp_path / field / "config.json").write_text(json.dumps(cfg))
+        (tmp_path / src / field / "config.json").write_text(json.dumps(cfg))
         with pytest.raises(CheckpointError, match=rf"config\.json: field '{field}'"):
-            load_sae(tmp_path / field)
+            load_sae(tmp_path / src / field)
 
 
 def test_prisma_hub_layout_weights_only(tmp_path: Path) -> None:

@@ -6,6 +6,10 @@ activations. The statistics are folded into the weights exactly (:func:`raw_spac
 encoder and added after the decoder, so that the written SAE maps raw activations to the same codes and the
 same raw-space reconstructions as visae's normalize → encode → decode → de-normalize.
 
+The fold leaves every encoder pre-activation unchanged: ``(a − b_dec') (W_enc / std) = (x − b_dec) W_enc``
+with ``b_dec' = mean + std · b_dec``. A Gated SAE's two paths both read that one product, so its ``b_enc``
+(the gate bias), ``r_mag`` and ``b_mag`` are written as they are.
+
 Each family's mapping is one entry in :data:`SAELENS_ARCHITECTURES` / :data:`SAEV_ACTIVATIONS`.
 """
 
@@ -59,6 +63,15 @@ def _batchtopk_threshold(sae: SAE, where: str) -> float:
     return max(t, 0.0)
 
 
+def _gated_tensors(sae: SAE, where: str) -> dict[str, torch.Tensor]:
+    """sae-lens ``gated``: ``b_gate`` (our ``b_enc``), ``r_mag``, ``b_mag``; the training-only ``l1_coeff``
+    buffer is not written."""
+    r_mag: torch.Tensor = sae.r_mag  # type: ignore[assignment]
+    b_mag: torch.Tensor = sae.b_mag  # type: ignore[assignment]
+    return {"b_gate": sae.b_enc.detach().float().cpu(), "r_mag": r_mag.detach().float().cpu(),
+            "b_mag": b_mag.detach().float().cpu()}
+
+
 def _jumprelu_thresholds(sae: SAE, where: str) -> torch.Tensor:
     threshold: torch.Tensor = sae.threshold  # type: ignore[assignment]
     t = threshold.detach().float().cpu()
@@ -81,18 +94,26 @@ class SAELensArchitecture:
     """Whether sae-lens's architecture has ``b_enc`` (``gated`` has not)."""
 
 
+# As sae-lens itself saves BatchTopK for inference: JumpReLU with the threshold on every feature.
+_SAELENS_BATCHTOPK = SAELensArchitecture("jumprelu", lambda s: {}, lambda s, w: {
+    "threshold": torch.full((s.d_sae,), _batchtopk_threshold(s, w))})
+
+_SAELENS_TOPK = SAELensArchitecture(
+    "topk", lambda s: {"k": s.k_per_token, "rescale_acts_by_decoder_norm": False}, lambda s, w: {})
+
 SAELENS_ARCHITECTURES: dict[str, SAELensArchitecture] = {
     "relu": SAELensArchitecture("standard", lambda s: {}, lambda s, w: {}),
-    "topk": SAELensArchitecture("topk", lambda s: {"k": s.k_per_token, "rescale_acts_by_decoder_norm": False},
-                                lambda s, w: {}),
+    "topk": _SAELENS_TOPK,
+    # RA-SAE infers as per-token TopK on its fused dictionary (the W_dec buffer): a TopK SAE elsewhere.
+    "archetypal": _SAELENS_TOPK,
     "jumprelu": SAELensArchitecture("jumprelu", lambda s: {},
                                     lambda s, w: {"threshold": _jumprelu_thresholds(s, w)}),
-    # As sae-lens itself saves BatchTopK for inference: JumpReLU with the threshold on every feature.
-    "batchtopk": SAELensArchitecture("jumprelu", lambda s: {}, lambda s, w: {
-        "threshold": torch.full((s.d_sae,), _batchtopk_threshold(s, w))}),
+    "batchtopk": _SAELENS_BATCHTOPK,
+    # Matryoshka-BatchTopK infers as BatchTopK: sae-lens saves its own the same way.
+    "matryoshka": _SAELENS_BATCHTOPK,
+    "gated": SAELensArchitecture("gated", lambda s: {}, _gated_tensors, encoder_bias=False),
 }
-"""visae family → sae-lens architecture. Gated (sae-lens ``gated``) and Matryoshka-BatchTopK (written as
-``jumprelu`` like BatchTopK) go here once those families exist."""
+"""visae family → sae-lens architecture."""
 
 
 def write_saelens(sae: SAE, dest: Path, metadata: dict[str, Any] | None = None) -> list[Path]:
@@ -130,15 +151,21 @@ class SaevActivation:
     tensors: Callable[[SAE, str], dict[str, torch.Tensor]]
 
 
+# saev's eval-mode BatchTopK is a JumpReLU at its scalar threshold buffer (≤ 0: ReLU), like ours.
+_SAEV_BATCHTOPK = SaevActivation("BatchTopK", lambda s: {"top_k": s.k_per_token}, lambda s, w: {
+    "activation.threshold": torch.tensor(_batchtopk_threshold(s, w))})
+
 SAEV_ACTIVATIONS: dict[str, SaevActivation] = {
     "relu": SaevActivation("Relu", lambda s: {}, lambda s, w: {}),
     "topk": SaevActivation("TopK", lambda s: {"top_k": s.k_per_token}, lambda s, w: {}),
-    # saev's eval-mode BatchTopK is a JumpReLU at its scalar threshold buffer (≤ 0: ReLU), like ours.
-    "batchtopk": SaevActivation("BatchTopK", lambda s: {"top_k": s.k_per_token},
-                                lambda s, w: {"activation.threshold":
-                                              torch.tensor(_batchtopk_threshold(s, w))}),
+    "archetypal": SaevActivation("TopK", lambda s: {"top_k": s.k_per_token}, lambda s, w: {}),
+    "batchtopk": _SAEV_BATCHTOPK,
+    # saev's Matryoshka is an objective, not an activation: it saves a BatchTopK SAE whose decoder rows are
+    # ordered by prefix, which is what a visae Matryoshka SAE is.
+    "matryoshka": _SAEV_BATCHTOPK,
 }
-"""visae family → saev activation (schema 5). saev has no per-feature JumpReLU, so JumpReLU is refused."""
+"""visae family → saev activation (schema 5). saev has no per-feature JumpReLU, so JumpReLU is refused;
+nor a gated encoder, so Gated is refused."""
 
 
 def write_saev(sae: SAE, dest: Path, metadata: dict[str, Any] | None = None) -> list[Path]:
@@ -149,7 +176,8 @@ def write_saev(sae: SAE, dest: Path, metadata: dict[str, Any] | None = None) -> 
     act = SAEV_ACTIVATIONS.get(sae.family)
     if act is None:
         raise CheckpointError(f"{dest}: a {sae.family} SAE has no saev activation (supported: "
-                              f"{', '.join(SAEV_ACTIVATIONS)}; saev has no per-feature JumpReLU)")
+                              f"{', '.join(SAEV_ACTIVATIONS)}; saev has no per-feature JumpReLU and no gated "
+                              "encoder; export it with --format saelens or visae)")
     w = raw_space_weights(sae)
     state = {"W_dec": w.W_dec, "b_dec": w.b_dec, "W_enc": w.W_enc, "b_enc": w.b_enc - w.b_dec @ w.W_enc,
              **act.tensors(sae, str(dest))}

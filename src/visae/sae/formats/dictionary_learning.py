@@ -7,16 +7,19 @@ what the class's own ``encode`` / ``decode`` compute by default:
 
 - ``AutoEncoder``: ``ReLU(W(x − bias) + b)``; ``AutoEncoderNew``: ``ReLU(W x + b)``, decoder bias;
 - ``AutoEncoderTopK``: per-sample top-k of ``ReLU(pre)`` (its default ``use_threshold=False``);
-- ``BatchTopKSAE`` and ``MatryoshkaBatchTopKSAE``: ``ReLU(pre) · 1[ReLU(pre) > threshold]`` (their default
-  ``use_threshold=True``): our BatchTopK at that threshold (−1, never set, is plain ReLU);
+- ``BatchTopKSAE``: ``ReLU(pre) · 1[ReLU(pre) > threshold]`` (its default ``use_threshold=True``): our
+  BatchTopK at that threshold (−1, never set, is plain ReLU);
+- ``MatryoshkaBatchTopKSAE``: the same rule, as our Matryoshka family with prefix widths the cumulative
+  sums of its ``group_sizes`` buffer;
 - ``JumpReluAutoEncoder``: ``ReLU(pre · 1[pre > θ])`` on ``x`` (``apply_b_dec_to_input`` is False unless
-  the config says otherwise).
-
-``GatedAutoEncoder`` is refused until a Gated family exists (then it is one entry here).
+  the config says otherwise);
+- ``GatedAutoEncoder``: ``1[π_gate > 0] · ReLU(π_mag)`` on ``x − decoder_bias``: our Gated family
+  (``gate_bias`` → ``b_enc``, ``mag_bias`` → ``b_mag``, ``r_mag``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +57,33 @@ def _matrices(state: dict[str, torch.Tensor], where: Path, encodes_x: bool) -> T
     return W_enc, b_enc, W_dec, b_dec, encodes_x
 
 
+def _gated(state: dict[str, torch.Tensor], where: Path) -> Tensors:
+    """GatedAutoEncoder: bias-free ``encoder``/``decoder`` linears, ``gate_bias``, ``decoder_bias``."""
+    W_enc = get_tensor(state, ("encoder.weight",), where).float().T
+    W_dec = get_tensor(state, ("decoder.weight",), where).float().T
+    b_gate, b_dec = (get_tensor(state, (n,), where).float() for n in ("gate_bias", "decoder_bias"))
+    return W_enc, b_gate, W_dec, b_dec, False
+
+
+def _gated_magnitude(sae: SAE, state: dict[str, torch.Tensor], where: Path) -> None:
+    for ours, theirs in (("r_mag", "r_mag"), ("b_mag", "mag_bias")):
+        t = get_tensor(state, (theirs,), where).float()
+        if t.shape != (sae.d_sae,):
+            raise CheckpointError(f"{where}: tensor {theirs!r} has shape {tuple(t.shape)}, expected "
+                                  f"({sae.d_sae},)")
+        getattr(sae, ours).copy_(t)
+
+
+def _matryoshka_widths(state: dict[str, torch.Tensor], where: Path, d_sae: int) -> dict[str, Any]:
+    """``widths`` = cumulative sums of the ``group_sizes`` buffer (which must sum to ``d_sae``)."""
+    sizes = [int(n) for n in get_tensor(state, ("group_sizes",), where).reshape(-1).tolist()]
+    widths = list(itertools.accumulate(sizes))
+    if not sizes or min(sizes) < 1 or widths[-1] != d_sae:
+        raise CheckpointError(f"{where}: tensor 'group_sizes' = {sizes} must be positive and sum to the "
+                              f"dictionary size {d_sae}")
+    return {"widths": widths}
+
+
 def _scalar_threshold(sae: SAE, state: dict[str, torch.Tensor], where: Path) -> None:
     t = get_tensor(state, ("threshold",), where).float().reshape(-1)
     sae.threshold.fill_(max(float(t[0]), 0.0))  # type: ignore[operator]
@@ -72,6 +102,8 @@ class DictClass:
     tensors: Callable[[dict[str, torch.Tensor], Path, dict[str, Any]], Tensors]
     needs_k: bool = False
     extra: Callable[[SAE, dict[str, torch.Tensor], Path], None] | None = None
+    hparams: Callable[[dict[str, torch.Tensor], Path, int], dict[str, Any]] | None = None
+    """The family's options read from the state dict (given ``d_sae``)."""
 
 
 DICT_CLASSES: dict[str, DictClass] = {
@@ -80,14 +112,14 @@ DICT_CLASSES: dict[str, DictClass] = {
     "AutoEncoderTopK": DictClass("topk", lambda s, w, c: _linear(s, w, "b_dec"), needs_k=True),
     "BatchTopKSAE": DictClass("batchtopk", lambda s, w, c: _linear(s, w, "b_dec"), needs_k=True,
                               extra=_scalar_threshold),
-    "MatryoshkaBatchTopKSAE": DictClass("batchtopk", lambda s, w, c: _matrices(s, w, False), needs_k=True,
-                                        extra=_scalar_threshold),
+    "MatryoshkaBatchTopKSAE": DictClass("matryoshka", lambda s, w, c: _matrices(s, w, False), needs_k=True,
+                                        extra=_scalar_threshold, hparams=_matryoshka_widths),
     "JumpReluAutoEncoder": DictClass(
         "jumprelu", lambda s, w, c: _matrices(s, w, not c.get("apply_b_dec_to_input", False)),
         extra=_vector_threshold),
+    "GatedAutoEncoder": DictClass("gated", lambda s, w, c: _gated(s, w), extra=_gated_magnitude),
 }
-"""dictionary_learning class → visae family. ``GatedAutoEncoder`` goes here once a Gated family exists;
-``MatryoshkaBatchTopKSAE`` may then map to the Matryoshka family (inference is the same)."""
+"""dictionary_learning class → visae family."""
 
 
 def detect(path: Path) -> Path | None:
@@ -141,7 +173,8 @@ def load(pt_path: Path) -> SAE:
             k = int(state["k"])
         if k is None:
             raise CheckpointError(f"{pt_path}: no K (neither a 'k' buffer nor trainer.k in {CONFIG})")
-    sae = build_sae(pt_path, entry.family, d_in, d_sae, k, {})
+    hparams = entry.hparams(state, pt_path, d_sae) if entry.hparams is not None else {}
+    sae = build_sae(pt_path, entry.family, d_in, d_sae, k, hparams)
     with torch.no_grad():
         sae.W_enc.copy_(W_enc)
         sae.b_enc.copy_(b_enc + b_dec @ W_enc if encodes_x else b_enc)

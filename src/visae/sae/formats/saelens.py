@@ -14,7 +14,12 @@ that visae's ``(x − b_dec) W_enc + b_enc`` computes what sae-lens computes:
   ``constant_norm_rescale``) and an unfolded ``covariance_whitening`` are refused.
 
 sae-lens saves BatchTopK and Matryoshka-BatchTopK training SAEs for inference as ``jumprelu`` with a
-per-feature threshold, so they load as JumpReLU. Another family is one entry in :data:`ARCHITECTURES`.
+per-feature threshold, so they load as JumpReLU; their training saves (``save_model``: ``batchtopk``,
+``matryoshka_batchtopk``) load as BatchTopK and Matryoshka (with ``matryoshka_widths``) at their
+``topk_threshold``. ``gated`` loads as visae's Gated family (``b_gate`` is our
+``b_enc``; ``r_mag``, ``b_mag`` are copied; with ``apply_b_dec_to_input: false`` both paths' biases absorb
+``b_dec W_enc`` through :func:`visae.sae.gated.fold_decoder_bias`). Another family is one entry in
+:data:`ARCHITECTURES`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from visae.errors import CheckpointError
 from visae.sae.base import SAE
 from visae.sae.formats import CheckpointFormat
 from visae.sae.formats.common import build_sae, get_tensor, load_safetensors
+from visae.sae.gated import fold_decoder_bias
 
 WEIGHTS = "sae_weights.safetensors"
 CONFIG = "cfg.json"
@@ -56,6 +62,24 @@ def _threshold_scalar(sae: SAE, state: dict[str, torch.Tensor], where: Path) -> 
     sae.threshold.fill_(float(t.reshape(-1)[0]))  # type: ignore[operator]
 
 
+def _matryoshka_widths(cfg: dict[str, Any], cfg_path: Path) -> dict[str, Any]:
+    widths = cfg.get("matryoshka_widths")
+    if not isinstance(widths, list) or not widths or not all(isinstance(w, int) for w in widths):
+        raise CheckpointError(f"{cfg_path}: field 'matryoshka_widths' = {widths!r} must be a list of "
+                              "integers (the nested prefix widths)")
+    return {"widths": widths}
+
+
+def _gated(sae: SAE, state: dict[str, torch.Tensor], where: Path) -> None:
+    """sae-lens ``b_gate`` → our ``b_enc`` (the gate bias); ``r_mag``, ``b_mag`` as they are."""
+    for ours, theirs in (("b_enc", "b_gate"), ("r_mag", "r_mag"), ("b_mag", "b_mag")):
+        t = get_tensor(state, (theirs,), where).float()
+        if t.shape != (sae.d_sae,):
+            raise CheckpointError(f"{where}: tensor {theirs!r} has shape {tuple(t.shape)}, expected "
+                                  f"({sae.d_sae},)")
+        getattr(sae, ours).copy_(t)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """How one sae-lens ``architecture`` maps onto a visae family."""
@@ -70,6 +94,11 @@ class Architecture:
     encoder_bias: str | None = "b_enc"
     """The tensor copied into ``b_enc`` (None: the architecture has none, e.g. ``gated``; ``extra`` sets
     the family's biases)."""
+    cfg_hparams: Callable[[dict[str, Any], Path], dict[str, Any]] | None = None
+    """The family's options read from ``cfg.json`` (Matryoshka: its widths)."""
+    fold_input_bias: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    """With ``apply_b_dec_to_input: false``: rewrites the tensors so that an encoder on ``x − b_dec``
+    computes what theirs computes on ``x`` (None: ``b_enc += b_dec W_enc``)."""
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -77,9 +106,11 @@ ARCHITECTURES: dict[str, Architecture] = {
     "topk": Architecture("topk", k_field="k"),
     "jumprelu": Architecture("jumprelu", extra=_threshold_vector),
     "batchtopk": Architecture("batchtopk", k_field="k", extra=_threshold_scalar),
+    "matryoshka_batchtopk": Architecture("matryoshka", k_field="k", extra=_threshold_scalar,
+                                         cfg_hparams=_matryoshka_widths),
+    "gated": Architecture("gated", extra=_gated, encoder_bias=None, fold_input_bias=fold_decoder_bias),
 }
-"""sae-lens architecture → visae family. Gated (``gated``: ``b_gate``, ``b_mag``, ``r_mag``) is added here
-once a Gated family exists."""
+"""sae-lens architecture → visae family."""
 
 IDENTITY_NORMALIZATIONS = ("none", "expected_average_only_in")
 
@@ -131,9 +162,19 @@ def load(dir_path: Path) -> SAE:
         k = cfg.get(arch.k_field) or (cfg.get("activation_fn_kwargs") or {}).get("k")
         if not isinstance(k, int):
             raise CheckpointError(f"{cfg_path}: field {arch.k_field!r} (K) is missing for {arch_name}")
-    sae = build_sae(w_path, arch.family, d_in, d_sae, k, dict(arch.hparams))
-    if not cfg.get("apply_b_dec_to_input", True):
-        b_enc = b_enc + b_dec @ W_enc  # their encoder sees x, ours sees x − b_dec: fold b_dec in exactly
+    hparams = {**arch.hparams, **(arch.cfg_hparams(cfg, cfg_path) if arch.cfg_hparams is not None else {})}
+    sae = build_sae(w_path, arch.family, d_in, d_sae, k, hparams)
+    if not cfg.get("apply_b_dec_to_input", True):  # their encoder sees x, ours x − b_dec: fold b_dec in
+        if arch.fold_input_bias is not None:
+            try:
+                state = arch.fold_input_bias({**state, "W_enc": W_enc, "b_dec": b_dec})
+            except KeyError as e:
+                raise CheckpointError(f"{w_path}: missing tensor {e} (found {sorted(state)})") from e
+            except RuntimeError as e:  # a bias whose shape does not fit W_enc
+                raise CheckpointError(f"{w_path}: the {arch_name} biases do not fit W_enc "
+                                      f"{tuple(W_enc.shape)}: {e}") from e
+        else:
+            b_enc = b_enc + b_dec @ W_enc
     if cfg.get("rescale_acts_by_decoder_norm"):
         norm_f = W_dec.norm(dim=1)
         W_enc, b_enc, W_dec = W_enc * norm_f, b_enc * norm_f, W_dec / norm_f[:, None]

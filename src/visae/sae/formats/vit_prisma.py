@@ -5,9 +5,12 @@ holding the state dict alone (``weights.pt``, as on the hub).
 The pickled config object is never executed: the file is read with ``torch.load(weights_only=True)``,
 the config's class allowed only as an inert placeholder (its fields are read from ``config.json``).
 ViT-Prisma's standard SAE is ``act((x − b_dec) W_enc + b_enc)``, decoded ``codes W_dec + b_dec``: ours.
-Activations map through :data:`ACTIVATIONS` (``relu``; ``topk``: ReLU of the top k). Refused: per-token
-``normalize_activations`` (``layer_norm``, ViT-Prisma's default, and ``constant_norm_rescale``), gated
-and jumprelu architectures without a family mapping, transcoders, ``tanh-relu``.
+Activations map through :data:`ACTIVATIONS` (``relu``; ``topk``: ReLU of the top k). ``architecture: gated``
+with ``relu`` is visae's Gated family: ``1[x' W_enc + b_gate > 0] · ReLU(x' (W_enc ⊙ e^{r_mag}) + b_mag)``
+on ``x' = x − b_dec`` (``b_gate`` → our ``b_enc``; its own ``b_enc`` parameter is unused by its gated
+forward and is not read). Refused: per-token ``normalize_activations`` (``layer_norm``, ViT-Prisma's
+default, and ``constant_norm_rescale``), a gated SAE with ``topk`` magnitudes, jumprelu, transcoders,
+``tanh-relu``.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ CONFIG = "config.json"
 CONFIG_CLASS = "vit_prisma.sae.config.VisionModelSAERunnerConfig"
 ACTIVATIONS = {"relu": "relu", "topk": "topk"}
 """ViT-Prisma ``activation_fn_str`` → visae family."""
-ARCHITECTURES = {"standard"}
-"""ViT-Prisma ``architecture`` values read (``gated`` joins once a Gated family maps its tensors)."""
+ARCHITECTURES = {"standard", "gated"}
+"""ViT-Prisma ``architecture`` values read."""
 
 
 def _is_prisma_config(path: Path) -> bool:
@@ -94,6 +97,12 @@ def load(pt_path: Path) -> SAE:
     if family is None:
         raise CheckpointError(f"{cfg_path}: field 'activation_fn_str' = {act!r} has no visae family "
                               f"(supported: {', '.join(ACTIVATIONS)})")
+    if arch == "gated":
+        if act != "relu":
+            raise CheckpointError(f"{cfg_path}: field 'activation_fn_str' = {act!r} with architecture "
+                                  "'gated' (a top-k of the magnitude path) has no visae family; only 'relu' "
+                                  "loads")
+        family = "gated"
     norm = cfg.get("normalize_activations") or "none"
     if norm != "none":
         raise CheckpointError(f"{cfg_path}: field 'normalize_activations' = {norm!r} normalizes each "
@@ -104,7 +113,7 @@ def load(pt_path: Path) -> SAE:
     if family == "topk" and not isinstance(k, int):
         raise CheckpointError(f"{cfg_path}: field activation_fn_kwargs.k is missing for activation 'topk'")
     state = _state_dict(pt_path)
-    names = ("W_enc", "b_enc", "W_dec", "b_dec")
+    names = ("W_enc", "b_gate" if family == "gated" else "b_enc", "W_dec", "b_dec")
     W_enc, b_enc, W_dec, b_dec = (get_tensor(state, (n,), pt_path).float() for n in names)
     d_in, d_sae = W_enc.shape
     if "d_in" in cfg and int(cfg["d_in"]) != d_in:
@@ -118,6 +127,13 @@ def load(pt_path: Path) -> SAE:
         sae.b_enc.copy_(b_enc)
         sae.W_dec.copy_(W_dec)
         sae.b_dec.copy_(b_dec)
+        if family == "gated":
+            for name in ("r_mag", "b_mag"):
+                t = get_tensor(state, (name,), pt_path).float()
+                if t.shape != (d_sae,):
+                    raise CheckpointError(f"{pt_path}: tensor {name!r} has shape {tuple(t.shape)}, expected "
+                                          f"({d_sae},)")
+                getattr(sae, name).copy_(t)
     sae.hparams.update(source=f"vit_prisma ({pt_path.name})", normalization="identity (raw activations)")
     return sae
 
