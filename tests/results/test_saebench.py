@@ -111,3 +111,21 @@ def test_foreign_checkpoint_results_carry_its_config(tmp_path: Path) -> None:
     ours = json.loads((tmp_path / "eval" / "saebench" / "m2.json").read_text())
     mine = doc["eval_result_metrics"]["reconstruction"]
     assert abs(mine["value"] - ours["eval_result_metrics"]["reconstruction"]["value"]) < 1e-4
+
+
+def test_per_feature_lists_become_details_that_validate(tmp_path: Path) -> None:
+    """M5's per-feature table holds lists (top images, their activations and weights): they pass through as
+    lists and validate, instead of failing the evaluation job."""
+    from visae.results.saebench import write_saebench
+
+    out = _eval(tmp_path)
+    record = json.loads((out / "m1.json").read_text(encoding="utf-8"))
+    record["metric"] = "m5"
+    (out / "m5.json").write_text(json.dumps(record), encoding="utf-8")
+    pd.DataFrame({"feature": [0, 1], "score": [0.5, float("nan")], "top_images": [[3, 1, 2], [0, 4, 5]],
+                  "top_weights": [[1.0, 0.5, 0.25], [1.0, 0.0, 0.0]]}).to_parquet(out / "m5_features.parquet")
+    written = json.loads(write_saebench(out / "m5.json").read_text(encoding="utf-8"))
+    jsonschema.validate(written, _schema("saebench_result"))
+    assert written["eval_result_details"] == [
+        {"feature": 0, "score": 0.5, "top_images": [3, 1, 2], "top_weights": [1.0, 0.5, 0.25]},
+        {"feature": 1, "score": None, "top_images": [0, 4, 5], "top_weights": [1.0, 0.0, 0.0]}]

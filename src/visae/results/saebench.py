@@ -39,6 +39,8 @@ FEATURE_TABLES = {"m1": "m1_features.parquet", "m5": "m5_features.parquet", "raw
 """Metrics whose per-feature table becomes ``eval_result_details``."""
 
 Number = float | int | bool | None
+Detail = Number | str | list[Number]
+"""A per-feature value: a number, a label, or a short list (M5's top images and their weights)."""
 
 
 class ResultRecord(BaseModel):
@@ -67,7 +69,7 @@ class SAEBenchResult(BaseModel):
     eval_result_metrics: dict[Dimension, dict[str, Number]] = Field(
         description="the metric's numbers under its protocol dimension: spatial_coherence, reconstruction, "
                     "concept_detection, disentanglement (other: plugins)")
-    eval_result_details: list[dict[str, Number | str]] = Field(
+    eval_result_details: list[dict[str, Detail]] = Field(
         default_factory=list, description="one row per feature where the metric has them (M1, M5, raw)")
     eval_result_unstructured: dict[str, Any] | None = Field(
         None, description="the metric's nested results (curves, grids, per-dataset numbers)")
@@ -110,7 +112,7 @@ def _numbers(obj: Any, prefix: str = "") -> tuple[dict[str, Number], dict[str, A
     return flat, nested
 
 
-def _details(folder: Path, metric: str) -> list[dict[str, Number | str]]:
+def _details(folder: Path, metric: str) -> list[dict[str, Detail]]:
     name = FEATURE_TABLES.get(metric)
     if name is None or not (folder / name).is_file():
         return []
