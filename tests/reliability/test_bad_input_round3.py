@@ -337,6 +337,15 @@ def test_study_settings_are_validated_at_load(tmp_path: Path) -> None:  # 13 (+ 
         load_study_config(bad)
 
 
+def test_study_settings_for_metrics_no_block_runs(tmp_path: Path) -> None:  # 8, for studies
+    path = _study(tmp_path / "a", metric_configs={"m4": {"ks": [1, 2]}})
+    _refused(tmp_path, ["study", "status", str(path)], "metric_configs.m4", "no SAE block runs", "m2")
+    blocks = [{"name": "main", "family": "topk", "expansions": [2], "ks": [4], "metrics": ["m2", "m4"]}]
+    fine = _study(tmp_path / "b", saes=blocks, metric_configs={"m4": {"ks": [1, 2]}})
+    code, text = _cli(["study", "run", str(fine), "--dry-run"])  # a block runs m4: its settings apply there
+    assert code == 0, text
+
+
 def test_duplicate_block_names(tmp_path: Path) -> None:  # 25
     blocks = [{"name": "main", "family": "topk", "expansions": [2], "ks": [4]},
               {"name": "main", "family": "topk", "expansions": [2], "ks": [8]}]

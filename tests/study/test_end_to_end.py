@@ -93,7 +93,8 @@ def test_sigkill_and_resume(clean_run: Path, tmp_path: Path) -> None:
 def test_ray_executor_local_instance(clean_run: Path, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     cfg = load_study_config(tiny_yaml(tmp_path, saes=[TINY["saes"][0]], tasks=[],  # type: ignore[index]
-                                      metrics=["m1", "m2", "m3"], browser_features=2))
+                                      metrics=["m1", "m2", "m3"], browser_features=2,
+                                      metric_configs={"m1": TINY["metric_configs"]["m1"]}))  # type: ignore[index]
     import failing
 
     # The first raw job fails once (counted in a file every worker sees): Ray's retry must recover it.

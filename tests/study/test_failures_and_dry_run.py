@@ -82,7 +82,8 @@ def test_dry_run_names_every_problem_by_its_yaml_path(tmp_path: Path) -> None:
     assert len(errors) == 1 and str(path) in errors[0], text
     expected = ["metrics[2]: unknown metric 'm9'",
                 "metric_configs.m4.ks.0: should be greater than or equal to 1",
-                "metric_configs.m8: unknown metric", "cache.batch_size:",
+                "metric_configs.m8: unknown metric",
+                "metric_configs.m4: settings for m4, which no SAE block runs", "cache.batch_size:",
                 "train.lr: should be greater than 0",
                 "train.batchsize: unknown key", "layers[1]: 5 is not a block of tiny-vit-a",
                 "saes[0].ks[1]: K=100 exceeds the dictionary size 64",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -101,3 +102,12 @@ def dense_stats(x_bd: torch.Tensor, recon_bd: torch.Tensor, codes_bf: torch.Tens
         return StepResult(loss=float(loss), mse=sse / x_bd.numel(), fvu=sse / max(total_var, 1e-12),
                           l0=float(active.sum()) / x_bd.shape[0], fired_f=active.any(0), cut=cut,
                           residual_bd=(x_bd - recon_bd).float())
+
+
+@torch.no_grad()
+def steer_toward_l0(coeff: torch.Tensor, l0: float, target: int | None, rate: float) -> None:
+    """Multiply a sparsity coefficient by ``(l0 / target) ** rate`` (clamped to [0.5, 2]) so a penalty-based
+    family's L0 approaches ``target``: JumpReLU's and Gated's controllers. Nothing when no target is set."""
+    if target and rate > 0 and l0 > 0:
+        factor = math.exp(rate * math.log(l0 / target))
+        coeff.mul_(min(max(factor, 0.5), 2.0))

@@ -23,12 +23,11 @@ same multiplicative controller as JumpReLU's.
 
 from __future__ import annotations
 
-import math
 from typing import Any, ClassVar
 
 import torch
 
-from visae.sae.family import TrainableSAE, dense_stats
+from visae.sae.family import TrainableSAE, dense_stats, steer_toward_l0
 from visae.sae.sparse import StepResult
 
 
@@ -121,11 +120,8 @@ class GatedSAE(TrainableSAE):
         self._control(res.l0)
         return res
 
-    @torch.no_grad()
     def _control(self, l0: float) -> None:
-        if self.k and self.controller_rate > 0 and l0 > 0:
-            factor = math.exp(self.controller_rate * math.log(l0 / self.k))
-            self.l1_coeff.mul_(min(max(factor, 0.5), 2.0))
+        steer_toward_l0(self.l1_coeff, l0, self.k, self.controller_rate)
 
     def config_extra(self) -> dict[str, Any]:
         return {"l1_coeff": float(self.l1_coeff)}

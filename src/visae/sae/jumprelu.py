@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 
 from visae.sae.base import InferenceRule
-from visae.sae.family import TrainableSAE, dense_stats
+from visae.sae.family import TrainableSAE, dense_stats, steer_toward_l0
 from visae.sae.sparse import StepResult
 
 Kernel = Literal["rectangle", "silverman"]
@@ -128,11 +128,8 @@ class JumpReLUSAE(TrainableSAE):
         self._control(res.l0)
         return res
 
-    @torch.no_grad()
     def _control(self, l0: float) -> None:
-        if self.k and self.controller_rate > 0 and l0 > 0:
-            factor = math.exp(self.controller_rate * math.log(l0 / self.k))
-            self.sparsity_coeff.mul_(min(max(factor, 0.5), 2.0))
+        steer_toward_l0(self.sparsity_coeff, l0, self.k, self.controller_rate)
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -84,6 +84,10 @@ def _metric_problems(cfg: StudyConfig) -> list[str]:
                        f"({', '.join(known)})")
             continue
         out += _model_problems(METRICS[name].config_cls, section, f"metric_configs.{name}")
+    run = {"raw"}.union(cfg.metrics, *(grid.metrics or [] for grid in cfg.saes))  # raw: its own job
+    out += [f"metric_configs.{name}: settings for {name}, which no SAE block runs (metrics: "
+            f"{', '.join(sorted(run))}); add {name} to 'metrics' or drop the section"
+            for name in cfg.metric_configs if name in METRICS and name not in run]
     return out
 
 

@@ -98,7 +98,9 @@ def run(job: Job, p: Params, root: Path, device: str) -> dict[str, Any]:
     # a path: the results record its provenance (a reference folder's: repo, commit, hashes)
     sae = root / p.sae
     cache = open_job_cache(root, p.cache)
-    configs: dict[str, dict[str, Any]] = {k: dict(v) for k, v in p.metric_configs.items()}
+    # the study's settings are shared by every block; this job takes those of the metrics it runs (a
+    # section no block runs is refused when the study loads)
+    configs: dict[str, dict[str, Any]] = {k: dict(v) for k, v in p.metric_configs.items() if k in p.metrics}
     for name, extra in study_metric_extras(p, root).items():
         configs[name] = {**extra, **configs.get(name, {})}
     results = evaluate(sae, cache, metrics=p.metrics, out_dir=root / job.outputs[0], configs=configs,
