@@ -63,7 +63,8 @@ def test_a_tiny_synthetic_study_reports_recovery_and_the_preset_effect(tmp_path:
     overrides = ["out_dir=" + str(tmp_path / "out"), "data.train.max_images=200", "data.eval.max_images=100",
                  "saes=[{name: main, family: batchtopk, expansions: [1], ks: [2, 4]}]",
                  "metrics=[m1, m2, recovery]", "backbones=[synth:spatial, synth:null]",
-                 "train.epochs=1"]
+                 "train.epochs=1",  # the template's M4/M7 settings go with those metrics (refused otherwise)
+                 "metric_configs={m1: {min_valid_images: 20}, recovery: {m1: {min_valid_images: 20}}}"]
     run_study(load_study_config(yaml_path, overrides))
     report = (tmp_path / "out" / "report" / "index.html").read_text()
     assert "Recovery of planted features" in report and "Recovery — F1 and MCC" in report
