@@ -28,8 +28,10 @@ def _type_name(p: Any, ctx: Any) -> str:
 
 
 def _text(s: str) -> str:
-    """Help text as Markdown: ``<placeholders>`` kept visible (not read as HTML tags)."""
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Help text as Markdown: ``<placeholders>`` kept visible (not read as HTML tags) and ``[optional]``
+    parts kept as text (``A[:B][@C]`` would otherwise read as a reference link)."""
+    return (s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("[", "\\[").replace("]", "\\]"))
 
 
 def _param_row(p: Any, ctx: Any) -> str:
