@@ -131,12 +131,32 @@ class ArchetypalSAE(TopKSAE):
 
     @torch.no_grad()
     def init_centroids(self, x_bd: torch.Tensor) -> None:
-        """``C`` ← k-means centroids of ``x_bd``; the encoder starts at the normalized atoms' transpose."""
+        """``C`` ← k-means centroids of ``x_bd``; the encoder starts at the normalized atoms' transpose,
+        scaled so that this batch's reconstruction has the least-squares scale (:meth:`_scale_encoder`)."""
         self.C.copy_(kmeans(x_bd.to(self.C.dtype), self.C.shape[0], self.kmeans_iters))
         self.centroids_ready.fill_(True)
         self.project()
         atoms = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
         self.W_enc.copy_(atoms.T)
+        self._scale_encoder(x_bd.to(self.W_enc.dtype))
+
+    @torch.no_grad()
+    def _scale_encoder(self, x_bd: torch.Tensor) -> None:
+        """Multiply ``W_enc`` and ``b_enc`` by ``α = ⟨x − b_dec, x̂⟩ / ‖x̂‖²`` (x̂ the bias-free reconstruction).
+
+        The atoms are data centroids, not unit vectors, and the top-k inputs sum k of them: unscaled, the
+        first reconstruction is tens to thousands of times too large (FVU ~10⁴ on DINOv2 tokens), which a
+        short run never trains away. TopK codes are positively homogeneous in the encoder's scale (the
+        selected set does not change), so α only rescales them to the least-squares fit."""
+        xc = x_bd - self.b_dec
+        pre = xc @ self.W_enc + self.b_enc
+        top = pre.topk(min(self.k_per_token, pre.shape[1]), dim=1)
+        codes = torch.zeros_like(pre).scatter_(1, top.indices, top.values.clamp_min(0))
+        recon = codes @ self.W_dec
+        alpha = float((xc * recon).sum() / (recon * recon).sum().clamp_min(1e-12))
+        if alpha > 0:
+            self.W_enc.mul_(alpha)
+            self.b_enc.mul_(alpha)
 
     def training_step(self, x_bd: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
                       keep_residual: bool = False) -> StepResult:
