@@ -19,17 +19,10 @@ _COMMON_FIELDS = {"metric", "value", "higher_is_better", "note"}
 
 def parse_metric_names(text: str) -> list[str]:
     """``"m1, m2,raw"`` → ``["m1", "m2", "raw"]`` (order kept, duplicates dropped); unknown names are
-    errors."""
-    from visae.metrics.base import METRICS
+    errors (the Python API's check, :func:`visae.metrics.evaluate.metric_names`)."""
+    from visae.metrics.evaluate import metric_names
 
-    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    if not names:
-        raise ConfigError("--metrics: no metric named; give e.g. --metrics m1,m2,raw")
-    unknown = [n for n in names if n not in METRICS]
-    if unknown:
-        raise ConfigError(f"--metrics: unknown metric(s) {', '.join(unknown)}; known: "
-                          f"{', '.join(METRICS.names())}")
-    return names
+    return metric_names(text, field="--metrics", example="--metrics m1,m2,raw")
 
 
 def metric_configs(metrics: Sequence[str], config_path: Path | None = None,

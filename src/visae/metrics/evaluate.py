@@ -27,21 +27,23 @@ def metric_class(name: str) -> type[Metric[Any]]:
     return METRICS[name]
 
 
-def metric_names(metrics: str | Sequence[str]) -> list[str]:
+def metric_names(metrics: str | Sequence[str], field: str = "metrics",
+                 example: str = "metrics=['m1', 'm2'] (--metrics m1,m2)") -> list[str]:
     """The metrics asked for, as a list: ``"m1,m2"`` or ``["m1", "m2"]`` (order kept, duplicates dropped);
-    an empty request or an unknown name is a ConfigError (the CLI's ``--metrics`` and the API agree)."""
+    an empty request or an unknown name is a ConfigError naming ``field`` (the CLI's ``--metrics`` and the
+    API share this check)."""
     if isinstance(metrics, str):
         items = [n.strip() for n in metrics.split(",")]
     elif isinstance(metrics, Sequence) and all(isinstance(n, str) for n in metrics):
         items = [n.strip() for n in metrics]
     else:
-        raise ConfigError(f"metrics: expected metric names (e.g. 'm1,m2' or ['m1', 'm2']), got {metrics!r}")
+        raise ConfigError(f"{field}: expected metric names (e.g. 'm1,m2' or ['m1', 'm2']), got {metrics!r}")
     names = list(dict.fromkeys(n for n in items if n))
     if not names:
-        raise ConfigError("metrics: no metric named; give e.g. metrics=['m1', 'm2'] (--metrics m1,m2)")
+        raise ConfigError(f"{field}: no metric named; give e.g. {example}")
     unknown = [n for n in names if n not in METRICS]
     if unknown:
-        raise ConfigError(f"metrics: unknown metric(s) {', '.join(unknown)}; known: "
+        raise ConfigError(f"{field}: unknown metric(s) {', '.join(unknown)}; known: "
                           f"{', '.join(METRICS.names())}")
     return names
 
