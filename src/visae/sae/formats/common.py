@@ -4,6 +4,7 @@ building."""
 from __future__ import annotations
 
 import io
+import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,17 @@ from safetensors.torch import load_file
 from visae.errors import CheckpointError, ConfigError
 from visae.sae.base import SAE
 from visae.sae.registry import make_sae
+
+
+def read_json_mapping(path: Path) -> dict[str, Any]:
+    """The object in a JSON file (a foreign library's config); CheckpointError naming the file otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot read JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:

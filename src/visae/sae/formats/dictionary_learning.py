@@ -20,7 +20,6 @@ what the class's own ``encode`` / ``decode`` compute by default:
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from visae.errors import CheckpointError
 from visae.sae.base import SAE
 from visae.sae.formats import CheckpointFormat
-from visae.sae.formats.common import build_sae, get_tensor, safe_torch_load, state_dict_of
+from visae.sae.formats.common import build_sae, get_tensor, read_json_mapping, safe_torch_load, state_dict_of
 
 WEIGHTS = "ae.pt"
 CONFIG = "config.json"
@@ -147,12 +146,7 @@ def _dict_class(pt_path: Path, cfg: dict[str, Any], state: dict[str, torch.Tenso
 def load(pt_path: Path) -> SAE:
     """One of our families from ``ae.pt`` (+ ``config.json``)."""
     cfg_path = pt_path.with_name(CONFIG)
-    cfg: dict[str, Any] = {}
-    if cfg_path.is_file():
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{cfg_path}: cannot read JSON: {e}") from e
+    cfg = read_json_mapping(cfg_path) if cfg_path.is_file() else {}
     state = state_dict_of(safe_torch_load(pt_path, pt_path), pt_path)
     name = _dict_class(pt_path, cfg, state)
     entry = DICT_CLASSES.get(name)

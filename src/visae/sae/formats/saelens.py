@@ -24,7 +24,6 @@ per-feature threshold, so they load as JumpReLU; their training saves (``save_mo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from visae.errors import CheckpointError
 from visae.sae.base import SAE
 from visae.sae.formats import CheckpointFormat
-from visae.sae.formats.common import build_sae, get_tensor, load_safetensors
+from visae.sae.formats.common import build_sae, get_tensor, load_safetensors, read_json_mapping
 from visae.sae.gated import fold_decoder_bias
 
 WEIGHTS = "sae_weights.safetensors"
@@ -117,14 +116,7 @@ IDENTITY_NORMALIZATIONS = ("none", "expected_average_only_in")
 
 def read_config(dir_path: Path) -> dict[str, Any]:
     """``cfg.json`` as a mapping; CheckpointError naming it otherwise."""
-    cfg_path = dir_path / CONFIG
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfg_path}: cannot read JSON: {e}") from e
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{cfg_path}: expected a JSON object")
-    return cfg
+    return read_json_mapping(dir_path / CONFIG)
 
 
 def load(dir_path: Path) -> SAE:

@@ -8,7 +8,6 @@ and ``skip_connection`` (an extra linear path from input to output).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ import torch
 from visae.errors import CheckpointError
 from visae.sae.base import SAE
 from visae.sae.formats import CheckpointFormat
-from visae.sae.formats.common import build_sae, get_tensor, load_safetensors
+from visae.sae.formats.common import build_sae, get_tensor, load_safetensors, read_json_mapping
 
 WEIGHTS = "sae.safetensors"
 CONFIG = "cfg.json"
@@ -30,12 +29,7 @@ def detect(path: Path) -> Path | None:
 def load(dir_path: Path) -> SAE:
     """Our TopK from a sparsify folder."""
     cfg_path = dir_path / CONFIG
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfg_path}: cannot read JSON: {e}") from e
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{cfg_path}: expected a JSON object")
+    cfg = read_json_mapping(cfg_path)
     activation = cfg.get("activation", "topk")
     if activation != "topk":
         raise CheckpointError(f"{cfg_path}: field 'activation' = {activation!r} has no visae family (only "

@@ -25,7 +25,7 @@ import torch
 from visae.errors import CheckpointError
 from visae.sae.base import SAE
 from visae.sae.formats import CheckpointFormat
-from visae.sae.formats.common import build_sae, get_tensor
+from visae.sae.formats.common import build_sae, get_tensor, read_json_mapping
 
 CONFIG = "config.json"
 CONFIG_CLASS = "vit_prisma.sae.config.VisionModelSAERunnerConfig"
@@ -84,7 +84,7 @@ def _state_dict(pt_path: Path) -> dict[str, torch.Tensor]:
 def load(pt_path: Path) -> SAE:
     """One of our families from a ViT-Prisma checkpoint."""
     cfg_path = pt_path.with_name(CONFIG)
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg = read_json_mapping(cfg_path)
     arch = cfg.get("architecture", "standard")
     if cfg.get("is_transcoder"):
         raise CheckpointError(f"{cfg_path}: field 'is_transcoder' = true: a transcoder predicts another "
