@@ -31,9 +31,10 @@ from visae.sae.sparse import (
     SparseCodes,
     StepResult,
     _accumulate,
-    _scatter_by_feature,
     _sddmm,
+    accumulate_encoder_grads,
     encode_select,
+    fired_features,
     row_offsets,
 )
 
@@ -119,18 +120,13 @@ def matryoshka_step(x_bd: torch.Tensor, W_enc: torch.nn.Parameter, b_enc: torch.
         first, last = edges[g], edges[g + 1]
         grad_W_dec[lo:hi] = F.embedding_bag(rows_f[first:last], grads[g], offsets_f[lo:hi] - first,
                                             mode="sum", per_sample_weights=vals_f[first:last])
-    grad_W_enc_t = _scatter_by_feature(order_n, codes.rows_n[order_n], offsets_f, xc_bd, gval_n)
-    grad_b_enc = torch.bincount(codes.cols_n, weights=gval_n, minlength=codes.n_cols).to(b_enc.dtype)
-    grad_b_dec = g_all.sum(0) - W_enc @ grad_b_enc
     _accumulate(W_dec, grad_W_dec)
-    _accumulate(W_enc, grad_W_enc_t.T)
-    _accumulate(b_enc, grad_b_enc)
-    _accumulate(b_dec, grad_b_dec)
+    accumulate_encoder_grads(codes, order_n, rows_f, offsets_f, xc_bd, gval_n, g_all.sum(0), W_enc, b_enc,
+                             b_dec)
     total_var = float((x_bd - x_bd.mean(0)).pow(2).sum())
-    fired_f = torch.zeros(codes.n_cols, dtype=torch.bool, device=x_bd.device)
-    fired_f[codes.cols_n] = True
     return StepResult(loss=sse_total / n_rows, mse=sse_full / x_bd.numel(),
-                      fvu=sse_full / max(total_var, 1e-12), l0=codes.nnz / n_rows, fired_f=fired_f,
+                      fvu=sse_full / max(total_var, 1e-12), l0=codes.nnz / n_rows,
+                      fired_f=fired_features(codes),
                       cut=codes.cut, codes=codes, residual_bd=residual)
 
 

@@ -253,19 +253,34 @@ def topk_step(x_bd: torch.Tensor, W_enc: torch.nn.Parameter, b_enc: torch.nn.Par
     rows_sorted_n = codes.rows_n[order_n]
     offsets_f = row_offsets(codes.cols_n[order_n], codes.n_cols)
     grad_W_dec = _scatter_by_feature(order_n, rows_sorted_n, offsets_f, g_bd, codes.vals_n)
+    _accumulate(W_dec, grad_W_dec)
+    accumulate_encoder_grads(codes, order_n, rows_sorted_n, offsets_f, xc_bd, gval_n, g_bd.sum(0),
+                             W_enc, b_enc, b_dec)
+    total_var = float((x_bd - x_bd.mean(0)).pow(2).sum())
+    return StepResult(loss=sse / n_rows, mse=sse / x_bd.numel(), fvu=sse / max(total_var, 1e-12),
+                      l0=codes.nnz / n_rows, fired_f=fired_features(codes), cut=codes.cut, codes=codes,
+                      residual_bd=g_bd.mul(-n_rows / 2.0) if keep_residual else None)
+
+
+def accumulate_encoder_grads(codes: SparseCodes, order_n: torch.Tensor, rows_sorted_n: torch.Tensor,
+                             offsets_f: torch.Tensor, xc_bd: torch.Tensor, gval_n: torch.Tensor,
+                             g_sum_d: torch.Tensor, W_enc: torch.nn.Parameter, b_enc: torch.nn.Parameter,
+                             b_dec: torch.nn.Parameter) -> None:
+    """Gradients of ``W_enc``, ``b_enc`` and ``b_dec`` from the codes' value gradients ``gval_n`` (entries
+    sorted by feature through ``order_n``/``offsets_f``) and ``g_sum_d``, the summed gradient reaching the
+    reconstruction directly; added into ``.grad`` (``b_dec`` also enters through ``x − b_dec``)."""
     grad_W_enc_t = _scatter_by_feature(order_n, rows_sorted_n, offsets_f, xc_bd, gval_n)
     grad_b_enc = torch.bincount(codes.cols_n, weights=gval_n, minlength=codes.n_cols).to(b_enc.dtype)
-    grad_b_dec = g_bd.sum(0) - W_enc @ grad_b_enc
-    _accumulate(W_dec, grad_W_dec)
     _accumulate(W_enc, grad_W_enc_t.T)
     _accumulate(b_enc, grad_b_enc)
-    _accumulate(b_dec, grad_b_dec)
-    total_var = float((x_bd - x_bd.mean(0)).pow(2).sum())
-    fired_f = torch.zeros(codes.n_cols, dtype=torch.bool, device=x_bd.device)
+    _accumulate(b_dec, g_sum_d - W_enc @ grad_b_enc)
+
+
+def fired_features(codes: SparseCodes) -> torch.Tensor:
+    """``[F]`` bool: which features hold at least one entry of ``codes``."""
+    fired_f = torch.zeros(codes.n_cols, dtype=torch.bool, device=codes.cols_n.device)
     fired_f[codes.cols_n] = True
-    return StepResult(loss=sse / n_rows, mse=sse / x_bd.numel(), fvu=sse / max(total_var, 1e-12),
-                      l0=codes.nnz / n_rows, fired_f=fired_f, cut=codes.cut, codes=codes,
-                      residual_bd=g_bd.mul(-n_rows / 2.0) if keep_residual else None)
+    return fired_f
 
 
 def _accumulate(param: torch.nn.Parameter, grad: torch.Tensor) -> None:
