@@ -149,10 +149,7 @@ class ArchetypalSAE(TopKSAE):
         short run never trains away. TopK codes are positively homogeneous in the encoder's scale (the
         selected set does not change), so α only rescales them to the least-squares fit."""
         xc = x_bd - self.b_dec
-        pre = xc @ self.W_enc + self.b_enc
-        top = pre.topk(min(self.k_per_token, pre.shape[1]), dim=1)
-        codes = torch.zeros_like(pre).scatter_(1, top.indices, top.values.clamp_min(0))
-        recon = codes @ self.W_dec
+        recon = self.encode(x_bd) @ self.W_dec
         alpha = float((xc * recon).sum() / (recon * recon).sum().clamp_min(1e-12))
         if alpha > 0:
             self.W_enc.mul_(alpha)
