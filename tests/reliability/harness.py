@@ -1,8 +1,9 @@
 """Kill-and-resume harness: run a stage in a real child process, SIGKILL it at seeded random times, rerun.
 
 :class:`ForkServer` drives ``driver.py serve`` (one Python process that has imported torch and visae,
-forking a fresh child per run). :func:`kill_points` spreads kill times over the measured duration of an
-uninterrupted run. The helpers below compare a resumed output folder with an uninterrupted one.
+forking a fresh child per run). :class:`KillSchedule` spreads kill times over the duration of an
+uninterrupted run, shrinking it when a run finishes first. The helpers below compare a resumed output
+folder with an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,11 +86,26 @@ class ForkServer:
             self.proc.wait()
 
 
-def kill_points(duration_s: float, n: int, seed: int) -> list[float]:
-    """``n`` seeded kill times spread over ``0 … duration_s``: one uniform draw in each of n equal slices."""
-    rng = np.random.default_rng(seed)
-    edges = np.linspace(0.0, duration_s, n + 1)
-    return [float(rng.uniform(lo, hi)) for lo, hi in itertools.pairwise(edges)]
+class KillSchedule:
+    """``n`` seeded kill times spread over an uninterrupted run: one uniform fraction in each of n equal
+    slices of ``0 … 1``, times the run's duration. A run that finishes before its kill shows the
+    duration was overestimated (a loaded machine made the baseline slow), so later kill points shrink to
+    it; without that a quieter machine lets most runs finish first and tests no kill at all."""
+
+    def __init__(self, duration_s: float, n: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        edges = np.linspace(0.0, 1.0, n + 1)
+        self.fractions = [float(rng.uniform(lo, hi)) for lo, hi in itertools.pairwise(edges)]
+        self.duration_s = duration_s
+
+    def __iter__(self) -> Iterator[float]:
+        for u in self.fractions:
+            yield u * self.duration_s
+
+    def observe(self, result: RunResult) -> None:
+        """Shrink the duration to a run that finished before it was killed."""
+        if not result.killed:
+            self.duration_s = min(self.duration_s, result.seconds)
 
 
 def leftover_tmp_files(folder: Path) -> list[Path]:

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from harness import ForkServer, RunResult, json_without, kill_points, leftover_tmp_files, poison_tmp_files
+from harness import ForkServer, KillSchedule, RunResult, json_without, leftover_tmp_files, poison_tmp_files
 from safetensors.numpy import load_file
 
 from visae.cache.reader import open_cache
@@ -104,12 +103,14 @@ def _kill_loop_cache(server: ForkServer, base: tuple[Path, float], tmp: Path, n:
     root0, seconds = base
     want = _cache_outcome(root0)
     tally = Tally("cache")
-    for i, t in enumerate(kill_points(seconds, n, seed)):
+    schedule = KillSchedule(seconds, n, seed)
+    for i, t in enumerate(schedule):
         root = tmp / f"k{i}"
         r = server.run("cache", {**CACHE_ARGS, "out": str(root)}, kill_after=t)
         tally.tried += 1
         tally.killed += r.killed
         tally.finished_before_kill += not r.killed
+        schedule.observe(r)
         _check_partial_cache(root)
         tally.poisoned_tmp += poison_tmp_files(root)
         _must_finish(server.run("cache", {**CACHE_ARGS, "out": str(root)}))
@@ -189,13 +190,15 @@ def _kill_loop_train(server: ForkServer, base: tuple[Path, Path, float], tmp: Pa
     cache, out0, seconds = base
     want = _train_outcome(out0)
     tally = Tally("train")
-    for i, t in enumerate(kill_points(seconds, n, seed)):
+    schedule = KillSchedule(seconds, n, seed)
+    for i, t in enumerate(schedule):
         out = tmp / f"k{i}"
         args = {"cache": str(cache), "out": str(out)}
         r = server.run("train", args, kill_after=t)
         tally.tried += 1
         tally.killed += r.killed
         tally.finished_before_kill += not r.killed
+        schedule.observe(r)
         _check_partial_train(out)
         tally.poisoned_tmp += poison_tmp_files(out)
         _must_finish(server.run("train", args))
@@ -244,12 +247,14 @@ def _kill_loop_eval(server: ForkServer, base: tuple[dict[str, str], Path, float]
     args, out0, seconds = base
     want = _eval_outcome(out0)
     tally = Tally("eval")
-    for i, t in enumerate(kill_points(seconds, n, seed)):
+    schedule = KillSchedule(seconds, n, seed)
+    for i, t in enumerate(schedule):
         out = tmp / f"k{i}"
         r = server.run("eval", {**args, "out": str(out)}, kill_after=t)
         tally.tried += 1
         tally.killed += r.killed
         tally.finished_before_kill += not r.killed
+        schedule.observe(r)
         _check_partial_eval(out)
         tally.poisoned_tmp += poison_tmp_files(out) if out.exists() else 0
         _must_finish(server.run("eval", {**args, "out": str(out)}))
@@ -316,12 +321,14 @@ def _kill_loop_study(server: ForkServer, base: tuple[Path, float], tmp: Path, n:
     out0, seconds = base
     want = _study_outcome(out0)
     tally = Tally("study")
-    for i, t in enumerate(kill_points(seconds, n, seed)):
+    schedule = KillSchedule(seconds, n, seed)
+    for i, t in enumerate(schedule):
         yaml_path = _study_yaml(tmp / f"k{i}")
         r = server.run("study", {"yaml": str(yaml_path)}, kill_after=t)
         tally.tried += 1
         tally.killed += r.killed
         tally.finished_before_kill += not r.killed
+        schedule.observe(r)
         _check_partial_study(yaml_path.parent / "out")
         tally.poisoned_tmp += poison_tmp_files(yaml_path.parent / "out")
         _must_finish(server.run("study", {"yaml": str(yaml_path)}))
@@ -362,7 +369,13 @@ def test_kill_loop_long(stage: str, server: ForkServer, request: pytest.FixtureR
     assert not tally.bad, tally.bad
 
 
-def test_kill_points_spread() -> None:
-    pts = kill_points(10.0, 20, seed=0)
+def test_kill_schedule_spreads_and_shrinks() -> None:
+    schedule = KillSchedule(10.0, 20, seed=0)
+    pts = list(schedule)
     assert len(pts) == 20 and all(0 <= a < b <= 10 for a, b in itertools.pairwise(pts))
-    assert np.isclose(kill_points(1.0, 3, 5)[0], kill_points(1.0, 3, 5)[0])
+    assert KillSchedule(1.0, 3, 5).fractions == KillSchedule(1.0, 3, 5).fractions
+    finished = RunResult(pid=1, status=0, killed=False, seconds=4.0, log=Path("x"))
+    schedule.observe(finished)
+    assert max(schedule) <= 4.0
+    schedule.observe(RunResult(pid=1, status=9, killed=True, seconds=1.0, log=Path("x")))
+    assert max(schedule) > 1.0
