@@ -83,14 +83,23 @@ def overcomplete_step(d: int, f: int, k: int, b: int):
     return step
 
 
-def family_step(family: str, d: int, f: int, k: int, b: int, **hparams):
-    """visae's training step of any family (Adam, the family's own constraints), on one fixed batch."""
+def family_step(family: str, d: int, f: int, k: int | None, b: int, open_per_token: int | None = None,
+                **hparams):
+    """visae's training step of any family (Adam, the family's own constraints), on one fixed batch.
+
+    ``open_per_token`` sets the encoder bias so that each feature is open on that share of the batch (about
+    that many features per token): where a target-L0 family (Gated) spends its run, near its target."""
     from visae.sae.registry import make_sae
 
     torch.manual_seed(0)
     sae = make_sae(family, d, d_sae=f, k=k, **hparams).to(DEVICE)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
     x = torch.randn(b, d, device=DEVICE)
+    if open_per_token is not None:
+        with torch.no_grad():
+            shared = (x - sae.b_dec) @ sae.W_enc
+            sae.b_enc.copy_(-torch.kthvalue(shared, b - b * open_per_token // f, dim=0).values)
+            del shared
     sae.training_step(x)  # first call: Archetypal's centroids (k-means), not part of a step
     opt.zero_grad(set_to_none=True)
 
@@ -186,7 +195,9 @@ def families(d: int, f: int, k: int, b: int, steps: int) -> None:
             ("archetypal", lambda: family_step("archetypal", d, f, k, b, n_centroids=n_c),
              "overcomplete RATopKSAE", lambda: overcomplete_ra_step(d, f, k, b, n_c),
              4 * d * f + 6 * k * d + 4 * f * n_c * d / b),
-            ("gated", lambda: family_step("gated", d, f, None, b),
+            ("gated", lambda: family_step("gated", d, f, k, b, open_per_token=k),
+             "sae-lens Gated", lambda: saelens_step("gated", d, f, k, b), 4 * d * f + 12 * k * d),
+            ("gated L0≫K", lambda: family_step("gated", d, f, None, b),
              "sae-lens Gated", lambda: saelens_step("gated", d, f, k, b), None)]
     rate = max(gemm_rate(b, d, f, steps) for _ in range(2))
     print(f"families: d={d} F={f} K={k} batch={b} fp32 Adam, fastest of {steps} alternating steps; widths "

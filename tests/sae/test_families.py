@@ -181,7 +181,11 @@ def test_gated_forward_equals_saelens_on_its_weights() -> None:
         torch.testing.assert_close(sparse_encode(ours, x).to_dense(), codes)  # the dense evaluation path
 
 
-def test_gated_loss_and_gradients_equal_saelens() -> None:
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_gated_loss_and_gradients_equal_saelens(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import visae.sae.gated
+
+    monkeypatch.setattr(visae.sae.gated, "SPARSE_DENSITY", 1.0 if path == "sparse" else -1.0)
     ref = _saelens_gated(training=True)
     ours = GatedSAE.from_tensors({k: v.detach() for k, v in ref.state_dict().items()}, l1_coeff=0.5,
                                  detach_aux_decoder=False).double()
@@ -200,6 +204,30 @@ def test_gated_loss_and_gradients_equal_saelens() -> None:
     assert frozen.training_step(x).loss == pytest.approx(res.loss, rel=1e-12)
     assert not torch.allclose(frozen.W_dec.grad, got["W_dec"])  # type: ignore[arg-type]
     torch.testing.assert_close(frozen.W_enc.grad, got["W_enc"])
+
+
+def test_gated_takes_the_sparse_path_once_few_gates_are_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    import visae.sae.gated
+
+    torch.manual_seed(0)
+    sae = GatedSAE(16, 256, k=4).double()
+    x = torch.randn(512, 16, dtype=torch.float64)
+    with torch.no_grad():  # about 8 of 256 gates open per token: under SPARSE_DENSITY
+        sae.b_enc.copy_(-torch.kthvalue((x - sae.b_dec) @ sae.W_enc, 512 - 16, dim=0).values)
+    calls: list[int] = []
+    real = visae.sae.gated.gated_sparse_step
+    monkeypatch.setattr(visae.sae.gated, "gated_sparse_step",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    res = sae.training_step(x)
+    assert calls and 6 < res.l0 < 10
+    sparse = {n: p.grad.clone() for n, p in sae.named_parameters()}  # type: ignore[union-attr]
+    sae.zero_grad()
+    sae.l1_coeff.fill_(1.0)  # the controller moved it
+    monkeypatch.setattr(visae.sae.gated, "SPARSE_DENSITY", -1.0)
+    dense = sae.training_step(x)
+    assert dense.loss == pytest.approx(res.loss, rel=1e-12) and dense.l0 == res.l0
+    for n, p in sae.named_parameters():
+        torch.testing.assert_close(sparse[n], p.grad, rtol=1e-10, atol=1e-12, msg=n)
 
 
 def test_gated_controller_steers_l0_towards_k() -> None:

@@ -16,9 +16,15 @@ summed over ``d`` and averaged over tokens. The auxiliary reconstruction uses fr
 ``b̂_dec`` of the decoder, as the paper defines it (``detach_aux_decoder=True``); SAELens 6 lets its
 gradient reach the decoder (``detach_aux_decoder=False`` reproduces that). The Heaviside gate gives the
 reconstruction term no gradient into the gate path, which learns through the L1 and auxiliary terms only.
-:class:`GatedCodesFn` computes both paths' codes and their gradients in one pass each way (gradchecked
-against autograd through the plain expressions). With ``k`` given, λ is steered to an L0 target by the
-same multiplicative controller as JumpReLU's.
+
+Every term after the shared encoder matmul lives on the open gates alone (codes, ``ReLU(π_gate)`` and all
+their gradients are zero elsewhere). Once at most :data:`SPARSE_DENSITY` of the gates are open — the
+regime a run spends its time in, with L0 near its target — :func:`gated_sparse_step` computes the step on
+those entries through the sparse TopK kernels: one dense matmul per step instead of seven. While more are
+open (the first steps from a random initialisation) the dense path runs: :class:`GatedCodesFn` computes
+both paths' codes and their gradients in one pass each way (gradchecked against autograd through the
+plain expressions) and autograd does the rest. Both paths give the same loss and gradients. With ``k``
+given, λ is steered to an L0 target by the same multiplicative controller as JumpReLU's.
 """
 
 from __future__ import annotations
@@ -28,7 +34,19 @@ from typing import Any, ClassVar
 import torch
 
 from visae.sae.family import TrainableSAE, dense_stats, steer_toward_l0
-from visae.sae.sparse import StepResult
+from visae.sae.sparse import (
+    SparseCodes,
+    StepResult,
+    accumulate,
+    row_offsets,
+    sampled_dense_product,
+    scatter_by_feature,
+    sparse_decode,
+)
+
+SPARSE_DENSITY = 1 / 16
+"""The sparse step runs when at most this share of the ``B·F`` gates is open (the kernels' cost grows with
+the open entries, the dense matmuls' does not; the crossover on a CPU lies above 1/8)."""
 
 
 def fold_decoder_bias(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -108,6 +126,12 @@ class GatedSAE(TrainableSAE):
         with torch.autocast(x_bd.device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32):
             shared = (x_bd - self.b_dec) @ self.W_enc
         shared = shared.to(self.W_enc.dtype)  # back from bf16 under mixed precision
+        open_bf = (shared + self.b_enc) > 0  # the same expression as GatedCodesFn's gate
+        if int(open_bf.sum()) <= SPARSE_DENSITY * open_bf.numel():
+            res = gated_sparse_step(self, x_bd, shared, open_bf, keep_residual)
+            self._control(res.l0)
+            return res
+        del open_bf
         codes, gate_act = GatedCodesFn.apply(shared, self.b_enc, self.r_mag, self.b_mag)
         recon = self.decode(codes)
         l1 = (gate_act @ self.W_dec.norm(dim=1)).mean()
@@ -125,3 +149,66 @@ class GatedSAE(TrainableSAE):
 
     def config_extra(self) -> dict[str, Any]:
         return {"l1_coeff": float(self.l1_coeff)}
+
+
+@torch.no_grad()
+def gated_sparse_step(sae: GatedSAE, x_bd: torch.Tensor, shared_bf: torch.Tensor, open_bf: torch.Tensor,
+                      keep_residual: bool = False) -> StepResult:
+    """The gated loss and its gradients (into ``.grad``) on the open gates only.
+
+    ``shared_bf`` is ``(x − b_dec) W_enc`` and ``open_bf`` its open gates ``π_gate > 0``. With ``s``, ``π``
+    and ``m`` the shared, gate and magnitude values of each open entry, ``v = ReLU(m)`` the code and
+    ``a = π`` the gate activation, the reconstruction and auxiliary terms are sparse decodes, their value
+    gradients sampled products with the residuals, and every weight gradient a scatter over the entries;
+    nothing ``[B, F]`` is formed after the mask. Equals the dense path's autograd (tested in float64).
+    """
+    n_rows, n_cols = open_bf.shape
+    rows_n, cols_n = open_bf.nonzero().unbind(1)
+    offsets_b = row_offsets(rows_n, n_rows)
+    s_n = shared_bf[open_bf]
+    gate_n = s_n + sae.b_enc[cols_n]
+    scale_f = sae.r_mag.exp()
+    mag_n = torch.addcmul(sae.b_mag[cols_n], s_n, scale_f[cols_n])
+    code_n = mag_n.clamp(min=0.0)
+    codes = SparseCodes(rows_n, cols_n, code_n, offsets_b, n_rows, n_cols, 0.0)
+    gates = SparseCodes(rows_n, cols_n, gate_n, offsets_b, n_rows, n_cols, 0.0)
+    W, lam = sae.W_dec, float(sae.l1_coeff)
+    recon_bd = sparse_decode(codes, W, sae.b_dec)
+    aux_bd = sparse_decode(gates, W, sae.b_dec)
+    norms_f = W.norm(dim=1)
+    diff_bd, aux_diff_bd = recon_bd - x_bd, aux_bd - x_bd
+    sse, aux_sse = float(diff_bd.pow(2).sum()), float(aux_diff_bd.pow(2).sum())
+    l1 = float(gate_n @ norms_f[cols_n]) / n_rows
+    g_bd, ga_bd = diff_bd.mul_(2.0 / n_rows), aux_diff_bd.mul_(2.0 / n_rows)
+    g_code_n = torch.where(mag_n > 0, sampled_dense_product(codes, g_bd, W), 0.0)
+    g_gate_n = sampled_dense_product(gates, ga_bd, W).add_(norms_f[cols_n], alpha=lam / n_rows)
+    g_shared_n = torch.addcmul(g_gate_n, g_code_n, scale_f[cols_n])
+    order_n = torch.argsort(cols_n, stable=True)
+    rows_sorted_n = rows_n[order_n]
+    offsets_f = row_offsets(cols_n[order_n], n_cols)
+    grad_W_dec = scatter_by_feature(order_n, rows_sorted_n, offsets_f, g_bd, code_n)
+    grad_b_dec = g_bd.sum(0)
+    if not sae.detach_aux_decoder:
+        grad_W_dec += scatter_by_feature(order_n, rows_sorted_n, offsets_f, ga_bd, gate_n)
+        grad_b_dec += ga_bd.sum(0)
+    l1_f = torch.bincount(cols_n, weights=gate_n, minlength=n_cols).to(W.dtype)
+    grad_W_dec.addcmul_((lam / n_rows) * l1_f.unsqueeze(1), W / norms_f.clamp_min(1e-30).unsqueeze(1))
+    accumulate(W, grad_W_dec)
+    xc_bd = x_bd - sae.b_dec
+    accumulate(sae.W_enc, scatter_by_feature(order_n, rows_sorted_n, offsets_f, xc_bd, g_shared_n).T)
+    accumulate(sae.b_enc, _per_feature(cols_n, g_gate_n, n_cols))
+    accumulate(sae.b_mag, _per_feature(cols_n, g_code_n, n_cols))
+    accumulate(sae.r_mag, scale_f * _per_feature(cols_n, g_code_n * s_n, n_cols))
+    accumulate(sae.b_dec, grad_b_dec - sae.W_enc @ _per_feature(cols_n, g_shared_n, n_cols))
+    active_n = code_n > 0
+    fired_f = torch.zeros(n_cols, dtype=torch.bool, device=x_bd.device)
+    fired_f[cols_n[active_n]] = True
+    total_var = float((x_bd - x_bd.mean(0)).pow(2).sum())
+    loss = (sse + aux_sse) / n_rows + lam * l1
+    return StepResult(loss=loss, mse=sse / x_bd.numel(), fvu=sse / max(total_var, 1e-12),
+                      l0=float(active_n.sum()) / n_rows, fired_f=fired_f, cut=0.0,
+                      residual_bd=g_bd.mul(-n_rows / 2.0) if keep_residual else None)
+
+
+def _per_feature(cols_n: torch.Tensor, values_n: torch.Tensor, n_cols: int) -> torch.Tensor:
+    return torch.bincount(cols_n, weights=values_n, minlength=n_cols).to(values_n.dtype)

@@ -30,12 +30,12 @@ from visae.sae.batchtopk import BatchTopKSAE
 from visae.sae.sparse import (
     SparseCodes,
     StepResult,
-    _accumulate,
-    _sddmm,
+    accumulate,
     accumulate_encoder_grads,
     encode_select,
     fired_features,
     row_offsets,
+    sampled_dense_product,
 )
 
 
@@ -103,8 +103,8 @@ def matryoshka_step(x_bd: torch.Tensor, W_enc: torch.nn.Parameter, b_enc: torch.
     for g in range(len(grads) - 2, -1, -1):
         grads[g].add_(grads[g + 1])
     g_all = grads[0]  # Σ over every prefix: the gradient reaching b_dec directly
-    gval_s = torch.cat([_sddmm(sub, grads[g], W_dec).to(vals_s.dtype) if sub.nnz else vals_s[:0]
-                        for g, sub in enumerate(groups)])
+    gval_s = torch.cat([sampled_dense_product(sub, grads[g], W_dec).to(vals_s.dtype) if sub.nnz
+                        else vals_s[:0] for g, sub in enumerate(groups)])
     gval_n = torch.empty_like(codes.vals_n)
     gval_n[by_group] = gval_s
     # W_dec gradient: the groups are column ranges, so sorted by feature each group's entries are one
@@ -120,7 +120,7 @@ def matryoshka_step(x_bd: torch.Tensor, W_enc: torch.nn.Parameter, b_enc: torch.
         first, last = edges[g], edges[g + 1]
         grad_W_dec[lo:hi] = F.embedding_bag(rows_f[first:last], grads[g], offsets_f[lo:hi] - first,
                                             mode="sum", per_sample_weights=vals_f[first:last])
-    _accumulate(W_dec, grad_W_dec)
+    accumulate(W_dec, grad_W_dec)
     accumulate_encoder_grads(codes, order_n, rows_f, offsets_f, xc_bd, gval_n, g_all.sum(0), W_enc, b_enc,
                              b_dec)
     total_var = float((x_bd - x_bd.mean(0)).pow(2).sum())

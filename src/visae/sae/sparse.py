@@ -142,7 +142,7 @@ def sparse_decode(codes: SparseCodes, W_dec: torch.Tensor, b_dec: torch.Tensor) 
     return out + b_dec
 
 
-def _sddmm(codes: SparseCodes, g_bd: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+def sampled_dense_product(codes: SparseCodes, g_bd: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
     """``(g_bd @ W_decᵀ)[rows, cols]`` without forming the dense product."""
     try:
         crow = torch.cat([codes.offsets_b, codes.offsets_b.new_tensor([codes.nnz])])
@@ -161,7 +161,7 @@ def _sddmm(codes: SparseCodes, g_bd: torch.Tensor, W_dec: torch.Tensor) -> torch
         return out
 
 
-def _scatter_by_feature(order_n: torch.Tensor, rows_sorted_n: torch.Tensor, offsets_f: torch.Tensor,
+def scatter_by_feature(order_n: torch.Tensor, rows_sorted_n: torch.Tensor, offsets_f: torch.Tensor,
                         table_bd: torch.Tensor, weights_n: torch.Tensor) -> torch.Tensor:
     """``out[c] = Σ_{entries n of feature c} weights[n] · table[row[n]]`` → ``[F, D]``."""
     return F.embedding_bag(rows_sorted_n, table_bd, offsets_f, mode="sum",
@@ -248,12 +248,12 @@ def topk_step(x_bd: torch.Tensor, W_enc: torch.nn.Parameter, b_enc: torch.nn.Par
     diff_bd = recon_bd - x_bd
     sse = float(diff_bd.pow(2).sum())
     g_bd = diff_bd.mul_(2.0 / n_rows)
-    gval_n = _sddmm(codes, g_bd, W_dec)
+    gval_n = sampled_dense_product(codes, g_bd, W_dec)
     order_n = torch.argsort(codes.cols_n, stable=True)
     rows_sorted_n = codes.rows_n[order_n]
     offsets_f = row_offsets(codes.cols_n[order_n], codes.n_cols)
-    grad_W_dec = _scatter_by_feature(order_n, rows_sorted_n, offsets_f, g_bd, codes.vals_n)
-    _accumulate(W_dec, grad_W_dec)
+    grad_W_dec = scatter_by_feature(order_n, rows_sorted_n, offsets_f, g_bd, codes.vals_n)
+    accumulate(W_dec, grad_W_dec)
     accumulate_encoder_grads(codes, order_n, rows_sorted_n, offsets_f, xc_bd, gval_n, g_bd.sum(0),
                              W_enc, b_enc, b_dec)
     total_var = float((x_bd - x_bd.mean(0)).pow(2).sum())
@@ -269,11 +269,11 @@ def accumulate_encoder_grads(codes: SparseCodes, order_n: torch.Tensor, rows_sor
     """Gradients of ``W_enc``, ``b_enc`` and ``b_dec`` from the codes' value gradients ``gval_n`` (entries
     sorted by feature through ``order_n``/``offsets_f``) and ``g_sum_d``, the summed gradient reaching the
     reconstruction directly; added into ``.grad`` (``b_dec`` also enters through ``x − b_dec``)."""
-    grad_W_enc_t = _scatter_by_feature(order_n, rows_sorted_n, offsets_f, xc_bd, gval_n)
+    grad_W_enc_t = scatter_by_feature(order_n, rows_sorted_n, offsets_f, xc_bd, gval_n)
     grad_b_enc = torch.bincount(codes.cols_n, weights=gval_n, minlength=codes.n_cols).to(b_enc.dtype)
-    _accumulate(W_enc, grad_W_enc_t.T)
-    _accumulate(b_enc, grad_b_enc)
-    _accumulate(b_dec, g_sum_d - W_enc @ grad_b_enc)
+    accumulate(W_enc, grad_W_enc_t.T)
+    accumulate(b_enc, grad_b_enc)
+    accumulate(b_dec, g_sum_d - W_enc @ grad_b_enc)
 
 
 def fired_features(codes: SparseCodes) -> torch.Tensor:
@@ -283,7 +283,7 @@ def fired_features(codes: SparseCodes) -> torch.Tensor:
     return fired_f
 
 
-def _accumulate(param: torch.nn.Parameter, grad: torch.Tensor) -> None:
+def accumulate(param: torch.nn.Parameter, grad: torch.Tensor) -> None:
     grad = grad.to(param.dtype)
     if param.grad is None:
         param.grad = grad.contiguous()
