@@ -31,15 +31,20 @@ ORTHO_COEFF = 1.0
 # their threshold die (5–7 of 16).
 JUMPRELU = {"init_threshold": 2.0, "bandwidth": 0.05}
 
-# name → (spec, MCC bar, F1 bar); bars from the measured values (docstring of each row) less a margin
+# name → (spec, MCC bar, F1 bar). Measured (these settings, seed 42; MCC / F1): BatchTopK 0.971 / 0.889,
+# TopK 0.897 / 0.776, JumpReLU 0.854 / 0.831, ReLU 0.936 / 0.994, Matryoshka 0.989 / 0.911, Gated
+# 0.818 / 0.804, Archetypal 0.796 / 0.525, BatchTopK + ortho 0.964 / 0.867; after one step all ≤ 0.35 / 0.30
+# but Archetypal, 0.495 / 0.471 (its k-means centroids are data points already). Archetypal keeps 64
+# centroids: with its default (as many as latents) its MCC swings with the seed, 0.47 to 0.74 here.
 FAMILIES: dict[str, tuple[SAESpec, float, float]] = {
-    "batchtopk": (SAESpec(family="batchtopk", d_sae=16, k=1, name="batchtopk"), 0.85, 0.70),
+    "batchtopk": (SAESpec(family="batchtopk", d_sae=16, k=1, name="batchtopk"), 0.85, 0.75),
     "topk": (SAESpec(family="topk", d_sae=16, k=1, name="topk"), 0.80, 0.65),
-    "jumprelu": (SAESpec(family="jumprelu", d_sae=16, k=1, hparams=JUMPRELU, name="jumprelu"), 0.70, 0.60),
+    "jumprelu": (SAESpec(family="jumprelu", d_sae=16, k=1, hparams=JUMPRELU, name="jumprelu"), 0.70, 0.65),
     "relu": (SAESpec(family="relu", d_sae=16, name="relu"), 0.85, 0.85),
     "matryoshka": (SAESpec(family="matryoshka", d_sae=16, k=1, name="matryoshka"), 0.85, 0.75),
     "gated": (SAESpec(family="gated", d_sae=16, k=1, name="gated"), 0.70, 0.65),
-    "archetypal": (SAESpec(family="archetypal", d_sae=16, k=1, name="archetypal"), 0.40, 0.30),
+    "archetypal": (SAESpec(family="archetypal", d_sae=16, k=1, hparams={"n_centroids": 64},
+                           name="archetypal"), 0.70, 0.40),
 }
 ORTHO = "batchtopk_ortho"
 BARS = {**{name: bars for name, (_, *bars) in FAMILIES.items()}, ORTHO: tuple(FAMILIES["batchtopk"][1:])}
@@ -89,7 +94,10 @@ def trained(easy: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -
 def test_a_random_dictionary_stays_below_every_bar(untrained: dict[str, RecoveryResult]) -> None:
     for name, res in untrained.items():
         mcc_bar, f1_bar = BARS[name]
-        assert res.mcc < mcc_bar and res.f1 < f1_bar, f"{name}: untrained MCC {res.mcc:.3f}, F1 {res.f1:.3f}"
+        assert res.mcc < mcc_bar, f"{name}: untrained MCC {res.mcc:.3f}"
+        # Archetypal's first atoms are k-means centroids, each a detector of a few planted features: its F1
+        # bar is below them and the slow test holds the trained SAE above them instead
+        assert name == "archetypal" or res.f1 < f1_bar, f"{name}: untrained F1 {res.f1:.3f}"
 
 
 @pytest.mark.slow
@@ -100,4 +108,5 @@ def test_each_family_recovers_the_planted_dictionary(name: str, trained: dict[st
     mcc_bar, f1_bar = BARS[name]
     assert res.mcc >= mcc_bar, f"{name}: MCC {res.mcc:.3f} < {mcc_bar} (untrained {base.mcc:.3f})"
     assert res.f1 >= f1_bar, f"{name}: F1 {res.f1:.3f} < {f1_bar} (untrained {base.f1:.3f})"
-    assert res.mcc > base.mcc + 0.2, f"{name}: MCC {res.mcc:.3f} vs untrained {base.mcc:.3f}"
+    assert res.mcc > base.mcc + 0.1 and res.f1 > base.f1, \
+        f"{name}: MCC {res.mcc:.3f}, F1 {res.f1:.3f} vs untrained {base.mcc:.3f}, {base.f1:.3f}"
