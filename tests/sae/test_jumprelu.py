@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from visae.sae.family import COEFF_RANGE, steer_toward_l0
 from visae.sae.jumprelu import JumpReLUFn, StepFn, kernel, kernel_cdf
 from visae.sae.registry import make_sae
+from visae.sae.train import TrainConfig, train_on_batches
 
 
 @pytest.mark.parametrize("kern", ["rectangle", "silverman"])
@@ -52,3 +54,28 @@ def test_controller_steers_l0_down() -> None:
     lam0 = float(sae.sparsity_coeff)
     sae.training_step(x)
     assert float(sae.sparsity_coeff) > lam0  # L0 far above the target 4 → λ grows
+
+
+def test_controller_keeps_the_coefficient_bounded() -> None:
+    lam = torch.tensor(1e-3)
+    for _ in range(2000):  # L0 4 × the target for ever: unbounded, λ overflows float32 (×2 a step)
+        steer_toward_l0(lam, 4.0, 1, 0.5)
+    assert float(lam) == pytest.approx(COEFF_RANGE[1])
+    steer_toward_l0(lam, 0.0, 1, 0.05)  # a silent SAE: the penalty halves (it used to stay put)
+    assert float(lam) == pytest.approx(COEFF_RANGE[1] / 2)
+    for _ in range(2000):
+        steer_toward_l0(lam, 0.25, 1, 0.5)
+    assert float(lam) == pytest.approx(COEFF_RANGE[0])
+
+
+def test_thresholds_stay_finite_while_l0_is_far_above_target() -> None:
+    # the thresholds climb at most ~lr a step, so L0 stays above the target 1 for the whole run while the
+    # controller raises λ; unbounded, λ reached inf after ~140 steps and the thresholds turned NaN
+    torch.manual_seed(0)
+    sae = make_sae("jumprelu", 8, d_sae=16, k=1, controller_rate=0.5)
+    x = torch.randn(300 * 64, 8) * 3
+    train_on_batches([("j", sae)], (x[i:i + 64] for i in range(0, len(x), 64)),
+                     TrainConfig(lr=1e-3, batch_size=64, progress=False))
+    assert torch.isfinite(sae.threshold).all() and torch.isfinite(sae.sparsity_coeff)
+    assert float(sae.sparsity_coeff) <= COEFF_RANGE[1]
+    assert float(sae.threshold.min()) > 1e-3  # the thresholds moved up, towards the target
