@@ -171,11 +171,13 @@ def overcomplete_ra_step(d: int, f: int, k: int, b: int, n_centroids: int):
     return step
 
 
-def families(d: int, f: int, k: int, b: int, steps: int) -> None:
+def families(d: int, f: int, k: int, b: int, steps: int, only: str | None = None) -> None:
     """Every visae family's step beside its peer's, in one process: single steps alternate (ours, peer,
     ours, peer …, ``steps`` of each after a warm-up) and each side keeps its fastest, so that other jobs on
     the machine, which only ever slow a step, hit neither alone. Each TopK-style family's roofline is at
-    the best GEMM rate measured in the same run."""
+    the best GEMM rate measured in the same run; ``roof/peer`` (roofline tokens/s over the peer's) is the
+    largest speed-up over the peer that a step at the roofline would show. ``only`` keeps one family's
+    row."""
     widths = [f // 8, f // 4, f // 2, f]
     n_c = min(f, b)
     rows = [("batchtopk", lambda: family_step("batchtopk", d, f, k, b),
@@ -188,12 +190,16 @@ def families(d: int, f: int, k: int, b: int, steps: int) -> None:
              4 * d * f + 6 * k * d + 4 * f * n_c * d / b),
             ("gated", lambda: family_step("gated", d, f, None, b),
              "sae-lens Gated", lambda: saelens_step("gated", d, f, k, b), None)]
+    if only is not None:
+        rows = [r for r in rows if r[0] == only]
+        if not rows:
+            raise SystemExit(f"--only: no family {only!r} (batchtopk, matryoshka, archetypal, gated)")
     rate = max(gemm_rate(b, d, f, steps) for _ in range(2))
     print(f"families: d={d} F={f} K={k} batch={b} fp32 Adam, fastest of {steps} alternating steps; widths "
           f"{widths}; archetypal {n_c} centroids; fp32 GEMM {rate / 1e9:.1f} GFLOP/s; load average "
           f"{os.getloadavg()[0]:.1f}")
     print(f"  {'family':<11} {'visae tok/s':>12} {'peer':<24} {'peer tok/s':>11} {'ratio':>7} "
-          f"{'roofline':>9}")
+          f"{'roofline':>9} {'roof/peer':>9}")
     for name, ours_fn, peer, peer_fn, flops in rows:
         ours_step_fn = ours_fn()
         peer_step_fn = peer_fn() if peer_fn is not None else None
@@ -209,8 +215,16 @@ def families(d: int, f: int, k: int, b: int, steps: int) -> None:
         ours = b / t_ours
         peer_rate = b / t_peer if peer_step_fn is not None else float("nan")
         roof = f"{100 * ours / (rate / flops):8.1f}%" if flops else f"{'dense':>9}"
+        ceiling = f"{rate / flops / peer_rate:8.2f}x" if flops else f"{'—':>9}"  # the best ratio possible
         print(f"  {name:<11} {ours:12,.0f} {peer or '—':<24} {peer_rate:11,.0f} {ours / peer_rate:6.2f}x "
-              f"{roof}")
+              f"{roof} {ceiling}")
+        if name == "archetypal" and flops:
+            dict_flops = 4 * f * n_c * d / b
+            print(f"  {'':<11} archetypal roofline {flops / 1e6:.2f} MFLOP/token, of which the dictionary "
+                  f"products W C and (∂L/∂D) Cᵀ (4·F·n_c·D/B) {dict_flops / 1e6:.2f} "
+                  f"({100 * dict_flops / flops:.0f}%): a step at the roofline is "
+                  f"{rate / flops / peer_rate:.2f}x the peer's, the most any implementation of this step "
+                  "can reach here")
         del ours_step_fn, peer_step_fn
 
 
@@ -339,6 +353,8 @@ def main() -> None:
     ap.add_argument("--families", action="store_true",
                     help="only every family's step beside its peer's (sae-lens BatchTopK and Matryoshka, "
                          "overcomplete RA-SAE)")
+    ap.add_argument("--only", default=None, metavar="FAMILY",
+                    help="with --families: only this family's row (batchtopk, matryoshka, archetypal, gated)")
     ap.add_argument("--small", action="store_true",
                     help="small sizes for a quick run: d 128, 8x, K 16, batch 1024")
     a = ap.parse_args()
@@ -353,7 +369,7 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other jobs share this machine), "
           f"device {DEVICE}" + (f" ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else ""))
     if a.families:
-        families(a.d, a.d * a.expansion, a.k, a.batch, a.steps)
+        families(a.d, a.d * a.expansion, a.k, a.batch, a.steps, a.only)
         return
     if a.grid_only:
         grid_from_disk(a.grid_d, a.grid_batch, a.grid_steps, a.device,
