@@ -522,3 +522,26 @@ def test_archetypal_first_adam_steps_do_not_spike_the_fvu() -> None:
     assert fvu[0] < 0.5, fvu
     assert max(fvu) <= 1.25 * fvu[0], [round(v, 3) for v in fvu]
     assert {g["lr"] for g in t.opt.param_groups} == {cfg.lr, cfg.lr / n_c}
+
+
+def test_archetypal_decoder_atoms_reuse_the_steps_product_with_the_same_gradients() -> None:
+    """Right after a step, :meth:`decoder_atoms` (the orthogonality penalty's input) reuses the step's
+    ``W C``; its gradients equal autograd through the dictionary; once a parameter moved it recomputes."""
+    _, ours = _ra_pair()
+    x = torch.randn(40, 8)
+    ours.training_step(x)
+    ours.zero_grad(set_to_none=True)
+    reused = ours.decoder_atoms()
+    assert reused.grad_fn is not None and "FusedDictionary" in type(reused.grad_fn).__name__
+    w = torch.randn_like(reused)
+    (reused * w).sum().backward()
+    got = {n: p.grad.clone() for n, p in ours.named_parameters() if p.grad is not None}
+    ours.zero_grad(set_to_none=True)
+    (ours.dictionary() * w).sum().backward()
+    for name in ("W", "relax", "multiplier"):
+        torch.testing.assert_close(got[name], getattr(ours, name).grad, rtol=1e-5, atol=1e-6, msg=name)
+    with torch.no_grad():
+        ours.relax.mul_(0.5)  # e.g. the optimizer step
+    fresh = ours.decoder_atoms()
+    assert "FusedDictionary" not in type(fresh.grad_fn).__name__
+    torch.testing.assert_close(fresh, ours.dictionary())

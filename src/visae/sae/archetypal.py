@@ -199,10 +199,21 @@ class ArchetypalSAE(TopKSAE):
                 g_fd.mul_(scale)
                 _add_grad(self.W, g_fd @ self.C.T)
                 _add_grad(self.relax, g_fd)
+        self._fused_at = self._versions()
         return res
 
+    def _versions(self) -> tuple[int, ...]:
+        """Storage and in-place version of ``W``, ``Λ``, ``m``, ``C`` and ``W_dec`` (an optimizer step, a
+        projection, a load or a move changes one of them)."""
+        return tuple(v for t in (self.W, self.relax, self.multiplier, self.C, self.W_dec)
+                     for v in (t.data_ptr(), t._version))
+
     def decoder_atoms(self) -> torch.Tensor:
-        """The dictionary ``D`` through autograd (``W_dec`` is its detached copy)."""
+        """The dictionary ``D`` through autograd (``W_dec`` is its detached copy). Right after a training
+        step (nothing changed since) it reuses the step's ``W C`` product: a decoder penalty then costs
+        one dictionary product (its gradient), not two."""
+        if getattr(self, "_fused_at", None) == self._versions():
+            return _FusedDictionary.apply(self.W, self.relax, self.multiplier, self.C, self.W_dec)
         return self.dictionary()
 
     def remove_parallel_grad(self) -> None:
@@ -217,6 +228,24 @@ class ArchetypalSAE(TopKSAE):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """The atoms keep their norms (the dictionary is constrained by :meth:`project`)."""
+
+
+class _FusedDictionary(torch.autograd.Function):
+    """``D = (W C + Λ) e^m`` given its current value (forward: a copy); backward by hand like the step's."""
+
+    @staticmethod
+    def forward(ctx: Any, W: torch.Tensor, relax: torch.Tensor, multiplier: torch.Tensor,
+                C: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(C, fused, multiplier)
+        return fused.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g_fd: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        C, fused, multiplier = ctx.saved_tensors
+        g_m = (g_fd * fused).sum() if ctx.needs_input_grad[2] else None
+        g_relax = g_fd * torch.exp(multiplier)
+        g_w = g_relax @ C.T if ctx.needs_input_grad[0] else None
+        return g_w, g_relax, g_m, None, None
 
 
 def _add_grad(param: torch.nn.Parameter, grad: torch.Tensor) -> None:
