@@ -89,7 +89,7 @@ def family_step(family: str, d: int, f: int, k: int, b: int, **hparams):
 
     torch.manual_seed(0)
     sae = make_sae(family, d, d_sae=f, k=k, **hparams).to(DEVICE)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(sae.optimizer_groups(1e-3), lr=1e-3)  # as the trainer builds it
     x = torch.randn(b, d, device=DEVICE)
     sae.training_step(x)  # first call: Archetypal's centroids (k-means), not part of a step
     opt.zero_grad(set_to_none=True)

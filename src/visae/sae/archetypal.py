@@ -174,9 +174,15 @@ class ArchetypalSAE(TopKSAE):
         ``n_centroids`` coordinates, so at the full rate one step would move up to ``lr · n_centroids`` of
         its unit mass (a quarter of it for 512 centroids) onto other centroids, blurring every atom towards
         the data mean. At ``lr / n_centroids`` a row's ℓ1 change per step is at most ``lr``, the relative
-        change per step of ``Λ`` (coordinates of the data's scale) and of ``e^m``."""
+        change per step of ``Λ`` (coordinates of the data's scale) and of ``e^m``.
+
+        Both groups use torch's fused Adam on CPU and CUDA: ``W`` (``[F, n_centroids]``) is by far the
+        largest parameter, and the single-tensor loop torch otherwise picks on CPU took a fifth of the step
+        (d 384, F 3072, 2048 centroids: ~50 ms of ~300; fused ~5 ms)."""
+        fused = self.W.device.type in ("cpu", "cuda") and self.W.is_floating_point()
         rest = [p for name, p in self.named_parameters() if name != "W"]
-        return [{"params": rest}, {"params": [self.W], "lr": lr / self.C.shape[0]}]
+        return [{"params": rest, "fused": fused},
+                {"params": [self.W], "lr": lr / self.C.shape[0], "fused": fused}]
 
     def training_step(self, x_bd: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
                       keep_residual: bool = False) -> StepResult:
