@@ -6,7 +6,7 @@ sparse decode of K columns (2·K·D) and its two gradients (4·K·D), at the fp3
 Also prints the bf16 figure, and a 12-configuration grid trained on one pass vs 12 separate passes.
 
     python benchmarks/train.py [--steps 3] [--d 768] [--batch 8192]
-    python benchmarks/train.py --families [--small]   # every family beside sae-lens / overcomplete
+    python benchmarks/train.py --families [--small] [--only FAMILY]   # each family beside its peer
 """
 
 from __future__ import annotations
