@@ -6,7 +6,7 @@ sparse decode of K columns (2·K·D) and its two gradients (4·K·D), at the fp3
 Also prints the bf16 figure, and a 12-configuration grid trained on one pass vs 12 separate passes.
 
     python benchmarks/train.py [--steps 3] [--d 768] [--batch 8192]
-    python benchmarks/train.py --families [--small]   # every family beside sae-lens / overcomplete
+    python benchmarks/train.py --families [--small] [--only FAMILY]   # each family beside its peer
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def family_step(family: str, d: int, f: int, k: int | None, b: int, open_per_tok
 
     torch.manual_seed(0)
     sae = make_sae(family, d, d_sae=f, k=k, **hparams).to(DEVICE)
-    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(sae.optimizer_groups(1e-3), lr=1e-3)  # as the trainer builds it
     x = torch.randn(b, d, device=DEVICE)
     if open_per_token is not None:
         with torch.no_grad():
@@ -180,11 +180,14 @@ def overcomplete_ra_step(d: int, f: int, k: int, b: int, n_centroids: int):
     return step
 
 
-def families(d: int, f: int, k: int, b: int, steps: int) -> None:
+def families(d: int, f: int, k: int, b: int, steps: int, only: str | None = None) -> None:
     """Every visae family's step beside its peer's, in one process: single steps alternate (ours, peer,
     ours, peer …, ``steps`` of each after a warm-up) and each side keeps its fastest, so that other jobs on
     the machine, which only ever slow a step, hit neither alone. Each TopK-style family's roofline is at
-    the best GEMM rate measured in the same run."""
+    the best GEMM rate measured in the same run (the fastest single GEMM, as the steps keep their
+    fastest); ``roof/peer`` (roofline tokens/s over the peer's) is the
+    largest speed-up over the peer that a step at the roofline would show. ``only`` keeps one family's
+    row."""
     widths = [f // 8, f // 4, f // 2, f]
     n_c = min(f, b)
     rows = [("batchtopk", lambda: family_step("batchtopk", d, f, k, b),
@@ -199,12 +202,23 @@ def families(d: int, f: int, k: int, b: int, steps: int) -> None:
              "sae-lens Gated", lambda: saelens_step("gated", d, f, k, b), 4 * d * f + 12 * k * d),
             ("gated L0≫K", lambda: family_step("gated", d, f, None, b),
              "sae-lens Gated", lambda: saelens_step("gated", d, f, k, b), None)]
-    rate = max(gemm_rate(b, d, f, steps) for _ in range(2))
+    if only is not None:
+        rows = [r for r in rows if r[0] == only]
+        if not rows:
+            raise SystemExit(f"--only: no family {only!r} (batchtopk, matryoshka, archetypal, gated)")
+    gx, gw, gb = (torch.randn(b, d, device=DEVICE), torch.randn(d, f, device=DEVICE),
+                  torch.zeros(f, device=DEVICE))
+
+    def fastest_gemm() -> float:  # the encoder-shaped GEMM's rate, fastest of `steps` like the steps below
+        torch.addmm(gb, gx, gw)
+        return 2 * b * d * f / min(_time_once(lambda: torch.addmm(gb, gx, gw)) for _ in range(steps))
+
+    rate = max(fastest_gemm() for _ in range(2))
     print(f"families: d={d} F={f} K={k} batch={b} fp32 Adam, fastest of {steps} alternating steps; widths "
           f"{widths}; archetypal {n_c} centroids; fp32 GEMM {rate / 1e9:.1f} GFLOP/s; load average "
           f"{os.getloadavg()[0]:.1f}")
     print(f"  {'family':<11} {'visae tok/s':>12} {'peer':<24} {'peer tok/s':>11} {'ratio':>7} "
-          f"{'roofline':>9}")
+          f"{'roofline':>9} {'roof/peer':>9}")
     for name, ours_fn, peer, peer_fn, flops in rows:
         ours_step_fn = ours_fn()
         peer_step_fn = peer_fn() if peer_fn is not None else None
@@ -216,12 +230,20 @@ def families(d: int, f: int, k: int, b: int, steps: int) -> None:
             t_ours = min(t_ours, _time_once(ours_step_fn))
             if peer_step_fn is not None:
                 t_peer = min(t_peer, _time_once(peer_step_fn))
-        rate = max(rate, gemm_rate(b, d, f, steps))  # the best GEMM rate of the run (load only slows it)
+        rate = max(rate, fastest_gemm())  # the best GEMM rate of the run (load only slows it)
         ours = b / t_ours
         peer_rate = b / t_peer if peer_step_fn is not None else float("nan")
         roof = f"{100 * ours / (rate / flops):8.1f}%" if flops else f"{'dense':>9}"
+        ceiling = f"{rate / flops / peer_rate:8.2f}x" if flops else f"{'—':>9}"  # the best ratio possible
         print(f"  {name:<11} {ours:12,.0f} {peer or '—':<24} {peer_rate:11,.0f} {ours / peer_rate:6.2f}x "
-              f"{roof}")
+              f"{roof} {ceiling}")
+        if name == "archetypal" and flops:
+            dict_flops = 4 * f * n_c * d / b
+            print(f"  {'':<11} archetypal roofline {flops / 1e6:.2f} MFLOP/token, of which the dictionary "
+                  f"products W C and (∂L/∂D) Cᵀ (4·F·n_c·D/B) {dict_flops / 1e6:.2f} "
+                  f"({100 * dict_flops / flops:.0f}%): a step at the roofline is "
+                  f"{rate / flops / peer_rate:.2f}x the peer's, the most any implementation of this step "
+                  "can reach here")
         del ours_step_fn, peer_step_fn
 
 
@@ -350,6 +372,8 @@ def main() -> None:
     ap.add_argument("--families", action="store_true",
                     help="only every family's step beside its peer's (sae-lens BatchTopK and Matryoshka, "
                          "overcomplete RA-SAE)")
+    ap.add_argument("--only", default=None, metavar="FAMILY",
+                    help="with --families: only this family's row (batchtopk, matryoshka, archetypal, gated)")
     ap.add_argument("--small", action="store_true",
                     help="small sizes for a quick run: d 128, 8x, K 16, batch 1024")
     a = ap.parse_args()
@@ -364,7 +388,7 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other jobs share this machine), "
           f"device {DEVICE}" + (f" ({torch.cuda.get_device_name(DEVICE)})" if DEVICE.type == "cuda" else ""))
     if a.families:
-        families(a.d, a.d * a.expansion, a.k, a.batch, a.steps)
+        families(a.d, a.d * a.expansion, a.k, a.batch, a.steps, a.only)
         return
     if a.grid_only:
         grid_from_disk(a.grid_d, a.grid_batch, a.grid_steps, a.device,

@@ -36,6 +36,11 @@ class TrainableSAE(SAE):
             dot_f = (self.W_dec.grad * self.W_dec).sum(1, keepdim=True)
             self.W_dec.grad.sub_(dot_f * self.W_dec)
 
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Adam's parameter groups at base rate ``lr``: one group of every parameter (a family whose
+        parameters need their own rates, e.g. Archetypal's ``W``, overrides this)."""
+        return [{"params": list(self.parameters())}]
+
     def decoder_atoms(self) -> torch.Tensor:
         """The decoder rows as a differentiable function of the parameters (for decoder penalties)."""
         return self.W_dec

@@ -157,7 +157,7 @@ class _Trainee:
 
     def __init__(self, spec: SAESpec, sae: TrainableSAE, cfg: TrainConfig, name: str, init_seed: int) -> None:
         self.spec, self.sae, self.name, self.init_seed = spec, sae, name, init_seed
-        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.opt = torch.optim.Adam(sae.optimizer_groups(cfg.lr), lr=cfg.lr, betas=cfg.betas)
         self.since_fired_f = torch.zeros(sae.d_sae, dtype=torch.int64, device=sae.W_enc.device)
         self.sum_l0 = 0.0
         self.n_steps = 0
