@@ -203,7 +203,7 @@ def families(d: int, f: int, k: int, b: int, steps: int, only: str | None = None
             ("gated L0≫K", lambda: family_step("gated", d, f, None, b),
              "sae-lens Gated", lambda: saelens_step("gated", d, f, k, b), None)]
     if only is not None:
-        rows = [r for r in rows if r[0] == only]
+        rows = [r for r in rows if r[0].split()[0] == only]
         if not rows:
             raise SystemExit(f"--only: no family {only!r} (batchtopk, matryoshka, archetypal, gated)")
     gx, gw, gb = (torch.randn(b, d, device=DEVICE), torch.randn(d, f, device=DEVICE),
