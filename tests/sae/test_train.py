@@ -147,3 +147,35 @@ def test_a_cache_of_one_batch_names_the_settings(planted_cache: tuple[Path, torc
                        match=r"only 1 batch\(es\) of 6400 tokens.*batch_size.*heldout='validation'"):
         train_saes(open_cache(planted_cache[0]), [SAESpec(family="batchtopk", expansion=2, k=3)],
                    tmp_path, cfg)
+
+
+def test_a_train_state_of_another_optimizer_layout_is_one_error(planted_cache: tuple[Path, torch.Tensor],
+                                                                tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from visae.errors import CheckpointError
+
+    cache_path, _ = planted_cache
+    cfg = TrainConfig(batch_size=512, steps=4, checkpoint_every=2, heldout_batches=1, progress=False)
+    spec = [SAESpec(family="batchtopk", expansion=2, k=2)]
+    import visae.sae.train as tr
+
+    real = tr.train_on_batches
+
+    def killed(*a, **kw):  # stop after the step-2 checkpoint
+        kw["total_steps"] = 3
+        real(*a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "train_on_batches", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_saes(cache_path, spec, tmp_path / "run", cfg)
+    monkeypatch.setattr(tr, "train_on_batches", real)
+    state = torch.load(tmp_path / "run" / STATE_FILE, weights_only=True)
+    for st in state["trainees"].values():  # as an older version's one group where there are now two
+        st["opt"]["param_groups"].append(dict(st["opt"]["param_groups"][0], params=[]))
+    torch.save(state, tmp_path / "run" / STATE_FILE)
+    with pytest.raises(CheckpointError, match="does not fit this version's batchtopk SAE") as err:
+        train_saes(cache_path, spec, tmp_path / "run", cfg)
+    assert "\n" not in str(err.value) and "delete" in str(err.value)
+    (tmp_path / "run" / STATE_FILE).unlink()  # the advice works
+    assert train_saes(cache_path, spec, tmp_path / "run", cfg)

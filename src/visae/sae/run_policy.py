@@ -158,7 +158,14 @@ def resume(out: Path, trainees: list[_Trainee], names: list[str]) -> int:
         raise TrainStateMismatch(f"{out / STATE_FILE}: the saved run trained {sorted(saved)}, "
                                  f"not {sorted(names)}; use another --out folder")
     for t in trainees:
-        t.load(saved[t.name])
+        try:
+            t.load(saved[t.name])
+        except (ValueError, RuntimeError, KeyError) as e:  # another model or optimizer layout
+            raise CheckpointError(
+                f"{out / STATE_FILE}: the saved state of {t.name} does not fit this version's "
+                f"{t.spec.family} SAE ({type(e).__name__}: {str(e).splitlines()[0][:160]}), e.g. a state "
+                f"written by an older visae; finish the run with that version, or delete {out / STATE_FILE} "
+                "to train this folder again from step 0 (or train into another --out folder)") from None
     torch.set_rng_state(state["rng"])
     return int(state["step"])
 
