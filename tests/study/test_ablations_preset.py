@@ -19,7 +19,7 @@ def test_ablations_preset_plans_every_question() -> None:
     main = [s for s in saes if s["grid"] == "main"]
     assert len(main) == 9 and {s["seed"] for s in main} == {0, 1, 2}  # stability: 3 seeds × 3 backbones
     whitened = [s["train"].get("whiten") for s in saes if s["grid"].startswith("whiten")]
-    assert sorted(whitened) == ["pca"] * 3 + ["zca"] * 3
+    assert sorted(whitened) == ["pca"] * 4 + ["zca"] * 4  # twins of seed 0 on every image backbone
     assert [s["grid"] for s in saes].count("control") == 1  # the shuffled spatial null: one SAE
     synth = [s for s in saes if s["grid"].startswith("synth-")]
     assert {s["backbone"] for s in synth} == {"synth:spatial", "synth:null", "synth:easy?d=16"}
