@@ -112,3 +112,39 @@ def test_analysis_asks_m5_hypotheses_of_m5d_when_present() -> None:
     assert [(h.id, h.metric, h.task) for h in got] == [("H1", "m1", "task:seg:raw"), ("H2", "m5", h2.task),
                                                        ("H2d", "m5d", h2.task)]
     assert with_m5d([h1, h2], {"m1", "m5"}) == [h1, h2]
+
+
+def test_synthetic_rows_are_split_off_and_checked_against_their_known_answers() -> None:
+    from visae.analysis.ablations import split_synthetic, synthetic_grid_check, synthetic_stability_check
+
+    res, det = [], []
+    for i in range(3):
+        for b, native, resampled in (("synth:spatial", 0.55, 0.50), ("synth:null", -1 / 63 + 0.002, 0.06),
+                                     ("dino", 0.4, 0.45)):
+            res.append(row(b, "m1", resampled + 0.01 * i, f"{b}{i}"))
+            det.append(row(b, "m1.native_mean_i", native + 0.001 * i, f"{b}{i}"))
+    images, synth = split_synthetic(pd.DataFrame(res))
+    assert set(images["backbone"]) == {"dino"} and set(synth["backbone"]) == {"synth:spatial", "synth:null"}
+    _, synth_det = split_synthetic(pd.DataFrame(det))
+    verdict, table = synthetic_grid_check(synth, synth_det)
+    assert list(table["met"]) == [True, True, True] and "3 of 3 checks met" in verdict
+    assert table.loc[0, "expected"] == pytest.approx(-1 / 63)
+    # a "null" that is not at Moran's null, and a planted preset that does not lead it: both caught
+    moved = [dict(r, value=r["value"] + (0.2 if r["backbone"] == "synth:null" else 0)) for r in det]
+    bad_res = [dict(r, value=0.0 if r["backbone"] == "synth:spatial" else r["value"]) for r in res]
+    verdict, table = synthetic_grid_check(split_synthetic(pd.DataFrame(bad_res))[1],
+                                          split_synthetic(pd.DataFrame(moved))[1])
+    assert list(table["met"]) == [False, True, False] and "1 of 3 checks met" in verdict
+    rows, sdet = [], []
+    for b, value in (("synth:easy?d=16", 0.85), ("synth:spatial", 0.45)):
+        for seed in (0, 1):
+            rows.append(row(b, "stability", value, f"{b}{seed}", seed=seed, ci_low=value - 0.05,
+                            ci_high=value + 0.05))
+            for name, v in (("share_matched", value), ("random_mean_cosine", 0.39),
+                            ("random_share_matched", 0.0)):
+                sdet.append(row(b, f"stability.{name}", v, f"{b}{seed}", seed=seed))
+    verdict, table = synthetic_stability_check(pd.DataFrame(rows), pd.DataFrame(sdet))
+    t = table.set_index("backbone")
+    assert bool(t.loc["synth:easy?d=16", "met"]) and not bool(t.loc["synth:spatial", "met"])  # above chance,
+    assert t.loc["synth:spatial", "halfway"] == pytest.approx(0.695)  # but not halfway from it to 1
+    assert "1 of 2" in verdict and "lowest: synth:spatial" in verdict

@@ -17,9 +17,15 @@ def test_ablations_preset_plans_every_question() -> None:
     plan = plan_study(cfg)
     saes = [s for j in plan.of_kind("train") for s in j.params["saes"]]
     main = [s for s in saes if s["grid"] == "main"]
-    assert len(main) == 12 and {s["seed"] for s in main} == {0, 1, 2}  # stability: 3 seeds × 4 backbones
-    whitened = {s["train"].get("whiten") for s in saes if s["grid"].startswith("whiten")}
-    assert whitened == {"pca", "zca"}
+    assert len(main) == 9 and {s["seed"] for s in main} == {0, 1, 2}  # stability: 3 seeds × 3 backbones
+    whitened = [s["train"].get("whiten") for s in saes if s["grid"].startswith("whiten")]
+    assert sorted(whitened) == ["pca"] * 4 + ["zca"] * 4  # twins of seed 0 on every image backbone
+    assert [s["grid"] for s in saes].count("control") == 1  # the shuffled spatial null: one SAE
+    synth = [s for s in saes if s["grid"].startswith("synth-")]
+    assert {s["backbone"] for s in synth} == {"synth:spatial", "synth:null", "synth:easy?d=16"}
+    assert all(s["layer"] == 0 for s in synth)
+    caches = {(j.params["backbone"]["name"], j.params["source"]["spec"]) for j in plan.of_kind("cache")}
+    assert all(spec == "synth" for name, spec in caches if name.startswith("synth:"))
     ev = plan.of_kind("eval")[0]
     assert {"m5", "m5d"} <= set(ev.params["metrics"])
     assert ev.params["metric_configs"]["m1"]["grid"] == "7x7"

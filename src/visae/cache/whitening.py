@@ -153,3 +153,36 @@ def fold_into_sae(sae: SAE, whitening: Whitening) -> None:
     sae.W_enc.copy_((w @ sae.W_enc.double()).to(dtype))
     sae.W_dec.copy_((sae.W_dec.double() @ w_inv).to(dtype))
     sae.b_dec.copy_((sae.b_dec.double() @ w_inv + mean).to(dtype))
+
+
+# --- whitening before a probe (m3.whiten, m6.whiten, the classification and segmentation tasks' whiten) ---
+
+PROBE_WHITEN_HELP = ("whiten the probe's activation inputs (raw and reconstructed features), fitted on "
+                     "the raw features of the probe's training split (App. C ablation; the paper: none)")
+
+
+def whitening_of_rows(kind: str, x_nd: np.ndarray) -> Whitening:
+    """PCA or ZCA whitening fitted on the rows of ``x_nd`` (a probe's raw training features), float64."""
+    fit = np.asarray(x_nd, dtype=np.float64)
+    if len(fit) < 2:
+        raise ConfigError(f"whiten: {kind} needs at least 2 training rows to fit a covariance, got "
+                          f"{len(fit)}")
+    d = fit.shape[1]
+    cov = np.cov(fit, rowvar=False).reshape(d, d)
+    return whitening_from_covariance(kind, fit.mean(axis=0), cov, len(fit))
+
+
+def whiten_rows(whitening: Whitening, x_nd: np.ndarray) -> np.ndarray:
+    """``(x − μ) W`` for a NumPy array, in float32 when the input is float32 (else float64)."""
+    out = (np.asarray(x_nd, dtype=np.float64) - whitening.mean_d) @ whitening.w_dd
+    return out.astype(np.float32) if np.asarray(x_nd).dtype == np.float32 else out
+
+
+def refuse_probe_whiten(owner: str, value: str, reason: str) -> str:
+    """Validator body of a ``whiten`` field where whitening before the probe does not apply: ``none``
+    passes, anything else is a ValueError that says why and what to do."""
+    if value != "none":
+        raise ValueError(f"does not apply to {owner}: {reason}; whitening before the probe "
+                         "applies to probes on activations (m3.whiten, m6.whiten, the classification and "
+                         "segmentation tasks' whiten); remove it or set whiten: none")
+    return value

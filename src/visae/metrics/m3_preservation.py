@@ -22,6 +22,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from visae.cache.whitening import PROBE_WHITEN_HELP
 from visae.metrics.base import Metric, MetricConfig, MetricResult, register_metric
 from visae.metrics.encode import PooledFeatures
 from visae.metrics.probes import ProbeConfig, fit_probe, stratified_split
@@ -36,9 +37,7 @@ class M3Config(MetricConfig):
     seed: int = Field(42, description="split seed (paper Table 2: 42)")
     probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=1000),
                                description="the probe (paper Table 2: lbfgs, C = 1, max_iter = 1000)")
-    whiten: Literal["none", "pca", "zca"] = Field(
-        "none", description="whiten the image-level features before the probe, fitted on the raw features of "
-                            "the probe's training split (App. C ablation; the paper: none)")
+    whiten: Literal["none", "pca", "zca"] = Field("none", description=PROBE_WHITEN_HELP)
 
 
 class M3Result(MetricResult):
@@ -55,13 +54,10 @@ class M3Result(MetricResult):
 def whiten_features(kind: str, acts_nd: np.ndarray, recon_nd: np.ndarray,
                     train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Raw and reconstructed features whitened with the raw training rows' mean and covariance."""
-    from visae.cache.whitening import whitening_from_covariance
+    from visae.cache.whitening import whiten_rows, whitening_of_rows
 
-    fit = np.asarray(acts_nd[train], dtype=np.float64)
-    w = whitening_from_covariance(kind, fit.mean(axis=0), np.cov(fit, rowvar=False).reshape(
-        fit.shape[1], fit.shape[1]), len(fit))
-    return ((np.asarray(acts_nd, np.float64) - w.mean_d) @ w.w_dd,
-            (np.asarray(recon_nd, np.float64) - w.mean_d) @ w.w_dd)
+    w = whitening_of_rows(kind, acts_nd[train])
+    return (whiten_rows(w, np.asarray(acts_nd, np.float64)), whiten_rows(w, np.asarray(recon_nd, np.float64)))
 
 
 def compute_m3(acts_nd: np.ndarray, recon_nd: np.ndarray, labels_n: np.ndarray,

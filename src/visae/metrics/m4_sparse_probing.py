@@ -21,8 +21,9 @@ from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from visae.cache.whitening import refuse_probe_whiten
 from visae.metrics.base import Metric, MetricConfig, MetricResult, register_metric
 from visae.metrics.encode import PooledFeatures
 from visae.metrics.probes import (
@@ -68,6 +69,13 @@ class M4Config(MetricConfig):
     write_curve: bool = Field(True, description=f"write the k → AUC curve to <out>/{CURVE_TABLE}")
     warm_start: bool = Field(True, description="start each budget's probe from the previous budget's weights "
                              "(same objective and minimiser, fewer iterations); false: every probe from zero")
+    whiten: str = Field("none", description="not applicable: M4 probes SAE codes, which are not "
+                                           "whitened (only 'none' is accepted; see m3.whiten)")
+
+    @field_validator("whiten")
+    @classmethod
+    def _no_whiten(cls, v: str) -> str:
+        return refuse_probe_whiten("m4", v, "M4's probes read SAE codes, not activations")
 
 
 class M4Result(MetricResult):

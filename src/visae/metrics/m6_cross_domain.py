@@ -12,17 +12,22 @@ Preservation = acc(recon) / acc(raw); sparse code probing = mean one-vs-rest AUC
 Each dataset is given as a training cache and a test cache built by ``visae cache`` on the same backbone and
 layer (official splits). A dataset given as one cache is split 80/20, stratified, seed 42 (said in the note).
 ``value`` is the preservation on the headline dataset (the first listed unless ``headline`` names one).
+
+``whiten: pca|zca`` (App. C ablation, as ``m3.whiten``) whitens the raw and reconstructed features of each
+dataset with one map fitted on the raw features of that dataset's training split, before the raw and the
+reconstruction probes; the code probes read SAE codes and are not whitened.
 """
 
 from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from visae.cache.whitening import PROBE_WHITEN_HELP, whiten_rows, whitening_of_rows
 from visae.config import FrozenConfig
 from visae.errors import ConfigError
 from visae.metrics.base import EvalContext, Metric, MetricConfig, MetricResult, register_metric
@@ -69,6 +74,9 @@ class M6Config(MetricConfig):
                              "all-codes probe from the top-k probe's (same objectives, fewer iterations)")
     probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=500),
                                description="the probes (paper App. L: lbfgs, C = 1, max_iter = 500)")
+    whiten: Literal["none", "pca", "zca"] = Field(
+        "none", description=PROBE_WHITEN_HELP + "; per dataset, its own training split; the code probes "
+                            "are not whitened")
 
     @field_validator("datasets", mode="before")
     @classmethod
@@ -129,6 +137,12 @@ def compute_m6_dataset(train: PooledFeatures, test: PooledFeatures, config: M6Co
     """Probe raw, reconstructed and code features of one dataset (pooled train and test features); with
     ``bootstrap``, an interval of preservation over the test images."""
     y_tr, y_te = train.labels_n, test.labels_n
+    if config.whiten != "none":  # one map, fitted on the raw training features, for raw and recon alike
+        w = whitening_of_rows(config.whiten, train.acts_nd)
+        train = PooledFeatures(labels_n=y_tr, acts_nd=whiten_rows(w, train.acts_nd),
+                               recon_nd=whiten_rows(w, train.recon_nd), codes_nf=train.codes_nf)
+        test = PooledFeatures(labels_n=y_te, acts_nd=whiten_rows(w, test.acts_nd),
+                              recon_nd=whiten_rows(w, test.recon_nd), codes_nf=test.codes_nf)
     warm = config.warm_start  # reconstructions start from the raw probe; all codes from the top-k probe
     p_raw = fit_probe(train.acts_nd, y_tr, config.probe)
     right_raw = p_raw.predict(test.acts_nd) == y_te

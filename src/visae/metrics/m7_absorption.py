@@ -19,8 +19,9 @@ from typing import Annotated, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from visae.cache.whitening import refuse_probe_whiten
 from visae.errors import ConfigError
 from visae.metrics.base import Metric, MetricConfig, MetricResult, register_metric
 from visae.metrics.encode import PooledFeatures
@@ -68,6 +69,13 @@ class M7Config(MetricConfig):
     probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=500),
                                description="the probe (paper Table 2: lbfgs, C = 1, max_iter = 500)")
     write_tasks: bool = Field(True, description=f"write per-task detail to <out>/{TASKS_TABLE}")
+    whiten: str = Field("none", description="not applicable: M7 probes SAE codes, which are not "
+                                           "whitened (only 'none' is accepted; see m3.whiten)")
+
+    @field_validator("whiten")
+    @classmethod
+    def _no_whiten(cls, v: str) -> str:
+        return refuse_probe_whiten("m7", v, "M7's probes read SAE codes, not activations")
 
     @model_validator(mode="after")
     def _check(self) -> M7Config:

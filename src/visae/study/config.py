@@ -48,6 +48,15 @@ class BackboneSpec(FrozenConfig):
     evaluator: str | None = Field(
         None, description="M5 evaluator backbone (None: the study's 'evaluators' map, paper Table 5)")
     label: str | None = Field(None, description="display name in the report (None: the name)")
+    data: dict[str, SourceSpec] = Field(
+        default_factory=dict,
+        description="image sets of this backbone that replace the study's of the same role (train, eval, an "
+                    "OOD or task-source name); e.g. a synth:<preset> backbone beside image backbones draws "
+                    "its own: {train: {spec: synth, split: train, max_images: 400}, eval: …}")
+
+    def __hash__(self) -> int:  # frozen, but ``data`` is a dict: hash its items
+        return hash((self.name, self.weights_path, self.image_size, self.evaluator, self.label,
+                     tuple(sorted(self.data.items()))))
 
     @property
     def display(self) -> str:
@@ -227,8 +236,11 @@ class StudyConfig(FrozenConfig):
         # None when the registry has no pairing either: M5 decides ('auto') or reports it.
         return backbone.evaluator or self.evaluators.get(backbone.name) or paired_evaluator(backbone.name)
 
-    def source(self, role: str) -> SourceSpec:
-        """The image set named ``role``: 'train', 'eval', an OOD name or a task source name."""
+    def source(self, role: str, backbone: BackboneSpec | None = None) -> SourceSpec:
+        """The image set named ``role``: 'train', 'eval', an OOD name or a task source name (``backbone``'s
+        own ``data`` entry for that role first)."""
+        if backbone is not None and role in backbone.data:
+            return backbone.data[role]
         if role == "train":
             if self.data.train is None:
                 raise ConfigError("study: data.train is not set; give the training images (data.train.spec)")

@@ -168,10 +168,17 @@ def _grid_problems(cfg: StudyConfig) -> list[str]:
 def _data_problems(cfg: StudyConfig) -> list[str]:
     from visae.datasets.registry import SOURCES, SPLITS, known_sources
 
-    out = []
-    roles = {"data.train": cfg.data.train, "data.eval": cfg.data.eval,
+    out: list[str] = []
+    roles: dict[str, Any] = {"data.train": cfg.data.train, "data.eval": cfg.data.eval,
              **{f"data.ood.{k}": v for k, v in cfg.data.ood.items()},
              **{f"data.task_sources.{k}": v for k, v in cfg.data.task_sources.items()}}
+    known_roles = {"train", "eval", *cfg.data.ood, *cfg.data.task_sources}
+    for i, b in enumerate(cfg.backbones):
+        for role, spec in b.data.items():
+            roles[f"backbones[{i}].data.{role}"] = spec
+            if role not in known_roles:
+                out.append(f"backbones[{i}].data.{role}: the study has no image set {role!r} to replace; use "
+                           f"one of {', '.join(sorted(known_roles))}")
     for key, src in roles.items():
         if src is None:  # no training images: every block evaluates existing checkpoints
             continue

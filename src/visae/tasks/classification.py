@@ -9,11 +9,16 @@ top ``sparse_k``, mean one-vs-rest AUC over the test classes → ``task:<name>_s
 
 Train and test: two caches (``{"train": …, "test": …}``), or one cache split 80/20, stratified, seed 42.
 Code columns never active on the training images are dropped before the probe (their weights would be 0).
+
+``whiten: pca|zca`` (App. C ablation, as ``m3.whiten``): raw and reconstructed features are whitened with one
+map fitted on the raw features of the training split (raw features are pooled for the fit even when only
+``recon`` is asked for); codes are not whitened.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,6 +26,7 @@ import torch
 from pydantic import Field
 
 from visae.cache.reader import ActivationCache
+from visae.cache.whitening import PROBE_WHITEN_HELP, whiten_rows, whitening_of_rows
 from visae.metrics.probes import (
     ProbeConfig,
     fit_probe,
@@ -53,6 +59,8 @@ class ClassificationConfig(TaskConfig):
     probe: ProbeConfig = Field(default_factory=lambda: ProbeConfig(max_iter=500),
                                description="logistic probe settings (paper Table 2: lbfgs, C = 1, max_iter "
                                            "500 for M6)")
+    whiten: Literal["none", "pca", "zca"] = Field("none", description=PROBE_WHITEN_HELP + "; codes are not "
+                                                                                       "whitened")
 
 
 def live_columns(x_train: sp.csr_matrix) -> np.ndarray:
@@ -89,12 +97,25 @@ def sparse_probe_auc(x_train: np.ndarray | sp.csr_matrix, y_train: np.ndarray,
     return (float(finite.mean()) if len(finite) else None), len(cols)
 
 
+def whiten_pooled(kind: str, train: dict[str, np.ndarray | sp.csr_matrix],
+                  test: dict[str, np.ndarray | sp.csr_matrix]) -> None:
+    """Whiten the ``raw`` and ``recon`` entries of ``train`` and ``test`` in place with one map fitted on
+    ``train["raw"]``; codes are left as they are."""
+    w = whitening_of_rows(kind, np.asarray(train["raw"]))
+    for feats in (train, test):
+        for k in ("raw", "recon"):
+            if k in feats:
+                feats[k] = whiten_rows(w, np.asarray(feats[k]))
+
+
 def run_classification(sae: SAE | None, caches: ActivationCache | Mapping[str, ActivationCache],
                        config: ClassificationConfig, device: torch.device) -> TaskResult:
     """Probe accuracy on raw / codes / recon pooled features, and sparse-probing AUC on codes."""
     kinds = check_features(config.features, sae)
+    whiten = config.whiten != "none" and ("raw" in kinds or "recon" in kinds)
+    pooled = [*kinds, "raw"] if whiten and "raw" not in kinds else kinds  # the whitening is fitted on raw
     if isinstance(caches, ActivationCache):
-        feats = pooled_features(caches, sae, kinds, device, config.group_size)
+        feats = pooled_features(caches, sae, pooled, device, config.group_size)
         labels = caches.labels
         tr, te = stratified_split(labels, config.test_size, config.seed)
         train = {kind: values[tr] for kind, values in feats.items()}
@@ -104,10 +125,12 @@ def run_classification(sae: SAE | None, caches: ActivationCache | Mapping[str, A
                  f"(seed {config.seed})")
     else:
         train_cache, test_cache = train_and_held_out(caches, "classification", ("test", "val"))
-        train = pooled_features(train_cache, sae, kinds, device, config.group_size)
-        test = pooled_features(test_cache, sae, kinds, device, config.group_size)
+        train = pooled_features(train_cache, sae, pooled, device, config.group_size)
+        test = pooled_features(test_cache, sae, pooled, device, config.group_size)
         y_train, y_test = train_cache.labels, test_cache.labels
         split = "train and test caches"
+    if whiten:
+        whiten_pooled(config.whiten, train, test)
     scores: dict[str, float | None] = {}
     notes = []
     for kind in kinds:
@@ -122,7 +145,9 @@ def run_classification(sae: SAE | None, caches: ActivationCache | Mapping[str, A
     protocol = (f"{split}: {len(y_train)} train / {len(y_test)} test images; logistic probe on "
                 "max-pooled features"
                 + (f"; sparse probe on the top {config.sparse_k} codes by ANOVA F"
-                   if config.sparse_k else ""))
+                   if config.sparse_k else "")
+                + (f"; raw/recon {config.whiten}-whitened (fitted on the raw training features)"
+                   if whiten else ""))
     return TaskResult(metric=f"task:{config.name}", task=config.name,
                       value=headline(scores, f"{config.name}_acc"),
                       higher_is_better=True, scores=scores, protocol=protocol, n_train=len(y_train),

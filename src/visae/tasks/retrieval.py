@@ -20,9 +20,10 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from visae.cache.reader import ActivationCache
+from visae.cache.whitening import refuse_probe_whiten
 from visae.errors import ConfigError
 from visae.sae.base import SAE
 from visae.tasks.base import TaskConfig, TaskResult, check_features, headline, pooled_features
@@ -41,6 +42,13 @@ class RetrievalConfig(TaskConfig):
                           description="recall cut-offs (paper App. P: R@1, R@5, R@10)")
     query_chunk: int = Field(1024, ge=1,
                              description="queries scored at once (memory: chunk × gallery similarities)")
+    whiten: str = Field("none", description="not applicable: retrieval fits no probe (only 'none' is "
+                                            "accepted; see m3.whiten)")
+
+    @field_validator("whiten")
+    @classmethod
+    def _no_whiten(cls, v: str) -> str:
+        return refuse_probe_whiten("retrieval", v, "retrieval ranks by cosine similarity and fits no probe")
 
 
 def _normalize_rows(x: np.ndarray | sp.csr_matrix) -> np.ndarray | sp.csr_matrix:

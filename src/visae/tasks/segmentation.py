@@ -14,6 +14,10 @@ Protocol.
    over all validation patches; mIoU is the mean over classes that occur in the ground truth or the
    predictions (classes with an empty union are left out, as in mmsegmentation's ``nanmean``).
 
+``whiten: pca|zca`` (App. C ablation, as ``m3.whiten``): raw and reconstructed patch features are whitened
+before the head with one map fitted on the raw features of the sampled training patches (step 2's rows),
+and the same map is applied to the validation patches; codes are not whitened.
+
 Train and validation: two caches (``{"train": …, "val": …}``, e.g. ADE20K training and validation), or one
 cache split 80/20 by image with the seed.
 """
@@ -30,6 +34,7 @@ import torch
 from pydantic import Field
 
 from visae.cache.reader import ActivationCache
+from visae.cache.whitening import Whitening, whiten_rows, whitening_of_rows
 from visae.errors import ConfigError, DataError
 from visae.sae.base import SAE
 from visae.tasks.base import (
@@ -67,6 +72,10 @@ class SegmentationConfig(TaskConfig):
     batch_size: int = Field(1024, ge=1, description="patches per optimizer step")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the linear head")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay of the linear head")
+    whiten: Literal["none", "pca", "zca"] = Field(
+        "none", description="whiten raw and reconstructed patch features before the head, fitted on the raw "
+                            "features of the sampled training patches (App. C ablation; codes are not "
+                            "whitened; the paper: none)")
 
 
 class MaskSource(Protocol):
@@ -217,12 +226,16 @@ class LinearHead:
     """A per-patch linear classifier over ``classes`` (label values), inputs divided by ``scale_d``."""
 
     def __init__(self, weight_cd: torch.Tensor, bias_c: torch.Tensor, scale_d: torch.Tensor,
-                 classes: np.ndarray) -> None:
+                 classes: np.ndarray, whitening: Whitening | None = None) -> None:
         self.weight_cd, self.bias_c, self.scale_d, self.classes = weight_cd, bias_c, scale_d, classes
+        self.whitening = whitening
+        """Applied to the rows before the head (``whiten``), None: rows as they come."""
 
     @torch.no_grad()
     def predict(self, x_nd: torch.Tensor) -> np.ndarray:
         """Predicted label values for dense rows ``x_nd``."""
+        if self.whitening is not None:
+            x_nd = self.whitening.apply(x_nd)
         logits = (x_nd / self.scale_d) @ self.weight_cd.T + self.bias_c
         return self.classes[logits.argmax(dim=1).cpu().numpy()]
 
@@ -312,8 +325,16 @@ def run_segmentation(sae: SAE | None, caches: ActivationCache | Mapping[str, Act
     masks = open_mask_source(spec)
     train_labels = patch_labels(train_cache, masks, config)
     val_labels = train_labels if val_cache is train_cache else patch_labels(val_cache, masks, config)
-    feats, train_y = collect_train(train_cache, sae, kinds, train_labels, train_images, config, device)
-    heads = {kind: train_head(feats[kind], train_y, config, device) for kind in kinds}
+    whiten = config.whiten != "none" and ("raw" in kinds or "recon" in kinds)
+    collect = [*kinds, "raw"] if whiten and "raw" not in kinds else kinds  # the whitening is fitted on raw
+    feats, train_y = collect_train(train_cache, sae, collect, train_labels, train_images, config, device)
+    whitening = whitening_of_rows(config.whiten, np.asarray(feats["raw"])) if whiten else None
+    heads = {}
+    for kind in kinds:
+        w = whitening if kind in ("raw", "recon") else None
+        x = whiten_rows(w, np.asarray(feats[kind])) if w is not None else feats[kind]
+        heads[kind] = train_head(x, train_y, config, device)
+        heads[kind].whitening = w
     conf = score_heads(val_cache, sae, heads, val_labels, val_images, config.n_classes, config, device)
     scores: dict[str, float | None] = {}
     notes = []
@@ -327,7 +348,9 @@ def run_segmentation(sae: SAE | None, caches: ActivationCache | Mapping[str, Act
             notes.append(f"{kind}: no labelled validation patches")
     protocol = (f"{split_note}; masks downsampled to the {val_cache.layout.grid_h}×{val_cache.layout.grid_w} "
                 f"patch grid by majority; linear head (AdamW, {config.epochs} epochs) on {len(train_y)} "
-                "labelled patches; mIoU at the patch grid over classes present in truth or prediction")
+                "labelled patches; mIoU at the patch grid over classes present in truth or prediction"
+                + (f"; raw/recon {config.whiten}-whitened (fitted on the raw training patches)" if whiten
+                   else ""))
     n_eval = int((val_labels[val_images] > 0).sum())
     return TaskResult(metric="task:segmentation", task="segmentation",
                       value=headline(scores, "segmentation_miou"),

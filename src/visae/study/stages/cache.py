@@ -23,14 +23,16 @@ class Params(StageParams):
 
 
 def backbone_ref(backbone: BackboneSpec) -> BackboneRef:
-    """The loading part of a study backbone (display settings left out: they must not change job ids)."""
-    return BackboneRef(**backbone.model_dump(mode="json", exclude={"label", "evaluator"}))
+    """The loading part of a study backbone (display settings left out: they must not change job ids; its
+    image sets enter a cache job as its source)."""
+    return BackboneRef(**backbone.model_dump(mode="json", exclude={"label", "evaluator", "data"}))
 
 
 def plan(cfg: StudyConfig, backbone: BackboneSpec, layer: int, role: str) -> Job:
     """The cache job of ``role`` ('train', 'eval', an OOD or task-source name) at one backbone and layer."""
     settings = {**cfg.cache, **(cfg.train_cache if role == "train" else {})}
-    params = Params(backbone=backbone_ref(backbone), layer=layer, source=cfg.source(role), settings=settings)
+    params = Params(backbone=backbone_ref(backbone), layer=layer, source=cfg.source(role, backbone),
+                    settings=settings)
     return make_job("cache", f"cache {backbone.name} L{layer} {role}", params, [], CACHES_DIR, wants_gpu=True,
                     backbone=backbone.name, layer=layer, role=role)
 
