@@ -185,11 +185,11 @@ def families(d: int, f: int, k: int, b: int, steps: int, only: str | None = None
     ours, peer …, ``steps`` of each after a warm-up) and each side keeps its fastest, so that other jobs on
     the machine, which only ever slow a step, hit neither alone. Each TopK-style family's roofline is at
     the best GEMM rate measured in the same run (the fastest single GEMM, as the steps keep their
-    fastest); ``roof/peer`` (roofline tokens/s over the peer's) is the
-    largest speed-up over the peer that a step at the roofline would show. ``floor`` is the step's share of
-    its sparse floor, the tighter bound: DESIGN.md's roofline counts the encoder's weight gradient as a dense
-    matmul, which the sparse kernels replace by a scatter over the selected entries, so a step can pass
-    100 % of the roofline but not of the floor. ``only`` keeps one family's row."""
+    fastest). ``floor`` is the step's share of its sparse floor, the tighter bound: DESIGN.md's roofline
+    counts the encoder's weight gradient as a dense matmul, which the sparse kernels replace by a scatter
+    over the selected entries, so a step can pass 100 % of the roofline but not of the floor.
+    ``floor/peer`` (floor tokens/s over the peer's) is the largest speed-up over the peer that any step
+    could show. ``only`` keeps one family's row."""
     widths = [f // 8, f // 4, f // 2, f]
     n_c = min(f, b)
     enc, sparse = 2 * d * f, 2 * k * d  # per token: the encoder matmul; one sparse pass over K codes
@@ -228,7 +228,7 @@ def families(d: int, f: int, k: int, b: int, steps: int, only: str | None = None
           f"{widths}; archetypal {n_c} centroids; fp32 GEMM {rate / 1e9:.1f} GFLOP/s; load average "
           f"{os.getloadavg()[0]:.1f}")
     print(f"  {'family':<11} {'visae tok/s':>12} {'peer':<24} {'peer tok/s':>11} {'ratio':>7} "
-          f"{'roofline':>9} {'roof/peer':>9} {'floor':>7}")
+          f"{'roofline':>9} {'floor':>7} {'floor/peer':>10}")
     for name, ours_fn, peer, peer_fn, flops, floor_flops in rows:
         ours_step_fn = ours_fn()
         peer_step_fn = peer_fn() if peer_fn is not None else None
@@ -244,17 +244,17 @@ def families(d: int, f: int, k: int, b: int, steps: int, only: str | None = None
         ours = b / t_ours
         peer_rate = b / t_peer if peer_step_fn is not None else float("nan")
         roof = f"{100 * ours / (rate / flops):8.1f}%" if flops else f"{'dense':>9}"
-        ceiling = f"{rate / flops / peer_rate:8.2f}x" if flops else f"{'—':>9}"  # the best ratio possible
         floor = f"{100 * ours / (rate / floor_flops):6.1f}%" if floor_flops else f"{'—':>7}"
+        # the best ratio possible: a step doing only its floor's work at the GEMM rate
+        ceiling = f"{rate / floor_flops / peer_rate:9.2f}x" if floor_flops else f"{'—':>10}"
         print(f"  {name:<11} {ours:12,.0f} {peer or '—':<24} {peer_rate:11,.0f} {ours / peer_rate:6.2f}x "
-              f"{roof} {ceiling} {floor}")
-        if name == "archetypal" and flops:
-            dict_flops = 4 * f * n_c * d / b
-            print(f"  {'':<11} archetypal roofline {flops / 1e6:.2f} MFLOP/token, of which the dictionary "
-                  f"products W C and (∂L/∂D) Cᵀ (4·F·n_c·D/B) {dict_flops / 1e6:.2f} "
-                  f"({100 * dict_flops / flops:.0f}%): a step at the roofline is "
-                  f"{rate / flops / peer_rate:.2f}x the peer's, the most any implementation of this step "
-                  "can reach here")
+              f"{roof} {floor} {ceiling}")
+        if name == "archetypal" and floor_flops:
+            print(f"  {'':<11} archetypal floor {floor_flops / 1e6:.2f} MFLOP/token, of which the dictionary "
+                  f"products W C and (∂L/∂D) Cᵀ (4·F·n_c·D/B) {dict_products / 1e6:.2f} "
+                  f"({100 * dict_products / floor_flops:.0f}%): a step at the floor is "
+                  f"{rate / floor_flops / peer_rate:.2f}x the peer's, the most any implementation of this "
+                  "step can reach here")
         del ours_step_fn, peer_step_fn
 
 
