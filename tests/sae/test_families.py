@@ -535,7 +535,7 @@ def test_archetypal_first_adam_steps_do_not_spike_the_fvu() -> None:
     """Adam's first steps move every coordinate by about lr. With the least-squares scale in the encoder
     (entries ~10⁻³) they multiplied the codes, and with W at the full rate they moved a quarter of each
     atom's mass onto other centroids: the training FVU on clustered tokens jumped 6× at step 1 (10.4 from
-    0.19 on the demo cache). The scale now lives in the multiplier and W's rate is lr / n_centroids."""
+    0.19 on the demo cache). The scale now lives in the multiplier and W's rate is lr / √n_centroids."""
     import visae.sae.train as tr
     from visae.sae.train import SAESpec
 
@@ -549,7 +549,7 @@ def test_archetypal_first_adam_steps_do_not_spike_the_fvu() -> None:
                             torch.float32)["fvu"] for _ in range(20)]
     assert fvu[0] < 0.5, fvu
     assert max(fvu) <= 1.25 * fvu[0], [round(v, 3) for v in fvu]
-    assert {g["lr"] for g in t.opt.param_groups} == {cfg.lr, cfg.lr / n_c}
+    assert {g["lr"] for g in t.opt.param_groups} == {cfg.lr, cfg.lr / n_c**0.5}
 
 
 def test_archetypal_decoder_atoms_reuse_the_steps_product_with_the_same_gradients() -> None:

@@ -18,7 +18,7 @@ dictionary).
 Codes are per-token TopK of ``ReLU(pre)`` as in ``RATopKSAE``; the sparse TopK kernels compute the
 gradient with respect to ``D``, which is taken by hand into ``W``, ``Λ`` and ``m`` (one ``W C`` product
 each way per step). The first batch's least-squares scale starts ``m`` and Adam updates ``W`` at
-``lr / n_centroids`` (:meth:`ArchetypalSAE.optimizer_groups`), so the first steps do not blow up. Unlike
+``lr / √n_centroids`` (:meth:`ArchetypalSAE.optimizer_groups`), so the first steps do not blow up. Unlike
 visae's other families the atoms are not unit-norm; ``b_dec`` (overcomplete has none) is kept as the
 pre-encoder bias and is zero on overcomplete weights.
 """
@@ -168,13 +168,16 @@ class ArchetypalSAE(TopKSAE):
             self.b_enc.mul_(alpha)
 
     def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Adam's learning rate for ``W`` is ``lr / n_centroids``, every other parameter's ``lr``.
+        """Adam's learning rate for ``W`` is ``lr / √n_centroids``, every other parameter's ``lr``.
 
-        Adam's first steps move each coordinate by about ``lr``; a row of ``W`` lies on the simplex of
-        ``n_centroids`` coordinates, so at the full rate one step would move up to ``lr · n_centroids`` of
-        its unit mass (a quarter of it for 512 centroids) onto other centroids, blurring every atom towards
-        the data mean. At ``lr / n_centroids`` a row's ℓ1 change per step is at most ``lr``, the relative
-        change per step of ``Λ`` (coordinates of the data's scale) and of ``e^m``.
+        Adam's first steps move each coordinate by about its rate; a row of ``W`` lies on the simplex of
+        ``n_centroids`` coordinates, so at the full rate one step moves up to ``lr · n_centroids`` of its
+        unit mass onto other centroids (a quarter of it for 512), blurring every atom towards the data mean.
+        At ``lr / √n_centroids`` a row's ℓ2 change per step is at most ``lr``, like the relative change of
+        ``Λ`` and ``e^m``. Measured (34 steps on the demo cache, 512 centroids; the synthetic ``easy``
+        preset, 64): the full rate spikes the FVU to 0.33 and ends at 0.30; ``lr / n_centroids`` ends at
+        0.171 but leaves ``W`` nearly frozen (``easy``: MCC 0.76, F1 0.47); ``lr / √n_centroids`` stays
+        within 0.197 of the first 0.185, ends at 0.179, and recovers ``easy`` best (MCC 0.84, F1 0.67).
 
         Both groups use torch's fused Adam on CPU and CUDA: ``W`` (``[F, n_centroids]``) is by far the
         largest parameter, and the single-tensor loop torch otherwise picks on CPU took a fifth of the step
@@ -182,7 +185,7 @@ class ArchetypalSAE(TopKSAE):
         fused = self.W.device.type in ("cpu", "cuda") and self.W.is_floating_point()
         rest = [p for name, p in self.named_parameters() if name != "W"]
         return [{"params": rest, "fused": fused},
-                {"params": [self.W], "lr": lr / self.C.shape[0], "fused": fused}]
+                {"params": [self.W], "lr": lr / math.sqrt(self.C.shape[0]), "fused": fused}]
 
     def training_step(self, x_bd: torch.Tensor, compute_dtype: torch.dtype = torch.float32,
                       keep_residual: bool = False) -> StepResult:
