@@ -573,3 +573,31 @@ def test_archetypal_decoder_atoms_reuse_the_steps_product_with_the_same_gradient
     fresh = ours.decoder_atoms()
     assert "FusedDictionary" not in type(fresh.grad_fn).__name__
     torch.testing.assert_close(fresh, ours.dictionary())
+
+
+def test_auxk_trains_the_archetypal_dictionary_through_its_atoms() -> None:
+    """AuxK's decode goes through ``decoder_atoms()``: for Archetypal (``W_dec`` a buffer) its gradient
+    reaches ``W``, ``Λ`` and ``m`` and equals autograd through the explicit dictionary."""
+    import visae.sae.train as tr
+    from visae.sae.train import SAESpec
+
+    _, ours = _ra_pair()
+    x = torch.randn(40, 8)
+    cfg = TrainConfig(batch_size=40, steps=1, progress=False)
+    t = tr._Trainee(SAESpec(family="archetypal", d_sae=24, k=3), ours, cfg, "ra", 0)
+    ours.training_step(x)
+    ours.zero_grad(set_to_none=True)
+    dead_f = torch.zeros(24, dtype=torch.bool)
+    dead_f[::3] = True
+    residual = torch.randn(40, 8)
+    tr._aux_k_loss(t, x, residual, dead_f, aux_k=4, coeff=0.5)
+    got = {n: p.grad.clone() for n, p in ours.named_parameters() if p.grad is not None}
+    assert {"W", "relax", "multiplier"} <= set(got)
+    ours.zero_grad(set_to_none=True)
+    dead_idx = dead_f.nonzero().squeeze(1)
+    pre = (x - ours.b_dec) @ ours.W_enc[:, dead_idx] + ours.b_enc[dead_idx]
+    vals, idx = torch.topk(pre, 4, dim=1)
+    recon = torch.einsum("bk,bkd->bd", torch.relu(vals), ours.dictionary()[dead_idx][idx])
+    (0.5 * (recon - residual).pow(2).sum(1).mean()).backward()
+    for name in ("W", "relax", "multiplier", "W_enc", "b_enc"):
+        torch.testing.assert_close(got[name], getattr(ours, name).grad, rtol=1e-5, atol=1e-6, msg=name)

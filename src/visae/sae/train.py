@@ -184,7 +184,8 @@ def _aux_k_loss(t: _Trainee, x_bd: torch.Tensor, residual_bd: torch.Tensor, dead
     pre = (x_bd - sae.b_dec) @ sae.W_enc[:, dead_idx] + sae.b_enc[dead_idx]
     vals, idx = torch.topk(pre, min(aux_k, dead_idx.numel()), dim=1)
     vals = torch.relu(vals)
-    recon = torch.einsum("bk,bkd->bd", vals, sae.W_dec[dead_idx][idx])
+    atoms = sae.decoder_atoms()  # a family whose W_dec is computed (Archetypal) trains through its atoms
+    recon = torch.einsum("bk,bkd->bd", vals, atoms[dead_idx][idx])
     loss = coeff * (recon - residual_bd).pow(2).sum(1).mean()
     loss.backward()
     return float(loss)
