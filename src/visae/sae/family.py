@@ -105,8 +105,8 @@ def dense_stats(x_bd: torch.Tensor, recon_bd: torch.Tensor, codes_bf: torch.Tens
         total_var = float((x_bd - x_bd.mean(0)).pow(2).sum())
         active = codes_bf > 0
         return StepResult(loss=float(loss), mse=sse / x_bd.numel(), fvu=sse / max(total_var, 1e-12),
-                          l0=float(active.sum()) / x_bd.shape[0], fired_f=active.any(0), cut=cut,
-                          residual_bd=(x_bd - recon_bd).float())
+                          l0=float(torch.count_nonzero(active)) / x_bd.shape[0], fired_f=active.any(0),
+                          cut=cut, residual_bd=(x_bd - recon_bd).float())
 
 
 COEFF_RANGE = (1e-6, 1e6)
