@@ -99,9 +99,9 @@ def select_batch_topk(pre_bf: torch.Tensor, k: int) -> SparseCodes:
 
 def _candidates(pre_bf: torch.Tensor, row0: int, cut: float) -> tuple[torch.Tensor, torch.Tensor,
                                                                       torch.Tensor]:
-    mask = pre_bf > max(cut, 0.0)
-    nz = mask.nonzero()
-    return nz[:, 0] + row0, nz[:, 1], pre_bf[mask]
+    nz = (pre_bf > max(cut, 0.0)).nonzero()
+    rows, cols = nz[:, 0], nz[:, 1]
+    return rows + row0, cols, pre_bf[rows, cols]  # a gather: a boolean mask would search it again
 
 
 def _finish_batch(rows_n: torch.Tensor, cols_n: torch.Tensor, vals_n: torch.Tensor, *, n_rows: int,
