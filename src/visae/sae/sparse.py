@@ -211,8 +211,15 @@ def encode_select(x_bd: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, 
     xs = xc_bd if compute_dtype == xc_bd.dtype else xc_bd.to(compute_dtype)
     parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     cut: float | None = None
+    # one buffer for every chunk (a fresh [chunk, F] block each time is page-faulted in again), except
+    # under autograd (the dense references of the tests differentiate through the codes)
+    differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in (xs, W, b))
+    buf_cf = None if differentiable else torch.empty(min(chunk_rows, n_rows), n_cols, dtype=compute_dtype,
+                                                     device=x_bd.device)
     for row0 in range(0, n_rows, chunk_rows):
-        pre_cf = torch.addmm(b, xs[row0:row0 + chunk_rows], W)
+        rows_c = xs[row0:row0 + chunk_rows]
+        pre_cf = (torch.addmm(b, rows_c, W) if buf_cf is None
+                  else torch.addmm(b, rows_c, W, out=buf_cf[:rows_c.shape[0]]))
         if batch:
             if cut is None:
                 cut = _sampled_cut(pre_cf.reshape(-1), pre_cf.shape[0] * k, n_cols, margin=1.3)
