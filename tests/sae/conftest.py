@@ -25,3 +25,27 @@ def planted_cache(tmp_path: Path) -> tuple[Path, torch.Tensor]:
     layout = TokenLayout(prefix_names=("cls",), grid_h=4, grid_w=4, patch_size=16)
     path = write_synthetic_cache(tmp_path / "cache", acts, np.zeros(400, dtype=np.int64), ["a"], layout)
     return path, atoms
+
+
+@pytest.fixture
+def interrupt_training(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """``interrupt_training(n)``: the next ``train_saes`` stops after step ``n`` (its checkpoints up to there
+    written) with KeyboardInterrupt, as if the process died; later runs train normally."""
+    import visae.sae.train as tr
+
+    real = tr.train_on_batches
+
+    def arm(total_steps: int) -> None:
+        calls = {"n": 0}
+
+        def killed(*a, **kw):  # type: ignore[no-untyped-def]
+            calls["n"] += 1
+            if calls["n"] == 1:
+                kw["total_steps"] = total_steps
+                real(*a, **kw)
+                raise KeyboardInterrupt
+            return real(*a, **kw)
+
+        monkeypatch.setattr(tr, "train_on_batches", killed)
+
+    return arm

@@ -481,8 +481,7 @@ def test_gated_saelens_without_decoder_bias_on_input_folds_exactly() -> None:
         torch.testing.assert_close(ours(x).recon_nd, ref(x), rtol=1e-12, atol=1e-12)
 
 
-def test_new_families_resume_bitwise_after_a_kill(planted_cache, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import visae.sae.train as tr
+def test_new_families_resume_bitwise_after_a_kill(planted_cache, tmp_path, interrupt_training) -> None:  # type: ignore[no-untyped-def]
     from visae.sae.checkpoint import load_sae
     from visae.sae.train import STATE_FILE, SAESpec, train_saes
 
@@ -492,18 +491,7 @@ def test_new_families_resume_bitwise_after_a_kill(planted_cache, tmp_path, monke
     specs = [SAESpec(family="matryoshka", expansion=2, k=2, hparams={"widths": [8, 24]}),
              SAESpec(family="gated", expansion=2, k=3), SAESpec(family="archetypal", expansion=2, k=2)]
     refs = [load_sae(p) for p in train_saes(cache_path, specs, tmp_path / "ref", cfg)]
-    real = tr.train_on_batches
-    calls = {"n": 0}
-
-    def killed(*a, **kw):  # type: ignore[no-untyped-def]  # die after the step-6 checkpoint
-        calls["n"] += 1
-        if calls["n"] == 1:
-            kw["total_steps"] = 7
-            real(*a, **kw)
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(tr, "train_on_batches", killed)
+    interrupt_training(7)  # die after the step-6 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train_saes(cache_path, specs, tmp_path / "run", cfg)
     assert (tmp_path / "run" / STATE_FILE).is_file()

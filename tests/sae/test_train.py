@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -68,26 +69,13 @@ def test_batchtopk_inference_l0_within_10pct_on_heldout() -> None:
 
 
 def test_resume_after_kill_matches_uninterrupted(planted_cache: tuple[Path, torch.Tensor], tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                 interrupt_training: Callable[[int], None]) -> None:
     cache_path, _ = planted_cache
     cfg = TrainConfig(batch_size=512, steps=8, checkpoint_every=3, heldout_batches=1, progress=False)
     spec = [SAESpec(family="batchtopk", expansion=2, k=2)]
     ref = load_sae(train_saes(cache_path, spec, tmp_path / "ref", cfg)[0])
 
-    import visae.sae.train as tr
-
-    real = tr.train_on_batches
-    calls = {"n": 0}
-
-    def killed(*a, **kw):  # stop after the step-6 checkpoint, as if the process died
-        calls["n"] += 1
-        if calls["n"] == 1:
-            kw["total_steps"] = 7
-            real(*a, **kw)
-            raise KeyboardInterrupt
-        return real(*a, **kw)
-
-    monkeypatch.setattr(tr, "train_on_batches", killed)
+    interrupt_training(7)  # stop after the step-6 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train_saes(cache_path, spec, tmp_path / "run", cfg)
     assert (tmp_path / "run" / STATE_FILE).is_file()
@@ -151,25 +139,16 @@ def test_a_cache_of_one_batch_names_the_settings(planted_cache: tuple[Path, torc
 
 def test_a_train_state_of_another_optimizer_layout_is_one_error(planted_cache: tuple[Path, torch.Tensor],
                                                                 tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                interrupt_training: Callable[[int], None]
+                                                                ) -> None:
     from visae.errors import CheckpointError
 
     cache_path, _ = planted_cache
     cfg = TrainConfig(batch_size=512, steps=4, checkpoint_every=2, heldout_batches=1, progress=False)
     spec = [SAESpec(family="batchtopk", expansion=2, k=2)]
-    import visae.sae.train as tr
-
-    real = tr.train_on_batches
-
-    def killed(*a, **kw):  # stop after the step-2 checkpoint
-        kw["total_steps"] = 3
-        real(*a, **kw)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(tr, "train_on_batches", killed)
+    interrupt_training(3)  # stop after the step-2 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train_saes(cache_path, spec, tmp_path / "run", cfg)
-    monkeypatch.setattr(tr, "train_on_batches", real)
     state = torch.load(tmp_path / "run" / STATE_FILE, weights_only=True)
     for st in state["trainees"].values():  # as an older version's one group where there are now two
         st["opt"]["param_groups"].append(dict(st["opt"]["param_groups"][0], params=[]))
