@@ -38,6 +38,7 @@ from visae.sae.sparse import (
     SparseCodes,
     StepResult,
     accumulate,
+    accumulate_encoder_grads,
     row_offsets,
     sampled_dense_product,
     scatter_by_feature,
@@ -194,12 +195,10 @@ def gated_sparse_step(sae: GatedSAE, x_bd: torch.Tensor, shared_bf: torch.Tensor
     l1_f = torch.bincount(cols_n, weights=gate_n, minlength=n_cols).to(W.dtype)
     grad_W_dec.addcmul_((lam / n_rows) * l1_f.unsqueeze(1), W / norms_f.clamp_min(1e-30).unsqueeze(1))
     accumulate(W, grad_W_dec)
-    xc_bd = x_bd - sae.b_dec
-    accumulate(sae.W_enc, scatter_by_feature(order_n, rows_sorted_n, offsets_f, xc_bd, g_shared_n).T)
-    accumulate(sae.b_enc, _per_feature(cols_n, g_gate_n, n_cols))
+    accumulate_encoder_grads(codes, order_n, rows_sorted_n, offsets_f, x_bd - sae.b_dec, g_shared_n,
+                             grad_b_dec, sae.W_enc, sae.b_enc, sae.b_dec, b_enc_grad_n=g_gate_n)
     accumulate(sae.b_mag, _per_feature(cols_n, g_code_n, n_cols))
     accumulate(sae.r_mag, scale_f * _per_feature(cols_n, g_code_n * s_n, n_cols))
-    accumulate(sae.b_dec, grad_b_dec - sae.W_enc @ _per_feature(cols_n, g_shared_n, n_cols))
     active_n = code_n > 0
     fired_f = torch.zeros(n_cols, dtype=torch.bool, device=x_bd.device)
     fired_f[cols_n[active_n]] = True

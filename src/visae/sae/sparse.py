@@ -272,15 +272,18 @@ def topk_step(x_bd: torch.Tensor, W_enc: torch.nn.Parameter, b_enc: torch.nn.Par
 def accumulate_encoder_grads(codes: SparseCodes, order_n: torch.Tensor, rows_sorted_n: torch.Tensor,
                              offsets_f: torch.Tensor, xc_bd: torch.Tensor, gval_n: torch.Tensor,
                              g_sum_d: torch.Tensor, W_enc: torch.nn.Parameter, b_enc: torch.nn.Parameter,
-                             b_dec: torch.nn.Parameter) -> None:
-    """Gradients of ``W_enc``, ``b_enc`` and ``b_dec`` from the codes' value gradients ``gval_n`` (entries
-    sorted by feature through ``order_n``/``offsets_f``) and ``g_sum_d``, the summed gradient reaching the
-    reconstruction directly; added into ``.grad`` (``b_dec`` also enters through ``x − b_dec``)."""
+                             b_dec: torch.nn.Parameter, b_enc_grad_n: torch.Tensor | None = None) -> None:
+    """Gradients of ``W_enc``, ``b_enc`` and ``b_dec`` from the pre-activations' gradients ``gval_n``
+    (entries sorted by feature through ``order_n``/``offsets_f``) and ``g_sum_d``, the summed gradient
+    reaching the reconstruction directly; added into ``.grad`` (``b_dec`` also enters through ``x − b_dec``).
+    ``b_enc_grad_n`` replaces ``gval_n`` for ``b_enc`` when that bias enters only part of the path (Gated's
+    gate bias: the gate path, not the magnitude path sharing the matmul)."""
     grad_W_enc_t = scatter_by_feature(order_n, rows_sorted_n, offsets_f, xc_bd, gval_n)
-    grad_b_enc = torch.bincount(codes.cols_n, weights=gval_n, minlength=codes.n_cols).to(b_enc.dtype)
+    grad_pre_f = torch.bincount(codes.cols_n, weights=gval_n, minlength=codes.n_cols).to(b_enc.dtype)
     accumulate(W_enc, grad_W_enc_t.T)
-    accumulate(b_enc, grad_b_enc)
-    accumulate(b_dec, g_sum_d - W_enc @ grad_b_enc)
+    accumulate(b_enc, grad_pre_f if b_enc_grad_n is None else
+               torch.bincount(codes.cols_n, weights=b_enc_grad_n, minlength=codes.n_cols).to(b_enc.dtype))
+    accumulate(b_dec, g_sum_d - W_enc @ grad_pre_f)
 
 
 def fired_features(codes: SparseCodes) -> torch.Tensor:
